@@ -1,0 +1,187 @@
+"""The ``nncf-elastic-lora`` command line.
+
+Every verb reads the same JSON config (``--config FILE``; positional for ``run``), takes flags that
+override single fields (``--set section.key=value`` for any of them), and writes under ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  nncf-elastic-lora run configs/tiny_shears.json --output runs/tiny
+  nncf-elastic-lora sparsify --model smollm2-135m --ratio 0.5 --output runs/smollm2-wanda50
+  nncf-elastic-lora eval --model runs/smollm2-wanda50 --tasks arc_easy,piqa --limit 200 --output runs/eval
+  nncf-elastic-lora schema > config.schema.json
+  nncf-elastic-lora tasks
+
+Without --config the defaults apply (bundled SmolLM2-135M, basic_arithmetic, Wanda 50%%).
+`nncf-elastic-lora schema` prints every config key with its default and allowed values.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser, config_positional: bool = False) -> None:
+    if config_positional:
+        p.add_argument("config", help="JSON config file (see `nncf-elastic-lora schema`)")
+    else:
+        p.add_argument("--config", "-c", help="JSON config file; default: built-in defaults")
+    p.add_argument("--output", "-o", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output")
+    p.add_argument("--model", help="override model.name_or_path (bundled id, HF dir or hub id)")
+    p.add_argument("--task", help="override data.task")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set sparsity.ratio=0.6 (JSON values); repeatable",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nncf-elastic-lora",
+        description="Compress LLMs with elastic low-rank adapters (Shears, SQFT, LoNAS) and ship them to OpenVINO.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the whole pipeline from one config", description="Run every configured stage: "
+                         "evaluate dense, sparsify, evaluate sparse; writes report.json and report.md.")
+    _add_common(run, config_positional=True)
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+
+    sp = sub.add_parser("sparsify", help="prune a model (Wanda, magnitude, N:M)",
+                        description="Prune the targeted linear layers and write a Hugging Face checkpoint "
+                        "with report.json (per-layer and total sparsity, calibration set, time).")
+    _add_common(sp)
+    sp.add_argument("--method", choices=["wanda", "magnitude"], help="override sparsity.method")
+    sp.add_argument("--ratio", type=float, help="override sparsity.ratio (fraction zeroed)")
+    sp.add_argument("--pattern", choices=["unstructured", "2:4", "4:8"], help="override sparsity.pattern")
+
+    ev = sub.add_parser("eval", help="evaluate a model on tasks",
+                        description="Score a model (--model or model.name_or_path) on evaluation.tasks; "
+                        "writes eval.json, eval.md and predictions.jsonl.")
+    _add_common(ev)
+    ev.add_argument("--tasks", help="comma-separated tasks; overrides evaluation.tasks")
+    ev.add_argument("--limit", type=int, help="at most N examples per task")
+    ev.add_argument("--split", choices=["validation", "test"], help="override evaluation.split")
+
+    sch = sub.add_parser("schema", help="print the config's JSON Schema")
+    sch.add_argument("--output", "-o", help="write to this file instead of stdout")
+    sub.add_parser("tasks", help="list the bundled tasks")
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from .config import apply_overrides, load_config
+
+    config = load_config(getattr(args, "config", None))
+    overrides = list(args.overrides)
+    for flag, key in [
+        ("model", "model.name_or_path"),
+        ("task", "data.task"),
+        ("method", "sparsity.method"),
+        ("ratio", "sparsity.ratio"),
+        ("pattern", "sparsity.pattern"),
+        ("limit", "evaluation.limit"),
+        ("split", "evaluation.split"),
+    ]:
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.insert(0, f"{key}={json.dumps(value)}")
+    if getattr(args, "tasks", None):
+        overrides.insert(0, f"evaluation.tasks={json.dumps(args.tasks.split(','))}")
+    return apply_overrides(config, overrides) if overrides else config
+
+
+def _save_config(config, output: Path) -> None:
+    from .reports import write_json
+
+    write_json(output / "config.json", config.model_dump(mode="json"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .config import ConfigError
+    from .data import DatasetNotFoundError
+    from .models import ModelNotFoundError
+    from .reports import OutputExistsError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, OutputExistsError, ModelNotFoundError, DatasetNotFoundError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed stages are kept (use --resume to continue a run)", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "schema":
+        from .config import json_schema
+
+        text = json.dumps(json_schema(), indent=2)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
+        else:
+            print(text)
+        return 0
+    if args.command == "tasks":
+        from .data import BUNDLED_TASKS
+
+        for name, task in BUNDLED_TASKS.items():
+            print(f"{name:18s} {task.description}")
+        return 0
+
+    from .reports import check_output, prepare_output
+
+    config = _config(args)  # validate everything before touching the output
+    progress = not args.no_progress
+    output = Path(args.output)
+    if args.command == "sparsify":
+        from .pipeline import sparsify
+
+        check_output(output, args.overwrite)  # replaced atomically once the new one is complete
+        report = sparsify(config, output, progress)
+        print(f"wrote {output} ({100 * report['sparsity']:.2f}% of targeted weights zeroed, {report['time_s']:.1f} s)")
+        return 0
+    if args.command == "eval":
+        from .evaluation import results_table
+        from .models import load_model
+        from .pipeline import evaluate_model, write_eval
+        from .reports import print_table
+
+        prepare_output(output, args.overwrite)
+        model, tokenizer = load_model(config.model)
+        results = evaluate_model(model, tokenizer, config, progress=progress)
+        write_eval(output, config.model.name_or_path, results, {"model": config.model.name_or_path})
+        print_table("evaluation", *results_table({config.model.name_or_path: results}))
+        return 0
+    if args.command == "run":
+        from .pipeline import print_summary, run_pipeline
+
+        prepare_output(output, args.overwrite, resume=args.resume)
+        _save_config(config, output)
+        report = run_pipeline(config, output, resume=args.resume, progress=progress)
+        print_summary(report)
+        print(f"report: {output / 'report.json'}, {output / 'report.md'}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

