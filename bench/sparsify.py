@@ -43,16 +43,26 @@ def measure(method: str, ratio: float, limit: int) -> dict:
     )
     model, tokenizer = load_model(config.model)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    row: dict = {"method": method, "ratio": ratio if method != "dense" else 0.0, "torch_threads": torch.get_num_threads()}
+    row: dict = {
+        "method": method,
+        "ratio": ratio if method != "dense" else 0.0,
+        "torch_threads": torch.get_num_threads(),
+    }
     if method != "dense":
         cal = None
         if method == "wanda":
             c = config.sparsity.calibration
-            cal = calibration_batches(load_task(config.data).train, tokenizer, c.num_samples, c.seq_len, c.seed)
+            cal = calibration_batches(
+                load_task(config.data).train, tokenizer, c.num_samples, c.seq_len, c.seed
+            )
         start = time.perf_counter()
         report = sparsify_model(
-            model, method=method, ratio=ratio, target_modules=config.sparsity.target_modules,
-            calibration=cal, progress=False,
+            model,
+            method=method,
+            ratio=ratio,
+            target_modules=config.sparsity.target_modules,
+            calibration=cal,
+            progress=False,
         )
         row["prune_time_s"] = time.perf_counter() - start
         row["sparsity"] = report.sparsity
@@ -70,14 +80,23 @@ def measure(method: str, ratio: float, limit: int) -> dict:
 def machine() -> dict:
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=200, help="test examples per task")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -89,14 +108,31 @@ def main() -> None:
     for method in ["dense", "wanda", "magnitude"]:
         print(f"[bench] {method} ...", file=sys.stderr, flush=True)
         out = subprocess.run(
-            [sys.executable, __file__, "--child", method, "--ratio", str(args.ratio), "--limit", str(args.limit)],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                method,
+                "--ratio",
+                str(args.ratio),
+                "--limit",
+                str(args.limit),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     import torch
 
     command = f".venv/bin/python bench/sparsify.py --limit {args.limit} --ratio {args.ratio}"
-    result = {"command": command, "machine": machine(), "torch": torch.__version__, "model": "smollm2-135m", "rows": rows}
+    result = {
+        "command": command,
+        "machine": machine(),
+        "torch": torch.__version__,
+        "model": "smollm2-135m",
+        "rows": rows,
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "sparsify.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
@@ -106,9 +142,11 @@ def main() -> None:
         f"Command: `{command}`",
         "",
         "Accuracy is log-likelihood multiple choice (acc) on each task's held-out test split "
-        f"({', '.join(f'{t}: n={rows[0]['n'][t]}' for t in TASKS)}).",
+        "(" + ", ".join(f"{t}: n={rows[0]['n'][t]}" for t in TASKS) + ").",
         "",
-        "| model | prune time (s) | extra peak RSS (MB) | sparsity | " + " | ".join(f"{t} acc" for t in TASKS) + " |",
+        "| model | prune time (s) | extra peak RSS (MB) | sparsity | "
+        + " | ".join(f"{t} acc" for t in TASKS)
+        + " |",
         "|---|---|---|---|" + "---|" * len(TASKS),
     ]
     for r in rows:

@@ -21,7 +21,7 @@ examples:
   nncf-elastic-lora schema > config.schema.json
   nncf-elastic-lora tasks
 
-Without --config the defaults apply (bundled SmolLM2-135M, basic_arithmetic, Wanda 50%%).
+Without --config the defaults apply (bundled SmolLM2-135M, basic_arithmetic, Wanda 50%).
 `nncf-elastic-lora schema` prints every config key with its default and allowed values.
 """
 
@@ -56,22 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="the whole pipeline from one config", description="Run every configured stage: "
-                         "evaluate dense, sparsify, evaluate sparse; writes report.json and report.md.")
+    run = sub.add_parser(
+        "run",
+        help="the whole pipeline from one config",
+        description="Run every configured stage: "
+        "evaluate dense, sparsify, evaluate sparse; writes report.json and report.md.",
+    )
     _add_common(run, config_positional=True)
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
 
-    sp = sub.add_parser("sparsify", help="prune a model (Wanda, magnitude, N:M)",
-                        description="Prune the targeted linear layers and write a Hugging Face checkpoint "
-                        "with report.json (per-layer and total sparsity, calibration set, time).")
+    sp = sub.add_parser(
+        "sparsify",
+        help="prune a model (Wanda, magnitude, N:M)",
+        description="Prune the targeted linear layers and write a Hugging Face checkpoint "
+        "with report.json (per-layer and total sparsity, calibration set, time).",
+    )
     _add_common(sp)
     sp.add_argument("--method", choices=["wanda", "magnitude"], help="override sparsity.method")
     sp.add_argument("--ratio", type=float, help="override sparsity.ratio (fraction zeroed)")
     sp.add_argument("--pattern", choices=["unstructured", "2:4", "4:8"], help="override sparsity.pattern")
 
-    ev = sub.add_parser("eval", help="evaluate a model on tasks",
-                        description="Score a model (--model or model.name_or_path) on evaluation.tasks; "
-                        "writes eval.json, eval.md and predictions.jsonl.")
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a model on tasks",
+        description="Score a model (--model or model.name_or_path) on evaluation.tasks; "
+        "writes eval.json, eval.md and predictions.jsonl.",
+    )
     _add_common(ev)
     ev.add_argument("--tasks", help="comma-separated tasks; overrides evaluation.tasks")
     ev.add_argument("--limit", type=int, help="at most N examples per task")
@@ -113,7 +123,9 @@ def _save_config(config, output: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .config import ConfigError
     from .data import DatasetNotFoundError
@@ -122,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _dispatch(args)
-    except (ConfigError, OutputExistsError, ModelNotFoundError, DatasetNotFoundError, FileNotFoundError) as exc:
+    except (
+        ConfigError,
+        OutputExistsError,
+        ModelNotFoundError,
+        DatasetNotFoundError,
+        FileNotFoundError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -157,7 +175,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         check_output(output, args.overwrite)  # replaced atomically once the new one is complete
         report = sparsify(config, output, progress)
-        print(f"wrote {output} ({100 * report['sparsity']:.2f}% of targeted weights zeroed, {report['time_s']:.1f} s)")
+        print(
+            f"wrote {output} ({100 * report['sparsity']:.2f}% of targeted weights zeroed, {report['time_s']:.1f} s)"
+        )
         return 0
     if args.command == "eval":
         from .evaluation import results_table

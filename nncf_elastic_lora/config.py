@@ -221,7 +221,11 @@ def _describe(error: dict[str, Any]) -> str:
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
         return f"{path}: unknown key{hint}"
     value = error.get("input")
-    shown = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else type(value).__name__
+    shown = (
+        json.dumps(value)
+        if isinstance(value, str | int | float | bool | type(None))
+        else type(value).__name__
+    )
     return f"{path}: got {shown}; {error['msg']}"
 
 

@@ -336,7 +336,11 @@ def split_examples(examples: list[Example], sizes: SplitSizes, seed: int, name: 
         "seed": seed,
         "available": len(examples),
         "sizes": {"train": len(train), "validation": len(val), "test": len(test)},
-        "fingerprints": {"train": _fingerprint(train), "validation": _fingerprint(val), "test": _fingerprint(test)},
+        "fingerprints": {
+            "train": _fingerprint(train),
+            "validation": _fingerprint(val),
+            "test": _fingerprint(test),
+        },
     }
     return TaskData(name, train, val, test, record)
 

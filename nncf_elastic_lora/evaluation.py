@@ -75,7 +75,9 @@ def _encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[
     return whole[:n], whole[n:]
 
 
-def _score(lm: CausalLM, requests: list[tuple[str, str]], batch_size: int, progress: bool) -> list[tuple[float, int]]:
+def _score(
+    lm: CausalLM, requests: list[tuple[str, str]], batch_size: int, progress: bool
+) -> list[tuple[float, int]]:
     """(sum log p(continuation | context), continuation tokens scored) per request, longest first."""
     encoded = [_encode_pair(lm.tokenizer, c, x) for c, x in requests]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
@@ -99,7 +101,9 @@ def _score(lm: CausalLM, requests: list[tuple[str, str]], batch_size: int, progr
     return scores
 
 
-def loglikelihoods(lm: CausalLM, requests: list[tuple[str, str]], batch_size: int = 8, progress: bool = False) -> list[float]:
+def loglikelihoods(
+    lm: CausalLM, requests: list[tuple[str, str]], batch_size: int = 8, progress: bool = False
+) -> list[float]:
     """Sum of log p(continuation | context) for each (context, continuation) pair."""
     return [ll for ll, _ in _score(lm, requests, batch_size, progress)]
 
@@ -114,7 +118,13 @@ class TaskResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, with_predictions: bool = False) -> dict[str, Any]:
-        d = {"task": self.task, "split": self.split, "n": self.n, "metrics": self.metrics, "time_s": self.time_s}
+        d = {
+            "task": self.task,
+            "split": self.split,
+            "n": self.n,
+            "metrics": self.metrics,
+            "time_s": self.time_s,
+        }
         if with_predictions:
             d["predictions"] = self.predictions
         return d
@@ -139,7 +149,11 @@ def multiple_choice(lm: CausalLM, examples: list[Example], batch_size: int = 8, 
 
 
 def exact_match(
-    lm: CausalLM, examples: list[Example], batch_size: int = 8, max_new_tokens: int = 16, progress: bool = False
+    lm: CausalLM,
+    examples: list[Example],
+    batch_size: int = 8,
+    max_new_tokens: int = 16,
+    progress: bool = False,
 ):
     """``(exact_match, per-example predictions)`` of greedy generations' extracted numbers."""
     hits, preds = 0, []
@@ -196,5 +210,9 @@ METRIC_ORDER = ("acc", "acc_norm", "exact_match", "perplexity")
 def results_table(results: dict[str, list[TaskResult]]) -> tuple[list[str], list[list[Any]]]:
     """Rows ``model | task | n | metrics...`` for a mapping model label -> results."""
     metrics = [m for m in METRIC_ORDER if any(m in r.metrics for rs in results.values() for r in rs)]
-    rows = [[label, r.task, r.n, *(r.metrics.get(m) for m in metrics)] for label, rs in results.items() for r in rs]
+    rows = [
+        [label, r.task, r.n, *(r.metrics.get(m) for m in metrics)]
+        for label, rs in results.items()
+        for r in rs
+    ]
     return ["model", "task", "n", *metrics], rows

@@ -112,7 +112,9 @@ def bundled_smollm2_dir(root: Path) -> Path:
 
     def build(out: Path) -> None:
         log.info("converting the bundled SmolLM2 GGUF to %s (once)", root / SMOLLM2)
-        gguf_model = AutoModelForCausalLM.from_pretrained(_gguf_dir(), gguf_file=_GGUF_FILE, dtype=torch.float32)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            _gguf_dir(), gguf_file=_GGUF_FILE, dtype=torch.float32
+        )
         config = gguf_model.config
         # The GGUF load leaves quant_method=gguf behind; optimum-intel's export fails on it.
         if hasattr(config, "quantization_config"):
@@ -161,7 +163,9 @@ def resolve_model_dir(config: ModelConfig) -> str:
 def load_tokenizer(config: ModelConfig):
     if config.name_or_path == TINY:
         return AutoTokenizer.from_pretrained(bundled_tokenizer_dir(cache_dir(config)))
-    return AutoTokenizer.from_pretrained(resolve_model_dir(config), trust_remote_code=config.trust_remote_code)
+    return AutoTokenizer.from_pretrained(
+        resolve_model_dir(config), trust_remote_code=config.trust_remote_code
+    )
 
 
 def load_model(config: ModelConfig):
@@ -175,7 +179,9 @@ def load_model(config: ModelConfig):
         local = Path(source).expanduser()
         if local.exists():
             if not (local / "config.json").is_file():
-                raise ModelNotFoundError(f"{local.resolve()} exists but has no config.json (not an HF model dir)")
+                raise ModelNotFoundError(
+                    f"{local.resolve()} exists but has no config.json (not an HF model dir)"
+                )
         else:
             tried.append(f"local directory {local.resolve()} (does not exist)")
         try:

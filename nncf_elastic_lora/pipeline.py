@@ -38,7 +38,11 @@ def eval_splits(config: PipelineConfig) -> dict[str, TaskData]:
 
 
 def evaluate_model(
-    model: Any, tokenizer: Any, config: PipelineConfig, tasks: dict[str, TaskData] | None = None, progress: bool = True
+    model: Any,
+    tokenizer: Any,
+    config: PipelineConfig,
+    tasks: dict[str, TaskData] | None = None,
+    progress: bool = True,
 ) -> list[TaskResult]:
     """Score a model on every configured task's evaluation split."""
     ev = config.evaluation
@@ -74,7 +78,7 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
         cal = sp.calibration
         task = load_task(config.data, cal.task) if cal.task else load_task(config.data)
         calibration = calibration_batches(task.train, tokenizer, cal.num_samples, cal.seq_len, cal.seed)
-        calib_record = {"task": task.name, "split": "train", "split_record": task.record, **cal.model_dump()}
+        calib_record = {**cal.model_dump(), "task": task.name, "split": "train", "split_record": task.record}
     report = sparsify_model(
         model,
         method=sp.method,
@@ -93,11 +97,15 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "report.json", result)
-    log.info("sparsified %s: %.2f%% of targeted weights zeroed", config.model.name_or_path, 100 * report.sparsity)
+    log.info(
+        "sparsified %s: %.2f%% of targeted weights zeroed", config.model.name_or_path, 100 * report.sparsity
+    )
     return result
 
 
-def write_eval(output: Path, label: str, results: list[TaskResult], extra: dict[str, Any] | None = None) -> None:
+def write_eval(
+    output: Path, label: str, results: list[TaskResult], extra: dict[str, Any] | None = None
+) -> None:
     headers, rows = results_table({label: results})
     write_json(output / "eval.json", {**(extra or {}), "results": [r.to_dict() for r in results]})
     write_text(output / "eval.md", markdown_table(headers, rows))
@@ -122,7 +130,9 @@ def _stage(output: Path, name: str, fn, resume: bool) -> tuple[Any, float, bool]
     return result, elapsed, False
 
 
-def run_pipeline(config: PipelineConfig, output: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_pipeline(
+    config: PipelineConfig, output: str | Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """sparsify -> evaluate (dense and sparse) -> report. Completed stages are reused with ``resume``."""
     output = Path(output)
     tasks = eval_splits(config)
@@ -133,7 +143,9 @@ def run_pipeline(config: PipelineConfig, output: str | Path, resume: bool = Fals
         model, tokenizer = load_model(model_config)
         return [r.to_dict() for r in evaluate_model(model, tokenizer, config, tasks, progress)]
 
-    evals["dense"], stages["evaluate dense"], _ = _stage(output, "eval_dense", lambda: eval_of(config.model), resume)
+    evals["dense"], stages["evaluate dense"], _ = _stage(
+        output, "eval_dense", lambda: eval_of(config.model), resume
+    )
     sparsity_report = None
     if config.sparsity.method != "none":
         sparse_dir = output / "sparse_model"
@@ -154,7 +166,10 @@ def run_pipeline(config: PipelineConfig, output: str | Path, resume: bool = Fals
         "evaluation": evals,
         "sparsity": None
         if sparsity_report is None
-        else {k: sparsity_report[k] for k in ("method", "ratio", "pattern", "sparsity", "model_sparsity", "time_s")},
+        else {
+            k: sparsity_report[k]
+            for k in ("method", "ratio", "pattern", "sparsity", "model_sparsity", "time_s")
+        },
         "stage_time_s": stages,
     }
     write_json(output / "report.json", report)
@@ -189,4 +204,6 @@ def summary_markdown(report: dict[str, Any]) -> str:
 def print_summary(report: dict[str, Any]) -> None:
     headers, rows = summary_rows(report)
     print_table("accuracy", headers, rows)
-    print_table("time per stage (s)", ["stage", "seconds"], [[k, v] for k, v in report["stage_time_s"].items()])
+    print_table(
+        "time per stage (s)", ["stage", "seconds"], [[k, v] for k, v in report["stage_time_s"].items()]
+    )

@@ -92,7 +92,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], print_fn: Callable | None = None) -> None:
+def print_table(
+    title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], print_fn: Callable | None = None
+) -> None:
     """A table on the terminal (rich)."""
     from rich.console import Console
     from rich.table import Table

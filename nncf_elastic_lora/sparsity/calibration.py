@@ -34,7 +34,9 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
-        raise TypeError(f"{type(model).__name__}: no decoder `layers` list found; only LLaMA-style models are supported")
+        raise TypeError(
+            f"{type(model).__name__}: no decoder `layers` list found; only LLaMA-style models are supported"
+        )
     return layers
 
 

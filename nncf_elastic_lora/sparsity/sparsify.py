@@ -53,7 +53,9 @@ def _apply(name: str, linear: torch.nn.Linear, mask: torch.Tensor, report: Spars
     }
 
 
-def _run_layer(layer: torch.nn.Module, inputs: list[tuple[torch.Tensor, dict[str, Any]]]) -> list[torch.Tensor]:
+def _run_layer(
+    layer: torch.nn.Module, inputs: list[tuple[torch.Tensor, dict[str, Any]]]
+) -> list[torch.Tensor]:
     outs = []
     for hidden, kwargs in inputs:
         out = layer(hidden, **kwargs)
@@ -94,7 +96,9 @@ def sparsify_model(
         batches = [torch.cat(calibration[i : i + batch_size]) for i in range(0, len(calibration), batch_size)]
         inputs = capture_layer_inputs(model, batches)
         layers = decoder_layers(model)
-        prefixes = {id(layer): name for name, layer in model.named_modules() if any(layer is x for x in layers)}
+        prefixes = {
+            id(layer): name for name, layer in model.named_modules() if any(layer is x for x in layers)
+        }
         outside = set(targets)
         for layer in tqdm(layers, desc="wanda: layers", disable=not progress):
             prefix = prefixes[id(layer)] + "."
@@ -112,7 +116,9 @@ def sparsify_model(
             # Recompute the layer's outputs with its pruned weights: the next layer calibrates on them.
             inputs = [(o, kw) for o, (_, kw) in zip(_run_layer(layer, inputs), inputs, strict=True)]
         if outside:
-            raise ValueError(f"Wanda prunes decoder-layer linears only; these targets are outside: {sorted(outside)}")
+            raise ValueError(
+                f"Wanda prunes decoder-layer linears only; these targets are outside: {sorted(outside)}"
+            )
         model.train(was_training)
         report.calibration = {
             "num_samples": len(calibration),

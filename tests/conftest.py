@@ -1,0 +1,28 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from nncf_elastic_lora.config import ModelConfig, TinyModelConfig  # noqa: E402
+from nncf_elastic_lora.models import build_tiny_llama, load_tokenizer  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = ModelConfig(
+    name_or_path="tiny-random-llama",
+    tiny=TinyModelConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer(TINY)
+
+
+@pytest.fixture
+def tiny_model():
+    return build_tiny_llama(TINY).eval()

@@ -1,0 +1,104 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from nncf_elastic_lora.cli import main
+
+TINY_CONFIG = str(Path(__file__).parent.parent / "configs" / "tiny_shears.json")
+FAST = ["--no-progress", "--set", 'evaluation.tasks=["basic_arithmetic"]', "--set", "evaluation.limit=8"]
+
+
+def test_run_tiny_pipeline_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", TINY_CONFIG, "--output", str(out), *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["evaluation"]) == {"dense", "sparse"}
+    assert report["sparsity"]["sparsity"] == pytest.approx(0.5)
+    assert report["data"]["basic_arithmetic"]["sizes"] == {"train": 64, "validation": 16, "test": 16}
+    assert (out / "report.md").read_text().startswith("# nncf-elastic-lora run")
+    model = AutoModelForCausalLM.from_pretrained(out / "sparse_model")
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert ((q == 0).sum(1) == q.shape[1] // 2).all()
+
+
+def test_run_refuses_existing_output_then_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", TINY_CONFIG, "--output", str(out), *FAST]) == 0
+    stamp = (out / "stages" / "sparsify.json").stat().st_mtime_ns
+    assert main(["run", TINY_CONFIG, "--output", str(out), *FAST]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["run", TINY_CONFIG, "--output", str(out), "--resume", *FAST]) == 0
+    assert (out / "stages" / "sparsify.json").stat().st_mtime_ns == stamp  # reused, not redone
+    assert main(["run", TINY_CONFIG, "--output", str(out), "--overwrite", *FAST]) == 0
+    assert (out / "stages" / "sparsify.json").stat().st_mtime_ns != stamp
+
+
+def test_sparsify_verb_writes_loadable_checkpoint(tmp_path):
+    out = tmp_path / "sparse"
+    args = [
+        "sparsify",
+        "--config",
+        TINY_CONFIG,
+        "--output",
+        str(out),
+        "--ratio",
+        "0.25",
+        "--pattern",
+        "unstructured",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["sparsity"] == pytest.approx(0.25)
+    assert report["calibration"]["task"] == "basic_arithmetic"
+    assert len(report["layers"]) == 14
+    model = AutoModelForCausalLM.from_pretrained(out)
+    down = model.model.layers[1].mlp.down_proj.weight
+    assert torch.equal((down == 0).sum(1), torch.full((down.shape[0],), down.shape[1] // 4))
+    assert main(args) == 2  # exists
+    assert main([*args, "--overwrite", "--method", "magnitude"]) == 0
+    assert json.loads((out / "report.json").read_text())["method"] == "magnitude"
+
+
+def test_eval_verb(tmp_path):
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                "--config",
+                TINY_CONFIG,
+                "--output",
+                str(out),
+                "--tasks",
+                "sst2",
+                "--limit",
+                "6",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    result = json.loads((out / "eval.json").read_text())["results"][0]
+    assert result["task"] == "sst2" and result["n"] == 6 and 0 <= result["metrics"]["acc"] <= 1
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+def test_invalid_config_fails_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"sparsity": {"method": "sparsegpt"}}))
+    assert main(["run", str(bad), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "sparsity.method" in err and "'wanda'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_schema_and_tasks(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "bootstrapNAS" in schema["properties"]
+    assert main(["tasks"]) == 0
+    assert "basic_arithmetic" in capsys.readouterr().out

@@ -1,0 +1,86 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from nncf_elastic_lora.config import (
+    ConfigError,
+    PipelineConfig,
+    apply_overrides,
+    json_schema,
+    load_config,
+    parse_config,
+)
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.json"))
+
+
+def test_defaults_are_valid():
+    config = PipelineConfig()
+    assert config.model.name_or_path == "smollm2-135m"
+    assert config.sparsity.ratio == 0.5
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    load_config(path)
+
+
+def test_unknown_key_names_path_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"sparsity": {"ratoi": 0.5}})
+    message = str(err.value)
+    assert "sparsity.ratoi: unknown key" in message
+    assert "ratio" in message and "method" in message
+
+
+def test_bad_literal_names_key_value_and_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"sparsity": {"method": "sparsegpt"}})
+    message = str(err.value)
+    assert "sparsity.method" in message and '"sparsegpt"' in message
+    assert "'wanda'" in message and "'magnitude'" in message
+
+
+def test_out_of_range_value():
+    with pytest.raises(ConfigError, match=r"sparsity\.ratio: got 1\.5"):
+        parse_config({"sparsity": {"ratio": 1.5}})
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"sparsity": {"ratio": -1}, "evaluation": {"batch_size": 0}})
+    assert len(err.value.problems) == 2
+
+
+def test_groups_and_widths_must_pair():
+    bad = {
+        "bootstrapNAS": {
+            "elasticity": {"width": {"overwrite_groups": [["q_proj"]], "overwrite_groups_widths": []}}
+        }
+    }
+    with pytest.raises(ConfigError, match="bootstrapNAS.elasticity.width"):
+        parse_config(bad)
+
+
+def test_overrides_parse_json_and_revalidate():
+    config = apply_overrides(PipelineConfig(), ["sparsity.ratio=0.6", "model.name_or_path=some/dir"])
+    assert config.sparsity.ratio == 0.6 and config.model.name_or_path == "some/dir"
+    with pytest.raises(ConfigError, match="sparsity.ratio"):
+        apply_overrides(PipelineConfig(), ["sparsity.ratio=2"])
+
+
+def test_missing_file_and_bad_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_config(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(bad)
+
+
+def test_schema_is_generated_from_models():
+    schema = json_schema()
+    json.dumps(schema)
+    assert set(schema["properties"]) >= {"model", "data", "sparsity", "bootstrapNAS", "evaluation", "export"}
+    assert schema["additionalProperties"] is False

@@ -1,0 +1,108 @@
+"""Evaluation on a model whose answers are known: an oracle that follows gold texts token by token."""
+
+import math
+
+import pytest
+import torch
+from transformers.modeling_outputs import CausalLMOutput
+
+from nncf_elastic_lora.data import Example
+from nncf_elastic_lora.evaluation import CausalLM, evaluate_task, loglikelihoods
+
+
+class OracleLM(torch.nn.Module):
+    """Puts all probability on the next token of whichever known text the input is a prefix of.
+
+    With ``contrary=True`` it puts all probability on anything *but* that token.
+    """
+
+    def __init__(self, texts, tokenizer, vocab=49152, contrary=False):
+        super().__init__()
+        self.seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        self.vocab, self.contrary = vocab, contrary
+
+    def _next(self, prefix):
+        for seq in self.seqs:
+            if len(prefix) < len(seq) and seq[: len(prefix)] == prefix:
+                return seq[len(prefix)]
+        return None
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for b in range(input_ids.shape[0]):
+            real = [(t, int(i)) for t, (i, m) in enumerate(zip(input_ids[b], mask[b], strict=True)) if m]
+            tokens = [i for _, i in real]
+            for k, (t, _) in enumerate(real):
+                nxt = self._next(tokens[: k + 1])
+                if nxt is None:
+                    continue
+                if self.contrary:
+                    logits[b, t] = 30.0
+                    logits[b, t, nxt] = -30.0
+                else:
+                    logits[b, t, nxt] = 30.0
+        return CausalLMOutput(logits=logits)
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, **_):
+        ids, mask = input_ids, attention_mask
+        for _ in range(max_new_tokens):
+            nxt = self.forward(ids, mask).logits[:, -1].argmax(-1, keepdim=True)
+            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+        return ids
+
+
+EXAMPLES = [
+    Example(
+        id=str(i),
+        prompt=f"Question: Calculate {a} + {b} =\nAnswer:",
+        target=f" {a + b}",
+        choices=tuple(f" {a + b + d}" for d in (-1, 0, 2)),
+        label=1,
+        answer=str(a + b),
+    )
+    for i, (a, b) in enumerate([(3, 4), (12, 30), (7, 7), (100, 23), (5, 0)])
+]
+
+
+def _gold_texts():
+    # Perplexity scores each text after an end-of-text token; the oracle knows both forms.
+    texts = [e.prompt + e.target + "\n\nQuestion:" for e in EXAMPLES]
+    return texts + ["<|im_end|>" + t for t in texts]
+
+
+def test_oracle_scores_perfectly(tokenizer):
+    lm = CausalLM(OracleLM(_gold_texts(), tokenizer), tokenizer)
+    result = evaluate_task(lm, "arith", EXAMPLES, batch_size=2, max_new_tokens=6, with_perplexity=True)
+    assert result.metrics["acc"] == 1.0
+    assert result.metrics["acc_norm"] == 1.0
+    assert result.metrics["exact_match"] == 1.0
+    assert result.metrics["perplexity"] < 10.0  # only where the gold texts branch is it unsure
+    assert result.n == 5 and len(result.predictions) == 10
+
+
+def test_contrary_oracle_scores_zero(tokenizer):
+    lm = CausalLM(OracleLM(_gold_texts(), tokenizer, contrary=True), tokenizer)
+    result = evaluate_task(lm, "arith", EXAMPLES, batch_size=3, max_new_tokens=4, with_perplexity=True)
+    assert result.metrics["acc"] == 0.0
+    assert result.metrics["perplexity"] > 1e6
+    assert result.metrics["exact_match"] == 0.0
+
+
+def test_loglikelihood_matches_a_direct_computation(tiny_model, tokenizer):
+    """Batched, padded scoring equals one unpadded forward per request."""
+    lm = CausalLM(tiny_model, tokenizer)
+    requests = [
+        ("Question: Calculate 2 + 2 =\nAnswer:", " 4"),
+        ("Hi", " there, how are you today?"),
+        ("A", " B"),
+    ]
+    batched = loglikelihoods(lm, requests, batch_size=3)
+    for (ctx, cont), got in zip(requests, batched, strict=True):
+        c = tokenizer(ctx, add_special_tokens=False)["input_ids"]
+        full = tokenizer(ctx + cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+        want = sum(float(logp[t - 1, full[t]]) for t in range(len(c), len(full)))
+        assert got == pytest.approx(want, abs=1e-3)
+    assert all(math.isfinite(v) and v < 0 for v in batched)
