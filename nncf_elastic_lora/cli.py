@@ -17,6 +17,7 @@ EPILOG = """\
 examples:
   nncf-elastic-lora run configs/tiny_shears.json --output runs/tiny
   nncf-elastic-lora sparsify --model smollm2-135m --ratio 0.5 --output runs/smollm2-wanda50
+  nncf-elastic-lora train --config configs/shears_smollm2.json --model runs/smollm2-wanda50 --output runs/nls
   nncf-elastic-lora eval --model runs/smollm2-wanda50 --tasks arc_easy,piqa --limit 200 --output runs/eval
   nncf-elastic-lora schema > config.schema.json
   nncf-elastic-lora tasks
@@ -59,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="the whole pipeline from one config",
-        description="Run every configured stage: "
-        "evaluate dense, sparsify, evaluate sparse; writes report.json and report.md.",
+        description="Run every configured stage: evaluate dense, sparsify, evaluate sparse, NLS-train "
+        "elastic adapters, evaluate sub-adapters; writes report.json and report.md.",
     )
     _add_common(run, config_positional=True)
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
@@ -106,6 +107,8 @@ def _config(args: argparse.Namespace):
         ("pattern", "sparsity.pattern"),
         ("limit", "evaluation.limit"),
         ("split", "evaluation.split"),
+        ("algorithm", "bootstrapNAS.training.algorithm"),
+        ("max_steps", "bootstrapNAS.training.max_steps"),
     ]:
         value = getattr(args, flag, None)
         if value is not None:
@@ -177,6 +180,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         report = sparsify(config, output, progress)
         print(
             f"wrote {output} ({100 * report['sparsity']:.2f}% of targeted weights zeroed, {report['time_s']:.1f} s)"
+        )
+        return 0
+    if args.command == "train":
+        from .pipeline import train
+
+        prepare_output(output, args.overwrite, resume=args.resume)
+        report = train(config, output, resume=args.resume, progress=progress)
+        print(
+            f"trained {report['algorithm']} for {report['steps']} steps (loss {report['train_loss']:.4f}); "
+            f"wrote {output / 'super_adapter'} and {output / 'sub_adapter_heuristic'}"
         )
         return 0
     if args.command == "eval":

@@ -100,27 +100,47 @@ class SparsityConfig(_Section):
 
 
 class NLSTrainingConfig(_Section):
-    """Neural Low-rank adapter Search training (filled by the Shears issue)."""
+    """Super-adapter training: NLS (a random sub-adapter per optimizer step) or plain LoRA."""
 
-    algorithm: Literal["nls", "lora"] = "nls"
-    frozen_layers_allowed: bool = True
+    algorithm: Literal["nls", "lora"] = Field(
+        "nls", description="'nls' samples a sub-adapter per step; 'lora' trains the maximal one only."
+    )
+    frozen_layers_allowed: bool = Field(
+        True, description="Accepted for NNCF configs; the base is always frozen."
+    )
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+        description="Linear layers that get an adapter (module patterns).",
+    )
+    lora_r: int = Field(32, gt=0, description="The super-adapter's (maximal) rank.")
+    lora_alpha: float = Field(64.0, gt=0, description="Scaling is lora_alpha / lora_r at every active rank.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
     learning_rate: float = Field(3e-4, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0.")
     per_device_train_batch_size: int = Field(4, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    lora_alpha: float = Field(64.0, gt=0)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    bf16: bool = Field(False, description="bf16 autocast (fast on CPUs with AVX512-BF16 or AMX).")
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(
+        100, ge=0, description="Checkpoint every N steps (0: never); `run --resume` continues."
     )
     seed: int = 42
 
 
 class WidthElasticityConfig(_Section):
-    overwrite_groups: list[list[str]] = Field(default_factory=list)
-    overwrite_groups_widths: list[list[int]] = Field(default_factory=list)
+    overwrite_groups: list[list[str]] = Field(
+        default_factory=list,
+        description="Groups of module patterns sharing one width; '{*}' (a layer index) makes one group per index.",
+    )
+    overwrite_groups_widths: list[list[int]] = Field(
+        default_factory=list, description="The widths (ranks) each group may take, largest first."
+    )
+    default_widths: list[int] | None = Field(
+        None, description="Widths of adapters no group names; default: [lora_r] (not elastic)."
+    )
 
     @model_validator(mode="after")
     def _same_length(self) -> WidthElasticityConfig:
@@ -144,7 +164,9 @@ class ElasticityConfig(_Section):
 
 
 class SearchConfig(_Section):
-    algorithm: Literal["heuristic", "hill_climbing", "NSGA2", "RNSGA2"] = "heuristic"
+    algorithm: Literal["heuristic", "hill_climbing", "NSGA2", "RNSGA2"] = Field(
+        "heuristic", description="How the sub-adapter is chosen after training."
+    )
     num_evals: int = Field(100, gt=0)
     population: int = Field(10, gt=0)
     ref_points: list[list[float]] | None = None
@@ -152,6 +174,7 @@ class SearchConfig(_Section):
 
 
 class BootstrapNASConfig(_Section):
+    enabled: bool = Field(True, description="Train elastic adapters after sparsification.")
     training: NLSTrainingConfig = Field(default_factory=NLSTrainingConfig)
     elasticity: ElasticityConfig = Field(default_factory=ElasticityConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
@@ -164,6 +187,10 @@ class EvaluationConfig(_Section):
     batch_size: int = Field(8, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     perplexity: bool = Field(False, description="Also report perplexity of the split's gold texts.")
+    baseline: bool = Field(True, description="`run` also evaluates the dense and the sparse model.")
+    subnets: list[Literal["maximal", "heuristic", "minimal"]] = Field(
+        default_factory=lambda: ["heuristic"], description="Sub-adapters `run` evaluates after training."
+    )
 
 
 class ExportConfig(_Section):

@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig, PipelineConfig
+from .config import BootstrapNASConfig, ModelConfig, PipelineConfig
 from .data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
+from .elastic import ElasticLoraSuperNet
 from .evaluation import CausalLM, TaskResult, evaluate_task, results_table
-from .models import load_model
+from .models import load_model, resolve_model_dir
 from .reports import atomic_directory, markdown_table, print_table, write_json, write_text
 from .sparsity import calibration_batches, sparsify_model
+from .training import train_super_adapter
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,90 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
     return result
 
 
+def build_supernet(model: Any, bnas: BootstrapNASConfig) -> ElasticLoraSuperNet:
+    """Attach the configured elastic adapters to ``model``."""
+    t, width = bnas.training, bnas.elasticity.width
+    return ElasticLoraSuperNet.attach(
+        model,
+        target_modules=t.target_modules,
+        max_rank=t.lora_r,
+        alpha=t.lora_alpha,
+        dropout=t.lora_dropout,
+        overwrite_groups=width.overwrite_groups,
+        overwrite_groups_widths=width.overwrite_groups_widths,
+        default_widths=width.default_widths or [t.lora_r],
+    )
+
+
+def train(
+    config: PipelineConfig, output: str | Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train the super-adapter on ``model.name_or_path`` (the sparse base); write it and the heuristic sub-adapter.
+
+    Output: ``super_adapter/`` (peft folder at maximal rank + ``elastic_lora.json``),
+    ``sub_adapter_heuristic/`` (a stock peft folder), ``checkpoints/`` and ``train_report.json``.
+    """
+    output = Path(output)
+    model, tokenizer = load_model(config.model)
+    supernet = build_supernet(model, config.bootstrapNAS)
+    data = load_task(config.data)
+    result, _ = train_super_adapter(
+        supernet,
+        tokenizer,
+        data.train,
+        config.bootstrapNAS.training,
+        output / "checkpoints",
+        max_length=config.data.max_length,
+        resume=resume,
+        progress=progress,
+    )
+    base = resolve_model_dir(config.model)
+    supernet.save_super_adapter(output / "super_adapter", base_model=base)
+    heuristic = supernet.get_heuristic_config()
+    supernet.save_sub_adapter(output / "sub_adapter_heuristic", heuristic, base_model=base)
+    report = {
+        **result.to_dict(),
+        "base_model": base,
+        "data": data.record,
+        "search_space": {"groups": len(supernet.groups), "size": supernet.space_size()},
+        "adapter_params": {
+            "maximal": supernet.get_active_params(supernet.get_maximal_config()),
+            "heuristic": supernet.get_active_params(heuristic),
+            "minimal": supernet.get_active_params(supernet.get_minimal_config()),
+        },
+    }
+    write_json(output / "train_report.json", report)
+    return report
+
+
+def load_supernet(model_config: ModelConfig, super_adapter: str | Path) -> tuple[ElasticLoraSuperNet, Any]:
+    """The base model with a saved super-adapter attached, and its tokenizer."""
+    model, tokenizer = load_model(model_config)
+    return ElasticLoraSuperNet.load_super_adapter(model, super_adapter), tokenizer
+
+
+def evaluate_subnets(
+    supernet: ElasticLoraSuperNet,
+    tokenizer: Any,
+    config: PipelineConfig,
+    names: list[str],
+    tasks,
+    progress: bool,
+) -> dict[str, list[dict[str, Any]]]:
+    """Evaluate named sub-adapters ('maximal', 'heuristic', 'minimal') of a super-network."""
+    configs = {
+        "maximal": supernet.get_maximal_config,
+        "heuristic": supernet.get_heuristic_config,
+        "minimal": supernet.get_minimal_config,
+    }
+    out = {}
+    for name in names:
+        supernet.activate_config(configs[name]())
+        out[name] = [r.to_dict() for r in evaluate_model(supernet.model, tokenizer, config, tasks, progress)]
+    supernet.activate_maximal_subnet()
+    return out
+
+
 def write_eval(
     output: Path, label: str, results: list[TaskResult], extra: dict[str, Any] | None = None
 ) -> None:
@@ -133,7 +219,11 @@ def _stage(output: Path, name: str, fn, resume: bool) -> tuple[Any, float, bool]
 def run_pipeline(
     config: PipelineConfig, output: str | Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """sparsify -> evaluate (dense and sparse) -> report. Completed stages are reused with ``resume``."""
+    """evaluate dense -> sparsify -> evaluate sparse -> NLS train -> evaluate sub-adapters -> report.
+
+    Completed stages are reused with ``resume`` (each writes its result atomically); an
+    interrupted training continues from its last checkpoint.
+    """
     output = Path(output)
     tasks = eval_splits(config)
     stages: dict[str, float] = {}
@@ -143,9 +233,11 @@ def run_pipeline(
         model, tokenizer = load_model(model_config)
         return [r.to_dict() for r in evaluate_model(model, tokenizer, config, tasks, progress)]
 
-    evals["dense"], stages["evaluate dense"], _ = _stage(
-        output, "eval_dense", lambda: eval_of(config.model), resume
-    )
+    if config.evaluation.baseline:
+        evals["dense"], stages["evaluate dense"], _ = _stage(
+            output, "eval_dense", lambda: eval_of(config.model), resume
+        )
+    base_model = config.model
     sparsity_report = None
     if config.sparsity.method != "none":
         sparse_dir = output / "sparse_model"
@@ -156,10 +248,29 @@ def run_pipeline(
             return sparsify(config, sparse_dir, progress)
 
         sparsity_report, stages["sparsify"], _ = _stage(output, "sparsify", do_sparsify, resume)
-        sparse_model = config.model.model_copy(update={"name_or_path": str(sparse_dir)})
-        evals["sparse"], stages["evaluate sparse"], _ = _stage(
-            output, "eval_sparse", lambda: eval_of(sparse_model), resume
+        base_model = config.model.model_copy(update={"name_or_path": str(sparse_dir)})
+        if config.evaluation.baseline:
+            evals["sparse"], stages["evaluate sparse"], _ = _stage(
+                output, "eval_sparse", lambda: eval_of(base_model), resume
+            )
+    train_report = None
+    if config.bootstrapNAS.enabled:
+        trained = config.model_copy(update={"model": base_model})
+        train_dir = output / "nls"
+        train_report, stages["train"], _ = _stage(
+            output, "train", lambda: train(trained, train_dir, resume=resume, progress=progress), resume
         )
+
+        def eval_subnets():
+            supernet, tokenizer = load_supernet(base_model, train_dir / "super_adapter")
+            return evaluate_subnets(supernet, tokenizer, config, config.evaluation.subnets, tasks, progress)
+
+        subnet_evals, stages["evaluate sub-adapters"], _ = _stage(
+            output, "eval_subnets", eval_subnets, resume
+        )
+        prefix = "sparse+" if config.sparsity.method != "none" else ""
+        label = "NLS" if config.bootstrapNAS.training.algorithm == "nls" else "LoRA"
+        evals.update({f"{prefix}{label} ({name})": r for name, r in subnet_evals.items()})
     report = {
         "config": config.model_dump(mode="json"),
         "data": {name: t.record for name, t in tasks.items()},
@@ -169,6 +280,26 @@ def run_pipeline(
         else {
             k: sparsity_report[k]
             for k in ("method", "ratio", "pattern", "sparsity", "model_sparsity", "time_s")
+        },
+        "training": None
+        if train_report is None
+        else {
+            k: train_report[k]
+            for k in (
+                "algorithm",
+                "steps",
+                "train_loss",
+                "step_time_median_s",
+                "time_s",
+                "trainable_params",
+                "adapter_params",
+                "search_space",
+            )
+        },
+        "artifacts": {
+            "sparse_model": str(output / "sparse_model") if sparsity_report else None,
+            "super_adapter": str(output / "nls" / "super_adapter") if train_report else None,
+            "sub_adapter": str(output / "nls" / "sub_adapter_heuristic") if train_report else None,
         },
         "stage_time_s": stages,
     }
@@ -191,6 +322,15 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"\n## Sparsity\n\n{s['method']} {s['pattern']} at ratio {s['ratio']}: "
             f"{100 * s['sparsity']:.2f}% of targeted weights, {100 * s['model_sparsity']:.2f}% of all parameters\n"
         )
+    if report.get("training"):
+        t = report["training"]
+        text += (
+            f"\n## Training\n\n{t['algorithm']}: {t['steps']} steps, final loss {t['train_loss']:.4f}, "
+            f"median step {t['step_time_median_s']:.2f} s; trainable parameters {t['trainable_params']:,}; "
+            f"adapter parameters maximal / heuristic / minimal: {t['adapter_params']['maximal']:,} / "
+            f"{t['adapter_params']['heuristic']:,} / {t['adapter_params']['minimal']:,}; "
+            f"search space: {t['search_space']['groups']} groups, {t['search_space']['size']:.3g} sub-adapters\n"
+        )
     text += "\n## Time per stage\n\n" + markdown_table(
         ["stage", "seconds"], [[k, v] for k, v in report["stage_time_s"].items()]
     )
@@ -204,6 +344,18 @@ def summary_markdown(report: dict[str, Any]) -> str:
 def print_summary(report: dict[str, Any]) -> None:
     headers, rows = summary_rows(report)
     print_table("accuracy", headers, rows)
+    facts = []
+    if report.get("sparsity"):
+        facts.append(["sparsity (targeted weights)", f"{100 * report['sparsity']['sparsity']:.2f}%"])
+    if report.get("training"):
+        t = report["training"]
+        facts += [
+            ["trainable parameters", f"{t['trainable_params']:,}"],
+            ["heuristic sub-adapter parameters", f"{t['adapter_params']['heuristic']:,}"],
+            ["training steps / median step (s)", f"{t['steps']} / {t['step_time_median_s']:.2f}"],
+        ]
+    if facts:
+        print_table("model", ["", "value"], facts)
     print_table(
         "time per stage (s)", ["stage", "seconds"], [[k, v] for k, v in report["stage_time_s"].items()]
     )

@@ -1,0 +1,273 @@
+"""The elastic-LoRA super-network and its controller.
+
+:class:`ElasticLoraSuperNet` attaches :class:`ElasticLoraLinear` adapters to a model's target
+linears and steers them. Its vocabulary mirrors NNCF BootstrapNAS's ``TrainedSuperNet``:
+``get_search_space``, ``activate_config``, ``activate_maximal_subnet``, ``activate_minimal_subnet``,
+``activate_heuristic_subnet``, ``get_active_config``, ``get_macs_for_active_config``. A
+configuration is a ``{group name: width}`` dict.
+
+Saving: the super-adapter is a peft LoRA folder at the maximal rank (stock peft loads it as the
+maximal sub-adapter) plus ``elastic_lora.json`` with the search space. A sub-adapter is a standard
+peft LoRA folder with per-module ranks in ``rank_pattern`` and ``alpha_pattern``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..patterns import find_linears
+from ..reports import atomic_directory, write_json
+from .lora import ElasticLoraLinear
+from .search_space import Group, build_groups
+
+SubnetConfig = dict[str, int]
+SEARCH_SPACE_FILE = "elastic_lora.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+class ElasticLoraSuperNet:
+    """Controller of the elastic adapters inside ``model`` (which it modifies in place)."""
+
+    def __init__(self, model: nn.Module, adapters: dict[str, ElasticLoraLinear], groups: list[Group]):
+        self.model = model
+        self.adapters = adapters
+        self.groups = groups
+        self._by_name = {g.name: g for g in groups}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def attach(
+        cls,
+        model: nn.Module,
+        *,
+        target_modules: list[str],
+        max_rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        overwrite_groups: list[list[str]] | None = None,
+        overwrite_groups_widths: list[list[int]] | None = None,
+        default_widths: list[int] | None = None,
+    ) -> ElasticLoraSuperNet:
+        """Freeze ``model`` and wrap every target linear with an elastic adapter of rank ``max_rank``."""
+        default_widths = default_widths or [max_rank]
+        if max(default_widths) > max_rank:
+            raise ValueError(f"default widths {default_widths} exceed the maximal rank {max_rank}")
+        targets = find_linears(model, target_modules)
+        groups = build_groups(
+            list(targets), overwrite_groups or [], overwrite_groups_widths or [], default_widths, max_rank
+        )
+        for p in model.parameters():
+            p.requires_grad_(False)
+        adapters = {}
+        for name, linear in targets.items():
+            adapters[name] = ElasticLoraLinear(linear, max_rank, alpha, dropout)
+            _set_module(model, name, adapters[name])
+        return cls(model, adapters, groups)
+
+    # ------------------------------------------------------------------ the search space
+
+    def get_search_space(self) -> dict[str, list[int]]:
+        return {g.name: list(g.widths) for g in self.groups}
+
+    def space_size(self) -> int:
+        size = 1
+        for g in self.groups:
+            size *= len(set(g.widths))
+        return size
+
+    def get_maximal_config(self) -> SubnetConfig:
+        return {g.name: max(g.widths) for g in self.groups}
+
+    def get_minimal_config(self) -> SubnetConfig:
+        return {g.name: min(g.widths) for g in self.groups}
+
+    def get_heuristic_config(self) -> SubnetConfig:
+        return {g.name: g.heuristic for g in self.groups}
+
+    def sample_config(self, rng: random.Random) -> SubnetConfig:
+        return {g.name: rng.choice(g.widths) for g in self.groups}
+
+    def validate_config(self, config: SubnetConfig) -> None:
+        missing = set(self._by_name) - set(config)
+        unknown = set(config) - set(self._by_name)
+        if missing or unknown:
+            raise ValueError(
+                f"sub-network config does not fit the search space: missing groups {sorted(missing)[:5]}, "
+                f"unknown groups {sorted(unknown)[:5]}"
+            )
+        for name, width in config.items():
+            if width not in self._by_name[name].widths:
+                raise ValueError(
+                    f"group {name}: width {width} is not one of {list(self._by_name[name].widths)}"
+                )
+
+    # ------------------------------------------------------------------ activation
+
+    def activate_config(self, config: SubnetConfig) -> None:
+        self.validate_config(config)
+        for name, width in config.items():
+            for module in self._by_name[name].modules:
+                self.adapters[module].set_active_rank(width)
+
+    def activate_maximal_subnet(self) -> None:
+        self.activate_config(self.get_maximal_config())
+
+    def activate_minimal_subnet(self) -> None:
+        self.activate_config(self.get_minimal_config())
+
+    def activate_heuristic_subnet(self) -> None:
+        self.activate_config(self.get_heuristic_config())
+
+    def get_active_config(self) -> SubnetConfig:
+        return {g.name: self.adapters[g.modules[0]].active_rank for g in self.groups}
+
+    def module_ranks(self, config: SubnetConfig | None = None) -> dict[str, int]:
+        """``{module name: rank}`` of a configuration (default: the active one)."""
+        config = config or self.get_active_config()
+        return {m: config[g.name] for g in self.groups for m in g.modules}
+
+    # ------------------------------------------------------------------ cost
+
+    def get_active_params(self, config: SubnetConfig | None = None) -> int:
+        """Parameters of the (active) sub-adapter: ``r · (in + out)`` per module."""
+        ranks = self.module_ranks(config)
+        return sum(
+            r * (self.adapters[m].in_features + self.adapters[m].out_features) for m, r in ranks.items()
+        )
+
+    def get_macs_for_active_config(
+        self, config: SubnetConfig | None = None, seq_len: int = 1, include_base: bool = False
+    ) -> int:
+        """Multiply-accumulates of the adapted linears for ``seq_len`` tokens (adapter branch, optionally + base)."""
+        macs = self.get_active_params(config)
+        if include_base:
+            macs += sum(a.in_features * a.out_features for a in self.adapters.values())
+        return macs * seq_len
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for a in self.adapters.values() for p in (a.lora_A.weight, a.lora_B.weight)]
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    def config_to_json(self, config: SubnetConfig | None = None) -> str:
+        return json.dumps(config or self.get_active_config(), indent=2)
+
+    def config_from_json(self, text: str) -> SubnetConfig:
+        config = {k: int(v) for k, v in json.loads(text).items()}
+        self.validate_config(config)
+        return config
+
+    def describe(self) -> dict[str, Any]:
+        any_adapter = next(iter(self.adapters.values()))
+        return {
+            "max_rank": any_adapter.max_rank,
+            "alpha": any_adapter.alpha,
+            "dropout": getattr(any_adapter.lora_dropout, "p", 0.0),
+            "groups": [
+                {"name": g.name, "modules": list(g.modules), "widths": list(g.widths)} for g in self.groups
+            ],
+        }
+
+    def adapter_state_dict(
+        self, config: SubnetConfig | None = None, prefix: str = "base_model.model."
+    ) -> dict:
+        """peft-named adapter tensors, sliced to ``config``'s ranks (default: full maximal weights)."""
+        ranks = self.module_ranks(config) if config else {m: a.max_rank for m, a in self.adapters.items()}
+        state = {}
+        for name, rank in ranks.items():
+            a, b = self.adapters[name].lora_weights(rank)
+            state[f"{prefix}{name}.lora_A.weight"] = a.detach().to("cpu", torch.float32).contiguous()
+            state[f"{prefix}{name}.lora_B.weight"] = b.detach().to("cpu", torch.float32).contiguous()
+        return state
+
+    def _peft_config(self, ranks: dict[str, int], base_model: str | None):
+        from peft import LoraConfig
+
+        any_adapter = next(iter(self.adapters.values()))
+        max_rank, alpha = any_adapter.max_rank, any_adapter.alpha
+        default_rank = max(set(ranks.values()), key=list(ranks.values()).count)
+        # Escaped full names: peft treats pattern keys as regexes matched at the end of a module name.
+        rank_pattern = {re.escape(m): r for m, r in ranks.items() if r != default_rank}
+        alpha_pattern = {re.escape(m): alpha * r / max_rank for m, r in ranks.items() if r != default_rank}
+        return LoraConfig(
+            r=default_rank,
+            lora_alpha=alpha * default_rank / max_rank,
+            lora_dropout=getattr(any_adapter.lora_dropout, "p", 0.0),
+            target_modules=sorted(ranks),
+            rank_pattern=rank_pattern,
+            alpha_pattern=alpha_pattern,
+            bias="none",
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=base_model,
+        )
+
+    def save_sub_adapter(
+        self, directory: str | Path, config: SubnetConfig | None = None, base_model: str | None = None
+    ) -> Path:
+        """A standard peft LoRA folder for ``config`` (default: the active configuration)."""
+        config = config or self.get_active_config()
+        self.validate_config(config)
+        ranks = {m: r for m, r in self.module_ranks(config).items() if r > 0}
+        with atomic_directory(directory) as tmp:
+            self._peft_config(ranks, base_model).save_pretrained(tmp)
+            weights = self.adapter_state_dict(config)
+            save_file(
+                {k: v for k, v in weights.items() if v.numel()}, tmp / PEFT_WEIGHTS, metadata={"format": "pt"}
+            )
+            write_json(tmp / "subnet_config.json", config)
+        return Path(directory)
+
+    def save_super_adapter(self, directory: str | Path, base_model: str | None = None) -> Path:
+        """The full super-adapter (peft folder at maximal rank) plus the search space."""
+        ranks = {m: a.max_rank for m, a in self.adapters.items()}
+        with atomic_directory(directory) as tmp:
+            self._peft_config(ranks, base_model).save_pretrained(tmp)
+            save_file(self.adapter_state_dict(), tmp / PEFT_WEIGHTS, metadata={"format": "pt"})
+            write_json(tmp / SEARCH_SPACE_FILE, self.describe())
+        return Path(directory)
+
+    def load_adapter_weights(self, state: dict[str, torch.Tensor], prefix: str = "base_model.model.") -> None:
+        """Load full-rank adapter tensors (as :meth:`adapter_state_dict` names them)."""
+        expected = set(self.adapter_state_dict(prefix=prefix))
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"adapter weights do not fit: missing {missing[:3]}, unexpected {extra[:3]}")
+        with torch.no_grad():
+            for name, adapter in self.adapters.items():
+                adapter.lora_A.weight.copy_(state[f"{prefix}{name}.lora_A.weight"])
+                adapter.lora_B.weight.copy_(state[f"{prefix}{name}.lora_B.weight"])
+
+    @classmethod
+    def load_super_adapter(cls, model: nn.Module, directory: str | Path) -> ElasticLoraSuperNet:
+        """Attach the saved super-adapter in ``directory`` to ``model`` (its base)."""
+        directory = Path(directory)
+        spec_file = directory / SEARCH_SPACE_FILE
+        if not spec_file.is_file():
+            raise FileNotFoundError(f"{spec_file} not found: not a super-adapter folder")
+        spec = json.loads(spec_file.read_text())
+        modules = [m for g in spec["groups"] for m in g["modules"]]
+        supernet = cls.attach(
+            model,
+            target_modules=[f"{{re}}{re.escape(m)}" for m in modules],
+            max_rank=spec["max_rank"],
+            alpha=spec["alpha"],
+            dropout=spec.get("dropout", 0.0),
+        )
+        groups = [Group(g["name"], tuple(g["modules"]), tuple(g["widths"])) for g in spec["groups"]]
+        supernet = cls(model, supernet.adapters, groups)
+        supernet.load_adapter_weights(load_file(directory / PEFT_WEIGHTS))
+        return supernet

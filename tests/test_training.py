@@ -1,0 +1,109 @@
+import shutil
+
+import pytest
+import torch
+
+from nncf_elastic_lora.config import NLSTrainingConfig
+from nncf_elastic_lora.data import Example
+from nncf_elastic_lora.models import build_tiny_llama
+from nncf_elastic_lora.training import PadCollator, step_config, tokenize_examples, train_super_adapter
+
+from .conftest import TINY
+from .test_elastic import _supernet
+
+EXAMPLES = [
+    Example(id=str(i), prompt=f"Question: Calculate {i} + {i % 7} =\nAnswer:", target=f" {i + i % 7}")
+    for i in range(40)
+]
+
+
+def _cfg(**kw):
+    base = dict(
+        max_steps=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_steps=0,
+        seed=7,
+    )
+    return NLSTrainingConfig(**{**base, **kw})
+
+
+def _record_forwards(supernet):
+    """The active configuration at every call of one adapter (gradient checkpointing's recompute included)."""
+    seen = []
+    adapter = supernet.adapters["model.layers.0.self_attn.q_proj"]
+    adapter.register_forward_pre_hook(lambda m, a: seen.append(supernet.get_active_config()))
+    return seen
+
+
+def _adapter_weights(supernet):
+    return {k: v.clone() for k, v in supernet.adapter_state_dict().items()}
+
+
+def test_tokenized_examples_learn_only_the_target(tokenizer):
+    rows = tokenize_examples(EXAMPLES[:2], tokenizer, max_length=64)
+    prompt_len = len(tokenizer(EXAMPLES[0].prompt, add_special_tokens=False)["input_ids"])
+    assert rows[0]["labels"][:prompt_len] == [-100] * prompt_len
+    assert rows[0]["labels"][-1] == tokenizer.eos_token_id
+    batch = PadCollator(tokenizer.pad_token_id)(rows)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_one_sub_adapter_per_optimizer_step(tmp_path, tokenizer, checkpointing):
+    supernet = _supernet(build_tiny_llama(TINY))
+    seen = _record_forwards(supernet)
+    result, nls = train_super_adapter(
+        supernet, tokenizer, EXAMPLES, _cfg(gradient_checkpointing=checkpointing), tmp_path, progress=False
+    )
+    assert result.steps == 4
+    # 2 micro-batches per step, each computed twice under gradient checkpointing (forward + recompute)
+    per_step = 2 * (2 if checkpointing else 1)
+    assert len(seen) == 4 * per_step
+    for step in range(4):
+        calls = seen[step * per_step : (step + 1) * per_step]
+        assert all(c == step_config(supernet, 7, step) for c in calls)
+    assert len({str(step_config(supernet, 7, s)) for s in range(4)}) > 1  # NLS does change sub-adapters
+    assert supernet.get_active_config() == supernet.get_maximal_config()  # restored after training
+
+
+def test_lora_mode_keeps_the_maximal_adapter(tmp_path, tokenizer):
+    supernet = _supernet(build_tiny_llama(TINY))
+    seen = _record_forwards(supernet)
+    train_super_adapter(
+        supernet, tokenizer, EXAMPLES, _cfg(algorithm="lora", max_steps=2), tmp_path, progress=False
+    )
+    assert seen and all(c == supernet.get_maximal_config() for c in seen)
+
+
+def test_training_is_seeded_and_changes_the_adapters(tmp_path, tokenizer):
+    runs = []
+    for i in range(2):
+        supernet = _supernet(build_tiny_llama(TINY))
+        before = _adapter_weights(supernet)
+        result, _ = train_super_adapter(
+            supernet, tokenizer, EXAMPLES, _cfg(), tmp_path / str(i), progress=False
+        )
+        runs.append(_adapter_weights(supernet))
+        assert result.losses and all(torch.isfinite(torch.tensor(result.losses)))
+    assert any(not torch.equal(before[k], runs[0][k]) for k in before)
+    for k in runs[0]:
+        torch.testing.assert_close(runs[0][k], runs[1][k])
+
+
+def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
+    straight = _supernet(build_tiny_llama(TINY))
+    train_super_adapter(straight, tokenizer, EXAMPLES, _cfg(save_steps=2), tmp_path / "a", progress=False)
+    # an interrupted run: the same training, killed after its step-2 checkpoint
+    interrupted = _supernet(build_tiny_llama(TINY))
+    train_super_adapter(interrupted, tokenizer, EXAMPLES, _cfg(save_steps=2), tmp_path / "b", progress=False)
+    shutil.rmtree(tmp_path / "b" / "checkpoint-4")
+    resumed = _supernet(build_tiny_llama(TINY))
+    result, _ = train_super_adapter(
+        resumed, tokenizer, EXAMPLES, _cfg(save_steps=2), tmp_path / "b", resume=True, progress=False
+    )
+    assert result.resumed_from.endswith("checkpoint-2")
+    for k, v in _adapter_weights(straight).items():
+        torch.testing.assert_close(_adapter_weights(resumed)[k], v)
