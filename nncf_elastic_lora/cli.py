@@ -77,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ratio", type=float, help="override sparsity.ratio (fraction zeroed)")
     sp.add_argument("--pattern", choices=["unstructured", "2:4", "4:8"], help="override sparsity.pattern")
 
+    tr = sub.add_parser(
+        "train",
+        help="train an elastic super-adapter with NLS (or plain LoRA)",
+        description="Attach elastic LoRA adapters to the base (--model, typically a sparsified checkpoint), "
+        "train them with Neural Low-rank adapter Search, and write super_adapter/ (peft folder + search space), "
+        "sub_adapter_heuristic/ (a stock peft LoRA folder) and train_report.json.",
+    )
+    _add_common(tr)
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    tr.add_argument("--algorithm", choices=["nls", "lora"], help="override bootstrapNAS.training.algorithm")
+    tr.add_argument("--max-steps", type=int, help="override bootstrapNAS.training.max_steps")
+
     ev = sub.add_parser(
         "eval",
         help="evaluate a model on tasks",

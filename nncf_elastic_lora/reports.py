@@ -100,8 +100,8 @@ def print_table(
     from rich.table import Table
 
     table = Table(title=title)
-    for h in headers:
-        table.add_column(h)
+    for i, h in enumerate(headers):
+        table.add_column(h, no_wrap=i == 0)
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
     (print_fn or Console(stderr=False).print)(table)

@@ -141,6 +141,10 @@ class TrainResult:
         return asdict(self)
 
 
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
 def training_arguments(
     cfg: NLSTrainingConfig, output_dir: str | Path, progress: bool = True
 ) -> TrainingArguments:
@@ -161,6 +165,7 @@ def training_arguments(
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cfg.bf16,
+        use_cpu=not _has_accelerator(),
         gradient_checkpointing=cfg.gradient_checkpointing,
         report_to="none",
         remove_unused_columns=False,

@@ -15,7 +15,17 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
     out = tmp_path / "run"
     assert main(["run", TINY_CONFIG, "--output", str(out), *FAST]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report["evaluation"]) == {"dense", "sparse"}
+    assert set(report["evaluation"]) == {
+        "dense",
+        "sparse",
+        "sparse+NLS (maximal)",
+        "sparse+NLS (heuristic)",
+        "sparse+NLS (minimal)",
+    }
+    assert report["training"]["steps"] == 6 and report["training"]["algorithm"] == "nls"
+    assert report["training"]["adapter_params"]["heuristic"] < report["training"]["adapter_params"]["maximal"]
+    assert set(report["stage_time_s"]) >= {"sparsify", "train", "evaluate sub-adapters"}
+    assert (out / "nls" / "sub_adapter_heuristic" / "adapter_config.json").is_file()
     assert report["sparsity"]["sparsity"] == pytest.approx(0.5)
     assert report["data"]["basic_arithmetic"]["sizes"] == {"train": 64, "validation": 16, "test": 16}
     assert (out / "report.md").read_text().startswith("# nncf-elastic-lora run")
@@ -61,6 +71,37 @@ def test_sparsify_verb_writes_loadable_checkpoint(tmp_path):
     assert main(args) == 2  # exists
     assert main([*args, "--overwrite", "--method", "magnitude"]) == 0
     assert json.loads((out / "report.json").read_text())["method"] == "magnitude"
+
+
+def test_train_verb_on_a_sparse_base(tmp_path):
+    from peft import PeftModel
+
+    sparse = tmp_path / "sparse"
+    assert main(["sparsify", "--config", TINY_CONFIG, "--output", str(sparse), "--no-progress"]) == 0
+    out = tmp_path / "train"
+    args = [
+        "train",
+        "--config",
+        TINY_CONFIG,
+        "--model",
+        str(sparse),
+        "--output",
+        str(out),
+        "--max-steps",
+        "3",
+        "--algorithm",
+        "lora",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["steps"] == 3 and report["algorithm"] == "lora" and report["base_model"] == str(sparse)
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(sparse), out / "sub_adapter_heuristic"
+    )
+    assert peft_model.peft_config["default"].base_model_name_or_path == str(sparse)
+    assert main(args) == 2  # refuses to overwrite
+    assert main([*args, "--resume"]) == 0  # finished training resumes as a no-op
 
 
 def test_eval_verb(tmp_path):
