@@ -63,6 +63,7 @@ def child(task: str, algorithm: str, steps: int, limit: int, base: str) -> dict:
         max_length=config.data.max_length,
         progress=False,
     )
+    supernet.save_super_adapter(WORK / f"{task}-{algorithm}" / "super_adapter", base_model=base)
     subnets = ["maximal", "heuristic", "minimal"]
     evals = evaluate_subnets(supernet, tokenizer, config, subnets, eval_splits(config), progress=False)
     return {

@@ -86,8 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(tr)
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    tr.add_argument("--algorithm", choices=["nls", "lora"], help="override bootstrapNAS.training.algorithm")
+    tr.add_argument(
+        "--algorithm",
+        dest="train_algorithm",
+        choices=["nls", "lora"],
+        help="override bootstrapNAS.training.algorithm",
+    )
     tr.add_argument("--max-steps", type=int, help="override bootstrapNAS.training.max_steps")
+
+    se = sub.add_parser(
+        "search",
+        help="choose a sub-adapter: heuristic, hill-climbing or NSGA-II",
+        description="Search the trained super-adapter (--super-adapter) on the base (--model) with "
+        "bootstrapNAS.search on the validation split; writes evaluations.jsonl/.csv, pareto.json, search.png, "
+        "search_report.json and sub_adapter/ (the chosen one, a stock peft folder). Rerunning on the same "
+        "--output with --resume continues a killed search without re-evaluating anything.",
+    )
+    _add_common(se)
+    se.add_argument("--super-adapter", required=True, help="a super_adapter/ folder written by `train`")
+    se.add_argument(
+        "--algorithm",
+        dest="search_algorithm",
+        choices=["heuristic", "hill_climbing", "NSGA2", "RNSGA2"],
+        help="override bootstrapNAS.search.algorithm",
+    )
+    se.add_argument("--num-evals", type=int, help="override bootstrapNAS.search.num_evals")
+    se.add_argument("--resume", action="store_true", help="continue a search in --output from its log")
 
     ev = sub.add_parser(
         "eval",
@@ -119,7 +143,9 @@ def _config(args: argparse.Namespace):
         ("pattern", "sparsity.pattern"),
         ("limit", "evaluation.limit"),
         ("split", "evaluation.split"),
-        ("algorithm", "bootstrapNAS.training.algorithm"),
+        ("train_algorithm", "bootstrapNAS.training.algorithm"),
+        ("search_algorithm", "bootstrapNAS.search.algorithm"),
+        ("num_evals", "bootstrapNAS.search.num_evals"),
         ("max_steps", "bootstrapNAS.training.max_steps"),
     ]:
         value = getattr(args, flag, None)
@@ -202,6 +228,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(
             f"trained {report['algorithm']} for {report['steps']} steps (loss {report['train_loss']:.4f}); "
             f"wrote {output / 'super_adapter'} and {output / 'sub_adapter_heuristic'}"
+        )
+        return 0
+    if args.command == "search":
+        from .pipeline import search
+
+        prepare_output(output, args.overwrite, resume=args.resume)
+        report = search(config, output, args.super_adapter, progress=progress)
+        print(
+            f"{report['algorithm']}: chose quality {report['chosen_quality']:.4f} at cost {report['chosen_cost']:.0f} "
+            f"after {report['evaluations_used']} evaluations ({report['new_evaluations']} new, {report['wall_s']:.0f} s); "
+            f"wrote {output / 'sub_adapter'}, {output / 'search.png'}"
         )
         return 0
     if args.command == "eval":

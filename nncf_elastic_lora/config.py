@@ -168,12 +168,31 @@ class ElasticityConfig(_Section):
 
 
 class SearchConfig(_Section):
+    """How the sub-adapter is chosen after training (on the validation split, never on test)."""
+
     algorithm: Literal["heuristic", "hill_climbing", "NSGA2", "RNSGA2"] = Field(
-        "heuristic", description="How the sub-adapter is chosen after training."
+        "heuristic",
+        description="'heuristic': the middle width of each group; 'hill_climbing': from the heuristic; "
+        "'NSGA2'/'RNSGA2': a Pareto front of quality against cost (pymoo).",
     )
-    num_evals: int = Field(100, gt=0)
-    population: int = Field(10, gt=0)
-    ref_points: list[list[float]] | None = None
+    num_evals: int = Field(30, gt=0, description="Evaluation budget: distinct configurations measured.")
+    population: int = Field(8, gt=1, description="NSGA-II population.")
+    generations: int | None = Field(
+        None, gt=0, description="NSGA-II generations; default num_evals // population."
+    )
+    ref_points: list[list[float]] | None = Field(
+        None, description="R-NSGA-II reference points in (-quality, cost) space."
+    )
+    metric: Literal["loss", "acc"] = Field(
+        "loss",
+        description="Validation quality: 'loss' (log-likelihood of the gold answers) or 'acc' (multiple choice).",
+    )
+    cost: Literal["params", "macs"] = Field(
+        "params", description="Adapter parameters, or MACs of the adapted linears."
+    )
+    seq_len: int = Field(128, gt=0, description="Tokens for the MACs cost.")
+    subset_size: int = Field(64, gt=0, description="Validation examples each evaluation uses (fixed subset).")
+    patience: int = Field(0, ge=0, description="Hill-climbing: non-improving moves allowed in a row.")
     seed: int = 42
 
 

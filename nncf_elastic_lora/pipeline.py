@@ -171,22 +171,48 @@ def evaluate_subnets(
     supernet: ElasticLoraSuperNet,
     tokenizer: Any,
     config: PipelineConfig,
-    names: list[str],
+    subnets: list[str] | dict[str, dict[str, int]],
     tasks,
     progress: bool,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Evaluate named sub-adapters ('maximal', 'heuristic', 'minimal') of a super-network."""
-    configs = {
-        "maximal": supernet.get_maximal_config,
-        "heuristic": supernet.get_heuristic_config,
-        "minimal": supernet.get_minimal_config,
-    }
+    """Evaluate sub-adapters: names ('maximal', 'heuristic', 'minimal') or ``{label: configuration}``."""
+    if not isinstance(subnets, dict):
+        subnets = {name: getattr(supernet, f"get_{name}_config")() for name in subnets}
     out = {}
-    for name in names:
-        supernet.activate_config(configs[name]())
+    for name, subnet in subnets.items():
+        supernet.activate_config(subnet)
         out[name] = [r.to_dict() for r in evaluate_model(supernet.model, tokenizer, config, tasks, progress)]
     supernet.activate_maximal_subnet()
     return out
+
+
+def search(
+    config: PipelineConfig, output: str | Path, super_adapter: str | Path, progress: bool = True
+) -> dict[str, Any]:
+    """Search a sub-adapter of a trained super-adapter on the validation split (``bootstrapNAS.search``).
+
+    ``config.model`` is the base the super-adapter was trained on. Writes the search outputs and the
+    chosen sub-adapter (``sub_adapter/``) under ``output``; an existing ``evaluations.jsonl`` there is
+    reused, so a killed search continues where it stopped.
+    """
+    from .search import SubnetObjectives, search_subadapter
+
+    s = config.bootstrapNAS.search
+    supernet, tokenizer = load_supernet(config.model, super_adapter)
+    data = load_task(config.data)
+    objectives = SubnetObjectives(
+        supernet,
+        tokenizer,
+        data.validation[: s.subset_size],
+        metric=s.metric,
+        cost=s.cost,
+        seq_len=s.seq_len,
+        batch_size=config.evaluation.batch_size,
+    )
+    result = search_subadapter(
+        supernet, objectives, s, output, base_model=resolve_model_dir(config.model), progress=progress
+    )
+    return {**result.to_dict(), "data": data.record}
 
 
 def write_eval(
@@ -253,7 +279,7 @@ def run_pipeline(
             evals["sparse"], stages["evaluate sparse"], _ = _stage(
                 output, "eval_sparse", lambda: eval_of(base_model), resume
             )
-    train_report = None
+    train_report = search_report = None
     if config.bootstrapNAS.enabled:
         trained = config.model_copy(update={"model": base_model})
         train_dir = output / "nls"
@@ -271,6 +297,25 @@ def run_pipeline(
         prefix = "sparse+" if config.sparsity.method != "none" else ""
         label = "NLS" if config.bootstrapNAS.training.algorithm == "nls" else "LoRA"
         evals.update({f"{prefix}{label} ({name})": r for name, r in subnet_evals.items()})
+        algorithm = config.bootstrapNAS.search.algorithm
+        if algorithm != "heuristic":
+            search_dir = output / "search"
+            trained_base = config.model_copy(update={"model": base_model})
+            search_report, stages[f"search ({algorithm})"], _ = _stage(
+                output,
+                "search",
+                lambda: search(trained_base, search_dir, train_dir / "super_adapter", progress),
+                resume,
+            )
+
+            def eval_chosen():
+                supernet, tokenizer = load_supernet(base_model, train_dir / "super_adapter")
+                chosen = {algorithm: search_report["chosen"]}
+                return evaluate_subnets(supernet, tokenizer, config, chosen, tasks, progress)[algorithm]
+
+            evals[f"{prefix}{label} ({algorithm})"], stages["evaluate searched"], _ = _stage(
+                output, "eval_searched", eval_chosen, resume
+            )
     report = {
         "config": config.model_dump(mode="json"),
         "data": {name: t.record for name, t in tasks.items()},
@@ -300,6 +345,21 @@ def run_pipeline(
             "sparse_model": str(output / "sparse_model") if sparsity_report else None,
             "super_adapter": str(output / "nls" / "super_adapter") if train_report else None,
             "sub_adapter": str(output / "nls" / "sub_adapter_heuristic") if train_report else None,
+            "searched_sub_adapter": str(output / "search" / "sub_adapter") if search_report else None,
+        },
+        "search": None
+        if search_report is None
+        else {
+            k: search_report[k]
+            for k in (
+                "algorithm",
+                "chosen_quality",
+                "chosen_cost",
+                "evaluations_used",
+                "new_evaluations",
+                "wall_s",
+                "reference",
+            )
         },
         "stage_time_s": stages,
     }

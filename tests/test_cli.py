@@ -21,7 +21,10 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
         "sparse+NLS (maximal)",
         "sparse+NLS (heuristic)",
         "sparse+NLS (minimal)",
+        "sparse+NLS (hill_climbing)",
     }
+    assert report["search"]["evaluations_used"] <= 6
+    assert (out / "search" / "sub_adapter" / "adapter_config.json").is_file()
     assert report["training"]["steps"] == 6 and report["training"]["algorithm"] == "nls"
     assert report["training"]["adapter_params"]["heuristic"] < report["training"]["adapter_params"]["maximal"]
     assert set(report["stage_time_s"]) >= {"sparsify", "train", "evaluate sub-adapters"}
@@ -102,6 +105,54 @@ def test_train_verb_on_a_sparse_base(tmp_path):
     assert peft_model.peft_config["default"].base_model_name_or_path == str(sparse)
     assert main(args) == 2  # refuses to overwrite
     assert main([*args, "--resume"]) == 0  # finished training resumes as a no-op
+
+
+def test_search_verb_nsga_and_resume(tmp_path):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "run",
+                TINY_CONFIG,
+                "--output",
+                str(out),
+                *FAST,
+                "--set",
+                "evaluation.baseline=false",
+                "--set",
+                'evaluation.subnets=["heuristic"]',
+                "--set",
+                'bootstrapNAS.search.algorithm="heuristic"',
+            ]
+        )
+        == 0
+    )
+    search = tmp_path / "search"
+    args = [
+        "search",
+        "--config",
+        TINY_CONFIG,
+        "--model",
+        str(out / "sparse_model"),
+        "--super-adapter",
+        str(out / "nls" / "super_adapter"),
+        "--output",
+        str(search),
+        "--algorithm",
+        "NSGA2",
+        "--num-evals",
+        "12",
+        "--set",
+        "bootstrapNAS.search.population=4",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    report = json.loads((search / "search_report.json").read_text())
+    assert report["algorithm"] == "NSGA2" and report["front"]
+    lines = (search / "evaluations.jsonl").read_text().splitlines()
+    assert main([*args, "--resume"]) == 0  # the same search again: everything comes from the log
+    assert json.loads((search / "search_report.json").read_text())["new_evaluations"] == 0
+    assert (search / "evaluations.jsonl").read_text().splitlines() == lines
 
 
 def test_eval_verb(tmp_path):

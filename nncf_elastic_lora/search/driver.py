@@ -1,0 +1,207 @@
+"""Choose a sub-adapter of a trained super-adapter: heuristic, hill-climbing or (R-)NSGA-II.
+
+Every configuration is measured once (quality on a fixed validation subset, and cost) and logged as
+it is measured (:class:`~.log.EvaluationLog`), so an interrupted search resumes without repeating
+work. Outputs under the search directory: ``evaluations.jsonl`` (the log), ``evaluations.csv``,
+``pareto.json``, ``search.png`` (quality against cost, heuristic level marked), ``search_report.json``
+and ``sub_adapter/`` (the chosen configuration as a standard peft LoRA folder).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..config import SearchConfig
+from ..elastic import ElasticLoraSuperNet
+from ..reports import write_json
+from .hill_climbing import hill_climb
+from .log import Evaluation, EvaluationLog, config_key
+from .nsga import nsga_search, pareto_front
+from .objectives import SubnetObjectives
+
+
+@dataclass
+class SearchResult:
+    algorithm: str
+    chosen: dict[str, int]
+    chosen_quality: float
+    chosen_cost: float
+    evaluations_used: int
+    new_evaluations: int
+    wall_s: float
+    reference: dict[str, dict[str, Any]] = field(default_factory=dict)
+    front: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _write_outputs(out: Path, log: EvaluationLog, result: SearchResult, metric: str, cost_kind: str) -> None:
+    entries = list(log.entries.values())
+    tmp = out / ".evaluations.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["key", "quality", "cost", "seconds", "source"])
+        for e in entries:
+            writer.writerow([e.key, e.quality, e.cost, e.seconds, e.source])
+    tmp.replace(out / "evaluations.csv")
+    write_json(out / "pareto.json", {"metric": metric, "cost": cost_kind, "front": result.front})
+    write_json(out / "search_report.json", result.to_dict())
+    plot_search(out / "search.png", entries, result, metric, cost_kind)
+
+
+def plot_search(
+    path: Path, entries: list[Evaluation], result: SearchResult, metric: str, cost_kind: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([e.cost for e in entries], [e.quality for e in entries], s=14, c="#9aa5b1", label="evaluated")
+    front = sorted(result.front, key=lambda e: e["cost"])
+    ax.plot(
+        [e["cost"] for e in front],
+        [e["quality"] for e in front],
+        "-o",
+        c="#1f6feb",
+        ms=4,
+        label="Pareto front",
+    )
+    heuristic = result.reference.get("heuristic")
+    if heuristic:
+        ax.axhline(heuristic["quality"], ls="--", c="#d29922", label="heuristic level")
+    for name, marker in (("maximal", "^"), ("minimal", "v"), ("heuristic", "s")):
+        ref = result.reference.get(name)
+        if ref:
+            ax.scatter([ref["cost"]], [ref["quality"]], marker=marker, s=60, c="black", zorder=3)
+            ax.annotate(
+                name, (ref["cost"], ref["quality"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+            )
+    ax.scatter(
+        [result.chosen_cost],
+        [result.chosen_quality],
+        marker="*",
+        s=180,
+        c="#cf222e",
+        zorder=4,
+        label=f"chosen ({result.algorithm})",
+    )
+    ax.set_xlabel("adapter parameters" if cost_kind == "params" else "MACs (adapted linears, base included)")
+    ax.set_ylabel("validation accuracy" if metric == "acc" else "validation log-likelihood per token")
+    ax.set_title(f"sub-adapter search: {result.algorithm}, {len(entries)} configurations evaluated")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def search_subadapter(
+    supernet: ElasticLoraSuperNet,
+    objectives: SubnetObjectives,
+    cfg: SearchConfig,
+    output_dir: str | Path,
+    *,
+    base_model: str | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Run the configured search, write its outputs and the chosen sub-adapter; return the result."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    log = EvaluationLog(out / "evaluations.jsonl")
+    groups = supernet.groups
+    names = [g.name for g in groups]
+    bar = tqdm(total=cfg.num_evals, desc=f"search ({cfg.algorithm})", disable=not progress, initial=len(log))
+
+    def measure(point: tuple[int, ...], source: str) -> Evaluation:
+        before = log.new_evaluations
+        entry = log.get_or_evaluate(
+            config_key(point), dict(zip(names, point, strict=True)), objectives, source
+        )
+        if log.new_evaluations > before:
+            bar.update(1)
+        return entry
+
+    def point_of(config: dict[str, int]) -> tuple[int, ...]:
+        return tuple(config[n] for n in names)
+
+    heuristic = point_of(supernet.get_heuristic_config())
+    references = {
+        "heuristic": heuristic,
+        "maximal": point_of(supernet.get_maximal_config()),
+        "minimal": point_of(supernet.get_minimal_config()),
+    }
+    reference = {name: asdict(measure(p, name)) for name, p in references.items()}
+    choices = [g.widths for g in groups]
+    details: dict[str, Any] = {}
+    if cfg.algorithm == "heuristic":
+        chosen, used = heuristic, 1
+    elif cfg.algorithm == "hill_climbing":
+        hc = hill_climb(
+            choices, heuristic, lambda p: measure(p, "hill_climbing").quality, cfg.num_evals, cfg.patience
+        )
+        chosen, used = hc.best, hc.evaluations
+        details = {"path": [config_key(p) for p in hc.path], "stopped": hc.stopped}
+    else:
+        population = min(cfg.population, cfg.num_evals)
+        generations = cfg.generations or max(1, cfg.num_evals // population)
+
+        def score(p: tuple[int, ...]) -> tuple[float, float]:
+            e = measure(p, cfg.algorithm)
+            return e.quality, e.cost
+
+        res = nsga_search(
+            choices,
+            score,
+            population=population,
+            generations=generations,
+            seed=cfg.seed,
+            ref_points=cfg.ref_points if cfg.algorithm == "RNSGA2" else None,
+            initial=list(dict.fromkeys(references.values())),
+        )
+        used = res.evaluations
+        front_entries = [log.entries[config_key(p)] for p in res.front]
+        chosen = point_of(max(front_entries, key=lambda e: (e.quality, -e.cost)).config)
+        details = {
+            "generations": res.generations,
+            "population": population,
+            "algorithm_front": [config_key(p) for p in res.front],
+        }
+    bar.close()
+    entries = list(log.entries.values())
+    front = pareto_front(
+        [tuple(e.config[n] for n in names) for e in entries],
+        [e.quality for e in entries],
+        [e.cost for e in entries],
+    )
+    chosen_entry = log.entries[config_key(chosen)]
+    result = SearchResult(
+        algorithm=cfg.algorithm,
+        chosen=dict(chosen_entry.config),
+        chosen_quality=chosen_entry.quality,
+        chosen_cost=chosen_entry.cost,
+        evaluations_used=used,
+        new_evaluations=log.new_evaluations,
+        wall_s=time.perf_counter() - start,
+        reference=reference,
+        front=[asdict(log.entries[config_key(p)]) for p in front],
+        details={
+            **details,
+            "metric": objectives.metric,
+            "cost": objectives.cost_kind,
+            "validation_examples": len(objectives.examples),
+        },
+    )
+    _write_outputs(out, log, result, objectives.metric, objectives.cost_kind)
+    supernet.save_sub_adapter(out / "sub_adapter", result.chosen, base_model=base_model)
+    supernet.activate_maximal_subnet()
+    return result

@@ -1,0 +1,75 @@
+"""The evaluation log: every measured configuration, appended to a JSONL file as it is measured.
+
+It is both the search's cache and its resume point: a killed search loses at most the evaluation
+in flight, and a restarted one reads the log and re-evaluates nothing already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    key: str
+    config: dict[str, int]
+    quality: float  # higher is better (accuracy, or the negated loss)
+    cost: float
+    seconds: float
+    source: str = ""  # which search step asked for it first
+
+
+def config_key(widths: tuple[int, ...] | list[int]) -> str:
+    return ",".join(str(w) for w in widths)
+
+
+class EvaluationLog:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self.entries: dict[str, Evaluation] = {}
+        self.new_evaluations = 0
+        if self.path and self.path.is_file():
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):  # a line cut short by a kill: drop it before appending
+                text = text[: text.rfind("\n") + 1]
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(text)
+                tmp.replace(self.path)
+            for line in text.splitlines():
+                try:
+                    e = Evaluation(**json.loads(line))
+                except (json.JSONDecodeError, TypeError):
+                    continue  # a line cut short by a kill: measured again
+                self.entries[e.key] = e
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get_or_evaluate(
+        self,
+        key: str,
+        config: dict[str, int],
+        measure: Callable[[dict[str, int]], tuple[float, float, float]],
+        source: str = "",
+    ) -> Evaluation:
+        """The logged evaluation of ``key``, or measure it (``-> quality, cost, seconds``) and append it."""
+        if key in self.entries:
+            return self.entries[key]
+        quality, cost, seconds = measure(config)
+        entry = Evaluation(key, dict(config), float(quality), float(cost), float(seconds), source)
+        self.entries[key] = entry
+        self.new_evaluations += 1
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(asdict(entry)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return entry

@@ -1,0 +1,59 @@
+"""What a search optimises: task quality of a sub-adapter on validation data, and its cost."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..data import Example
+from ..elastic import ElasticLoraSuperNet
+from ..evaluation import CausalLM, _score, multiple_choice
+
+
+class SubnetObjectives:
+    """Measures ``(quality, cost, seconds)`` of a configuration on a fixed validation subset.
+
+    ``metric``: ``"acc"`` (multiple-choice accuracy; needs choices) or ``"loss"`` (mean token NLL of
+    the gold answers; quality is its negation so that higher is always better). ``cost``:
+    ``"params"`` (the sub-adapter's parameters) or ``"macs"`` (multiply-accumulates of the adapted
+    linears, base included, for ``seq_len`` tokens: what shrinks once the base shrinks too).
+    """
+
+    def __init__(
+        self,
+        supernet: ElasticLoraSuperNet,
+        tokenizer: Any,
+        examples: list[Example],
+        *,
+        metric: str = "loss",
+        cost: str = "params",
+        seq_len: int = 128,
+        batch_size: int = 16,
+    ):
+        if not examples:
+            raise ValueError("the search needs validation examples; raise data.splits.validation")
+        if metric == "acc" and not all(e.choices for e in examples):
+            raise ValueError("metric 'acc' needs multiple-choice examples; use metric 'loss'")
+        self.supernet, self.examples = supernet, examples
+        self.metric, self.cost_kind, self.seq_len, self.batch_size = metric, cost, seq_len, batch_size
+        self.lm = CausalLM(supernet.model, tokenizer)
+
+    def cost(self, config: dict[str, int]) -> float:
+        if self.cost_kind == "params":
+            return float(self.supernet.get_active_params(config))
+        return float(
+            self.supernet.get_macs_for_active_config(config, seq_len=self.seq_len, include_base=True)
+        )
+
+    def quality(self, config: dict[str, int]) -> float:
+        self.supernet.activate_config(config)
+        if self.metric == "acc":
+            acc, _, _ = multiple_choice(self.lm, self.examples, self.batch_size)
+            return acc
+        scored = _score(self.lm, [(e.prompt, e.target) for e in self.examples], self.batch_size, False)
+        return sum(ll for ll, _ in scored) / max(sum(n for _, n in scored), 1)  # = -(mean token NLL)
+
+    def __call__(self, config: dict[str, int]) -> tuple[float, float, float]:
+        start = time.perf_counter()
+        quality = self.quality(config)
+        return quality, self.cost(config), time.perf_counter() - start

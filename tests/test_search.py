@@ -1,0 +1,186 @@
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from nncf_elastic_lora.config import SearchConfig
+from nncf_elastic_lora.models import build_tiny_llama
+from nncf_elastic_lora.search import (
+    EvaluationLog,
+    SubnetObjectives,
+    config_key,
+    hill_climb,
+    neighbours,
+    nsga_search,
+    pareto_front,
+    search_subadapter,
+)
+
+from .conftest import TINY
+
+CHOICES = [[16, 24, 32]] * 4
+
+
+def test_neighbours_move_one_group_one_step():
+    assert sorted(neighbours((24, 16, 32), [[16, 24, 32]] * 3)) == sorted(
+        [(16, 16, 32), (32, 16, 32), (24, 24, 32), (24, 16, 24)]
+    )
+
+
+def test_hill_climbing_finds_the_known_optimum():
+    target = (32, 16, 24, 32)
+    calls = []
+
+    def score(p):
+        calls.append(p)
+        return -sum(abs(a - b) for a, b in zip(p, target, strict=True))
+
+    result = hill_climb(CHOICES, (24, 24, 24, 24), score, budget=100)
+    assert result.best == target and result.best_score == 0
+    assert result.stopped == "local optimum"
+    assert len(calls) == len(set(calls)) == result.evaluations  # nothing scored twice
+
+
+def test_hill_climbing_keeps_the_global_best():
+    # a plateau walk: with patience the climber moves on past the peak it found, and must still return it
+    values = {(16,): 0.0, (24,): 5.0, (32,): 1.0, (40,): 1.0, (48,): 2.0}
+    result = hill_climb([[16, 24, 32, 40, 48]], (16,), lambda p: values[p], budget=10, patience=3)
+    assert result.path[-1] == (48,)  # the last turn ended elsewhere ...
+    assert result.best == (24,) and result.best_score == 5.0  # ... the global best is kept
+
+
+def test_hill_climbing_respects_the_budget():
+    result = hill_climb(CHOICES, (24, 24, 24, 24), lambda p: sum(p), budget=5)
+    assert result.evaluations == 5 and result.stopped == "budget"
+
+
+def _synthetic(point):
+    """Quality grows with size with diminishing returns; cost is the size."""
+    size = sum(point)
+    return 1 - 1 / size + 0.001 * point[0], float(size)
+
+
+def test_nsga2_returns_a_non_dominated_front():
+    cache = {}
+
+    def evaluate(p):
+        cache.setdefault(p, _synthetic(p))
+        return cache[p]
+
+    res = nsga_search(CHOICES, evaluate, population=8, generations=6, seed=0)
+    assert res.front and res.evaluations == len(cache)
+    everything = list(itertools.product(*CHOICES))
+    for p in res.front:  # nothing evaluated dominates a front point
+        q, c = cache[p]
+        assert not any(cache[o][0] >= q and cache[o][1] <= c and cache[o] != (q, c) for o in cache)
+    costs = [cache[p][1] for p in res.front]
+    assert costs == sorted(costs)
+    assert len(everything) > len(cache)  # it searched, not enumerated
+
+
+def test_rnsga2_runs_with_reference_points():
+    res = nsga_search(CHOICES, _synthetic, population=8, generations=3, seed=1, ref_points=[[-0.99, 80.0]])
+    assert res.front
+
+
+def test_pareto_front_on_a_known_set():
+    points = [(1,), (2,), (3,), (4,)]
+    quality, cost = [0.5, 0.7, 0.6, 0.9], [1.0, 2.0, 3.0, 4.0]
+    assert pareto_front(points, quality, cost) == [(1,), (2,), (4,)]
+
+
+def test_log_survives_a_cut_line_and_does_not_remeasure(tmp_path):
+    path = tmp_path / "log.jsonl"
+    log = EvaluationLog(path)
+    calls = []
+
+    def measure(config):
+        calls.append(config)
+        return 0.5, 10.0, 0.1
+
+    log.get_or_evaluate("a", {"g": 1}, measure)
+    log.get_or_evaluate("a", {"g": 1}, measure)
+    with open(path, "a") as f:
+        f.write('{"key": "b", "config": {"g"')  # killed mid-write
+    again = EvaluationLog(path)
+    assert len(again) == 1 and "a" in again and len(calls) == 1
+    again.get_or_evaluate("b", {"g": 2}, measure)
+    assert len(calls) == 2 and len(EvaluationLog(path)) == 2
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_and_restarted_search_does_not_reevaluate(tmp_path, tokenizer):
+    """A real (tiny) super-adapter: kill the search mid-way, restart, count the measurements."""
+    from nncf_elastic_lora.data import Example
+
+    from .test_elastic import _supernet
+
+    examples = [
+        Example(
+            id=str(i),
+            prompt=f"Question: Calculate {i} + 1 =\nAnswer:",
+            target=f" {i + 1}",
+            choices=(f" {i + 1}", f" {i + 2}"),
+            label=0,
+        )
+        for i in range(6)
+    ]
+    supernet = _supernet(build_tiny_llama(TINY))
+    cfg = SearchConfig(algorithm="hill_climbing", num_evals=12, patience=1)
+    measured = []
+
+    class Counting(SubnetObjectives):
+        def __init__(self, *a, kill_after=None, **k):
+            super().__init__(*a, **k)
+            self.kill_after = kill_after
+
+        def __call__(self, config):
+            if self.kill_after is not None and len(measured) >= self.kill_after:
+                raise _Killed
+            measured.append(config_key(list(config.values())))
+            return super().__call__(config)
+
+    with pytest.raises(_Killed):
+        search_subadapter(
+            supernet, Counting(supernet, tokenizer, examples, kill_after=6), cfg, tmp_path, progress=False
+        )
+    assert len(measured) == 6
+    result = search_subadapter(
+        supernet, Counting(supernet, tokenizer, examples), cfg, tmp_path, progress=False
+    )
+    assert len(measured) == len(set(measured))  # nothing measured twice across the restart
+    assert result.new_evaluations == len(measured) - 6
+    uninterrupted = search_subadapter(
+        supernet, Counting(supernet, tokenizer, examples), cfg, tmp_path / "b", progress=False
+    )
+    assert uninterrupted.chosen == result.chosen
+    assert (tmp_path / "sub_adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "search.png").stat().st_size > 0
+    front = json.loads((tmp_path / "pareto.json").read_text())["front"]
+    assert front and all("quality" in e and "cost" in e for e in front)
+    assert result.reference["heuristic"]["config"] == supernet.get_heuristic_config()
+
+
+def test_nsga_search_on_a_tiny_supernet(tmp_path, tokenizer):
+    from nncf_elastic_lora.data import Example
+
+    from .test_elastic import _supernet
+
+    examples = [Example(id=str(i), prompt=f"Q{i}", target=f" {i}") for i in range(4)]
+    supernet = _supernet(build_tiny_llama(TINY))
+    cfg = SearchConfig(algorithm="NSGA2", num_evals=16, population=6, seed=3)
+    result = search_subadapter(
+        supernet,
+        SubnetObjectives(supernet, tokenizer, examples, metric="loss"),
+        cfg,
+        tmp_path,
+        progress=False,
+    )
+    assert result.evaluations_used <= 6 * (16 // 6) + 3
+    qualities = np.array([e["quality"] for e in result.front])
+    assert (np.diff(qualities) > 0).all()  # along the front, more cost buys more quality
+    assert result.chosen_quality == max(qualities)
