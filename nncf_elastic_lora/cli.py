@@ -156,10 +156,14 @@ def _config(args: argparse.Namespace):
     return apply_overrides(config, overrides) if overrides else config
 
 
-def _save_config(config, output: Path) -> None:
-    from .reports import write_json
+def _save_config(config, output: Path, resume: bool, name: str = "config.json") -> None:
+    """Record the resolved config; a resume must use the same one."""
+    from .reports import check_same_config, write_json
 
-    write_json(output / "config.json", config.model_dump(mode="json"))
+    data = config.model_dump(mode="json")
+    if resume:
+        check_same_config(output / name, data)
+    write_json(output / name, data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.verbose:  # import-time noise of optional torchao kernels and torch's pytree registry
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     from .config import ConfigError
     from .data import DatasetNotFoundError
     from .models import ModelNotFoundError
@@ -181,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         ModelNotFoundError,
         DatasetNotFoundError,
         FileNotFoundError,
+        ValueError,  # invalid inputs found after validation: split sizes, module patterns, groups
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -224,6 +232,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import train
 
         prepare_output(output, args.overwrite, resume=args.resume)
+        _save_config(config, output, args.resume, "train_config.json")
         report = train(config, output, resume=args.resume, progress=progress)
         print(
             f"trained {report['algorithm']} for {report['steps']} steps (loss {report['train_loss']:.4f}); "
@@ -257,7 +266,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import print_summary, run_pipeline
 
         prepare_output(output, args.overwrite, resume=args.resume)
-        _save_config(config, output)
+        _save_config(config, output, args.resume)
         report = run_pipeline(config, output, resume=args.resume, progress=progress)
         print_summary(report)
         print(f"report: {output / 'report.json'}, {output / 'report.md'}")

@@ -153,16 +153,20 @@ class WidthElasticityConfig(_Section):
                 f"overwrite_groups has {len(self.overwrite_groups)} groups but overwrite_groups_widths "
                 f"has {len(self.overwrite_groups_widths)} width lists; they must pair up"
             )
-        for i, widths in enumerate(self.overwrite_groups_widths):
-            if not widths or any(w <= 0 for w in widths):
-                raise ValueError(f"overwrite_groups_widths[{i}] must be a non-empty list of positive ints")
+        lists = [(f"overwrite_groups_widths[{i}]", w) for i, w in enumerate(self.overwrite_groups_widths)]
+        if self.default_widths is not None:
+            lists.append(("default_widths", self.default_widths))
+        for where, widths in lists:
+            if not widths or any(w <= 0 for w in widths) or len(set(widths)) != len(widths):
+                raise ValueError(f"{where} = {widths}: must be a non-empty list of distinct positive ints")
         return self
 
 
 class ElasticityConfig(_Section):
     available_elasticity_dims: list[Literal["width"]] = Field(default_factory=lambda: ["width"])
-    mode: Literal["rank", "rank_and_channels"] = Field(
-        "rank", description="'rank' (Shears/SQFT, Mode A) or 'rank_and_channels' (LoNAS, Mode B)."
+    mode: Literal["rank"] = Field(
+        "rank",
+        description="'rank' (Shears/SQFT, Mode A); LoNAS's 'rank_and_channels' is not implemented yet.",
     )
     width: WidthElasticityConfig = Field(default_factory=WidthElasticityConfig)
 
@@ -193,7 +197,20 @@ class SearchConfig(_Section):
     seq_len: int = Field(128, gt=0, description="Tokens for the MACs cost.")
     subset_size: int = Field(64, gt=0, description="Validation examples each evaluation uses (fixed subset).")
     patience: int = Field(0, ge=0, description="Hill-climbing: non-improving moves allowed in a row.")
+    select: Literal["best_quality", "cheapest_above_heuristic"] = Field(
+        "best_quality",
+        description="NSGA-II's pick from the Pareto front: the highest quality, or the cheapest sub-adapter "
+        "at least as good as the heuristic on validation.",
+    )
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _ref_points_for_rnsga2(self) -> SearchConfig:
+        if self.algorithm == "RNSGA2" and not self.ref_points:
+            raise ValueError("algorithm 'RNSGA2' needs ref_points (points in (-quality, cost) space)")
+        if self.ref_points and any(len(p) != 2 for p in self.ref_points):
+            raise ValueError("each reference point has two values: (-quality, cost)")
+        return self
 
 
 class BootstrapNASConfig(_Section):
@@ -219,7 +236,7 @@ class EvaluationConfig(_Section):
 class ExportConfig(_Section):
     """OpenVINO IR export (filled by the OpenVINO issue)."""
 
-    enabled: bool = False
+    enabled: Literal[False] = Field(False, description="OpenVINO export is not implemented yet.")
     weight_format: Literal["fp32", "fp16", "int8", "int4"] = "fp32"
     group_size: int = 64
     merge_adapter: bool = False

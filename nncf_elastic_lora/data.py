@@ -264,9 +264,13 @@ def load_json_records(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DatasetNotFoundError(f"data file not found: {path.resolve()}")
     text = path.read_text()
-    if path.suffix == ".jsonl" or (text.lstrip().startswith("{") and "\n{" in text):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:  # JSON Lines: one record per line
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: neither JSON nor JSON Lines ({exc})") from None
     if isinstance(data, dict) and "data" in data:
         data = data["data"]
     if not isinstance(data, list):
@@ -351,9 +355,11 @@ def load_task(config: DataConfig, task: str | None = None, sizes: SplitSizes | N
     return split_examples(load_examples(config, name), sizes or config.splits, config.seed, name)
 
 
-def eval_only_sizes(n_test: int) -> SplitSizes:
-    """Sizes for a task that is only evaluated: the same test rows it would have if trained on."""
-    return SplitSizes(train=0, validation=0, test=n_test)
+def eval_only_sizes(n_test: int, available: int | None = None) -> SplitSizes:
+    """Sizes for a task that is only evaluated: the same test rows it would have if trained on,
+    and as many validation rows after them as there are left (up to ``n_test``)."""
+    n_val = 0 if available is None else max(min(n_test, available - n_test), 0)
+    return SplitSizes(train=0, validation=n_val, test=n_test)
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

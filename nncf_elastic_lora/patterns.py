@@ -45,13 +45,15 @@ def translate_nncf_scope(scope: str) -> str:
     return ".".join(parts)
 
 
-def compile_pattern(pattern: str) -> re.Pattern[str]:
+def compile_pattern(pattern: str, capture: bool = False) -> re.Pattern[str]:
+    """The regex of a pattern; with ``capture``, each ``{*}`` is a capture group (its layer index, say)."""
     if is_nncf_scope(pattern):
         pattern = translate_nncf_scope(pattern)
+    wildcard = r"([^.]+)" if capture else r"[^.]+"
     if pattern.startswith("{re}"):
-        regex = pattern[4:].replace("{*}", r"[^.]+")
+        regex = pattern[4:].replace("{*}", wildcard)
     elif "{*}" in pattern:
-        regex = r"[^.]+".join(re.escape(p) for p in pattern.split("{*}"))
+        regex = wildcard.join(re.escape(p) for p in pattern.split("{*}"))
     else:
         regex = rf"(?:.*\.)?{re.escape(pattern)}"
     return re.compile(regex)

@@ -34,8 +34,11 @@ def eval_splits(config: PipelineConfig) -> dict[str, TaskData]:
             out[task] = load_task(config.data)
         else:
             examples = load_examples(config.data, task)
-            n_test = min(config.evaluation.limit or config.data.splits.test, len(examples))
-            out[task] = split_examples(examples, eval_only_sizes(n_test), config.data.seed, task)
+            # Never more than splits.test: the rows after those may be another run's calibration or training rows.
+            n = min(
+                config.evaluation.limit or config.data.splits.test, config.data.splits.test, len(examples)
+            )
+            out[task] = split_examples(examples, eval_only_sizes(n, len(examples)), config.data.seed, task)
     return out
 
 
@@ -78,7 +81,7 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
     calib_record: dict[str, Any] = {}
     if sp.method == "wanda":
         cal = sp.calibration
-        task = load_task(config.data, cal.task) if cal.task else load_task(config.data)
+        task = load_task(config.data, cal.task)
         calibration = calibration_batches(task.train, tokenizer, cal.num_samples, cal.seq_len, cal.seed)
         calib_record = {**cal.model_dump(), "task": task.name, "split": "train", "split_record": task.record}
     report = sparsify_model(
@@ -117,6 +120,7 @@ def build_supernet(model: Any, bnas: BootstrapNASConfig) -> ElasticLoraSuperNet:
         overwrite_groups=width.overwrite_groups,
         overwrite_groups_widths=width.overwrite_groups_widths,
         default_widths=width.default_widths or [t.lora_r],
+        seed=t.seed,
     )
 
 

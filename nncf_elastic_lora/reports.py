@@ -11,6 +11,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# A directory holding one of these was written by us (or is a model): --overwrite may replace it.
+OUTPUT_MARKERS = (
+    "config.json",
+    "report.json",
+    "eval.json",
+    "train_report.json",
+    "search_report.json",
+    "adapter_config.json",
+)
+
 
 class OutputExistsError(FileExistsError):
     """An output is already there and ``overwrite`` was not asked for."""
@@ -23,7 +33,12 @@ def check_output(path: str | Path, overwrite: bool = False) -> bool:
     if taken and not overwrite:
         raise OutputExistsError(
             f"output {path.resolve()} already exists and is not empty; pass --overwrite to replace it "
-            "(or, for `run`, --resume to continue)"
+            "(or, for `run`, `train` and `search`, --resume to continue)"
+        )
+    if taken and not (path.is_dir() and any((path / m).exists() for m in OUTPUT_MARKERS)):
+        raise OutputExistsError(
+            f"refusing to delete {path.resolve()}: it does not look like an nncf-elastic-lora output or a "
+            "model directory (none of " + ", ".join(OUTPUT_MARKERS) + "); remove it yourself"
         )
     return taken
 
@@ -35,6 +50,26 @@ def prepare_output(path: str | Path, overwrite: bool = False, resume: bool = Fal
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_same_config(path: str | Path, config: dict[str, Any]) -> None:
+    """On resume: refuse when ``path`` (a saved config) differs from ``config``; name what changed."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+
+    def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [] if a == b else [prefix.rstrip(".")]
+
+    changed = diff(saved, config)
+    if changed:
+        raise OutputExistsError(
+            f"cannot resume in {path.parent}: the config differs from the one it was started with "
+            f"({', '.join(changed[:8])}); use a new --output or --overwrite"
+        )
 
 
 def write_json(path: str | Path, data: Any) -> Path:

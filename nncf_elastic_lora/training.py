@@ -223,7 +223,8 @@ def train_super_adapter(
     result = TrainResult(
         algorithm=cfg.algorithm,
         steps=trainer.state.global_step,
-        train_loss=float(output.training_loss),
+        # The mean of the logged losses: after a resume the Trainer's own figure covers only the resumed part.
+        train_loss=statistics.fmean(losses) if losses else float(output.training_loss),
         losses=losses,
         step_time_median_s=statistics.median(nls.step_times) if nls.step_times else 0.0,
         step_times_s=nls.step_times,

@@ -23,7 +23,7 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
         "sparse+NLS (minimal)",
         "sparse+NLS (hill_climbing)",
     }
-    assert report["search"]["evaluations_used"] <= 6
+    assert report["search"]["new_evaluations"] <= 6  # the budget covers the reference sub-adapters too
     assert (out / "search" / "sub_adapter" / "adapter_config.json").is_file()
     assert report["training"]["steps"] == 6 and report["training"]["algorithm"] == "nls"
     assert report["training"]["adapter_params"]["heuristic"] < report["training"]["adapter_params"]["maximal"]
@@ -186,6 +186,56 @@ def test_invalid_config_fails_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sparsity.method" in err and "'wanda'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", TINY_CONFIG, "--output", str(out), *FAST, "--set", "bootstrapNAS.enabled=false"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                TINY_CONFIG,
+                "--output",
+                str(out),
+                "--resume",
+                *FAST,
+                "--set",
+                "bootstrapNAS.enabled=false",
+                "--set",
+                "sparsity.ratio=0.6",
+            ]
+        )
+        == 2
+    )
+    assert "sparsity.ratio" in capsys.readouterr().err
+
+
+def test_value_errors_are_clear_cli_errors(tmp_path, capsys):
+    args = [
+        "sparsify",
+        "--config",
+        TINY_CONFIG,
+        "--output",
+        str(tmp_path / "s"),
+        "--set",
+        'sparsity.target_modules=["no_such_proj"]',
+        "--no-progress",
+    ]
+    assert main(args) == 2
+    assert "matches no linear layer" in capsys.readouterr().err
+
+
+def test_overwrite_refuses_a_foreign_directory(tmp_path, capsys):
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"x")
+    assert (
+        main(["sparsify", "--config", TINY_CONFIG, "--output", str(foreign), "--overwrite", "--no-progress"])
+        == 2
+    )
+    assert "refusing to delete" in capsys.readouterr().err
+    assert (foreign / "holiday.jpg").exists()
 
 
 def test_schema_and_tasks(capsys):

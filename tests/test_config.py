@@ -63,6 +63,29 @@ def test_groups_and_widths_must_pair():
         parse_config(bad)
 
 
+@pytest.mark.parametrize(
+    "bad,where",
+    [
+        ({"bootstrapNAS": {"search": {"algorithm": "RNSGA2"}}}, "ref_points"),
+        (
+            {
+                "bootstrapNAS": {
+                    "elasticity": {
+                        "width": {"overwrite_groups": [["q_proj"]], "overwrite_groups_widths": [[8, 8]]}
+                    }
+                }
+            },
+            "distinct",
+        ),
+        ({"bootstrapNAS": {"elasticity": {"mode": "rank_and_channels"}}}, "bootstrapNAS.elasticity.mode"),
+        ({"export": {"enabled": True}}, "export.enabled"),
+    ],
+)
+def test_unsupported_or_inconsistent_settings_are_rejected(bad, where):
+    with pytest.raises(ConfigError, match=where):
+        parse_config(bad)
+
+
 def test_overrides_parse_json_and_revalidate():
     config = apply_overrides(PipelineConfig(), ["sparsity.ratio=0.6", "model.name_or_path=some/dir"])
     assert config.sparsity.ratio == 0.6 and config.model.name_or_path == "some/dir"

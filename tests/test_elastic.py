@@ -64,6 +64,24 @@ def test_active_rank_equals_plain_lora_from_sliced_weights(rank):
     torch.testing.assert_close(got, manual)
 
 
+def test_adapter_init_is_seeded():
+    torch.manual_seed(1)
+    a = ElasticLoraSuperNet.attach(
+        build_tiny_llama(TINY), target_modules=["q_proj"], max_rank=4, alpha=8, seed=3
+    )
+    torch.manual_seed(2)
+    b = ElasticLoraSuperNet.attach(
+        build_tiny_llama(TINY), target_modules=["q_proj"], max_rank=4, alpha=8, seed=3
+    )
+    c = ElasticLoraSuperNet.attach(
+        build_tiny_llama(TINY), target_modules=["q_proj"], max_rank=4, alpha=8, seed=4
+    )
+    name = "model.layers.0.self_attn.q_proj"
+    assert torch.equal(a.adapters[name].lora_A.weight, b.adapters[name].lora_A.weight)
+    assert not torch.equal(a.adapters[name].lora_A.weight, c.adapters[name].lora_A.weight)
+    assert not a.adapters[name].lora_B.weight.any()
+
+
 def test_rank_zero_and_out_of_range():
     layer = ElasticLoraLinear(torch.nn.Linear(4, 4), max_rank=2, alpha=2)
     layer.set_active_rank(0)

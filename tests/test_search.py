@@ -1,7 +1,6 @@
 import itertools
 import json
 
-import numpy as np
 import pytest
 
 from nncf_elastic_lora.config import SearchConfig
@@ -181,6 +180,25 @@ def test_nsga_search_on_a_tiny_supernet(tmp_path, tokenizer):
         progress=False,
     )
     assert result.evaluations_used <= 6 * (16 // 6) + 3
-    qualities = np.array([e["quality"] for e in result.front])
-    assert (np.diff(qualities) > 0).all()  # along the front, more cost buys more quality
-    assert result.chosen_quality == max(qualities)
+    logged = [json.loads(line) for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+    assert len(logged) == result.new_evaluations <= 16
+    assert result.chosen_quality == max(e["quality"] for e in result.front)
+    for e in logged:  # nothing measured dominates the chosen sub-adapter
+        assert not (e["quality"] > result.chosen_quality and e["cost"] <= result.chosen_cost)
+    # the same output with another objective is refused, not silently reused
+    other = SubnetObjectives(supernet, tokenizer, examples, metric="loss", cost="macs")
+    with pytest.raises(ValueError, match="different cost"):
+        search_subadapter(supernet, other, cfg, tmp_path, progress=False)
+    cheap = SearchConfig(
+        algorithm="NSGA2", num_evals=16, population=6, seed=3, select="cheapest_above_heuristic"
+    )
+    picked = search_subadapter(
+        supernet,
+        SubnetObjectives(supernet, tokenizer, examples, metric="loss"),
+        cheap,
+        tmp_path,
+        progress=False,
+    )
+    assert picked.new_evaluations == 0
+    assert picked.chosen_quality >= picked.reference["heuristic"]["quality"]
+    assert picked.chosen_cost <= picked.reference["heuristic"]["cost"]

@@ -20,7 +20,14 @@ from torch import nn
 class ElasticLoraLinear(nn.Module):
     """Wraps a frozen ``nn.Linear`` (``base_layer``) with an elastic-rank LoRA branch."""
 
-    def __init__(self, base_layer: nn.Linear, max_rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        max_rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         if max_rank <= 0:
             raise ValueError(f"max_rank must be positive, got {max_rank}")
@@ -34,7 +41,9 @@ class ElasticLoraLinear(nn.Module):
         device = base_layer.weight.device
         self.lora_A = nn.Linear(self.in_features, max_rank, bias=False, device=device)
         self.lora_B = nn.Linear(max_rank, self.out_features, bias=False, device=device)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # peft's default init
+        nn.init.kaiming_uniform_(
+            self.lora_A.weight, a=math.sqrt(5), generator=generator
+        )  # peft's default init
         nn.init.zeros_(self.lora_B.weight)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.active_rank = max_rank

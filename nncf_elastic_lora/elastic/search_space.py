@@ -9,10 +9,9 @@ q, k and v adapters. Adapters no group names get a group of their own with the d
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from ..patterns import compile_pattern, is_nncf_scope, translate_nncf_scope
+from ..patterns import compile_pattern
 
 
 @dataclass(frozen=True)
@@ -25,17 +24,6 @@ class Group:
     def heuristic(self) -> int:
         """The middle of the configured list (Shears' heuristic sub-adapter)."""
         return self.widths[len(self.widths) // 2]
-
-
-def _capturing(pattern: str) -> re.Pattern[str]:
-    """Like :func:`compile_pattern`, with each ``{*}`` a capture group."""
-    if is_nncf_scope(pattern):
-        pattern = translate_nncf_scope(pattern)
-    if "{*}" not in pattern:
-        return compile_pattern(pattern)
-    if pattern.startswith("{re}"):
-        return re.compile(pattern[4:].replace("{*}", r"([^.]+)"))
-    return re.compile(r"([^.]+)".join(re.escape(p) for p in pattern.split("{*}")))
 
 
 def _index_key(captures: tuple[str, ...]) -> tuple:
@@ -61,7 +49,7 @@ def build_groups(
             )
         by_index: dict[tuple, list[str]] = {}
         for raw in patterns:
-            regex = _capturing(raw)
+            regex = compile_pattern(raw, capture=True)
             hits = [(n, regex.fullmatch(n)) for n in adapted]
             hits = [(n, m) for n, m in hits if m]
             if not hits:

@@ -61,8 +61,13 @@ class ElasticLoraSuperNet:
         overwrite_groups: list[list[str]] | None = None,
         overwrite_groups_widths: list[list[int]] | None = None,
         default_widths: list[int] | None = None,
+        seed: int = 0,
     ) -> ElasticLoraSuperNet:
-        """Freeze ``model`` and wrap every target linear with an elastic adapter of rank ``max_rank``."""
+        """Freeze ``model`` and wrap every target linear with an elastic adapter of rank ``max_rank``.
+
+        ``lora_A`` is initialised from a generator seeded with ``seed`` (``lora_B`` is zero), so the
+        super-adapter's starting point depends on the config only.
+        """
         default_widths = default_widths or [max_rank]
         if max(default_widths) > max_rank:
             raise ValueError(f"default widths {default_widths} exceed the maximal rank {max_rank}")
@@ -73,8 +78,9 @@ class ElasticLoraSuperNet:
         for p in model.parameters():
             p.requires_grad_(False)
         adapters = {}
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         for name, linear in targets.items():
-            adapters[name] = ElasticLoraLinear(linear, max_rank, alpha, dropout)
+            adapters[name] = ElasticLoraLinear(linear, max_rank, alpha, dropout, generator)
             _set_module(model, name, adapters[name])
         return cls(model, adapters, groups)
 

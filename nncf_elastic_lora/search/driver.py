@@ -10,6 +10,8 @@ and ``sub_adapter/`` (the chosen configuration as a standard peft LoRA folder).
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,6 +106,37 @@ def plot_search(
     plt.close(fig)
 
 
+def _fingerprint(supernet: ElasticLoraSuperNet, objectives: SubnetObjectives) -> dict[str, Any]:
+    """What the logged measurements depend on: the super-adapter's weights and space, and the objective."""
+    weights = hashlib.sha256()
+    for name, tensor in sorted(supernet.adapter_state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.numpy().tobytes())
+    return {
+        "super_adapter_sha256": weights.hexdigest(),
+        "search_space": supernet.get_search_space(),
+        "metric": objectives.metric,
+        "cost": objectives.cost_kind,
+        "seq_len": objectives.seq_len,
+        "validation_ids": [e.id for e in objectives.examples],
+    }
+
+
+def _check_same_search(out: Path, supernet: ElasticLoraSuperNet, objectives: SubnetObjectives) -> None:
+    """Refuse to resume from a log measured on another super-adapter or with another objective."""
+    meta_path = out / "search_meta.json"
+    current = _fingerprint(supernet, objectives)
+    if (out / "evaluations.jsonl").is_file() and meta_path.is_file():
+        previous = json.loads(meta_path.read_text())
+        changed = sorted(k for k in current if previous.get(k) != current[k])
+        if changed:
+            raise ValueError(
+                f"the evaluation log in {out} was measured with a different {', '.join(changed)}; "
+                "use another output directory (or --overwrite) to start a new search"
+            )
+    write_json(meta_path, current)
+
+
 def search_subadapter(
     supernet: ElasticLoraSuperNet,
     objectives: SubnetObjectives,
@@ -117,6 +150,7 @@ def search_subadapter(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    _check_same_search(out, supernet, objectives)
     log = EvaluationLog(out / "evaluations.jsonl")
     groups = supernet.groups
     names = [g.name for g in groups]
@@ -146,8 +180,10 @@ def search_subadapter(
     if cfg.algorithm == "heuristic":
         chosen, used = heuristic, 1
     elif cfg.algorithm == "hill_climbing":
+        # The budget covers every configuration this search measures, the maximal and minimal references included.
+        budget = max(1, cfg.num_evals - len({references["maximal"], references["minimal"]} - {heuristic}))
         hc = hill_climb(
-            choices, heuristic, lambda p: measure(p, "hill_climbing").quality, cfg.num_evals, cfg.patience
+            choices, heuristic, lambda p: measure(p, "hill_climbing").quality, budget, cfg.patience
         )
         chosen, used = hc.best, hc.evaluations
         details = {"path": [config_key(p) for p in hc.path], "stopped": hc.stopped}
@@ -169,8 +205,6 @@ def search_subadapter(
             initial=list(dict.fromkeys(references.values())),
         )
         used = res.evaluations
-        front_entries = [log.entries[config_key(p)] for p in res.front]
-        chosen = point_of(max(front_entries, key=lambda e: (e.quality, -e.cost)).config)
         details = {
             "generations": res.generations,
             "population": population,
@@ -183,6 +217,13 @@ def search_subadapter(
         [e.quality for e in entries],
         [e.cost for e in entries],
     )
+    if cfg.algorithm in ("NSGA2", "RNSGA2"):
+        on_front = [log.entries[config_key(p)] for p in front]
+        if cfg.select == "cheapest_above_heuristic":
+            floor = reference["heuristic"]["quality"]
+            chosen = point_of(min((e for e in on_front if e.quality >= floor), key=lambda e: e.cost).config)
+        else:
+            chosen = point_of(max(on_front, key=lambda e: (e.quality, -e.cost)).config)
     chosen_entry = log.entries[config_key(chosen)]
     result = SearchResult(
         algorithm=cfg.algorithm,

@@ -70,7 +70,6 @@ def hill_climb(
         elif stalls < patience:
             stalls += 1
         else:
-            stopped = "local optimum" if stopped != "budget" else stopped
             break
         current = step
         path.append(current)

@@ -90,36 +90,34 @@ def sparsify_model(
     elif method == "wanda":
         if not calibration:
             raise ValueError("Wanda needs calibration batches")
-        was_training = model.training
-        model.eval()
+        layers = decoder_layers(model)
+        prefixes = [name + "." for name, module in model.named_modules() if any(module is x for x in layers)]
+        outside = sorted(n for n in targets if not any(n.startswith(p) for p in prefixes))
+        if outside:
+            raise ValueError(f"Wanda prunes decoder-layer linears only; these targets are outside: {outside}")
         # Equal-length windows stack into batches: same statistics, far fewer layer calls.
         batches = [torch.cat(calibration[i : i + batch_size]) for i in range(0, len(calibration), batch_size)]
-        inputs = capture_layer_inputs(model, batches)
-        layers = decoder_layers(model)
-        prefixes = {
-            id(layer): name for name, layer in model.named_modules() if any(layer is x for x in layers)
-        }
-        outside = set(targets)
-        for layer in tqdm(layers, desc="wanda: layers", disable=not progress):
-            prefix = prefixes[id(layer)] + "."
-            in_layer = {n: m for n, m in targets.items() if n.startswith(prefix)}
-            outside -= set(in_layer)
-            stats = {n: InputNormStat(m.in_features) for n, m in in_layer.items()}
-            handles = [m.register_forward_hook(stats[n]) for n, m in in_layer.items()]
-            try:
-                _run_layer(layer, inputs)
-            finally:
-                for h in handles:
-                    h.remove()
-            for name, linear in in_layer.items():
-                _apply(name, linear, wanda_mask(linear.weight, stats[name].sq_sum, ratio, n_m), report)
-            # Recompute the layer's outputs with its pruned weights: the next layer calibrates on them.
-            inputs = [(o, kw) for o, (_, kw) in zip(_run_layer(layer, inputs), inputs, strict=True)]
-        if outside:
-            raise ValueError(
-                f"Wanda prunes decoder-layer linears only; these targets are outside: {sorted(outside)}"
-            )
-        model.train(was_training)
+        was_training = model.training
+        model.eval()
+        try:
+            inputs = capture_layer_inputs(model, batches)
+            for layer, prefix in tqdm(
+                list(zip(layers, prefixes, strict=True)), desc="wanda: layers", disable=not progress
+            ):
+                in_layer = {n: m for n, m in targets.items() if n.startswith(prefix)}
+                stats = {n: InputNormStat(m.in_features) for n, m in in_layer.items()}
+                handles = [m.register_forward_hook(stats[n]) for n, m in in_layer.items()]
+                try:
+                    _run_layer(layer, inputs)
+                finally:
+                    for h in handles:
+                        h.remove()
+                for name, linear in in_layer.items():
+                    _apply(name, linear, wanda_mask(linear.weight, stats[name].sq_sum, ratio, n_m), report)
+                # Recompute the layer's outputs with its pruned weights: the next layer calibrates on them.
+                inputs = [(o, kw) for o, (_, kw) in zip(_run_layer(layer, inputs), inputs, strict=True)]
+        finally:
+            model.train(was_training)
         report.calibration = {
             "num_samples": len(calibration),
             "seq_len": int(calibration[0].shape[-1]),

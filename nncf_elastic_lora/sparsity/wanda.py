@@ -14,7 +14,7 @@ from .masks import n_m_mask, row_mask
 
 def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
     """``|W| * ||X||_2`` with ``input_sq_sum[j] = sum over tokens of x_j**2``."""
-    return weight.abs().float() * input_sq_sum.float().sqrt().unsqueeze(0)
+    return weight.abs().float() * input_sq_sum.to(weight.device).float().sqrt().unsqueeze(0)
 
 
 def wanda_mask(
