@@ -139,4 +139,7 @@ def print_table(
         table.add_column(h, no_wrap=i == 0)
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
-    (print_fn or Console(stderr=False).print)(table)
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough not to cut task names
+        console = Console(width=160)
+    (print_fn or console.print)(table)
