@@ -167,11 +167,18 @@ def exact_match(
     return hits / max(len(examples), 1), preds
 
 
+def mean_token_loglik(lm: CausalLM, requests: list[tuple[str, str]], batch_size: int = 8) -> float:
+    """Log-likelihood per continuation token, pooled over all (context, continuation) requests."""
+    scored = _score(lm, requests, batch_size, False)
+    return sum(ll for ll, _ in scored) / max(sum(n for _, n in scored), 1)
+
+
 def perplexity(lm: CausalLM, examples: list[Example], batch_size: int = 8) -> float:
     """Perplexity of the gold texts, each scored from its first token."""
     # Each text follows an end-of-text token, as documents follow one another in pre-training.
-    scored = _score(lm, [(lm.tokenizer.eos_token or "", e.text) for e in examples], batch_size, False)
-    return math.exp(-sum(ll for ll, _ in scored) / max(sum(n for _, n in scored), 1))
+    return math.exp(
+        -mean_token_loglik(lm, [(lm.tokenizer.eos_token or "", e.text) for e in examples], batch_size)
+    )
 
 
 def evaluate_task(

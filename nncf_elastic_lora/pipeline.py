@@ -225,11 +225,8 @@ def write_eval(
     headers, rows = results_table({label: results})
     write_json(output / "eval.json", {**(extra or {}), "results": [r.to_dict() for r in results]})
     write_text(output / "eval.md", markdown_table(headers, rows))
-    with open(output / "predictions.jsonl.tmp", "w") as f:
-        for r in results:
-            for p in r.predictions:
-                f.write(json.dumps({"task": r.task, **p}) + "\n")
-    (output / "predictions.jsonl.tmp").replace(output / "predictions.jsonl")
+    lines = [json.dumps({"task": r.task, **p}) for r in results for p in r.predictions]
+    write_text(output / "predictions.jsonl", "".join(line + "\n" for line in lines))
 
 
 def _stage(output: Path, name: str, fn, resume: bool) -> tuple[Any, float, bool]:

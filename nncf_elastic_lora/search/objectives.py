@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data import Example
 from ..elastic import ElasticLoraSuperNet
-from ..evaluation import CausalLM, _score, multiple_choice
+from ..evaluation import CausalLM, mean_token_loglik, multiple_choice
 
 
 class SubnetObjectives:
@@ -50,8 +50,7 @@ class SubnetObjectives:
         if self.metric == "acc":
             acc, _, _ = multiple_choice(self.lm, self.examples, self.batch_size)
             return acc
-        scored = _score(self.lm, [(e.prompt, e.target) for e in self.examples], self.batch_size, False)
-        return sum(ll for ll, _ in scored) / max(sum(n for _, n in scored), 1)  # = -(mean token NLL)
+        return mean_token_loglik(self.lm, [(e.prompt, e.target) for e in self.examples], self.batch_size)
 
     def __call__(self, config: dict[str, int]) -> tuple[float, float, float]:
         start = time.perf_counter()
