@@ -19,6 +19,10 @@ examples:
   nncf-elastic-lora sparsify --model smollm2-135m --ratio 0.5 --output runs/smollm2-wanda50
   nncf-elastic-lora train --config configs/shears_smollm2.json --model runs/smollm2-wanda50 --output runs/nls
   nncf-elastic-lora eval --model runs/smollm2-wanda50 --tasks arc_easy,piqa --limit 200 --output runs/eval
+  nncf-elastic-lora export --model runs/smollm2-wanda50 --adapter runs/nls/sub_adapter_heuristic \
+      --weight-format int8 --output runs/ov-int8
+  nncf-elastic-lora eval --model runs/ov-int8 --tasks basic_arithmetic --output runs/eval-ov-int8
+  nncf-elastic-lora benchmark --model runs/ov-int8 --runtime genai,optimum --output runs/bench-int8
   nncf-elastic-lora schema > config.schema.json
   nncf-elastic-lora tasks
 
@@ -124,6 +128,78 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="at most N examples per task")
     ev.add_argument("--split", choices=["validation", "test"], help="override evaluation.split")
 
+    ex = sub.add_parser(
+        "export",
+        help="export to OpenVINO IR (optionally with an adapter, INT8/INT4 weights)",
+        description="Convert --model (an HF checkpoint: dense, sparse or merged) and optionally a PEFT "
+        "--adapter to an OpenVINO model directory through optimum-intel, with openvino_tokenizer/"
+        "detokenizer IRs, weight compression by NNCF (export.*), a load check in OpenVINO GenAI, a "
+        "comparison with torch on test prompts (parity.json) and export_report.json.",
+    )
+    _add_common(ex)
+    ex.add_argument("--adapter", help="a PEFT LoRA folder (sub_adapter/ from train or search)")
+    ex.add_argument("--merge", action="store_true", help="merge the adapter (export.merge_adapter)")
+    ex.add_argument("--save-merged", help="with --merge: also write the merged HF checkpoint here")
+    ex.add_argument(
+        "--weight-format",
+        dest="weight_format",
+        choices=["fp32", "fp16", "int8", "int4"],
+        help="export.weight_format",
+    )
+    ex.add_argument("--group-size", dest="group_size", type=int, help="export.group_size (int4)")
+    ex.add_argument("--ratio", dest="int4_ratio", type=float, help="export.ratio: fraction of layers in int4")
+    ex.add_argument("--sym", action="store_true", default=None, help="symmetric quantization (export.sym)")
+    ex.add_argument("--awq", action="store_true", default=None, help="data-aware AWQ (int4)")
+    ex.add_argument(
+        "--scale-estimation", dest="scale_estimation", action="store_true", default=None, help="int4"
+    )
+    ex.add_argument(
+        "--data-aware",
+        dest="data_aware",
+        action="store_true",
+        default=None,
+        help="calibrate on export.calibration",
+    )
+    ex.add_argument(
+        "--group-size-fallback",
+        dest="group_size_fallback",
+        choices=["error", "adjust", "ignore"],
+        help="int4",
+    )
+    ex.add_argument(
+        "--eval", dest="eval_ir", action="store_true", help="also evaluate the IR on evaluation.tasks"
+    )
+
+    be = sub.add_parser(
+        "benchmark",
+        help="measure inference speed and memory (OpenVINO GenAI, optimum-intel, torch)",
+        description="Time to first token, decode latency and tokens/s at each batch size, compile time, "
+        "size on disk and peak memory of each --model on each --runtime; medians over --repeats after "
+        "--warmup; every model and runtime in its own process. Writes benchmark.json and benchmark.md.",
+    )
+    be.add_argument("--model", action="append", required=True, metavar="[LABEL=]DIR", help="repeatable")
+    be.add_argument("--output", "-o", required=True, help="output directory")
+    be.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output")
+    be.add_argument(
+        "--runtime", default="genai", help="comma-separated: genai, optimum, torch (default genai)"
+    )
+    be.add_argument("--device", default="CPU", help="OpenVINO device (CPU, GPU)")
+    be.add_argument("--prompt-tokens", type=int, default=128)
+    be.add_argument("--new-tokens", type=int, default=64)
+    be.add_argument("--batch-sizes", default="1,4", help="comma-separated (default 1,4)")
+    be.add_argument("--repeats", type=int, default=3)
+    be.add_argument("--warmup", type=int, default=1)
+    be.add_argument(
+        "--property",
+        dest="properties",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runtime property",
+    )
+    be.add_argument("--properties-file", help="JSON object of runtime properties (see export/runtime/)")
+    be.add_argument("--no-isolate", action="store_true", help="run everything in this process")
+
     sch = sub.add_parser("schema", help="print the config's JSON Schema")
     sch.add_argument("--output", "-o", help="write to this file instead of stdout")
     sub.add_parser("tasks", help="list the bundled tasks")
@@ -147,10 +223,20 @@ def _config(args: argparse.Namespace):
         ("search_algorithm", "bootstrapNAS.search.algorithm"),
         ("num_evals", "bootstrapNAS.search.num_evals"),
         ("max_steps", "bootstrapNAS.training.max_steps"),
+        ("weight_format", "export.weight_format"),
+        ("group_size", "export.group_size"),
+        ("int4_ratio", "export.ratio"),
+        ("sym", "export.sym"),
+        ("awq", "export.awq"),
+        ("scale_estimation", "export.scale_estimation"),
+        ("data_aware", "export.data_aware"),
+        ("group_size_fallback", "export.group_size_fallback"),
     ]:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.insert(0, f"{key}={json.dumps(value)}")
+    if getattr(args, "merge", False):
+        overrides.insert(0, "export.merge_adapter=true")
     if getattr(args, "tasks", None):
         overrides.insert(0, f"evaluation.tasks={json.dumps(args.tasks.split(','))}")
     return apply_overrides(config, overrides) if overrides else config
@@ -175,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # import-time noise of optional torchao kernels and torch's pytree registry
         for name in ("torchao", "torch.utils._pytree"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    from .benchmark import BenchmarkError
     from .config import ConfigError
     from .data import DatasetNotFoundError
+    from .exporting import ExportError
     from .models import ModelNotFoundError
     from .reports import OutputExistsError
 
@@ -188,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         ModelNotFoundError,
         DatasetNotFoundError,
         FileNotFoundError,
-        ValueError,  # invalid inputs found after validation: split sizes, module patterns, groups
+        ExportError,
+        BenchmarkError,
+        ValueError,  # includes RuntimePropertyError  # invalid inputs found after validation: split sizes, module patterns, groups
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -216,6 +306,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from .reports import check_output, prepare_output
 
+    if args.command == "benchmark":
+        return _benchmark(args)
     config = _config(args)  # validate everything before touching the output
     progress = not args.no_progress
     output = Path(args.output)
@@ -250,16 +342,53 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"wrote {output / 'sub_adapter'}, {output / 'search.png'}"
         )
         return 0
+    if args.command == "export":
+        from .pipeline import evaluate_ir, export, write_eval
+        from .reports import print_table
+
+        check_output(output, args.overwrite)  # replaced atomically once the new one is complete
+        if args.save_merged:
+            check_output(args.save_merged, args.overwrite)
+        report = export(config, output, args.adapter, args.save_merged)
+        facts = [
+            ["weights", f"{report['weight_format']}, {report['size_bytes']['model_bin'] / 2**20:.1f} MiB"],
+            ["export time (s)", f"{report['export_s']:.1f}"],
+        ]
+        if report.get("ir_sparsity") is not None:
+            facts.append(["zeros in MatMul weights", f"{100 * report['ir_sparsity']:.2f}%"])
+        if report.get("parity"):
+            p = report["parity"]
+            facts += [
+                ["max |logit diff| vs torch (f32 hint)", f"{p['logits_max_abs_diff']:.3g}"],
+                ["identical greedy: optimum-intel", f"{p['greedy_identical_optimum']}/{p['prompts']}"],
+                ["identical greedy: GenAI", f"{p.get('greedy_identical_genai', '-')}/{p['prompts']}"],
+            ]
+        print_table(f"exported {output}", ["", "value"], facts)
+        if args.eval_ir:
+            from .evaluation import results_table
+
+            results = evaluate_ir(config, output, progress=progress)
+            write_eval(output / "eval", str(output), results, {"model": str(output), "export": report})
+            print_table("evaluation of the IR", *results_table({str(output): results}))
+        return 0
     if args.command == "eval":
         from .evaluation import results_table
-        from .models import load_model
+        from .exporting import is_openvino_dir
+        from .models import load_model, load_openvino_model
         from .pipeline import evaluate_model, write_eval
         from .reports import print_table
 
         prepare_output(output, args.overwrite)
-        model, tokenizer = load_model(config.model)
+        ex, extra = config.export, {"model": config.model.name_or_path}
+        if is_openvino_dir(config.model.name_or_path):
+            model, tokenizer = load_openvino_model(
+                config.model.name_or_path, ex.device, ex.runtime_properties
+            )
+            extra["openvino"] = {"device": ex.device, "runtime_properties": ex.runtime_properties}
+        else:
+            model, tokenizer = load_model(config.model)
         results = evaluate_model(model, tokenizer, config, progress=progress)
-        write_eval(output, config.model.name_or_path, results, {"model": config.model.name_or_path})
+        write_eval(output, config.model.name_or_path, results, extra)
         print_table("evaluation", *results_table({config.model.name_or_path: results}))
         return 0
     if args.command == "run":
@@ -272,6 +401,58 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"report: {output / 'report.json'}, {output / 'report.md'}")
         return 0
     raise AssertionError(args.command)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import benchmark_models, results_table
+    from .reports import markdown_table, prepare_output, print_table, write_json, write_text
+    from .runtime import check_device, machine_info, parse_properties
+
+    try:
+        runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}"
+        ) from None
+    allowed = ("genai", "optimum", "torch")
+    for r in runtimes:
+        if r not in allowed:
+            raise ValueError(f"--runtime {r!r} is not one of {', '.join(allowed)}")
+    models = []
+    for item in args.model:
+        label, sep, path = item.partition("=")
+        path = path if sep else label
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"--model {path}: no such directory ({Path(path).resolve()})")
+        models += [(label if sep else Path(path).name, path, r) for r in runtimes]
+    properties = parse_properties(args.properties, args.properties_file)
+    check_device(args.device)
+    prepare_output(args.output, args.overwrite)
+    settings = dict(
+        device=args.device,
+        properties=properties,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        batch_sizes=batch_sizes,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    results = benchmark_models(models, isolate=not args.no_isolate, **settings)
+    headers, rows = results_table(results)
+    notes = sorted({n for r in results for n in r["property_notes"]})
+    report = {"machine": machine_info(args.device), "settings": settings, "notes": notes, "results": results}
+    out = Path(args.output)
+    write_json(out / "benchmark.json", report)
+    text = markdown_table(headers, rows)
+    if notes:
+        text += "\nNotes:\n" + "".join(f"- {n}\n" for n in notes)
+    write_text(out / "benchmark.md", text)
+    print_table(f"benchmark ({report['machine']['cpu']}, {args.device})", headers, rows)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {out / 'benchmark.json'}, {out / 'benchmark.md'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -233,13 +233,56 @@ class EvaluationConfig(_Section):
     )
 
 
-class ExportConfig(_Section):
-    """OpenVINO IR export (filled by the OpenVINO issue)."""
+class ExportCalibrationConfig(_Section):
+    """Texts for data-aware weight compression (AWQ, scale estimation): a task's train split."""
 
-    enabled: Literal[False] = Field(False, description="OpenVINO export is not implemented yet.")
+    task: str | None = Field(None, description="Task whose train texts calibrate; default: data.task.")
+    num_samples: int = Field(64, gt=0)
+
+
+class ParityConfig(_Section):
+    """After export, compare the IR with torch on the first test prompts of data.task."""
+
+    num_prompts: int = Field(4, ge=0, description="0 skips the comparison.")
+    max_new_tokens: int = Field(16, gt=0)
+
+
+class ExportConfig(_Section):
+    """OpenVINO IR export through optimum-intel, weight compression with NNCF."""
+
+    enabled: bool = Field(
+        False,
+        description="`run` exports the chosen sub-adapter with its base to OpenVINO IR (openvino/) and "
+        "evaluates the IR on evaluation.tasks.",
+    )
     weight_format: Literal["fp32", "fp16", "int8", "int4"] = "fp32"
-    group_size: int = 64
-    merge_adapter: bool = False
+    group_size: int = Field(64, gt=0, description="INT4 group size (input channels per scale).")
+    group_size_fallback: Literal["error", "adjust", "ignore"] = Field(
+        "adjust",
+        description="When a layer's width is not a multiple of group_size: fail, use the largest valid "
+        "group size >= 32 (else INT8), or leave the layer uncompressed.",
+    )
+    ratio: float = Field(1.0, gt=0, le=1, description="INT4: fraction of layers in INT4, the rest INT8.")
+    sym: bool = Field(False, description="Symmetric quantization (no zero points).")
+    awq: bool = Field(False, description="INT4: activation-aware weight quantization (AWQ).")
+    scale_estimation: bool = Field(False, description="INT4: scale estimation on the calibration data.")
+    data_aware: bool = Field(
+        False,
+        description="Calibrate the compression on `calibration` texts (implied by awq/scale_estimation).",
+    )
+    calibration: ExportCalibrationConfig = Field(default_factory=ExportCalibrationConfig)
+    merge_adapter: bool = Field(
+        False,
+        description="Merge the adapter into the weights; default keeps it as a low-rank branch in the IR, "
+        "which keeps a sparse base sparse.",
+    )
+    device: str = Field("CPU", description="OpenVINO device for the IR's evaluation and checks.")
+    runtime_properties: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="OpenVINO runtime properties for evaluating the IR, e.g. "
+        '{"INFERENCE_PRECISION_HINT": "f32"}; default: the runtime\'s own defaults, as deployed.',
+    )
+    parity: ParityConfig = Field(default_factory=ParityConfig)
 
 
 class PipelineConfig(_Section):

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
@@ -30,6 +31,8 @@ SMOLLM2 = "smollm2-135m"
 TINY = "tiny-random-llama"
 BUNDLED = (SMOLLM2, TINY)
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bumped when the conversion changes, so an older cache is not reused (v2: plain byte-level decoder).
+_CACHE_VERSION = "v2"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -82,15 +85,20 @@ def _save_bundled_tokenizer(out: Path) -> None:
     """The SmolLM2 tokenizer from the GGUF file, cleaned of GGUF-conversion artefacts.
 
     transformers' GGUF reader builds a CodeLlama-flavoured tokenizer that prepends a BOS token,
-    sets eos to ``<|im_start|>`` and adds infilling tokens past the vocabulary. SmolLM2's own
-    tokenizer is byte-level BPE with no BOS, eos/pad ``<|im_end|>``; we rebuild that.
+    sets eos to ``<|im_start|>`` and adds infilling tokens past the vocabulary, and its decoder
+    chains SentencePiece steps (byte fallback, fuse, ``▁`` replacement) before the byte-level one.
+    Those steps never change a byte-level string, but openvino-tokenizers cannot convert them to a
+    detokenizer. SmolLM2's own tokenizer is byte-level BPE with no BOS, eos/pad ``<|im_end|>``,
+    and a byte-level decoder; we rebuild that.
     """
-    from tokenizers import processors
+    from tokenizers import decoders, processors
     from transformers import PreTrainedTokenizerFast
 
     gguf = AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=_GGUF_FILE)
     backend = gguf.backend_tokenizer
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.normalizer = None
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<|im_start|>",
@@ -104,14 +112,14 @@ def _save_bundled_tokenizer(out: Path) -> None:
 
 
 def bundled_tokenizer_dir(root: Path) -> Path:
-    return _atomic_build(root / "smollm2-135m-tokenizer", _save_bundled_tokenizer)
+    return _atomic_build(root / f"smollm2-135m-tokenizer-{_CACHE_VERSION}", _save_bundled_tokenizer)
 
 
 def bundled_smollm2_dir(root: Path) -> Path:
     """Convert SmolLM2 from GGUF to a safetensors checkpoint once; return its directory."""
 
     def build(out: Path) -> None:
-        log.info("converting the bundled SmolLM2 GGUF to %s (once)", root / SMOLLM2)
+        log.info("converting the bundled SmolLM2 GGUF to %s (once)", root / f"{SMOLLM2}-{_CACHE_VERSION}")
         gguf_model = AutoModelForCausalLM.from_pretrained(
             _gguf_dir(), gguf_file=_GGUF_FILE, dtype=torch.float32
         )
@@ -127,7 +135,7 @@ def bundled_smollm2_dir(root: Path) -> Path:
         model.save_pretrained(out)
         shutil.copytree(bundled_tokenizer_dir(root), out, dirs_exist_ok=True)
 
-    return _atomic_build(root / SMOLLM2, build)
+    return _atomic_build(root / f"{SMOLLM2}-{_CACHE_VERSION}", build)
 
 
 def build_tiny_llama(config: ModelConfig) -> PreTrainedModel:
@@ -201,4 +209,47 @@ def load_model(config: ModelConfig):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
+    return model, tokenizer
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+# optimum-intel probes a local directory as if it were a hub cache and logs the failure; the
+# directory is loaded correctly regardless.
+logging.getLogger("optimum.intel.openvino.modeling_base").addFilter(
+    _DropMessage("Could not infer whether the model was already converted")
+)
+
+
+def load_openvino_model(
+    path: str | Path, device: str = "CPU", properties: dict[str, Any] | None = None, compile: bool = True
+):
+    """Load an exported OpenVINO directory as ``(OVModelForCausalLM, tokenizer)``.
+
+    ``properties`` are OpenVINO runtime properties (e.g. ``{"INFERENCE_PRECISION_HINT": "f32"}``),
+    checked first so that a bad one fails with its name.
+    """
+    from optimum.intel import OVModelForCausalLM
+
+    from .exporting import OV_MODEL
+    from .runtime import check_properties
+
+    path = Path(path)
+    if not (path / OV_MODEL).is_file():
+        raise ModelNotFoundError(f"{path.resolve()} is not an OpenVINO model directory (no {OV_MODEL})")
+    properties = dict(properties or {})
+    check_properties(properties, device)
+    model = OVModelForCausalLM.from_pretrained(
+        path, export=False, device=device, ov_config=properties, compile=compile
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -219,6 +219,69 @@ def search(
     return {**result.to_dict(), "data": data.record}
 
 
+def calibration_texts(config: PipelineConfig) -> list[str]:
+    """Train-split texts (prompt + answer) for data-aware weight compression, seeded and shuffled."""
+    import random
+
+    cal = config.export.calibration
+    task = load_task(config.data, cal.task)
+    texts = [e.text for e in task.train]
+    random.Random(config.data.seed).shuffle(texts)
+    return texts[: cal.num_samples]
+
+
+def export(
+    config: PipelineConfig,
+    output: str | Path,
+    adapter: str | Path | None = None,
+    save_merged: str | Path | None = None,
+) -> dict[str, Any]:
+    """Export ``config.model`` (plus ``adapter``) to OpenVINO IR as ``config.export`` says.
+
+    Calibration texts come from ``export.calibration`` (train split), the parity prompts from the
+    first test prompts of ``data.task``; the IR directory gets ``export_report.json`` and ``parity.json``.
+    """
+    from .exporting import export_openvino
+
+    ex = config.export
+    data_aware = ex.data_aware or ex.awq or ex.scale_estimation
+    prompts = None
+    if ex.parity.num_prompts:
+        prompts = [e.prompt for e in load_task(config.data).test[: ex.parity.num_prompts]]
+    report = export_openvino(
+        config.model,
+        output,
+        adapter=adapter,
+        merge_adapter=ex.merge_adapter,
+        weight_format=ex.weight_format,
+        group_size=ex.group_size,
+        ratio=ex.ratio,
+        sym=ex.sym,
+        awq=ex.awq,
+        scale_estimation=ex.scale_estimation,
+        calibration=calibration_texts(config) if data_aware else None,
+        group_size_fallback=ex.group_size_fallback,
+        save_merged=save_merged,
+        genai_device=ex.device,
+        compare_prompts=prompts,
+        compare_tokens=ex.parity.max_new_tokens,
+    )
+    return report
+
+
+def evaluate_ir(
+    config: PipelineConfig,
+    ir_dir: str | Path,
+    tasks: dict[str, TaskData] | None = None,
+    progress: bool = True,
+) -> list[TaskResult]:
+    """Score an exported OpenVINO directory with ``export.device`` and ``export.runtime_properties``."""
+    from .models import load_openvino_model
+
+    model, tokenizer = load_openvino_model(ir_dir, config.export.device, config.export.runtime_properties)
+    return evaluate_model(model, tokenizer, config, tasks, progress)
+
+
 def write_eval(
     output: Path, label: str, results: list[TaskResult], extra: dict[str, Any] | None = None
 ) -> None:
@@ -317,6 +380,27 @@ def run_pipeline(
             evals[f"{prefix}{label} ({algorithm})"], stages["evaluate searched"], _ = _stage(
                 output, "eval_searched", eval_chosen, resume
             )
+    export_report = None
+    if config.export.enabled:
+        adapter = None
+        if train_report is not None:
+            adapter = output / ("search/sub_adapter" if search_report else "nls/sub_adapter_heuristic")
+        exported = config.model_copy(update={"model": base_model})
+        ir_dir = output / "openvino"
+
+        def do_export():
+            if resume and (ir_dir / "export_report.json").is_file():
+                return json.loads((ir_dir / "export_report.json").read_text())
+            return export(exported, ir_dir, adapter)
+
+        export_report, stages["export to OpenVINO"], _ = _stage(output, "export", do_export, resume)
+        which = "" if adapter is None else f", {'searched' if search_report else 'heuristic'} sub-adapter"
+        evals[f"OpenVINO IR ({config.export.weight_format}{which})"], stages["evaluate IR"], _ = _stage(
+            output,
+            "eval_ir",
+            lambda: [r.to_dict() for r in evaluate_ir(config, ir_dir, tasks, progress)],
+            resume,
+        )
     report = {
         "config": config.model_dump(mode="json"),
         "data": {name: t.record for name, t in tasks.items()},
@@ -347,6 +431,13 @@ def run_pipeline(
             "super_adapter": str(output / "nls" / "super_adapter") if train_report else None,
             "sub_adapter": str(output / "nls" / "sub_adapter_heuristic") if train_report else None,
             "searched_sub_adapter": str(output / "search" / "sub_adapter") if search_report else None,
+            "openvino": str(output / "openvino") if export_report else None,
+        },
+        "export": None
+        if export_report is None
+        else {
+            k: export_report.get(k)
+            for k in ("weight_format", "adapter", "ir_sparsity", "size_bytes", "parity", "export_s")
         },
         "search": None
         if search_report is None
@@ -392,6 +483,21 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"{t['adapter_params']['heuristic']:,} / {t['adapter_params']['minimal']:,}; "
             f"search space: {t['search_space']['groups']} groups, {t['search_space']['size']:.3g} sub-adapters\n"
         )
+    if report.get("export"):
+        e = report["export"]
+        text += f"\n## OpenVINO IR\n\n{report['artifacts']['openvino']}: {e['weight_format']} weights, "
+        text += f"{e['size_bytes']['model_bin'] / 2**20:.1f} MiB of weights"
+        if e.get("ir_sparsity") is not None:
+            text += f", {100 * e['ir_sparsity']:.2f}% zeros in the decoder's MatMul weights"
+        if e.get("parity"):
+            p = e["parity"]
+            text += (
+                f"; against torch on {p['prompts']} prompts: max |logit diff| {p['logits_max_abs_diff']:.2e} "
+                f"(f32 hint), identical greedy tokens {p['greedy_identical_optimum']}/{p['prompts']} (optimum-intel)"
+            )
+            if "greedy_identical_genai" in p:
+                text += f", {p['greedy_identical_genai']}/{p['prompts']} (GenAI)"
+        text += "\n"
     text += "\n## Time per stage\n\n" + markdown_table(
         ["stage", "seconds"], [[k, v] for k, v in report["stage_time_s"].items()]
     )
@@ -415,6 +521,19 @@ def print_summary(report: dict[str, Any]) -> None:
             ["heuristic sub-adapter parameters", f"{t['adapter_params']['heuristic']:,}"],
             ["training steps / median step (s)", f"{t['steps']} / {t['step_time_median_s']:.2f}"],
         ]
+    if report.get("export"):
+        e = report["export"]
+        facts.append(
+            [
+                "OpenVINO IR weights (MiB)",
+                f"{e['size_bytes']['model_bin'] / 2**20:.1f} ({e['weight_format']})",
+            ]
+        )
+        if e.get("parity"):
+            p = e["parity"]
+            facts.append(
+                ["IR vs torch: identical greedy prompts", f"{p['greedy_identical_optimum']}/{p['prompts']}"]
+            )
     if facts:
         print_table("model", ["", "value"], facts)
     print_table(

@@ -1,0 +1,346 @@
+"""Inference benchmark: OpenVINO GenAI's LLMPipeline, optimum-intel's Python ``generate``, torch eager.
+
+Every runtime is measured the same way, so the figures compare:
+
+- **TTFT**: wall time of a generation of one new token from a prompt of ``prompt_tokens`` tokens
+  (prefill plus the first token);
+- **decode latency**: ``(T(n) - TTFT) / (n - 1)`` per step, where ``T(n)`` is the wall time of a
+  generation of exactly ``n`` new tokens (EOS ignored); at batch ``b`` a step yields ``b`` tokens;
+- **tokens/s**: decode tokens per second (``b / decode latency``), and end to end (``b * n / T(n)``);
+- **compile time**: load plus compile (GenAI: pipeline construction; torch: ``from_pretrained``);
+- **peak memory**: the process's peak resident set (``VmHWM``) over load and all runs, and its
+  growth over the resident set before loading. Each model and runtime runs in its own process
+  (:func:`benchmark_models`), so one measurement never inherits another's peak.
+
+Medians over ``repeats`` runs after ``warmup`` runs of each kind. Prompts are real text cut to
+an exact token count, different per batch row, so there is no padding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .exporting import OV_MODEL, directory_size, is_openvino_dir
+
+log = logging.getLogger(__name__)
+
+PROMPT_TEXT = (
+    "The history of computing is a story of machines that got smaller, faster and cheaper. Early "
+    "computers filled rooms and consumed enormous amounts of power, yet they could only perform a "
+    "few thousand operations per second. The invention of the transistor, and later the integrated "
+    "circuit, changed everything: engineers could place millions, then billions, of switches on a "
+    "single chip. Memory followed a similar path, and so did storage. Today a phone in a pocket is "
+    "more powerful than the supercomputers of a few decades ago. Language models are the newest "
+    "chapter: they read text, predict the next word, and can answer questions, write code and "
+    "summarize documents. Running them efficiently on ordinary hardware means compressing their "
+    "weights, pruning connections that matter little, and using runtimes that make the most of the "
+    "memory bandwidth of the processor. "
+)
+
+
+class Runtime(str, Enum):
+    GENAI = "genai"  # OpenVINO GenAI LLMPipeline (C++ generation loop)
+    OPTIMUM = "optimum"  # optimum-intel OVModelForCausalLM.generate (Python loop over OpenVINO)
+    TORCH = "torch"  # transformers eager generate on the torch checkpoint
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark could not run (bad model path for the runtime, worker failure)."""
+
+
+def prompt_ids(tokenizer: Any, prompt_tokens: int, batch_size: int) -> np.ndarray:
+    """``[batch, prompt_tokens]`` token ids of real text, each row starting at a different token."""
+    ids: list[int] = []
+    while len(ids) < prompt_tokens + batch_size:
+        ids += tokenizer(PROMPT_TEXT, add_special_tokens=False)["input_ids"]
+    return np.array([ids[row : row + prompt_tokens] for row in range(batch_size)], dtype=np.int64)
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+class _GenAI:
+    def __init__(self, path: Path, device: str, properties: dict[str, Any]):
+        import openvino_genai
+
+        self.pipe = openvino_genai.LLMPipeline(str(path), device, **properties)
+        self.tokenizer_dir = path
+
+    def generate(self, ids: np.ndarray, new_tokens: int) -> int:
+        import openvino as ov
+        import openvino_genai
+
+        inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
+        config = openvino_genai.GenerationConfig(
+            max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True, do_sample=False
+        )
+        result = self.pipe.generate(inputs, config)
+        return min(len(t) for t in result.tokens)
+
+
+class _HF:
+    """optimum-intel's OVModelForCausalLM or a torch model: the same ``generate`` call."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def generate(self, ids: np.ndarray, new_tokens: int) -> int:
+        import torch
+
+        x = torch.from_numpy(ids)
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return out.shape[1] - ids.shape[1]
+
+
+def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any]):
+    from transformers import AutoTokenizer
+
+    if runtime is Runtime.TORCH:
+        if not (path / "config.json").is_file() or is_openvino_dir(path):
+            raise BenchmarkError(f"the torch runtime needs a Hugging Face checkpoint; {path} is not one")
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return _HF(model), AutoTokenizer.from_pretrained(path)
+    if not is_openvino_dir(path):
+        raise BenchmarkError(
+            f"the {runtime.value} runtime needs an exported OpenVINO directory; {path} has no {OV_MODEL}"
+        )
+    if runtime is Runtime.GENAI:
+        return _GenAI(path, device, properties), AutoTokenizer.from_pretrained(path)
+    from .models import load_openvino_model
+
+    model, tokenizer = load_openvino_model(path, device, properties)
+    return _HF(model), tokenizer
+
+
+def weights_bytes(path: str | Path) -> int:
+    """Bytes of weights on disk: the IR's .bin, or the checkpoint's safetensors/bin files."""
+    path = Path(path)
+    if is_openvino_dir(path):
+        return directory_size(path, "openvino_model.bin")
+    return directory_size(path, "*.safetensors") or directory_size(path, "pytorch_model*.bin")
+
+
+def benchmark_model(
+    path: str | Path,
+    *,
+    runtime: Runtime | str = Runtime.GENAI,
+    device: str = "CPU",
+    properties: dict[str, Any] | None = None,
+    prompt_tokens: int = 128,
+    new_tokens: int = 64,
+    batch_sizes: tuple[int, ...] | list[int] = (1, 4),
+    repeats: int = 3,
+    warmup: int = 1,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """Measure one model on one runtime in this process; see the module docstring for the method."""
+    runtime, path = Runtime(runtime), Path(path)
+    if new_tokens < 2 or repeats < 1 or prompt_tokens < 1 or not batch_sizes:
+        raise ValueError("need new_tokens >= 2, repeats >= 1, prompt_tokens >= 1 and at least one batch size")
+    properties = dict(properties or {}) if runtime is not Runtime.TORCH else {}
+    checked = None
+    if runtime is not Runtime.TORCH and is_openvino_dir(path):
+        from .runtime import check_properties
+
+        checked = check_properties(properties, device, path / OV_MODEL)  # before the peak is reset
+    rss_before = _status_mb("VmRSS")
+    peak_reset = _reset_peak_rss()
+    start = time.perf_counter()
+    runner, tokenizer = _load(path, runtime, device, properties)
+    compile_s = time.perf_counter() - start
+    batches = []
+    for batch in batch_sizes:
+        ids = prompt_ids(tokenizer, prompt_tokens, batch)
+        for _ in range(warmup):
+            runner.generate(ids, 1)
+            runner.generate(ids, new_tokens)
+        firsts, fulls = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            runner.generate(ids, 1)
+            firsts.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            produced = runner.generate(ids, new_tokens)
+            fulls.append(time.perf_counter() - t)
+            if produced != new_tokens:
+                raise BenchmarkError(
+                    f"{runtime.value} generated {produced} tokens, asked for exactly {new_tokens}"
+                )
+        ttft, full = statistics.median(firsts), statistics.median(fulls)
+        step = max(full - ttft, 1e-9) / (new_tokens - 1)
+        batches.append(
+            {
+                "batch_size": batch,
+                "ttft_ms": 1000 * ttft,
+                "decode_ms_per_step": 1000 * step,
+                "decode_tokens_per_s": batch / step,
+                "e2e_tokens_per_s": batch * new_tokens / full,
+                "generate_s": full,
+                "ttft_runs_s": firsts,
+                "generate_runs_s": fulls,
+            }
+        )
+        log.info("%s %s batch %d: %.1f decode tok/s", path.name, runtime.value, batch, batch / step)
+    peak = _status_mb("VmHWM")
+    return {
+        "label": label or path.name,
+        "model": str(path),
+        "runtime": runtime.value,
+        "device": device if runtime is not Runtime.TORCH else "cpu (torch)",
+        "properties": properties,
+        "effective_properties": checked["effective"] if checked else {},
+        "property_notes": checked["notes"] if checked else [],
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "warmup": warmup,
+        "compile_s": compile_s,
+        "weights_bytes": weights_bytes(path),
+        "size_on_disk_bytes": directory_size(path),
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": peak,
+        "peak_rss_growth_mb": None
+        if peak is None or rss_before is None or not peak_reset
+        else peak - rss_before,
+        "batches": batches,
+    }
+
+
+def benchmark_models(
+    models: list[tuple[str, str | Path, Runtime | str]],
+    *,
+    isolate: bool = True,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """Benchmark ``(label, path, runtime)`` triples, each in its own process unless ``isolate`` is False."""
+    results = []
+    for label, path, runtime in models:
+        if not isolate:
+            results.append(benchmark_model(path, runtime=runtime, label=label, **settings))
+            continue
+        with tempfile.TemporaryDirectory(prefix="nel-bench-") as tmp:
+            args, out = Path(tmp) / "args.json", Path(tmp) / "result.json"
+            args.write_text(
+                json.dumps({"path": str(path), "runtime": Runtime(runtime).value, "label": label, **settings})
+            )
+            proc = subprocess.run(
+                [sys.executable, "-m", __name__, str(args), str(out)], stderr=subprocess.PIPE, text=True
+            )
+            if proc.returncode != 0 or not out.is_file():
+                tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+                raise BenchmarkError(
+                    f"benchmark of {label} ({runtime}) failed (exit {proc.returncode}):\n{tail}"
+                )
+            results.append(json.loads(out.read_text()))
+    return results
+
+
+def measure_memory_bandwidth(mib: int = 1024, repeats: int = 5, threads: int | None = None) -> dict[str, Any]:
+    """This machine's memory bandwidth from numpy: a threaded read (sum) and a copy, medians in GB/s.
+
+    The array is far larger than the caches, so the figures are DRAM bandwidth. ``copy`` counts
+    the bytes read plus the bytes written.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = threads or os.cpu_count() or 1
+    a = np.ones(mib * 2**20 // 4, dtype=np.float32)
+    b = np.empty_like(a)
+    chunks = np.array_split(a, threads)
+    reads, copies = [], []
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats + 1):  # the first pass faults the pages in
+            t = time.perf_counter()
+            list(pool.map(np.sum, chunks))
+            reads.append(a.nbytes / (time.perf_counter() - t) / 1e9)
+            t = time.perf_counter()
+            np.copyto(b, a)
+            copies.append(2 * a.nbytes / (time.perf_counter() - t) / 1e9)
+    return {
+        "read_gb_s": statistics.median(reads[1:]),
+        "copy_gb_s": statistics.median(copies[1:]),
+        "array_mib": mib,
+        "threads": threads,
+        "repeats": repeats,
+    }
+
+
+def bandwidth_fraction(result: dict[str, Any], read_gb_s: float) -> float | None:
+    """Batch-1 decode tokens/s over the bound ``bandwidth / bytes of weights read per token``."""
+    b1 = next((b for b in result["batches"] if b["batch_size"] == 1), None)
+    if b1 is None or not result["weights_bytes"]:
+        return None
+    return b1["decode_tokens_per_s"] / (read_gb_s * 1e9 / result["weights_bytes"])
+
+
+def results_table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Rows: label | runtime | weights MiB | compile s | TTFT ms | decode ms | tok/s per batch size | peak MiB."""
+    sizes = sorted({b["batch_size"] for r in results for b in r["batches"]})
+    headers = ["model", "runtime", "weights (MiB)", "compile (s)", "TTFT b1 (ms)", "decode b1 (ms/token)"]
+    headers += [f"decode tok/s b{s}" for s in sizes] + ["peak RSS (MiB)"]
+    rows = []
+    for r in results:
+        by = {b["batch_size"]: b for b in r["batches"]}
+        first = by.get(1, r["batches"][0])
+        rows.append(
+            [
+                r["label"],
+                r["runtime"],
+                r["weights_bytes"] / 2**20,
+                r["compile_s"],
+                first["ttft_ms"],
+                first["decode_ms_per_step"],
+                *(by[s]["decode_tokens_per_s"] if s in by else None for s in sizes),
+                r["peak_rss_mb"],
+            ]
+        )
+    return headers, rows
+
+
+def _worker(args_file: str, out_file: str) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    kwargs = json.loads(Path(args_file).read_text())
+    result = benchmark_model(kwargs.pop("path"), **kwargs)
+    Path(out_file).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2])

@@ -1,0 +1,356 @@
+"""Export a model (dense, sparse, merged, or a base plus a PEFT adapter) to OpenVINO IR.
+
+optimum-intel does the conversion (``export_from_model``, stateful, ``text-generation-with-past``)
+and NNCF, through optimum-intel's ``OVQuantizer``, compresses the IR's weights to INT8 or INT4,
+data-free or data-aware (AWQ, scale estimation) on calibration texts we pass in, since no hub
+dataset may be reachable. The tokenizer and detokenizer are converted with openvino-tokenizers,
+so every exported directory loads in optimum-intel's ``OVModelForCausalLM`` and in OpenVINO
+GenAI's ``LLMPipeline``; the export checks the latter before it reports success.
+
+An adapter is either kept as a low-rank branch in the IR (the base's zeros survive) or merged;
+a dense low-rank update merged into a sparse base fills it in, which the export warns about and
+measures.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .reports import atomic_directory, write_json
+
+log = logging.getLogger(__name__)
+
+OV_MODEL = "openvino_model.xml"
+OV_TOKENIZER = "openvino_tokenizer.xml"
+OV_DETOKENIZER = "openvino_detokenizer.xml"
+TASK = "text-generation-with-past"
+# Adapter nodes in the traced IR carry peft's module names; keep them out of weight compression.
+LORA_NODES = ".*lora_[AB].*"
+
+
+class WeightFormat(str, Enum):
+    """Precision of the IR's weights."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    INT4 = "int4"
+
+
+class GroupSizeFallback(str, Enum):
+    """What NNCF does when a layer's input width is not a multiple of the INT4 group size."""
+
+    ERROR = "error"
+    ADJUST = "adjust"  # the largest valid group size >= 32, else the INT8 backup precision
+    IGNORE = "ignore"  # leave that layer uncompressed
+
+
+class ExportError(RuntimeError):
+    """The export could not produce a complete, loadable OpenVINO model directory."""
+
+
+def is_openvino_dir(path: str | Path) -> bool:
+    return (Path(path) / OV_MODEL).is_file()
+
+
+def linear_sparsity(model: torch.nn.Module) -> float:
+    """Fraction of zeros over the weights of every linear layer except the head and adapters."""
+    zeros = total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name and not name.endswith("lm_head"):
+            zeros += int((module.weight == 0).sum())
+            total += module.weight.numel()
+    return zeros / max(total, 1)
+
+
+def _attach_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool) -> tuple[torch.nn.Module, dict]:
+    """The model with the peft adapter in ``adapter`` applied: merged, or kept as a branch."""
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter.resolve()} is not a PEFT adapter folder (no adapter_config.json)")
+    before = linear_sparsity(model)
+    peft_model = PeftModel.from_pretrained(model, adapter)
+    info: dict[str, Any] = {"path": str(adapter), "merged": merge, "base_sparsity": before}
+    if not merge:
+        return peft_model.get_base_model(), info
+    merged = peft_model.merge_and_unload()
+    info["merged_sparsity"] = after = linear_sparsity(merged)
+    if before > 0.01 and after < before - 0.01:
+        log.warning(
+            "merging the dense adapter filled in the sparse base: %.1f%% -> %.1f%% zeros in the linear layers; "
+            "export with the adapter unmerged to keep the base sparse",
+            100 * before,
+            100 * after,
+        )
+    return merged, info
+
+
+def _export_tokenizer(tokenizer: Any, output: Path) -> None:
+    """openvino_tokenizer.xml and openvino_detokenizer.xml, as LLMPipeline needs them."""
+    import openvino as ov
+    from openvino_tokenizers import convert_tokenizer
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # batched generation pads on the left, as optimum-intel exports it
+    try:
+        ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
+    except Exception as exc:
+        raise ExportError(
+            f"openvino-tokenizers could not convert the tokenizer ({type(tokenizer).__name__}): {exc}"
+        ) from exc
+    finally:
+        tokenizer.padding_side = side
+    ov.save_model(ov_tokenizer, output / OV_TOKENIZER)
+    ov.save_model(ov_detokenizer, output / OV_DETOKENIZER)
+
+
+def quantization_config(
+    weight_format: WeightFormat,
+    *,
+    group_size: int = 64,
+    ratio: float = 1.0,
+    sym: bool = False,
+    awq: bool = False,
+    scale_estimation: bool = False,
+    calibration: list[str] | None = None,
+    tokenizer_dir: str | Path | None = None,
+    group_size_fallback: GroupSizeFallback = GroupSizeFallback.ADJUST,
+    keep_adapter_precision: bool = False,
+):
+    """optimum-intel's ``OVWeightQuantizationConfig`` for an INT8 or INT4 IR (None for fp32/fp16)."""
+    from optimum.intel import OVWeightQuantizationConfig
+
+    weight_format = WeightFormat(weight_format)
+    if weight_format in (WeightFormat.FP32, WeightFormat.FP16):
+        if awq or scale_estimation:
+            raise ValueError(f"awq and scale_estimation apply to int4 weights, not {weight_format.value}")
+        return None
+    if (awq or scale_estimation) and weight_format is not WeightFormat.INT4:
+        raise ValueError("awq and scale_estimation apply to int4 weights; use --weight-format int4")
+    if scale_estimation and not calibration:
+        raise ValueError("scale_estimation needs calibration data")
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    kwargs: dict[str, Any] = {"bits": 8 if weight_format is WeightFormat.INT8 else 4, "sym": sym}
+    if weight_format is WeightFormat.INT4:
+        kwargs.update(
+            group_size=group_size,
+            ratio=ratio,
+            group_size_fallback=GroupSizeFallback(group_size_fallback).value,
+            quant_method="awq" if awq else "default",
+            scale_estimation=scale_estimation or None,
+        )
+    if calibration:
+        kwargs.update(dataset=list(calibration), tokenizer=str(tokenizer_dir), num_samples=len(calibration))
+    if keep_adapter_precision:
+        kwargs["ignored_scope"] = {"patterns": [LORA_NODES], "validate": False}
+    return OVWeightQuantizationConfig(**kwargs)
+
+
+def _compress(source: Path, target: Path, config) -> None:
+    from optimum.intel import OVConfig, OVModelForCausalLM, OVQuantizer
+
+    ov_model = OVModelForCausalLM.from_pretrained(source, export=False, compile=False)
+    OVQuantizer.from_pretrained(ov_model).quantize(
+        ov_config=OVConfig(quantization_config=config), save_directory=target
+    )
+    for item in source.iterdir():  # tokenizer files and IRs, chat template: everything not rewritten
+        if not (target / item.name).exists():
+            shutil.copy2(item, target / item.name)
+
+
+def check_genai(
+    path: str | Path, device: str = "CPU", prompt: str = "1 + 1 =", max_new_tokens: int = 4
+) -> str:
+    """Load the directory in OpenVINO GenAI's LLMPipeline and generate; return the text."""
+    import openvino_genai
+
+    try:
+        pipe = openvino_genai.LLMPipeline(str(path), device)
+        return str(pipe.generate(prompt, openvino_genai.GenerationConfig(max_new_tokens=max_new_tokens)))
+    except Exception as exc:
+        raise ExportError(f"{path} does not load or generate in openvino_genai.LLMPipeline: {exc}") from exc
+
+
+def directory_size(path: str | Path, pattern: str = "*") -> int:
+    return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file())
+
+
+def export_openvino(
+    model: str | Path | ModelConfig,
+    output: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    merge_adapter: bool = False,
+    weight_format: WeightFormat | str = WeightFormat.FP32,
+    group_size: int = 64,
+    ratio: float = 1.0,
+    sym: bool = False,
+    awq: bool = False,
+    scale_estimation: bool = False,
+    calibration: list[str] | None = None,
+    group_size_fallback: GroupSizeFallback | str = GroupSizeFallback.ADJUST,
+    keep_adapter_precision: bool = True,
+    save_merged: str | Path | None = None,
+    genai_device: str | None = "CPU",
+    compare_prompts: list[str] | tuple[str, ...] | None = None,
+    compare_tokens: int = 16,
+) -> dict[str, Any]:
+    """Export ``model`` (plus ``adapter``) to an OpenVINO model directory at ``output``.
+
+    Args:
+        model: an HF checkpoint directory, hub id, bundled id, or a :class:`ModelConfig`.
+        adapter: a PEFT LoRA folder (a sub-adapter written by ``train``/``search``, or any peft LoRA).
+        merge_adapter: merge the adapter into the weights instead of keeping it as an IR branch.
+        weight_format: fp32, fp16, or NNCF-compressed int8 (per channel) / int4 (grouped).
+        calibration: texts for data-aware compression (AWQ statistics, scale estimation).
+        keep_adapter_precision: leave the adapter's matrices uncompressed in an int8/int4 IR.
+        save_merged: also write the merged HF checkpoint there (``optimum-cli export openvino`` takes it).
+        genai_device: load the result in ``LLMPipeline`` on this device as a final check (None: skip).
+        compare_prompts: compare the IR with the torch model on these prompts (logits, greedy
+            tokens; see :mod:`nncf_elastic_lora.parity`) and write ``parity.json``.
+
+    The directory is written atomically, with ``export_report.json``; returns that report.
+    """
+    from optimum.exporters.openvino import export_from_model
+
+    from .models import load_model
+
+    weight_format = WeightFormat(weight_format)
+    qconfig_args = dict(
+        group_size=group_size,
+        ratio=ratio,
+        sym=sym,
+        awq=awq,
+        scale_estimation=scale_estimation,
+        calibration=calibration,
+        group_size_fallback=group_size_fallback,
+        keep_adapter_precision=keep_adapter_precision and adapter is not None and not merge_adapter,
+    )
+    quantization_config(weight_format, **qconfig_args)  # fail on bad options before loading anything
+    if save_merged is not None and not (adapter is not None and merge_adapter):
+        raise ValueError("save_merged needs an adapter and merge_adapter=True")
+    model_config = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=str(model))
+    model_config = model_config.model_copy(update={"dtype": "float32"})
+    output = Path(output)
+    start = time.perf_counter()
+    torch_model, tokenizer = load_model(model_config)
+    report: dict[str, Any] = {
+        "model": model_config.name_or_path,
+        "adapter": None,
+        "weight_format": weight_format.value,
+        "source_sparsity": linear_sparsity(torch_model),
+    }
+    if adapter is not None:
+        torch_model, report["adapter"] = _attach_adapter(torch_model, adapter, merge_adapter)
+    if save_merged is not None:
+        with atomic_directory(save_merged) as tmp:
+            torch_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    with atomic_directory(output) as tmp:
+        fp_dir = tmp / "fp" if weight_format in (WeightFormat.INT8, WeightFormat.INT4) else tmp
+        from optimum.intel import OVConfig
+
+        ov_config = OVConfig(dtype="fp16") if weight_format is WeightFormat.FP16 else None
+        with torch.no_grad():
+            export_from_model(torch_model, fp_dir, task=TASK, ov_config=ov_config, preprocessors=[tokenizer])
+        _export_tokenizer(tokenizer, fp_dir)
+        qconfig = quantization_config(weight_format, tokenizer_dir=fp_dir, **qconfig_args)
+        if qconfig is not None:
+            compressed = tmp / "compressed"
+            _compress(fp_dir, compressed, qconfig)
+            shutil.rmtree(fp_dir)
+            for item in compressed.iterdir():
+                item.rename(tmp / item.name)
+            compressed.rmdir()
+            report["compression"] = {k: v for k, v in qconfig.to_dict().items() if k != "dataset"}
+            report["compression"]["calibration_samples"] = len(calibration or [])
+        report["export_s"] = time.perf_counter() - start
+        report["ir_sparsity"] = ir_weight_sparsity(tmp / OV_MODEL)
+        report["size_bytes"] = {
+            "model_bin": directory_size(tmp, "openvino_model.bin"),
+            "directory": directory_size(tmp),
+        }
+        if genai_device:
+            report["genai_check"] = {"device": genai_device, "text": check_genai(tmp, genai_device)}
+        if compare_prompts:
+            from .parity import compare_ir_with_torch
+
+            parity = compare_ir_with_torch(
+                tmp,
+                torch_model,
+                tokenizer,
+                list(compare_prompts),
+                max_new_tokens=compare_tokens,
+                device=genai_device or "CPU",
+                genai=genai_device is not None,
+            )
+            write_json(tmp / "parity.json", parity)
+            report["parity"] = parity["summary"]
+        write_json(tmp / "export_report.json", report)
+    log.info("exported %s to %s (%s)", model_config.name_or_path, output, weight_format.value)
+    return report
+
+
+def _weight_constant(node) -> Any:
+    """The Constant feeding a MatMul's weight input, through Convert/Subtract/Multiply/Reshape chains."""
+    seen = 0
+    while node.get_type_name() != "Constant" and seen < 8:
+        seen += 1
+        if node.get_type_name() in ("Convert", "Reshape", "Transpose"):
+            node = node.input_value(0).get_node()
+        elif node.get_type_name() in ("Subtract", "Multiply"):
+            node = node.input_value(0).get_node()  # the quantized tensor is the first operand
+        else:
+            return None
+    return node if node.get_type_name() == "Constant" else None
+
+
+def ir_weight_sparsity(xml: str | Path) -> float | None:
+    """Fraction of zero weights over the IR's MatMul weights (head and adapters excluded).
+
+    A zero weight stays zero through INT8 compression (it is stored as the zero point), so this
+    shows whether a sparse base is still sparse in the deployed IR. None when weights are packed
+    below 8 bits (int4), whose zeros cannot be read back without the runtime.
+    """
+    import numpy as np
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    zeros = total = 0
+    for op in model.get_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() != "MatMul" or "lm_head" in name or "lora_" in name:
+            continue
+        weight = op.input_value(1).get_node()
+        const = _weight_constant(weight)
+        if const is None:
+            continue
+        element = const.get_element_type().get_type_name()
+        if element in ("u4", "i4", "nf4"):
+            return None
+        data = const.get_data()
+        if element in ("u8", "i8"):  # dequantized zero: the value equals the zero point
+            sub = weight
+            while sub.get_type_name() not in ("Subtract", "Constant"):
+                sub = sub.input_value(0).get_node()
+            if sub.get_type_name() == "Subtract":
+                zp = _weight_constant(sub.input_value(1).get_node())
+                zp_data = zp.get_data() if zp is not None else 0
+                zeros += int(np.count_nonzero(data.astype(np.int32) == np.asarray(zp_data).astype(np.int32)))
+            else:
+                zeros += int(np.count_nonzero(data == 0))
+        else:
+            zeros += int(np.count_nonzero(data == 0))
+        total += data.size
+    return zeros / total if total else None

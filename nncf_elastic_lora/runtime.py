@@ -1,0 +1,179 @@
+"""OpenVINO runtime properties: validate them, read back what the runtime really uses, and say
+which ones cannot have an effect on this machine.
+
+OpenVINO accepts some properties that the hardware cannot honour (``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE``
+needs AMX) or silently resolves them to something else (``INFERENCE_PRECISION_HINT=bf16`` on a
+CPU without bf16 runs f32). A benchmark that sets them must report that, not imply a speed-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PropertyValue = str | int | float | bool
+# Properties of OpenVINO GenAI's LLMPipeline itself, not of the device plugin.
+PIPELINE_PROPERTIES = frozenset({"ATTENTION_BACKEND"})
+# (cpu flag, why) for properties that do nothing without that instruction set.
+CPU_FLAG_REQUIREMENTS = {
+    "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": (
+        "amx_tile",
+        "sparse weight decompression is implemented for AMX only",
+    ),
+}
+REPORTED_PROPERTIES = ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")
+
+
+class RuntimePropertyError(ValueError):
+    """A runtime property or device that OpenVINO does not accept here."""
+
+
+def parse_properties(
+    items: list[str] | None = None, file: str | Path | None = None
+) -> dict[str, PropertyValue]:
+    """``KEY=VALUE`` strings (JSON values where they parse) and/or a JSON file of properties."""
+    props: dict[str, PropertyValue] = {}
+    if file:
+        data = json.loads(Path(file).read_text())
+        if not isinstance(data, dict):
+            raise RuntimePropertyError(f"{file}: runtime properties must be a JSON object of KEY: value")
+        props.update(data)
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RuntimePropertyError(f"runtime property {item!r} is not KEY=VALUE")
+        try:
+            props[key] = json.loads(value)
+        except json.JSONDecodeError:
+            props[key] = value
+    return props
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str = "CPU") -> dict[str, Any]:
+    """What a benchmark ran on: CPU, cores, memory, device name, software versions."""
+    import openvino as ov
+
+    core = ov.Core()
+    info: dict[str, Any] = {
+        "cpu": _cpu_name(),
+        "logical_cores": os.cpu_count(),
+        "amx": "amx_tile" in cpu_flags(),
+        "avx512": "avx512f" in cpu_flags(),
+        "openvino": ov.get_version(),
+        "available_devices": core.available_devices,
+        "device": device,
+    }
+    try:
+        info["device_name"] = core.get_property(device, "FULL_DEVICE_NAME")
+        info["optimization_capabilities"] = list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except RuntimeError:
+        pass
+    try:
+        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * page / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    try:
+        import openvino_genai
+
+        info["openvino_genai"] = openvino_genai.get_version()
+    except ImportError:
+        pass
+    return info
+
+
+def check_device(device: str) -> None:
+    import openvino as ov
+
+    available = ov.Core().available_devices
+    if not any(d == device or d.split(".")[0] == device for d in available):
+        raise RuntimePropertyError(
+            f"device {device!r} is not available here; available: {', '.join(available)}"
+        )
+
+
+def check_properties(
+    properties: dict[str, PropertyValue], device: str = "CPU", model_xml: str | Path | None = None
+) -> dict[str, Any]:
+    """Validate ``properties`` for ``device``; return what the compiled model uses and notes.
+
+    Raises :class:`RuntimePropertyError` naming the property for an unknown name or a value the
+    plugin rejects. With ``model_xml``, the model is compiled with the properties and each
+    reported property is read back (``effective``); ``notes`` lists properties that cannot take
+    effect on this hardware or were resolved to another value.
+    """
+    import openvino as ov
+
+    check_device(device)
+    core = ov.Core()
+    supported = set(core.get_property(device, "SUPPORTED_PROPERTIES"))
+    plugin_props = {k: v for k, v in properties.items() if k not in PIPELINE_PROPERTIES}
+    for key, value in plugin_props.items():
+        if key not in supported:
+            raise RuntimePropertyError(
+                f"runtime property {key!r} is not supported by OpenVINO on {device}; supported: "
+                + ", ".join(sorted(supported))
+            )
+        try:
+            core.set_property(device, {key: value})  # validated only once the plugin is loaded, as here
+        except (RuntimeError, TypeError) as exc:
+            first = str(exc).strip().splitlines()
+            raise RuntimePropertyError(
+                f"OpenVINO on {device} rejected runtime property {key}={value!r}: {first[-1] if first else exc}"
+            ) from None
+    notes = []
+    flags = cpu_flags()
+    for key in plugin_props:
+        if device.startswith("CPU") and key in CPU_FLAG_REQUIREMENTS:
+            flag, why = CPU_FLAG_REQUIREMENTS[key]
+            if flag not in flags:
+                notes.append(f"{key} has no effect on this CPU ({_cpu_name()}): {why}, and it has no {flag}")
+    effective: dict[str, Any] = {}
+    if model_xml is not None:
+        compiled = core.compile_model(str(model_xml), device, plugin_props)
+        for key in dict.fromkeys([*REPORTED_PROPERTIES, *plugin_props]):
+            try:
+                value = compiled.get_property(key)
+                effective[key] = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+            except RuntimeError:
+                continue
+        for key, value in plugin_props.items():
+            got = effective.get(key)
+            if got is not None and str(value).lower() != got.lower() and not _same_number(value, got):
+                notes.append(f"{key}: requested {value!r}, the compiled model uses {got!r}")
+    for note in notes:
+        log.warning(note)
+    return {"requested": dict(properties), "effective": effective, "notes": notes}
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    try:
+        return abs(float(a) - float(b)) < 1e-6
+    except (TypeError, ValueError):
+        return False
