@@ -346,10 +346,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import evaluate_ir, export, write_eval
         from .reports import print_table
 
-        check_output(output, args.overwrite)  # replaced atomically once the new one is complete
-        if args.save_merged:
-            check_output(args.save_merged, args.overwrite)
-        report = export(config, output, args.adapter, args.save_merged)
+        # An existing output is refused unless --overwrite; then replaced once the new one is complete.
+        report = export(config, output, args.adapter, args.save_merged, overwrite=args.overwrite)
         facts = [
             ["weights", f"{report['weight_format']}, {report['size_bytes']['model_bin'] / 2**20:.1f} MiB"],
             ["export time (s)", f"{report['export_s']:.1f}"],
@@ -406,7 +404,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     from .benchmark import benchmark_models, results_table
     from .reports import markdown_table, prepare_output, print_table, write_json, write_text
-    from .runtime import check_device, machine_info, parse_properties
+    from .runtime import check_properties, machine_info, parse_properties
 
     try:
         runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
@@ -427,7 +425,7 @@ def _benchmark(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--model {path}: no such directory ({Path(path).resolve()})")
         models += [(label if sep else Path(path).name, path, r) for r in runtimes]
     properties = parse_properties(args.properties, args.properties_file)
-    check_device(args.device)
+    check_properties(properties, args.device)  # names and values, before any output or model work
     prepare_output(args.output, args.overwrite)
     settings = dict(
         device=args.device,

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .reports import atomic_directory, write_json
+from .reports import atomic_directory, check_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,10 @@ def quantization_config(
         raise ValueError("awq and scale_estimation apply to int4 weights; use --weight-format int4")
     if scale_estimation and not calibration:
         raise ValueError("scale_estimation needs calibration data")
+    if calibration and weight_format is WeightFormat.INT8:
+        raise ValueError(
+            "data-aware compression (calibration data) applies to int4; int8 is per-channel and data-free"
+        )
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
     kwargs: dict[str, Any] = {"bits": 8 if weight_format is WeightFormat.INT8 else 4, "sym": sym}
@@ -205,6 +209,7 @@ def export_openvino(
     genai_device: str | None = "CPU",
     compare_prompts: list[str] | tuple[str, ...] | None = None,
     compare_tokens: int = 16,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export ``model`` (plus ``adapter``) to an OpenVINO model directory at ``output``.
 
@@ -219,6 +224,7 @@ def export_openvino(
         genai_device: load the result in ``LLMPipeline`` on this device as a final check (None: skip).
         compare_prompts: compare the IR with the torch model on these prompts (logits, greedy
             tokens; see :mod:`nncf_elastic_lora.parity`) and write ``parity.json``.
+        overwrite: replace an existing ``output`` (only one of ours or a model directory).
 
     The directory is written atomically, with ``export_report.json``; returns that report.
     """
@@ -238,6 +244,9 @@ def export_openvino(
         keep_adapter_precision=keep_adapter_precision and adapter is not None and not merge_adapter,
     )
     quantization_config(weight_format, **qconfig_args)  # fail on bad options before loading anything
+    check_output(output, overwrite)
+    if save_merged is not None:
+        check_output(save_merged, overwrite)
     if save_merged is not None and not (adapter is not None and merge_adapter):
         raise ValueError("save_merged needs an adapter and merge_adapter=True")
     model_config = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=str(model))

@@ -31,12 +31,11 @@ def _first_mismatch(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _genai_tokens(path: Path, device: str, ids: list[int], max_new_tokens: int) -> list[int]:
+def _genai_tokens(pipe: Any, ids: list[int], max_new_tokens: int) -> list[int]:
     import numpy as np
     import openvino as ov
     import openvino_genai
 
-    pipe = openvino_genai.LLMPipeline(str(path), device, **F32)
     inputs = openvino_genai.TokenizedInputs(
         ov.Tensor(np.array([ids], dtype=np.int64)), ov.Tensor(np.ones((1, len(ids)), dtype=np.int64))
     )
@@ -60,6 +59,10 @@ def compare_ir_with_torch(
 
     ir_dir = Path(ir_dir)
     ov_model, _ = load_openvino_model(ir_dir, device, F32)
+    if genai:
+        import openvino_genai
+
+        pipe = openvino_genai.LLMPipeline(str(ir_dir), device, **F32)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = []
     for prompt in prompts:
@@ -85,7 +88,7 @@ def compare_ir_with_torch(
             "torch_text": tokenizer.decode(torch_tokens, skip_special_tokens=True),
         }
         if genai:
-            genai_tokens = _genai_tokens(ir_dir, device, ids, max_new_tokens)
+            genai_tokens = _genai_tokens(pipe, ids, max_new_tokens)
             row["genai_tokens"] = genai_tokens
             row["genai_first_mismatch"] = _first_mismatch(torch_tokens, genai_tokens)
         rows.append(row)

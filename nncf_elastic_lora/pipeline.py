@@ -235,6 +235,7 @@ def export(
     output: str | Path,
     adapter: str | Path | None = None,
     save_merged: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export ``config.model`` (plus ``adapter``) to OpenVINO IR as ``config.export`` says.
 
@@ -265,6 +266,7 @@ def export(
         genai_device=ex.device,
         compare_prompts=prompts,
         compare_tokens=ex.parity.max_new_tokens,
+        overwrite=overwrite,
     )
     return report
 

@@ -22,7 +22,13 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
         "sparse+NLS (heuristic)",
         "sparse+NLS (minimal)",
         "sparse+NLS (hill_climbing)",
+        "OpenVINO IR (int8, searched sub-adapter)",
     }
+    assert report["export"]["parity"]["logits_max_abs_diff"] < 0.05  # int8 weights: close to torch, not equal
+    assert report["export"]["ir_sparsity"] == pytest.approx(
+        0.5, abs=0.01
+    )  # adapter unmerged: base stays sparse
+    assert (out / "openvino" / "openvino_detokenizer.xml").is_file()
     assert report["search"]["new_evaluations"] <= 6  # the budget covers the reference sub-adapters too
     assert (out / "search" / "sub_adapter" / "adapter_config.json").is_file()
     assert report["training"]["steps"] == 6 and report["training"]["algorithm"] == "nls"

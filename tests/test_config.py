@@ -78,7 +78,9 @@ def test_groups_and_widths_must_pair():
             "distinct",
         ),
         ({"bootstrapNAS": {"elasticity": {"mode": "rank_and_channels"}}}, "bootstrapNAS.elasticity.mode"),
-        ({"export": {"enabled": True}}, "export.enabled"),
+        ({"export": {"weight_format": "int3"}}, "export.weight_format"),
+        ({"export": {"ratio": 0}}, "export.ratio"),
+        ({"export": {"group_size_fallback": "shrink"}}, "export.group_size_fallback"),
     ],
 )
 def test_unsupported_or_inconsistent_settings_are_rejected(bad, where):

@@ -25,3 +25,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     diff = float(outputs.split("max |logit difference|:")[1].split()[0])
     assert diff < 1e-3  # the stock-peft sub-adapter reproduces the in-memory sub-network
     assert (tmp_path / "out" / "nls" / "sub_adapter_heuristic" / "adapter_config.json").is_file()
+    assert "identical greedy tokens:" in outputs
+    ir_diff = float(outputs.split("max |logit diff| vs torch (f32 hint):")[1].split()[0])
+    assert ir_diff < 0.05  # int8 weights: close to torch, not equal
+    assert (tmp_path / "out" / "openvino_notebook" / "openvino_detokenizer.xml").is_file()

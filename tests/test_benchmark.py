@@ -1,0 +1,172 @@
+"""Benchmark output, runtime-property checks (tiny model; figures are not asserted, fields are)."""
+
+import json
+
+import pytest
+
+from nncf_elastic_lora.benchmark import (
+    BenchmarkError,
+    bandwidth_fraction,
+    benchmark_model,
+    benchmark_models,
+    measure_memory_bandwidth,
+    prompt_ids,
+    results_table,
+)
+from nncf_elastic_lora.cli import main
+from nncf_elastic_lora.exporting import export_openvino
+from nncf_elastic_lora.models import build_tiny_llama
+from nncf_elastic_lora.runtime import RuntimePropertyError, check_properties, cpu_flags, parse_properties
+
+from .conftest import TINY
+
+SETTINGS = dict(prompt_tokens=8, new_tokens=4, batch_sizes=[1, 2], repeats=2, warmup=1)
+BATCH_FIELDS = {
+    "batch_size",
+    "ttft_ms",
+    "decode_ms_per_step",
+    "decode_tokens_per_s",
+    "e2e_tokens_per_s",
+    "generate_s",
+}
+FIELDS = {
+    "label",
+    "model",
+    "runtime",
+    "device",
+    "properties",
+    "effective_properties",
+    "property_notes",
+    "compile_s",
+    "weights_bytes",
+    "size_on_disk_bytes",
+    "peak_rss_mb",
+    "rss_before_mb",
+    "batches",
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("bench")
+    build_tiny_llama(TINY).save_pretrained(root / "hf")
+    tokenizer.save_pretrained(root / "hf")
+    export_openvino(root / "hf", root / "ir", genai_device=None)
+    return root
+
+
+def _check(result, runtime):
+    assert FIELDS <= set(result) and result["runtime"] == runtime
+    assert result["compile_s"] > 0 and result["weights_bytes"] > 0 and result["peak_rss_mb"] > 0
+    assert [b["batch_size"] for b in result["batches"]] == [1, 2]
+    for b in result["batches"]:
+        assert BATCH_FIELDS <= set(b)
+        assert b["ttft_ms"] > 0 and b["decode_tokens_per_s"] > 0 and len(b["generate_runs_s"]) == 2
+
+
+def test_every_runtime_reports_every_field(exported):
+    runs = [
+        ("ir", exported / "ir", "genai"),
+        ("ir", exported / "ir", "optimum"),
+        ("hf", exported / "hf", "torch"),
+    ]
+    results = benchmark_models(runs, isolate=False, **SETTINGS)
+    for result, (_, _, runtime) in zip(results, runs, strict=True):
+        _check(result, runtime)
+    headers, rows = results_table(results)
+    assert len(rows) == 3 and len(rows[0]) == len(headers)
+    assert "decode tok/s b2" in headers
+
+
+def test_isolated_run_measures_its_own_process(exported):
+    (result,) = benchmark_models([("ir", exported / "ir", "genai")], isolate=True, **SETTINGS)
+    _check(result, "genai")
+    assert result["peak_rss_growth_mb"] is None or result["peak_rss_growth_mb"] >= 0
+
+
+def test_wrong_model_kind_for_runtime_is_an_error(exported):
+    with pytest.raises(BenchmarkError, match="OpenVINO directory"):
+        benchmark_model(exported / "hf", runtime="genai", **SETTINGS)
+    with pytest.raises(BenchmarkError, match="Hugging Face checkpoint"):
+        benchmark_model(exported / "ir", runtime="torch", **SETTINGS)
+
+
+def test_prompts_have_exact_length_and_are_fresh_each_time(tokenizer):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    first, second = prompt_ids(tokenizer, 300, 3, rng), prompt_ids(tokenizer, 300, 3, rng)
+    assert first.shape == (3, 300)
+    assert (first[0] != first[1]).any() and (first != second).any()  # no prefix a runtime could reuse
+    assert not set(first.flatten().tolist()) & set(tokenizer.all_special_ids)
+
+
+def test_bad_runtime_properties_fail_with_their_name(exported):
+    with pytest.raises(RuntimePropertyError, match="NOT_A_PROPERTY"):
+        check_properties({"NOT_A_PROPERTY": 1})
+    with pytest.raises(RuntimePropertyError, match="INFERENCE_PRECISION_HINT"):
+        check_properties({"INFERENCE_PRECISION_HINT": "f8"})
+    with pytest.raises(RuntimePropertyError, match="not available"):
+        check_properties({}, device="NPU")
+    with pytest.raises(RuntimePropertyError, match="KEY=VALUE"):
+        parse_properties(["oops"])
+    assert parse_properties(["A=0.5", "B=f32", "C=true"]) == {"A": 0.5, "B": "f32", "C": True}
+
+
+def test_property_without_effect_here_is_reported(exported):
+    checked = check_properties(
+        {"CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": 0.5}, model_xml=exported / "ir" / "openvino_model.xml"
+    )
+    has_note = any("CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE" in n for n in checked["notes"])
+    assert has_note == ("amx_tile" not in cpu_flags())
+    assert "INFERENCE_PRECISION_HINT" in checked["effective"]
+
+
+def test_benchmark_verb(exported, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = [
+        "benchmark",
+        "--model",
+        f"tiny={exported / 'ir'}",
+        "--runtime",
+        "genai,optimum",
+        "--output",
+        str(out),
+        "--prompt-tokens",
+        "8",
+        "--new-tokens",
+        "4",
+        "--batch-sizes",
+        "1,2",
+        "--repeats",
+        "1",
+        "--no-isolate",
+        "--property",
+        "INFERENCE_PRECISION_HINT=f32",
+    ]
+    assert main(args) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    assert {"machine", "settings", "notes", "results"} <= set(report)
+    assert [r["runtime"] for r in report["results"]] == ["genai", "optimum"]
+    assert report["results"][0]["effective_properties"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert (out / "benchmark.md").read_text().startswith("| model |")
+    bad = [
+        "benchmark",
+        "--model",
+        str(exported / "ir"),
+        "--output",
+        str(tmp_path / "b2"),
+        "--property",
+        "PERFORMANCE_HINT=FASTEST",
+    ]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "PERFORMANCE_HINT" in err and "FASTEST" in err
+    assert not (tmp_path / "b2").exists() or not any((tmp_path / "b2").iterdir())
+
+
+def test_bandwidth_and_bound():
+    bw = measure_memory_bandwidth(mib=64, repeats=2)
+    assert bw["read_gb_s"] > 0 and bw["copy_gb_s"] > 0
+    result = {"weights_bytes": 10**8, "batches": [{"batch_size": 1, "decode_tokens_per_s": 50.0}]}
+    assert bandwidth_fraction(result, 10.0) == pytest.approx(0.5)  # bound: 10 GB/s / 100 MB = 100 tok/s
