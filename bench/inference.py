@@ -61,7 +61,7 @@ def main() -> None:
 
     from nncf_elastic_lora.benchmark import bandwidth_fraction, benchmark_models, measure_memory_bandwidth
     from nncf_elastic_lora.config import PipelineConfig
-    from nncf_elastic_lora.models import cache_dir, load_model
+    from nncf_elastic_lora.models import bundled_smollm2_dir, cache_dir, load_model
     from nncf_elastic_lora.pipeline import evaluate_ir, evaluate_model, export, sparsify
     from nncf_elastic_lora.reports import markdown_table, write_json, write_text
     from nncf_elastic_lora.runtime import machine_info
@@ -104,7 +104,7 @@ def main() -> None:
             (result,) = evaluate_model(m, tok, config, progress=False)
             accuracy[label] = result.metrics
             del m
-    dense_dir = cache_dir() / "smollm2-135m-v2"
+    dense_dir = bundled_smollm2_dir(cache_dir())
     runs = [(label, e["dir"], runtime) for label, e in exports.items() for runtime in ("genai", "optimum")]
     runs += [("dense (torch eager)", dense_dir, "torch"), ("Wanda-50% (torch eager)", sparse_dir, "torch")]
     settings = dict(
@@ -122,12 +122,20 @@ def main() -> None:
         return next((x["decode_tokens_per_s"] for x in r["batches"] if x["batch_size"] == b), None)
 
     sizes = settings["batch_sizes"]
-    headers = ["model", "runtime", "weights (MiB)", "compile (s)", "TTFT b1 (ms)", "decode b1 (ms/token)"]
+    first = sizes[0]
+    headers = [
+        "model",
+        "runtime",
+        "weights (MiB)",
+        "compile (s)",
+        f"TTFT b{first} (ms)",
+        f"decode b{first} (ms/step)",
+    ]
     headers += [f"tok/s b{b}" for b in sizes] + [f"× dense FP32 GenAI b{b}" for b in sizes]
     headers += ["% of bandwidth bound b1", "peak RSS (MiB)", "greedy = torch", "acc", "exact match"]
     rows = []
     for r in results:
-        b1 = next(x for x in r["batches"] if x["batch_size"] == sizes[0])
+        b1 = next(x for x in r["batches"] if x["batch_size"] == first)
         label = r["label"]
         parity = exports.get(label, {}).get("report", {}).get("parity")
         agree = None

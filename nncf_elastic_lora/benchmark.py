@@ -51,8 +51,8 @@ class BenchmarkError(RuntimeError):
 
 def prompt_ids(tokenizer: Any, prompt_tokens: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
     """``[batch, prompt_tokens]`` random ordinary token ids (no special tokens), fresh at each call."""
-    low = max(tokenizer.all_special_ids or [0]) + 1
-    return rng.integers(low, tokenizer.vocab_size, size=(batch_size, prompt_tokens), dtype=np.int64)
+    ordinary = np.setdiff1d(np.arange(tokenizer.vocab_size), tokenizer.all_special_ids or [])
+    return rng.choice(ordinary, size=(batch_size, prompt_tokens)).astype(np.int64)
 
 
 def _status_mb(field: str) -> float | None:
@@ -114,7 +114,7 @@ class _HF:
         return out.shape[1] - ids.shape[1]
 
 
-def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any]):
+def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any]) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
 
     if runtime is Runtime.TORCH:
@@ -306,14 +306,18 @@ def bandwidth_fraction(result: dict[str, Any], read_gb_s: float) -> float | None
 
 
 def results_table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Rows: label | runtime | weights MiB | compile s | TTFT ms | decode ms | tok/s per batch size | peak MiB."""
+    """Rows: label | runtime | weights MiB | compile s | TTFT ms | decode ms | tok/s per batch size | peak MiB.
+
+    TTFT and decode latency are those of the smallest batch size measured.
+    """
     sizes = sorted({b["batch_size"] for r in results for b in r["batches"]})
-    headers = ["model", "runtime", "weights (MiB)", "compile (s)", "TTFT b1 (ms)", "decode b1 (ms/token)"]
+    headers = ["model", "runtime", "weights (MiB)", "compile (s)", f"TTFT b{sizes[0]} (ms)"]
+    headers += [f"decode b{sizes[0]} (ms/step)"]
     headers += [f"decode tok/s b{s}" for s in sizes] + ["peak RSS (MiB)"]
     rows = []
     for r in results:
         by = {b["batch_size"]: b for b in r["batches"]}
-        first = by.get(1, r["batches"][0])
+        first = by.get(sizes[0], r["batches"][0])
         rows.append(
             [
                 r["label"],

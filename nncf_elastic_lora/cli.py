@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         ExportError,
         BenchmarkError,
-        ValueError,  # includes RuntimePropertyError  # invalid inputs found after validation: split sizes, module patterns, groups
+        ValueError,  # invalid inputs found after validation (split sizes, patterns, runtime properties)
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

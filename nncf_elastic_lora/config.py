@@ -233,6 +233,36 @@ class EvaluationConfig(_Section):
     )
 
 
+def check_compression_options(
+    weight_format: str,
+    *,
+    awq: bool = False,
+    scale_estimation: bool = False,
+    data_aware: bool = False,
+    ratio: float = 1.0,
+    unmerged_adapter: bool = False,
+) -> None:
+    """Raise ValueError for weight-compression options that cannot work together."""
+    if weight_format != "int4":
+        used = [
+            name
+            for name, on in (("awq", awq), ("scale_estimation", scale_estimation), ("data_aware", data_aware))
+            if on
+        ]
+        if used or ratio != 1.0:
+            raise ValueError(
+                f"{', '.join(used) or 'ratio < 1'} applies to int4 weights, not {weight_format} "
+                "(int8 is per-channel and data-free)"
+            )
+    if data_aware and not (awq or scale_estimation or ratio < 1.0):
+        raise ValueError("data_aware has no effect unless awq, scale_estimation or ratio < 1 uses the data")
+    if awq and unmerged_adapter:
+        raise ValueError(
+            "awq rescales the activations that an unmerged adapter's branch also reads, which would change "
+            "the adapter's output; merge the adapter (merge_adapter) or drop awq (scale_estimation is fine)"
+        )
+
+
 class ExportCalibrationConfig(_Section):
     """Texts for data-aware weight compression (AWQ, scale estimation): a task's train split."""
 
@@ -284,6 +314,17 @@ class ExportConfig(_Section):
     )
     parity: ParityConfig = Field(default_factory=ParityConfig)
 
+    @model_validator(mode="after")
+    def _compatible_compression(self) -> ExportConfig:
+        check_compression_options(
+            self.weight_format,
+            awq=self.awq,
+            scale_estimation=self.scale_estimation,
+            data_aware=self.data_aware,
+            ratio=self.ratio,
+        )
+        return self
+
 
 class PipelineConfig(_Section):
     """The whole JSON file."""
@@ -296,6 +337,16 @@ class PipelineConfig(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     # NNCF configs carry input_info for graph tracing; we accept and ignore it so old files load.
     input_info: list[dict[str, Any]] | dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _export_of_the_trained_adapter(self) -> PipelineConfig:
+        ex = self.export
+        if ex.enabled and self.bootstrapNAS.enabled and ex.awq and not ex.merge_adapter:
+            raise ValueError(
+                "export.awq with the adapter unmerged: awq rescales activations that the adapter branch also "
+                "reads; set export.merge_adapter or drop export.awq"
+            )
+        return self
 
 
 class ConfigError(ValueError):

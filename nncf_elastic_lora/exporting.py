@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, check_compression_options
 from .reports import atomic_directory, check_output, write_json
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class ExportError(RuntimeError):
 
 
 def is_openvino_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds an exported OpenVINO model (``openvino_model.xml``)."""
     return (Path(path) / OV_MODEL).is_file()
 
 
@@ -126,25 +127,29 @@ def quantization_config(
     tokenizer_dir: str | Path | None = None,
     group_size_fallback: GroupSizeFallback = GroupSizeFallback.ADJUST,
     keep_adapter_precision: bool = False,
-):
-    """optimum-intel's ``OVWeightQuantizationConfig`` for an INT8 or INT4 IR (None for fp32/fp16)."""
+) -> Any:
+    """optimum-intel's ``OVWeightQuantizationConfig`` for an INT8 or INT4 IR (None for fp32/fp16).
+
+    ``keep_adapter_precision`` means an unmerged adapter is in the model: its matrices stay out of
+    the compression, and AWQ is refused (it rescales activations the adapter branch also reads).
+    """
     from optimum.intel import OVWeightQuantizationConfig
 
     weight_format = WeightFormat(weight_format)
-    if weight_format in (WeightFormat.FP32, WeightFormat.FP16):
-        if awq or scale_estimation:
-            raise ValueError(f"awq and scale_estimation apply to int4 weights, not {weight_format.value}")
-        return None
-    if (awq or scale_estimation) and weight_format is not WeightFormat.INT4:
-        raise ValueError("awq and scale_estimation apply to int4 weights; use --weight-format int4")
-    if scale_estimation and not calibration:
-        raise ValueError("scale_estimation needs calibration data")
-    if calibration and weight_format is WeightFormat.INT8:
-        raise ValueError(
-            "data-aware compression (calibration data) applies to int4; int8 is per-channel and data-free"
-        )
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    check_compression_options(
+        weight_format.value,
+        awq=awq,
+        scale_estimation=scale_estimation,
+        data_aware=bool(calibration),
+        ratio=ratio,
+        unmerged_adapter=keep_adapter_precision,
+    )
+    if scale_estimation and not calibration:
+        raise ValueError("scale_estimation needs calibration texts")
+    if weight_format in (WeightFormat.FP32, WeightFormat.FP16):
+        return None
     kwargs: dict[str, Any] = {"bits": 8 if weight_format is WeightFormat.INT8 else 4, "sym": sym}
     if weight_format is WeightFormat.INT4:
         kwargs.update(
@@ -161,13 +166,19 @@ def quantization_config(
     return OVWeightQuantizationConfig(**kwargs)
 
 
-def _compress(source: Path, target: Path, config) -> None:
+def _compress(source: Path, target: Path, config: Any) -> None:
+    import nncf
     from optimum.intel import OVConfig, OVModelForCausalLM, OVQuantizer
 
     ov_model = OVModelForCausalLM.from_pretrained(source, export=False, compile=False)
-    OVQuantizer.from_pretrained(ov_model).quantize(
-        ov_config=OVConfig(quantization_config=config), save_directory=target
-    )
+    try:
+        OVQuantizer.from_pretrained(ov_model).quantize(
+            ov_config=OVConfig(quantization_config=config), save_directory=target
+        )
+    except nncf.InvalidGroupSizeError as exc:
+        raise ExportError(
+            f"{exc}\nuse export.group_size_fallback 'adjust' (or --group-size-fallback adjust) or a smaller group size"
+        ) from None
     for item in source.iterdir():  # tokenizer files and IRs, chat template: everything not rewritten
         if not (target / item.name).exists():
             shutil.copy2(item, target / item.name)
@@ -187,6 +198,7 @@ def check_genai(
 
 
 def directory_size(path: str | Path, pattern: str = "*") -> int:
+    """Bytes of the files in ``path`` (not recursive) whose names match ``pattern``."""
     return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file())
 
 
@@ -243,10 +255,22 @@ def export_openvino(
         group_size_fallback=group_size_fallback,
         keep_adapter_precision=keep_adapter_precision and adapter is not None and not merge_adapter,
     )
-    quantization_config(weight_format, **qconfig_args)  # fail on bad options before loading anything
-    check_output(output, overwrite)
-    if save_merged is not None:
-        check_output(save_merged, overwrite)
+    # Fail on bad options before loading anything.
+    check_compression_options(
+        weight_format.value,
+        awq=awq,
+        scale_estimation=scale_estimation,
+        data_aware=bool(calibration),
+        ratio=ratio,
+        unmerged_adapter=adapter is not None and not merge_adapter,
+    )
+    quantization_config(weight_format, **qconfig_args)
+    sources = [Path(p).resolve() for p in (model, adapter) if isinstance(p, str | Path) and Path(p).exists()]
+    for target in (output, save_merged):
+        if target is not None and Path(target).resolve() in sources:
+            raise ValueError(f"{target} is an input of this export; write the export somewhere else")
+        if target is not None:
+            check_output(target, overwrite)
     if save_merged is not None and not (adapter is not None and merge_adapter):
         raise ValueError("save_merged needs an adapter and merge_adapter=True")
     model_config = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=str(model))
@@ -282,7 +306,9 @@ def export_openvino(
             for item in compressed.iterdir():
                 item.rename(tmp / item.name)
             compressed.rmdir()
-            report["compression"] = {k: v for k, v in qconfig.to_dict().items() if k != "dataset"}
+            report["compression"] = {
+                k: v for k, v in qconfig.to_dict().items() if k not in ("dataset", "tokenizer")
+            }
             report["compression"]["calibration_samples"] = len(calibration or [])
         report["export_s"] = time.perf_counter() - start
         report["ir_sparsity"] = ir_weight_sparsity(tmp / OV_MODEL)
@@ -311,7 +337,7 @@ def export_openvino(
     return report
 
 
-def _weight_constant(node) -> Any:
+def _weight_constant(node: Any) -> Any:
     """The Constant feeding a MatMul's weight input, through Convert/Subtract/Multiply/Reshape chains."""
     seen = 0
     while node.get_type_name() != "Constant" and seen < 8:
@@ -326,11 +352,13 @@ def _weight_constant(node) -> Any:
 
 
 def ir_weight_sparsity(xml: str | Path) -> float | None:
-    """Fraction of zero weights over the IR's MatMul weights (head and adapters excluded).
+    """Fraction of zero weights over the IR's MatMul weights as stored (head and adapters excluded).
 
     A zero weight stays zero through INT8 compression (it is stored as the zero point), so this
-    shows whether a sparse base is still sparse in the deployed IR. None when weights are packed
-    below 8 bits (int4), whose zeros cannot be read back without the runtime.
+    shows whether a sparse base is still sparse in the deployed IR. In an INT8 IR it also counts
+    weights smaller than half a quantization step, which round to zero (about 1 % of a dense
+    SmolLM2). None when weights are packed below 8 bits (int4), whose zeros cannot be read back
+    without the runtime.
     """
     import numpy as np
     import openvino as ov

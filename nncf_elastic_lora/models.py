@@ -230,7 +230,7 @@ logging.getLogger("optimum.intel.openvino.modeling_base").addFilter(
 
 def load_openvino_model(
     path: str | Path, device: str = "CPU", properties: dict[str, Any] | None = None, compile: bool = True
-):
+) -> tuple[Any, Any]:
     """Load an exported OpenVINO directory as ``(OVModelForCausalLM, tokenizer)``.
 
     ``properties`` are OpenVINO runtime properties (e.g. ``{"INFERENCE_PRECISION_HINT": "f32"}``),
@@ -239,12 +239,13 @@ def load_openvino_model(
     from optimum.intel import OVModelForCausalLM
 
     from .exporting import OV_MODEL
-    from .runtime import check_properties
+    from .runtime import PIPELINE_PROPERTIES, check_properties
 
     path = Path(path)
     if not (path / OV_MODEL).is_file():
         raise ModelNotFoundError(f"{path.resolve()} is not an OpenVINO model directory (no {OV_MODEL})")
-    properties = dict(properties or {})
+    # GenAI-only properties (e.g. ATTENTION_BACKEND) mean nothing to a plain compiled model.
+    properties = {k: v for k, v in (properties or {}).items() if k not in PIPELINE_PROPERTIES}
     check_properties(properties, device)
     model = OVModelForCausalLM.from_pretrained(
         path, export=False, device=device, ov_config=properties, compile=compile

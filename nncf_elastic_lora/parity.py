@@ -1,7 +1,8 @@
 """Does the exported IR compute what the torch model computes?
 
 Per prompt: the logits over the prompt's tokens from torch and from the IR (optimum-intel, with
-``INFERENCE_PRECISION_HINT=f32`` so the runtime does not lower precision), and greedy generations
+``INFERENCE_PRECISION_HINT=f32`` and ``KV_CACHE_PRECISION=f32`` so the runtime does not lower
+precision), and greedy generations
 from torch, from the IR through optimum-intel, and from the IR through OpenVINO GenAI's
 ``LLMPipeline``. An fp32/fp16 IR should match torch token for token; an int8/int4 IR differs by
 its quantization error, which this measures.
@@ -14,7 +15,8 @@ from typing import Any
 
 import torch
 
-F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+# optimum-intel marks fp32/fp16 IRs to keep the KV cache in f16; a like-for-like comparison overrides it.
+F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -22,6 +24,14 @@ DEFAULT_PROMPTS = (
     "def fibonacci(n):",
     "Once upon a time, in a small village,",
 )
+
+
+def _strip_eos(tokens: list[int], eos: set[int]) -> list[int]:
+    """Tokens up to the first end-of-sequence token (runtimes differ on whether they return it)."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[:i]
+    return tokens
 
 
 def _first_mismatch(a: list[int], b: list[int]) -> int | None:
@@ -39,7 +49,9 @@ def _genai_tokens(pipe: Any, ids: list[int], max_new_tokens: int) -> list[int]:
     inputs = openvino_genai.TokenizedInputs(
         ov.Tensor(np.array([ids], dtype=np.int64)), ov.Tensor(np.ones((1, len(ids)), dtype=np.int64))
     )
-    config = openvino_genai.GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False)
+    config = pipe.get_generation_config()  # the model's generation_config.json, as torch and optimum use
+    config.max_new_tokens = max_new_tokens
+    config.do_sample = False
     return [int(t) for t in pipe.generate(inputs, config).tokens[0]]
 
 
@@ -64,6 +76,10 @@ def compare_ir_with_torch(
 
         pipe = openvino_genai.LLMPipeline(str(ir_dir), device, **F32)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = getattr(torch_model, "generation_config", None) and torch_model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {
+        tokenizer.eos_token_id
+    }
     rows = []
     for prompt in prompts:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -73,8 +89,10 @@ def compare_ir_with_torch(
         got = torch.as_tensor(ov_model(input_ids=x, attention_mask=mask).logits).float()
         diff = (ref - got).abs()
         gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-        torch_tokens = torch_model.generate(input_ids=x, attention_mask=mask, **gen)[0, len(ids) :].tolist()
-        ov_tokens = ov_model.generate(input_ids=x, attention_mask=mask, **gen)[0, len(ids) :].tolist()
+        torch_out = torch_model.generate(input_ids=x, attention_mask=mask, **gen)[0, len(ids) :].tolist()
+        torch_tokens = _strip_eos(torch_out, eos_ids)
+        ov_out = ov_model.generate(input_ids=x, attention_mask=mask, **gen)[0, len(ids) :].tolist()
+        ov_tokens = _strip_eos(ov_out, eos_ids)
         row = {
             "prompt": prompt,
             "prompt_tokens": len(ids),
@@ -88,7 +106,7 @@ def compare_ir_with_torch(
             "torch_text": tokenizer.decode(torch_tokens, skip_special_tokens=True),
         }
         if genai:
-            genai_tokens = _genai_tokens(pipe, ids, max_new_tokens)
+            genai_tokens = _strip_eos(_genai_tokens(pipe, ids, max_new_tokens), eos_ids)
             row["genai_tokens"] = genai_tokens
             row["genai_first_mismatch"] = _first_mismatch(torch_tokens, genai_tokens)
         rows.append(row)

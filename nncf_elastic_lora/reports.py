@@ -19,6 +19,8 @@ OUTPUT_MARKERS = (
     "train_report.json",
     "search_report.json",
     "adapter_config.json",
+    "export_report.json",
+    "benchmark.json",
 )
 
 

@@ -27,7 +27,13 @@ CPU_FLAG_REQUIREMENTS = {
         "sparse weight decompression is implemented for AMX only",
     ),
 }
-REPORTED_PROPERTIES = ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")
+REPORTED_PROPERTIES = (
+    "INFERENCE_PRECISION_HINT",
+    "KV_CACHE_PRECISION",
+    "PERFORMANCE_HINT",
+    "NUM_STREAMS",
+    "INFERENCE_NUM_THREADS",
+)
 
 
 class RuntimePropertyError(ValueError):
@@ -126,7 +132,9 @@ def check_properties(
     Raises :class:`RuntimePropertyError` naming the property for an unknown name or a value the
     plugin rejects. With ``model_xml``, the model is compiled with the properties and each
     reported property is read back (``effective``); ``notes`` lists properties that cannot take
-    effect on this hardware or were resolved to another value.
+    effect on this hardware or were resolved to another value. The read-back is of a plain
+    ``compile_model`` of the IR (with the runtime options the IR carries); GenAI's pipeline may
+    configure more on top (e.g. its paged-attention KV cache).
     """
     import openvino as ov
 
