@@ -126,12 +126,13 @@ def quantization_config(
     calibration: list[str] | None = None,
     tokenizer_dir: str | Path | None = None,
     group_size_fallback: GroupSizeFallback = GroupSizeFallback.ADJUST,
+    unmerged_adapter: bool = False,
     keep_adapter_precision: bool = False,
 ) -> Any:
     """optimum-intel's ``OVWeightQuantizationConfig`` for an INT8 or INT4 IR (None for fp32/fp16).
 
-    ``keep_adapter_precision`` means an unmerged adapter is in the model: its matrices stay out of
-    the compression, and AWQ is refused (it rescales activations the adapter branch also reads).
+    ``unmerged_adapter``: the model holds an adapter branch, so AWQ is refused (it rescales
+    activations the branch also reads); ``keep_adapter_precision`` leaves its matrices uncompressed.
     """
     from optimum.intel import OVWeightQuantizationConfig
 
@@ -144,7 +145,7 @@ def quantization_config(
         scale_estimation=scale_estimation,
         data_aware=bool(calibration),
         ratio=ratio,
-        unmerged_adapter=keep_adapter_precision,
+        unmerged_adapter=unmerged_adapter,
     )
     if scale_estimation and not calibration:
         raise ValueError("scale_estimation needs calibration texts")
@@ -253,18 +254,10 @@ def export_openvino(
         scale_estimation=scale_estimation,
         calibration=calibration,
         group_size_fallback=group_size_fallback,
+        unmerged_adapter=adapter is not None and not merge_adapter,
         keep_adapter_precision=keep_adapter_precision and adapter is not None and not merge_adapter,
     )
-    # Fail on bad options before loading anything.
-    check_compression_options(
-        weight_format.value,
-        awq=awq,
-        scale_estimation=scale_estimation,
-        data_aware=bool(calibration),
-        ratio=ratio,
-        unmerged_adapter=adapter is not None and not merge_adapter,
-    )
-    quantization_config(weight_format, **qconfig_args)
+    quantization_config(weight_format, **qconfig_args)  # fail on bad options before loading anything
     sources = [Path(p).resolve() for p in (model, adapter) if isinstance(p, str | Path) and Path(p).exists()]
     for target in (output, save_merged):
         if target is not None and Path(target).resolve() in sources:

@@ -294,6 +294,13 @@ def write_eval(
     write_text(output / "predictions.jsonl", "".join(line + "\n" for line in lines))
 
 
+def _completed_or(report: Path, resume: bool, make) -> dict[str, Any]:
+    """A directory stage: on resume, the report of a directory already written (atomically), else make it."""
+    if resume and report.is_file():
+        return json.loads(report.read_text())
+    return make()
+
+
 def _stage(output: Path, name: str, fn, resume: bool) -> tuple[Any, float, bool]:
     """Run a stage whose result is cached as ``stages/<name>.json``; reuse it when resuming."""
     path = output / "stages" / f"{name}.json"
@@ -335,9 +342,9 @@ def run_pipeline(
         sparse_dir = output / "sparse_model"
 
         def do_sparsify():
-            if resume and (sparse_dir / "report.json").is_file():
-                return json.loads((sparse_dir / "report.json").read_text())
-            return sparsify(config, sparse_dir, progress)
+            return _completed_or(
+                sparse_dir / "report.json", resume, lambda: sparsify(config, sparse_dir, progress)
+            )
 
         sparsity_report, stages["sparsify"], _ = _stage(output, "sparsify", do_sparsify, resume)
         base_model = config.model.model_copy(update={"name_or_path": str(sparse_dir)})
@@ -391,9 +398,9 @@ def run_pipeline(
         ir_dir = output / "openvino"
 
         def do_export():
-            if resume and (ir_dir / "export_report.json").is_file():
-                return json.loads((ir_dir / "export_report.json").read_text())
-            return export(exported, ir_dir, adapter)
+            return _completed_or(
+                ir_dir / "export_report.json", resume, lambda: export(exported, ir_dir, adapter)
+            )
 
         export_report, stages["export to OpenVINO"], _ = _stage(output, "export", do_export, resume)
         which = "" if adapter is None else f", {'searched' if search_report else 'heuristic'} sub-adapter"
