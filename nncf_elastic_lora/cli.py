@@ -343,24 +343,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "export":
-        from .pipeline import evaluate_ir, export, write_eval
+        from .pipeline import evaluate_ir, export, export_facts, write_eval
         from .reports import print_table
 
         # An existing output is refused unless --overwrite; then replaced once the new one is complete.
         report = export(config, output, args.adapter, args.save_merged, overwrite=args.overwrite)
-        facts = [
-            ["weights", f"{report['weight_format']}, {report['size_bytes']['model_bin'] / 2**20:.1f} MiB"],
-            ["export time (s)", f"{report['export_s']:.1f}"],
-        ]
-        if report.get("ir_sparsity") is not None:
-            facts.append(["zeros in MatMul weights", f"{100 * report['ir_sparsity']:.2f}%"])
-        if report.get("parity"):
-            p = report["parity"]
-            facts += [
-                ["max |logit diff| vs torch (f32 hint)", f"{p['logits_max_abs_diff']:.3g}"],
-                ["identical greedy: optimum-intel", f"{p['greedy_identical_optimum']}/{p['prompts']}"],
-                ["identical greedy: GenAI", f"{p.get('greedy_identical_genai', '-')}/{p['prompts']}"],
-            ]
+        facts = [*export_facts(report), ["export time (s)", f"{report['export_s']:.1f}"]]
         print_table(f"exported {output}", ["", "value"], facts)
         if args.eval_ir:
             from .evaluation import results_table

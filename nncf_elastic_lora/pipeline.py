@@ -517,6 +517,22 @@ def summary_markdown(report: dict[str, Any]) -> str:
     return text
 
 
+def export_facts(export_report: dict[str, Any]) -> list[list[str]]:
+    """Rows ``[what, value]`` about an exported IR: weights, zeros, agreement with torch."""
+    e = export_report
+    facts = [["OpenVINO IR weights", f"{e['weight_format']}, {e['size_bytes']['model_bin'] / 2**20:.1f} MiB"]]
+    if e.get("ir_sparsity") is not None:
+        facts.append(["zeros in the IR's MatMul weights", f"{100 * e['ir_sparsity']:.2f}%"])
+    if e.get("parity"):
+        p = e["parity"]
+        facts += [
+            ["max |logit diff| vs torch (f32)", f"{p['logits_max_abs_diff']:.3g}"],
+            ["identical greedy: optimum-intel", f"{p['greedy_identical_optimum']}/{p['prompts']}"],
+            ["identical greedy: GenAI", f"{p.get('greedy_identical_genai', '-')}/{p['prompts']}"],
+        ]
+    return facts
+
+
 def print_summary(report: dict[str, Any]) -> None:
     headers, rows = summary_rows(report)
     print_table("accuracy", headers, rows)
@@ -531,18 +547,7 @@ def print_summary(report: dict[str, Any]) -> None:
             ["training steps / median step (s)", f"{t['steps']} / {t['step_time_median_s']:.2f}"],
         ]
     if report.get("export"):
-        e = report["export"]
-        facts.append(
-            [
-                "OpenVINO IR weights (MiB)",
-                f"{e['size_bytes']['model_bin'] / 2**20:.1f} ({e['weight_format']})",
-            ]
-        )
-        if e.get("parity"):
-            p = e["parity"]
-            facts.append(
-                ["IR vs torch: identical greedy prompts", f"{p['greedy_identical_optimum']}/{p['prompts']}"]
-            )
+        facts += export_facts(report["export"])
     if facts:
         print_table("model", ["", "value"], facts)
     print_table(
