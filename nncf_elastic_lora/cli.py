@@ -7,6 +7,7 @@ override single fields (``--set section.key=value`` for any of them), and writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -242,14 +243,14 @@ def _config(args: argparse.Namespace):
     return apply_overrides(config, overrides) if overrides else config
 
 
-def _save_config(config, output: Path, resume: bool, name: str = "config.json") -> None:
-    """Record the resolved config; a resume must use the same one."""
-    from .reports import check_same_config, write_json
+def _check_resume_config(config, output: Path, resume: bool, name: str) -> dict:
+    """The resolved config as JSON; on resume it must equal the one the output was started with."""
+    from .reports import check_same_config
 
     data = config.model_dump(mode="json")
     if resume:
         check_same_config(output / name, data)
-    write_json(output / name, data)
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,16 +271,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _dispatch(args)
+    except BrokenPipeError:  # `nncf-elastic-lora schema | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (
         ConfigError,
         OutputExistsError,
         ModelNotFoundError,
         DatasetNotFoundError,
-        FileNotFoundError,
         ExportError,
         BenchmarkError,
         ValueError,  # invalid inputs found after validation (split sizes, patterns, runtime properties)
     ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # missing, unreadable or unwritable files: the message names the path
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -290,12 +297,16 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "schema":
         from .config import json_schema
+        from .outputs import check_writable_location
+        from .reports import write_text
 
         text = json.dumps(json_schema(), indent=2)
         if args.output:
-            Path(args.output).write_text(text + "\n")
+            check_writable_location(Path(args.output).parent)
+            write_text(args.output, text + "\n")
         else:
             print(text)
+            sys.stdout.flush()  # a closed pipe shows up here, inside main's handler
         return 0
     if args.command == "tasks":
         from .data import BUNDLED_TASKS
@@ -303,19 +314,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name, task in BUNDLED_TASKS.items():
             print(f"{name:18s} {task.description}")
         return 0
+    if getattr(args, "resume", False) and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the output, or replace it")
 
-    from .reports import check_output, prepare_output
+    from .outputs import claim_output
+    from .preflight import check_config_against_model
+    from .provenance import input_fingerprints, local_inputs
+    from .reports import write_json
 
     if args.command == "benchmark":
         return _benchmark(args)
     config = _config(args)  # validate everything before touching the output
     progress = not args.no_progress
     output = Path(args.output)
+    common = dict(overwrite=args.overwrite, resume=getattr(args, "resume", False))
     if args.command == "sparsify":
         from .pipeline import sparsify
 
-        check_output(output, args.overwrite)  # replaced atomically once the new one is complete
-        report = sparsify(config, output, progress)
+        check_config_against_model(config, sparsify=True)
+        # Checked and locked here, written atomically (replacing an older one of ours) once complete.
+        with claim_output(
+            output, verb="sparsify", inputs=local_inputs(config, args.config), create=False, **common
+        ):
+            report = sparsify(config, output, progress)
         print(
             f"wrote {output} ({100 * report['sparsity']:.2f}% of targeted weights zeroed, {report['time_s']:.1f} s)"
         )
@@ -323,9 +344,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         from .pipeline import train
 
-        prepare_output(output, args.overwrite, resume=args.resume)
-        _save_config(config, output, args.resume, "train_config.json")
-        report = train(config, output, resume=args.resume, progress=progress)
+        check_config_against_model(config, train=True)
+        data = _check_resume_config(config, output, args.resume, "train_config.json")
+        with claim_output(
+            output,
+            verb="train",
+            inputs=local_inputs(config, args.config),
+            fingerprints=input_fingerprints(config),
+            prelude=["train_config.json"],
+            **common,
+        ):
+            write_json(output / "train_config.json", data)
+            report = train(config, output, resume=args.resume, progress=progress)
         print(
             f"trained {report['algorithm']} for {report['steps']} steps (loss {report['train_loss']:.4f}); "
             f"wrote {output / 'super_adapter'} and {output / 'sub_adapter_heuristic'}"
@@ -334,20 +364,34 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "search":
         from .pipeline import search
 
-        prepare_output(output, args.overwrite, resume=args.resume)
-        report = search(config, output, args.super_adapter, progress=progress)
+        # No input fingerprints here: the evaluation log keys every measurement by its inputs, so a
+        # resume on another base or super-adapter measures anew instead of reusing.
+        with claim_output(
+            output,
+            verb="search",
+            inputs=local_inputs(config, args.config, args.super_adapter),
+            prelude=["search_meta.json"],
+            **common,
+        ):
+            report = search(config, output, args.super_adapter, progress=progress)
+        reused = f", {report['not_reused']} logged on other inputs not reused" if report["not_reused"] else ""
         print(
             f"{report['algorithm']}: chose quality {report['chosen_quality']:.4f} at cost {report['chosen_cost']:.0f} "
-            f"after {report['evaluations_used']} evaluations ({report['new_evaluations']} new, {report['wall_s']:.0f} s); "
-            f"wrote {output / 'sub_adapter'}, {output / 'search.png'}"
+            f"after {report['evaluations_used']} evaluations ({report['new_evaluations']} new{reused}, "
+            f"{report['wall_s']:.0f} s); wrote {output / 'sub_adapter'}, {output / 'search.png'}"
         )
         return 0
     if args.command == "export":
         from .pipeline import evaluate_ir, export, export_facts, write_eval
         from .reports import print_table
 
+        inputs = local_inputs(config, args.config, args.adapter)
         # An existing output is refused unless --overwrite; then replaced once the new one is complete.
-        report = export(config, output, args.adapter, args.save_merged, overwrite=args.overwrite)
+        with contextlib.ExitStack() as claims:
+            for path, verb in ((output, "export"), (args.save_merged, "merge")):
+                if path:
+                    claims.enter_context(claim_output(path, verb=verb, inputs=inputs, create=False, **common))
+            report = export(config, output, args.adapter, args.save_merged, overwrite=args.overwrite)
         facts = [*export_facts(report), ["export time (s)", f"{report['export_s']:.1f}"]]
         print_table(f"exported {output}", ["", "value"], facts)
         if args.eval_ir:
@@ -364,25 +408,34 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import evaluate_model, write_eval
         from .reports import print_table
 
-        prepare_output(output, args.overwrite)
-        ex, extra = config.export, {"model": config.model.name_or_path}
-        if is_openvino_dir(config.model.name_or_path):
-            model, tokenizer = load_openvino_model(
-                config.model.name_or_path, ex.device, ex.runtime_properties
-            )
-            extra["openvino"] = {"device": ex.device, "runtime_properties": ex.runtime_properties}
-        else:
-            model, tokenizer = load_model(config.model)
-        results = evaluate_model(model, tokenizer, config, progress=progress)
-        write_eval(output, config.model.name_or_path, results, extra)
+        with claim_output(output, verb="eval", inputs=local_inputs(config, args.config), **common):
+            ex, extra = config.export, {"model": config.model.name_or_path}
+            if is_openvino_dir(config.model.name_or_path):
+                model, tokenizer = load_openvino_model(
+                    config.model.name_or_path, ex.device, ex.runtime_properties
+                )
+                extra["openvino"] = {"device": ex.device, "runtime_properties": ex.runtime_properties}
+            else:
+                model, tokenizer = load_model(config.model)
+            results = evaluate_model(model, tokenizer, config, progress=progress)
+            write_eval(output, config.model.name_or_path, results, extra)
         print_table("evaluation", *results_table({config.model.name_or_path: results}))
         return 0
     if args.command == "run":
         from .pipeline import print_summary, run_pipeline
 
-        prepare_output(output, args.overwrite, resume=args.resume)
-        _save_config(config, output, args.resume)
-        report = run_pipeline(config, output, resume=args.resume, progress=progress)
+        check_config_against_model(config, sparsify=True, train=True)
+        data = _check_resume_config(config, output, args.resume, "config.json")
+        with claim_output(
+            output,
+            verb="run",
+            inputs=local_inputs(config, args.config),
+            fingerprints=input_fingerprints(config),
+            prelude=["config.json"],
+            **common,
+        ):
+            write_json(output / "config.json", data)
+            report = run_pipeline(config, output, resume=args.resume, progress=progress)
         print_summary(report)
         print(f"report: {output / 'report.json'}, {output / 'report.md'}")
         return 0
@@ -391,7 +444,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _benchmark(args: argparse.Namespace) -> int:
     from .benchmark import benchmark_models, results_table
-    from .reports import markdown_table, prepare_output, print_table, write_json, write_text
+    from .outputs import claim_output
+    from .reports import markdown_table, print_table, write_json, write_text
     from .runtime import check_properties, machine_info, parse_properties
 
     try:
@@ -401,20 +455,43 @@ def _benchmark(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}"
         ) from None
+    for flag, value, least in (
+        ("--batch-sizes", min(batch_sizes, default=0), 1),
+        ("--prompt-tokens", args.prompt_tokens, 1),
+        ("--new-tokens", args.new_tokens, 2),  # decode latency needs a token after the first
+        ("--repeats", args.repeats, 1),
+        ("--warmup", args.warmup, 0),
+    ):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
     allowed = ("genai", "optimum", "torch")
+    if not runtimes:
+        raise ValueError(f"--runtime is empty; choose from {', '.join(allowed)}")
     for r in runtimes:
         if r not in allowed:
             raise ValueError(f"--runtime {r!r} is not one of {', '.join(allowed)}")
-    models = []
+    models, labels = [], set()
     for item in args.model:
         label, sep, path = item.partition("=")
         path = path if sep else label
+        label = label if sep else Path(path).name
         if not Path(path).is_dir():
             raise FileNotFoundError(f"--model {path}: no such directory ({Path(path).resolve()})")
-        models += [(label if sep else Path(path).name, path, r) for r in runtimes]
+        if label in labels:
+            raise ValueError(f"--model label {label!r} is given twice; name them with LABEL=DIR")
+        labels.add(label)
+        for r in runtimes:
+            needs = "config.json" if r == "torch" else "openvino_model.xml"
+            if not (Path(path) / needs).is_file():
+                kind = "a Hugging Face checkpoint" if r == "torch" else "an OpenVINO IR directory"
+                raise FileNotFoundError(
+                    f"--model {path}: runtime {r!r} needs {kind}, but {Path(path).resolve() / needs} is missing"
+                )
+        models += [(label, path, r) for r in runtimes]
     properties = parse_properties(args.properties, args.properties_file)
     check_properties(properties, args.device)  # names and values, before any output or model work
-    prepare_output(args.output, args.overwrite)
+    inputs = [path for _, path, _ in models] + [args.properties_file]
+    claim = claim_output(args.output, verb="benchmark", inputs=inputs, overwrite=args.overwrite)
     settings = dict(
         device=args.device,
         properties=properties,
@@ -424,16 +501,22 @@ def _benchmark(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
     )
-    results = benchmark_models(models, isolate=not args.no_isolate, **settings)
-    headers, rows = results_table(results)
-    notes = sorted({n for r in results for n in r["property_notes"]})
-    report = {"machine": machine_info(args.device), "settings": settings, "notes": notes, "results": results}
     out = Path(args.output)
-    write_json(out / "benchmark.json", report)
-    text = markdown_table(headers, rows)
-    if notes:
-        text += "\nNotes:\n" + "".join(f"- {n}\n" for n in notes)
-    write_text(out / "benchmark.md", text)
+    with claim:
+        results = benchmark_models(models, isolate=not args.no_isolate, **settings)
+        headers, rows = results_table(results)
+        notes = sorted({n for r in results for n in r["property_notes"]})
+        report = {
+            "machine": machine_info(args.device),
+            "settings": settings,
+            "notes": notes,
+            "results": results,
+        }
+        write_json(out / "benchmark.json", report)
+        text = markdown_table(headers, rows)
+        if notes:
+            text += "\nNotes:\n" + "".join(f"- {n}\n" for n in notes)
+        write_text(out / "benchmark.md", text)
     print_table(f"benchmark ({report['machine']['cpu']}, {args.device})", headers, rows)
     for note in notes:
         print(f"note: {note}")

@@ -13,6 +13,7 @@ Bundled models:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -38,6 +39,42 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 class ModelNotFoundError(FileNotFoundError):
     """Nothing loaded; the message lists every place that was tried."""
+
+
+class ModelLoadError(ValueError):
+    """A local model directory is there but cannot be loaded (invalid config, cut or corrupt weights)."""
+
+
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """Refuse a local directory that cannot be an HF checkpoint, naming the file at fault."""
+    local = Path(path).expanduser()
+    config = local / "config.json"
+    if not config.is_file():
+        ov = " (it holds OpenVINO files but no openvino_model.xml)" if any(local.glob("openvino_*")) else ""
+        raise ModelNotFoundError(f"{local.resolve()} exists but has no config.json (not an HF model dir){ov}")
+    try:
+        data = json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"{config.resolve()} is not valid JSON ({exc}); repair or re-create it"
+        ) from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ModelLoadError(f"{config.resolve()} has no 'model_type': not a Hugging Face model config")
+    weights = [p for pat in _WEIGHT_PATTERNS for p in local.glob(pat) if not p.name.startswith("openvino_")]
+    if not weights:
+        ov = any(local.glob("openvino_*"))
+        hint = (
+            "it holds OpenVINO files but openvino_model.xml is missing: re-export it"
+            if ov
+            else "the checkpoint is incomplete"
+        )
+        raise ModelNotFoundError(
+            f"{local.resolve()} has a config.json but no weights ({', '.join(_WEIGHT_PATTERNS)}); {hint}"
+        )
+    return local
 
 
 def cache_dir(config: ModelConfig | None = None) -> Path:
@@ -138,10 +175,10 @@ def bundled_smollm2_dir(root: Path) -> Path:
     return _atomic_build(root / f"{SMOLLM2}-{_CACHE_VERSION}", build)
 
 
-def build_tiny_llama(config: ModelConfig) -> PreTrainedModel:
-    """A random LLaMA from ``config.tiny`` with the bundled tokenizer's vocabulary."""
+def tiny_llama_config(config: ModelConfig) -> LlamaConfig:
+    """The architecture of the bundled random LLaMA (``model.tiny``), with the bundled tokenizer's vocabulary."""
     t = config.tiny
-    llama_config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=49152,
         hidden_size=t.hidden_size,
         intermediate_size=t.intermediate_size,
@@ -154,10 +191,38 @@ def build_tiny_llama(config: ModelConfig) -> PreTrainedModel:
         eos_token_id=2,
         pad_token_id=2,
     )
+
+
+def build_tiny_llama(config: ModelConfig) -> PreTrainedModel:
+    """A random LLaMA from ``config.tiny`` with the bundled tokenizer's vocabulary."""
     with torch.random.fork_rng():
-        torch.manual_seed(t.seed)
-        model = LlamaForCausalLM(llama_config)
+        torch.manual_seed(config.tiny.seed)
+        model = LlamaForCausalLM(tiny_llama_config(config))
     return model.to(_DTYPES[config.dtype])
+
+
+def meta_model(config: ModelConfig) -> PreTrainedModel:
+    """The model's architecture on the meta device (no weights read): its module names and shapes.
+
+    Lets a config's module patterns be checked against the model before any work starts.
+    """
+    from transformers import AutoConfig
+
+    if config.name_or_path == TINY:
+        arch = tiny_llama_config(config)
+    else:
+        source = resolve_model_dir(config)
+        if Path(source).expanduser().exists():
+            check_model_dir(source)
+        try:
+            arch = AutoConfig.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+        except Exception as exc:  # offline hub id, unknown architecture
+            raise ModelNotFoundError(
+                f"could not read the configuration of model {config.name_or_path!r} "
+                f"({str(exc).strip().splitlines()[0][:300]}); bundled models: {', '.join(BUNDLED)}"
+            ) from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(arch, trust_remote_code=config.trust_remote_code)
 
 
 def resolve_model_dir(config: ModelConfig) -> str:
@@ -186,10 +251,7 @@ def load_model(config: ModelConfig):
         source = resolve_model_dir(config)
         local = Path(source).expanduser()
         if local.exists():
-            if not (local / "config.json").is_file():
-                raise ModelNotFoundError(
-                    f"{local.resolve()} exists but has no config.json (not an HF model dir)"
-                )
+            check_model_dir(local)
         else:
             tried.append(f"local directory {local.resolve()} (does not exist)")
         try:
@@ -199,7 +261,11 @@ def load_model(config: ModelConfig):
             tokenizer = load_tokenizer(config)
         except Exception as exc:  # hub clients raise OSError, HTTP and runtime errors offline
             if local.exists():
-                raise
+                files = ", ".join(sorted(p.name for pat in _WEIGHT_PATTERNS for p in local.glob(pat)))
+                raise ModelLoadError(
+                    f"could not load the model in {local.resolve()} ({str(exc).strip().splitlines()[0][:300]}); "
+                    f"its files ({files}) may be truncated or corrupt: re-create the checkpoint"
+                ) from None
             tried.append(f"hub id {name!r} ({str(exc).splitlines()[0]})")
             raise ModelNotFoundError(
                 f"could not load model {name!r}; tried:\n  - "

@@ -19,6 +19,8 @@ from .data import TaskData, eval_only_sizes, load_examples, load_task, split_exa
 from .elastic import ElasticLoraSuperNet
 from .evaluation import CausalLM, TaskResult, evaluate_task, results_table
 from .models import load_model, resolve_model_dir
+from .outputs import OutputExistsError, changed_inputs, fingerprint_path
+from .provenance import model_fingerprint
 from .reports import atomic_directory, markdown_table, print_table, write_json, write_text
 from .sparsity import calibration_batches, sparsify_model
 from .training import train_super_adapter
@@ -98,7 +100,7 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
         **report.to_dict(),
         "calibration": {**report.calibration, **calib_record},
     }
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, verb="sparsify") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "report.json", result)
@@ -214,7 +216,13 @@ def search(
         batch_size=config.evaluation.batch_size,
     )
     result = search_subadapter(
-        supernet, objectives, s, output, base_model=resolve_model_dir(config.model), progress=progress
+        supernet,
+        objectives,
+        s,
+        output,
+        base_model=resolve_model_dir(config.model),
+        base_fingerprint=model_fingerprint(config.model),
+        progress=progress,
     )
     return {**result.to_dict(), "data": data.record}
 
@@ -301,17 +309,29 @@ def _completed_or(report: Path, resume: bool, make) -> dict[str, Any]:
     return make()
 
 
-def _stage(output: Path, name: str, fn, resume: bool) -> tuple[Any, float, bool]:
-    """Run a stage whose result is cached as ``stages/<name>.json``; reuse it when resuming."""
+def _stage(
+    output: Path, name: str, fn, resume: bool, inputs: dict[str, str] | None = None
+) -> tuple[Any, float, bool]:
+    """Run a stage whose result is cached as ``stages/<name>.json``; reuse it when resuming.
+
+    ``inputs`` are fingerprints of what the stage reads; a cached result of other inputs is refused.
+    """
     path = output / "stages" / f"{name}.json"
+    inputs = inputs or {}
     if resume and path.is_file():
         cached = json.loads(path.read_text())
+        changed = changed_inputs(cached.get("inputs", {}), inputs)
+        if changed:
+            raise OutputExistsError(
+                f"cannot resume stage {name!r} in {output}: its inputs changed since it ran "
+                f"({', '.join(changed)}); use a new --output or --overwrite"
+            )
         log.info("stage %s: reusing %s", name, path)
         return cached["result"], cached["time_s"], True
     start = time.perf_counter()
     result = fn()
     elapsed = time.perf_counter() - start
-    write_json(path, {"result": result, "time_s": elapsed})
+    write_json(path, {"result": result, "time_s": elapsed, "inputs": inputs})
     return result, elapsed, False
 
 
@@ -332,10 +352,12 @@ def run_pipeline(
         model, tokenizer = load_model(model_config)
         return [r.to_dict() for r in evaluate_model(model, tokenizer, config, tasks, progress)]
 
+    dense = {"model": model_fingerprint(config.model)}
     if config.evaluation.baseline:
         evals["dense"], stages["evaluate dense"], _ = _stage(
-            output, "eval_dense", lambda: eval_of(config.model), resume
+            output, "eval_dense", lambda: eval_of(config.model), resume, dense
         )
+    base_inputs = dense
     base_model = config.model
     sparsity_report = None
     if config.sparsity.method != "none":
@@ -346,26 +368,32 @@ def run_pipeline(
                 sparse_dir / "report.json", resume, lambda: sparsify(config, sparse_dir, progress)
             )
 
-        sparsity_report, stages["sparsify"], _ = _stage(output, "sparsify", do_sparsify, resume)
+        sparsity_report, stages["sparsify"], _ = _stage(output, "sparsify", do_sparsify, resume, dense)
         base_model = config.model.model_copy(update={"name_or_path": str(sparse_dir)})
+        base_inputs = {"base": fingerprint_path(sparse_dir)}
         if config.evaluation.baseline:
             evals["sparse"], stages["evaluate sparse"], _ = _stage(
-                output, "eval_sparse", lambda: eval_of(base_model), resume
+                output, "eval_sparse", lambda: eval_of(base_model), resume, base_inputs
             )
     train_report = search_report = None
     if config.bootstrapNAS.enabled:
         trained = config.model_copy(update={"model": base_model})
         train_dir = output / "nls"
         train_report, stages["train"], _ = _stage(
-            output, "train", lambda: train(trained, train_dir, resume=resume, progress=progress), resume
+            output,
+            "train",
+            lambda: train(trained, train_dir, resume=resume, progress=progress),
+            resume,
+            base_inputs,
         )
+        adapter_inputs = {**base_inputs, "super_adapter": fingerprint_path(train_dir / "super_adapter")}
 
         def eval_subnets():
             supernet, tokenizer = load_supernet(base_model, train_dir / "super_adapter")
             return evaluate_subnets(supernet, tokenizer, config, config.evaluation.subnets, tasks, progress)
 
         subnet_evals, stages["evaluate sub-adapters"], _ = _stage(
-            output, "eval_subnets", eval_subnets, resume
+            output, "eval_subnets", eval_subnets, resume, adapter_inputs
         )
         prefix = "sparse+" if config.sparsity.method != "none" else ""
         label = "NLS" if config.bootstrapNAS.training.algorithm == "nls" else "LoRA"
@@ -379,6 +407,7 @@ def run_pipeline(
                 "search",
                 lambda: search(trained_base, search_dir, train_dir / "super_adapter", progress),
                 resume,
+                adapter_inputs,
             )
 
             def eval_chosen():
@@ -387,7 +416,7 @@ def run_pipeline(
                 return evaluate_subnets(supernet, tokenizer, config, chosen, tasks, progress)[algorithm]
 
             evals[f"{prefix}{label} ({algorithm})"], stages["evaluate searched"], _ = _stage(
-                output, "eval_searched", eval_chosen, resume
+                output, "eval_searched", eval_chosen, resume, adapter_inputs
             )
     export_report = None
     if config.export.enabled:
@@ -402,13 +431,17 @@ def run_pipeline(
                 ir_dir / "export_report.json", resume, lambda: export(exported, ir_dir, adapter)
             )
 
-        export_report, stages["export to OpenVINO"], _ = _stage(output, "export", do_export, resume)
+        export_inputs = {**base_inputs, "adapter": fingerprint_path(adapter) if adapter else None}
+        export_report, stages["export to OpenVINO"], _ = _stage(
+            output, "export", do_export, resume, export_inputs
+        )
         which = "" if adapter is None else f", {'searched' if search_report else 'heuristic'} sub-adapter"
         evals[f"OpenVINO IR ({config.export.weight_format}{which})"], stages["evaluate IR"], _ = _stage(
             output,
             "eval_ir",
             lambda: [r.to_dict() for r in evaluate_ir(config, ir_dir, tasks, progress)],
             resume,
+            {"ir": fingerprint_path(ir_dir)},
         )
     report = {
         "config": config.model_dump(mode="json"),

@@ -11,47 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# A directory holding one of these was written by us (or is a model): --overwrite may replace it.
-OUTPUT_MARKERS = (
-    "config.json",
-    "report.json",
-    "eval.json",
-    "train_report.json",
-    "search_report.json",
-    "adapter_config.json",
-    "export_report.json",
-    "benchmark.json",
-)
+from .outputs import MARKER, OutputExistsError, read_marker, write_marker
 
-
-class OutputExistsError(FileExistsError):
-    """An output is already there and ``overwrite`` was not asked for."""
-
-
-def check_output(path: str | Path, overwrite: bool = False) -> bool:
-    """Whether ``path`` holds something; raise unless ``overwrite`` says it may be replaced."""
-    path = Path(path)
-    taken = path.exists() and (path.is_file() or any(path.iterdir()))
-    if taken and not overwrite:
-        raise OutputExistsError(
-            f"output {path.resolve()} already exists and is not empty; pass --overwrite to replace it "
-            "(or, for `run`, `train` and `search`, --resume to continue)"
-        )
-    if taken and not (path.is_dir() and any((path / m).exists() for m in OUTPUT_MARKERS)):
-        raise OutputExistsError(
-            f"refusing to delete {path.resolve()}: it does not look like an nncf-elastic-lora output or a "
-            "model directory (none of " + ", ".join(OUTPUT_MARKERS) + "); remove it yourself"
-        )
-    return taken
-
-
-def prepare_output(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create an output directory; refuse a non-empty one unless overwriting or resuming."""
-    path = Path(path)
-    if not resume and check_output(path, overwrite):
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+__all__ = ["OutputExistsError", "atomic_directory", "check_same_config", "write_json", "write_text"]
 
 
 def check_same_config(path: str | Path, config: dict[str, Any]) -> None:
@@ -97,18 +59,25 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 @contextmanager
-def atomic_directory(target: str | Path):
+def atomic_directory(target: str | Path, verb: str = "stage"):
     """Yield a temporary directory beside ``target``; on success it replaces ``target`` in one rename.
 
     An interrupted stage leaves no half-written ``target`` behind, so "does the output exist"
-    is a safe resume test.
+    is a safe resume test. The result carries the ownership marker (:mod:`.outputs`); an existing
+    ``target`` is replaced only when it carries one too.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and read_marker(target) is None and (target.is_file() or any(target.iterdir())):
+        raise OutputExistsError(
+            f"refusing to replace {target.resolve()}: it was not written by nncf-elastic-lora (no {MARKER})"
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
         tmp.chmod(0o755)
+        if not (tmp / MARKER).is_file():
+            write_marker(tmp, verb, entries=sorted(p.name for p in tmp.iterdir()))
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..adapters import check_adapter_fits
 from ..patterns import find_linears
 from ..reports import atomic_directory, write_json
 from .lora import ElasticLoraLinear
@@ -264,16 +265,26 @@ class ElasticLoraSuperNet:
         spec_file = directory / SEARCH_SPACE_FILE
         if not spec_file.is_file():
             raise FileNotFoundError(f"{spec_file} not found: not a super-adapter folder")
-        spec = json.loads(spec_file.read_text())
-        modules = [m for g in spec["groups"] for m in g["modules"]]
+        try:
+            spec = json.loads(spec_file.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{spec_file} is not valid JSON ({exc}); re-create the super-adapter") from None
+        check_adapter_fits(model, directory)
+        try:
+            modules = [m for g in spec["groups"] for m in g["modules"]]
+            groups = [Group(g["name"], tuple(g["modules"]), tuple(g["widths"])) for g in spec["groups"]]
+            max_rank, alpha = int(spec["max_rank"]), float(spec["alpha"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{spec_file} is not a valid search space (bad or missing {exc}); re-create the super-adapter"
+            ) from None
         supernet = cls.attach(
             model,
             target_modules=[f"{{re}}{re.escape(m)}" for m in modules],
-            max_rank=spec["max_rank"],
-            alpha=spec["alpha"],
+            max_rank=max_rank,
+            alpha=alpha,
             dropout=spec.get("dropout", 0.0),
         )
-        groups = [Group(g["name"], tuple(g["modules"]), tuple(g["widths"])) for g in spec["groups"]]
         supernet = cls(model, supernet.adapters, groups)
         supernet.load_adapter_weights(load_file(directory / PEFT_WEIGHTS))
         return supernet

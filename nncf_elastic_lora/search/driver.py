@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from .log import Evaluation, EvaluationLog, config_key
 from .nsga import nsga_search, pareto_front
 from .objectives import SubnetObjectives
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class SearchResult:
@@ -37,6 +40,7 @@ class SearchResult:
     evaluations_used: int
     new_evaluations: int
     wall_s: float
+    not_reused: int = 0  # logged evaluations of other inputs (base, super-adapter, objective)
     reference: dict[str, dict[str, Any]] = field(default_factory=dict)
     front: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
@@ -106,13 +110,16 @@ def plot_search(
     plt.close(fig)
 
 
-def _fingerprint(supernet: ElasticLoraSuperNet, objectives: SubnetObjectives) -> dict[str, Any]:
-    """What the logged measurements depend on: the super-adapter's weights and space, and the objective."""
+def _fingerprint(
+    supernet: ElasticLoraSuperNet, objectives: SubnetObjectives, base_model: str | None
+) -> dict[str, Any]:
+    """What a logged measurement depends on: the base, the super-adapter's weights and space, the objective."""
     weights = hashlib.sha256()
     for name, tensor in sorted(supernet.adapter_state_dict().items()):
         weights.update(name.encode())
         weights.update(tensor.numpy().tobytes())
     return {
+        "base_model": base_model,
         "super_adapter_sha256": weights.hexdigest(),
         "search_space": supernet.get_search_space(),
         "metric": objectives.metric,
@@ -122,19 +129,24 @@ def _fingerprint(supernet: ElasticLoraSuperNet, objectives: SubnetObjectives) ->
     }
 
 
-def _check_same_search(out: Path, supernet: ElasticLoraSuperNet, objectives: SubnetObjectives) -> None:
-    """Refuse to resume from a log measured on another super-adapter or with another objective."""
-    meta_path = out / "search_meta.json"
-    current = _fingerprint(supernet, objectives)
-    if (out / "evaluations.jsonl").is_file() and meta_path.is_file():
-        previous = json.loads(meta_path.read_text())
-        changed = sorted(k for k in current if previous.get(k) != current[k])
-        if changed:
-            raise ValueError(
-                f"the evaluation log in {out} was measured with a different {', '.join(changed)}; "
-                "use another output directory (or --overwrite) to start a new search"
-            )
-    write_json(meta_path, current)
+def _open_log(out: Path, current: dict[str, Any]) -> EvaluationLog:
+    """The log's entries measured with ``current``; say so when others are in the file and not reused."""
+    context = hashlib.sha256(json.dumps(current, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    log = EvaluationLog(out / "evaluations.jsonl", context=context)
+    if log.other_context:
+        meta_path = out / "search_meta.json"
+        previous = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        changed = sorted(k for k in current if previous.get(k) != current[k]) or ["inputs"]
+        logger.warning(
+            "%s: %d logged evaluations were measured with a different %s; they are not reused "
+            "(%d of this search's are)",
+            out / "evaluations.jsonl",
+            log.other_context,
+            ", ".join(changed),
+            len(log),
+        )
+    write_json(out / "search_meta.json", {**current, "context": context})
+    return log
 
 
 def search_subadapter(
@@ -144,14 +156,18 @@ def search_subadapter(
     output_dir: str | Path,
     *,
     base_model: str | None = None,
+    base_fingerprint: str | None = None,
     progress: bool = True,
 ) -> SearchResult:
-    """Run the configured search, write its outputs and the chosen sub-adapter; return the result."""
+    """Run the configured search, write its outputs and the chosen sub-adapter; return the result.
+
+    ``base_fingerprint`` identifies the base model's weights: logged evaluations of another base
+    (or super-adapter, or objective) are measured again, never reused.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    _check_same_search(out, supernet, objectives)
-    log = EvaluationLog(out / "evaluations.jsonl")
+    log = _open_log(out, _fingerprint(supernet, objectives, base_fingerprint or base_model))
     groups = supernet.groups
     names = [g.name for g in groups]
     bar = tqdm(total=cfg.num_evals, desc=f"search ({cfg.algorithm})", disable=not progress, initial=len(log))
@@ -232,6 +248,7 @@ def search_subadapter(
         chosen_cost=chosen_entry.cost,
         evaluations_used=used,
         new_evaluations=log.new_evaluations,
+        not_reused=log.other_context,
         wall_s=time.perf_counter() - start,
         reference=reference,
         front=[asdict(log.entries[config_key(p)]) for p in front],

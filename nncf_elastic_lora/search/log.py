@@ -1,7 +1,9 @@
 """The evaluation log: every measured configuration, appended to a JSONL file as it is measured.
 
 It is both the search's cache and its resume point: a killed search loses at most the evaluation
-in flight, and a restarted one reads the log and re-evaluates nothing already there.
+in flight, and a restarted one reads the log and re-evaluates nothing already there. Every entry
+carries the fingerprint (``context``) of what it was measured on (base model, super-adapter,
+objective); entries of another context stay in the file but are never reused.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Evaluation:
     cost: float
     seconds: float
     source: str = ""  # which search step asked for it first
+    context: str = ""  # fingerprint of the base, super-adapter and objective it was measured with
 
 
 def config_key(widths: tuple[int, ...] | list[int]) -> str:
@@ -28,10 +31,12 @@ def config_key(widths: tuple[int, ...] | list[int]) -> str:
 
 
 class EvaluationLog:
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, context: str = ""):
         self.path = Path(path) if path else None
+        self.context = context
         self.entries: dict[str, Evaluation] = {}
         self.new_evaluations = 0
+        self.other_context = 0  # logged entries measured on other inputs: not reused
         if self.path and self.path.is_file():
             text = self.path.read_text()
             if text and not text.endswith("\n"):  # a line cut short by a kill: drop it before appending
@@ -44,7 +49,10 @@ class EvaluationLog:
                     e = Evaluation(**json.loads(line))
                 except (json.JSONDecodeError, TypeError):
                     continue  # a line cut short by a kill: measured again
-                self.entries[e.key] = e
+                if e.context == context:
+                    self.entries[e.key] = e
+                else:
+                    self.other_context += 1
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -63,7 +71,9 @@ class EvaluationLog:
         if key in self.entries:
             return self.entries[key]
         quality, cost, seconds = measure(config)
-        entry = Evaluation(key, dict(config), float(quality), float(cost), float(seconds), source)
+        entry = Evaluation(
+            key, dict(config), float(quality), float(cost), float(seconds), source, self.context
+        )
         self.entries[key] = entry
         self.new_evaluations += 1
         if self.path:

@@ -1,0 +1,297 @@
+"""Output directories: ownership, overlap with inputs, locking, resume checks and clean-up.
+
+The tool deletes only what it can prove it wrote: every directory it creates holds a marker file
+(:data:`MARKER`) naming the verb that wrote it and a fingerprint of every input that determined it.
+
+- ``--overwrite`` replaces a directory only when it holds the marker (and no top-level entries the
+  marker does not list), never a project folder that happens to contain a ``config.json``;
+- ``--resume`` continues only in a directory written by the same verb from the same inputs,
+  and names every input that changed otherwise;
+- an output that is, contains or lies inside one of the inputs is refused before anything is read;
+- one process at a time writes an output (an ``flock`` beside it); a second is refused;
+- a failed verb removes the output it created if nothing was kept there, and a resume removes the
+  temporary directories (``.<name>.tmp-*``) a killed stage left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MARKER = ".nncf-elastic-lora.json"
+TMP_INFIX = ".tmp-"  # atomic_directory and the model cache write ``.<name>.tmp-XXXX`` beside the target
+
+
+class OutputExistsError(FileExistsError):
+    """An output cannot be written: it exists, is not ours, overlaps an input or is in use."""
+
+
+# ------------------------------------------------------------------ fingerprints
+
+_HASHES: dict[tuple, str] = {}
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    skip = {MARKER}
+    out = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # temporaries, caches
+        out += [Path(root) / n for n in sorted(names) if n not in skip and not n.startswith(".")]
+    return out
+
+
+def fingerprint_path(path: str | Path) -> str:
+    """A SHA-256 of a file's or directory's contents (relative names and bytes; hidden files skipped).
+
+    Memoised per process by (name, size, mtime) of every file, so repeated checks cost a ``stat``.
+    """
+    path = Path(path).resolve()
+    files = _files(path)
+    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    key = (str(path), stats)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()[:20]
+    return _HASHES[key]
+
+
+def changed_inputs(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Names of the inputs whose fingerprints differ (or are missing on one side)."""
+    return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+
+
+# ------------------------------------------------------------------ markers
+
+
+def read_marker(path: str | Path) -> dict[str, Any] | None:
+    """The marker of a directory we wrote, or None (no marker, or not ours)."""
+    marker = Path(path) / MARKER
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("tool") == "nncf-elastic-lora" else None
+
+
+def write_marker(path: str | Path, verb: str, inputs: Mapping[str, Any] | None = None, **extra: Any) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .reports import write_json
+
+    try:
+        tool_version = version("nncf-elastic-lora")
+    except PackageNotFoundError:
+        tool_version = "unknown"
+
+    write_json(
+        Path(path) / MARKER,
+        {
+            "tool": "nncf-elastic-lora",
+            "version": tool_version,
+            "verb": verb,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "inputs": dict(inputs or {}),
+            **extra,
+        },
+    )
+
+
+def _entries(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name != MARKER)
+
+
+def _foreign_entries(path: Path, marker: dict[str, Any]) -> list[str]:
+    """Top-level entries the marker does not list as written by us (empty when it lists none)."""
+    ours = marker.get("entries")
+    if ours is None:  # a killed run never recorded its entries: the marker alone proves ownership
+        return []
+    return [e for e in _entries(path) if e not in ours and TMP_INFIX not in e and not e.startswith(".")]
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _is_nonempty(path: Path) -> bool:
+    return path.exists() and (path.is_file() or any(path.iterdir()))
+
+
+def check_writable_location(path: str | Path) -> None:
+    """Refuse an output below a regular file (``mkdir`` would fail with a bare OSError later)."""
+    path = Path(path).absolute()
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                what = "is a file" if parent == path else f"lies below the file {parent}"
+                raise OutputExistsError(f"output {path} {what}; choose a directory path for --output")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputExistsError(f"output {path}: {parent} is not writable")
+            return
+
+
+def check_not_input(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse an output that is, contains or lies inside one of the inputs."""
+    out = Path(output).resolve()
+    for item in inputs:
+        if item is None or not Path(item).exists():
+            continue  # hub ids, bundled ids
+        src = Path(item).resolve()
+        if out == src:
+            relation = "is"
+        elif out in src.parents:
+            relation = "contains"
+        elif src in out.parents:
+            relation = "is inside"
+        else:
+            continue
+        raise OutputExistsError(
+            f"output {out} {relation} the input {src}; writing there could destroy the input: "
+            "choose another --output"
+        )
+
+
+def check_output(path: str | Path, overwrite: bool = False) -> bool:
+    """Whether ``path`` holds something; raise unless ``overwrite`` may replace it (ours, nothing foreign)."""
+    path = Path(path)
+    check_writable_location(path)
+    if not _is_nonempty(path):
+        return False
+    if not overwrite:
+        raise OutputExistsError(
+            f"output {path.resolve()} already exists and is not empty; pass --overwrite to replace it "
+            "(or, for `run`, `train` and `search`, --resume to continue)"
+        )
+    marker = read_marker(path) if path.is_dir() else None
+    if marker is None:
+        raise OutputExistsError(
+            f"refusing to delete {path.resolve()}: it was not written by nncf-elastic-lora (no {MARKER}); "
+            "remove it yourself or choose another --output"
+        )
+    foreign = _foreign_entries(path, marker)
+    if foreign:
+        raise OutputExistsError(
+            f"refusing to delete {path.resolve()}: it holds entries nncf-elastic-lora did not write "
+            f"({', '.join(foreign[:5])}); move them away or choose another --output"
+        )
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the ``.<name>.tmp-*`` directories a killed stage left under ``path``; return them."""
+    removed = []
+    for root, dirs, _ in os.walk(path):
+        for d in list(dirs):
+            if d.startswith(".") and TMP_INFIX in d:
+                shutil.rmtree(Path(root) / d, ignore_errors=True)
+                removed.append(Path(root) / d)
+                dirs.remove(d)
+    return removed
+
+
+# ------------------------------------------------------------------ locking
+
+
+@contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock on ``path`` (a file ``.<name>.lock`` beside it)."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise OutputExistsError(
+                f"output {path} is being written by another nncf-elastic-lora process (pid {holder}); "
+                "wait for it to finish or choose another --output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ the one entry point
+
+
+@contextmanager
+def claim_output(
+    path: str | Path,
+    *,
+    verb: str,
+    inputs: Iterable[str | Path | None] = (),
+    fingerprints: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    create: bool = True,
+    prelude: Iterable[str] = (),
+) -> Iterator[Path]:
+    """Check, lock and (with ``create``) prepare the output directory of one verb.
+
+    ``inputs`` are the paths the verb reads (refused as outputs); ``fingerprints`` what determines
+    the result (recorded in the marker; a resume with different ones is refused, naming them).
+    Verbs that write their output atomically at the end pass ``create=False``: the directory is
+    checked and locked, not made. On failure, a directory this call created is removed again when
+    nothing was kept in it (nothing but the ``prelude`` files the verb writes before its work).
+    """
+    path = Path(path)
+    check_writable_location(path)
+    check_not_input(path, inputs)
+    fingerprints = dict(fingerprints or {})
+    with output_lock(path):
+        existed = _is_nonempty(path)
+        if existed and resume:
+            marker = read_marker(path) if path.is_dir() else None
+            if marker is None:
+                raise OutputExistsError(
+                    f"cannot resume in {path.resolve()}: it was not written by nncf-elastic-lora "
+                    f"(no {MARKER}); choose another --output"
+                )
+            if marker.get("verb") != verb:
+                raise OutputExistsError(
+                    f"cannot resume `{verb}` in {path.resolve()}: it holds the output of "
+                    f"`{marker.get('verb')}`; choose another --output"
+                )
+            changed = changed_inputs(marker.get("inputs", {}), fingerprints)
+            if changed:
+                raise OutputExistsError(
+                    f"cannot resume in {path.resolve()}: these inputs differ from the ones it was started "
+                    f"with: {', '.join(changed)}; use a new --output or --overwrite"
+                )
+            remove_stale_temporaries(path)
+        elif existed and check_output(path, overwrite) and create:
+            shutil.rmtree(path)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            write_marker(path, verb, fingerprints)
+        try:
+            yield path
+        except BaseException:
+            if create and not existed and path.is_dir() and set(_entries(path)) <= set(prelude):
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        if create and path.is_dir():
+            write_marker(path, verb, fingerprints, entries=_entries(path))

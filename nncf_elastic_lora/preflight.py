@@ -1,0 +1,57 @@
+"""Checks of a config against the model it will run on, before any work starts.
+
+The model is built on the meta device from its configuration alone (no weights read, a fraction of
+a second), so module patterns that match nothing, groups wider than ``lora_r`` or a module claimed
+by two groups fail at config load instead of after the dense evaluation and the sparsification.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ConfigError, PipelineConfig
+from .elastic.search_space import build_groups
+from .patterns import find_linears
+
+
+def check_config_against_model(
+    config: PipelineConfig, *, sparsify: bool = False, train: bool = False, model: Any = None
+) -> None:
+    """Resolve the module patterns of the stages that will run against the model's module names.
+
+    ``sparsify``/``train`` say which stages' patterns to check (``sparsity.target_modules``;
+    ``bootstrapNAS.training.target_modules`` and the elasticity groups). Raises :class:`ConfigError`
+    naming every bad key.
+    """
+    if not (sparsify and config.sparsity.method != "none") and not (train and config.bootstrapNAS.enabled):
+        return
+    if model is None:
+        from .models import meta_model
+
+        model = meta_model(config.model)
+    problems: list[str] = []
+    if sparsify and config.sparsity.method != "none":
+        try:
+            find_linears(model, config.sparsity.target_modules)
+        except ValueError as exc:
+            problems.append(f"sparsity.target_modules: {exc}")
+    if train and config.bootstrapNAS.enabled:
+        t, width = config.bootstrapNAS.training, config.bootstrapNAS.elasticity.width
+        try:
+            adapted = list(find_linears(model, t.target_modules))
+        except ValueError as exc:
+            problems.append(f"bootstrapNAS.training.target_modules: {exc}")
+        else:
+            default = width.default_widths or [t.lora_r]
+            if max(default) > t.lora_r:
+                problems.append(
+                    f"bootstrapNAS.elasticity.width.default_widths: {default} exceed lora_r={t.lora_r}"
+                )
+            try:
+                build_groups(
+                    adapted, width.overwrite_groups, width.overwrite_groups_widths, default, t.lora_r
+                )
+            except ValueError as exc:
+                problems.append(f"bootstrapNAS.elasticity.width: {exc}")
+    if problems:
+        raise ConfigError(f"for model {config.model.name_or_path!r}", problems)
