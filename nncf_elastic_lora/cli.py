@@ -302,7 +302,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         text = json.dumps(json_schema(), indent=2)
         if args.output:
-            check_writable_location(Path(args.output).parent)
+            check_writable_location(args.output)
             write_text(args.output, text + "\n")
         else:
             print(text)
@@ -318,7 +318,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise ValueError("--resume and --overwrite exclude each other: continue the output, or replace it")
 
     from .outputs import claim_output
-    from .preflight import check_config_against_model
+    from .preflight import check_config_against_model, check_data
     from .provenance import input_fingerprints, local_inputs
     from .reports import write_json
 
@@ -332,6 +332,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import sparsify
 
         check_config_against_model(config, sparsify=True)
+        check_data(config, sparsify=True)
         # Checked and locked here, written atomically (replacing an older one of ours) once complete.
         with claim_output(
             output, verb="sparsify", inputs=local_inputs(config, args.config), create=False, **common
@@ -345,6 +346,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import train
 
         check_config_against_model(config, train=True)
+        check_data(config, train=True)
         data = _check_resume_config(config, output, args.resume, "train_config.json")
         with claim_output(
             output,
@@ -364,6 +366,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "search":
         from .pipeline import search
 
+        check_data(config, train=True)
         # No input fingerprints here: the evaluation log keys every measurement by its inputs, so a
         # resume on another base or super-adapter measures anew instead of reusing.
         with claim_output(
@@ -408,6 +411,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import evaluate_model, write_eval
         from .reports import print_table
 
+        check_data(config, evaluate=True)
         with claim_output(output, verb="eval", inputs=local_inputs(config, args.config), **common):
             ex, extra = config.export, {"model": config.model.name_or_path}
             if is_openvino_dir(config.model.name_or_path):
@@ -425,6 +429,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import print_summary, run_pipeline
 
         check_config_against_model(config, sparsify=True, train=True)
+        check_data(
+            config,
+            sparsify=True,
+            train=config.bootstrapNAS.enabled,
+            evaluate=True,
+            export=config.export.enabled,
+        )
         data = _check_resume_config(config, output, args.resume, "config.json")
         with claim_output(
             output,

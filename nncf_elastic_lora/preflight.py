@@ -55,3 +55,33 @@ def check_config_against_model(
                 problems.append(f"bootstrapNAS.elasticity.width: {exc}")
     if problems:
         raise ConfigError(f"for model {config.model.name_or_path!r}", problems)
+
+
+def check_data(
+    config: PipelineConfig,
+    *,
+    train: bool = False,
+    sparsify: bool = False,
+    evaluate: bool = False,
+    export: bool = False,
+) -> None:
+    """Load every task the selected stages will read, so a missing or malformed dataset (or split
+    sizes it cannot give) fails before the first stage instead of after the stages before it."""
+    from .data import load_examples, load_task
+
+    tasks: set[str | None] = set()
+    if train:
+        load_task(config.data)  # also checks that the splits fit
+    if sparsify and config.sparsity.method == "wanda":
+        tasks.add(config.sparsity.calibration.task)
+    if evaluate:
+        tasks.update(config.evaluation.tasks or [config.data.task])
+    if export and config.export.enabled and (
+        config.export.data_aware or config.export.awq or config.export.scale_estimation
+    ):
+        tasks.add(config.export.calibration.task)
+    for task in tasks:
+        if (task or config.data.task) == config.data.task:
+            load_task(config.data)
+        else:
+            load_examples(config.data, task)

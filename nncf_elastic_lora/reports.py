@@ -44,6 +44,7 @@ def write_json(path: str | Path, data: Any) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are meant to be read by others
     os.replace(tmp, path)
     return path
 
@@ -54,6 +55,7 @@ def write_text(path: str | Path, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 

@@ -1,0 +1,250 @@
+"""Bad inputs and faults across every verb: each gives exit code 2, an ``error:`` line naming the
+problem, no traceback, and changes no file outside the tool's own outputs (a failed verb leaves
+no output directory behind either).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from nncf_elastic_lora.cli import main
+from nncf_elastic_lora.config import ModelConfig, TinyModelConfig
+from nncf_elastic_lora.elastic import ElasticLoraSuperNet
+from nncf_elastic_lora.models import build_tiny_llama, load_tokenizer
+from nncf_elastic_lora.outputs import output_lock
+
+TINY_CONFIG = Path(__file__).parent.parent / "configs" / "tiny_shears.json"
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+
+
+def _tiny(hidden: int = 64) -> ModelConfig:
+    return ModelConfig(
+        name_or_path="tiny-random-llama",
+        tiny=TinyModelConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2),
+    )
+
+
+def _save_model(path: Path, hidden: int = 64) -> Path:
+    model = build_tiny_llama(_tiny(hidden))
+    model.save_pretrained(path)
+    load_tokenizer(_tiny()).save_pretrained(path)
+    return path
+
+
+def _save_super_adapter(path: Path, hidden: int = 64) -> Path:
+    supernet = ElasticLoraSuperNet.attach(
+        build_tiny_llama(_tiny(hidden)), target_modules=TARGETS, max_rank=8, alpha=16, default_widths=[8, 4]
+    )
+    supernet.save_super_adapter(path)
+    supernet.save_sub_adapter(path.parent / f"{path.name}_sub", supernet.get_heuristic_config())
+    return path
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A workspace of inputs, good and bad, shared by every case (which must leave it unchanged)."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    shutil.copy(TINY_CONFIG, root / "tiny.json")
+    model = _save_model(root / "model")
+    _save_super_adapter(root / "super")
+    _save_super_adapter(root / "super_wide", hidden=96)  # trained on another base: shapes do not fit
+    (root / "bad.json").write_text("{ not json")
+    (root / "unknown_key.json").write_text(json.dumps({"sparsity": {"ratoi": 0.5}}))
+    cfg = json.loads(TINY_CONFIG.read_text())
+    variants = {
+        "no_match.json": ("sparsity", {"target_modules": ["{re}.*\\.nonexistent_proj"]}),
+        "too_wide.json": ("bootstrapNAS", {"elasticity": {"width": {"overwrite_groups": [["q_proj"]], "overwrite_groups_widths": [[16, 8]]}}}),
+        "two_groups.json": ("bootstrapNAS", {"elasticity": {"width": {"overwrite_groups": [["q_proj"], ["model.layers.{*}.self_attn.q_proj"]], "overwrite_groups_widths": [[8], [4]]}}}),
+        "no_lora_target.json": ("bootstrapNAS", {"training": {**cfg["bootstrapNAS"]["training"], "target_modules": ["gate_projj"]}}),
+    }  # fmt: skip
+    for name, (section, change) in variants.items():
+        c = json.loads(json.dumps(cfg))
+        if section == "bootstrapNAS" and "elasticity" in change:
+            c["bootstrapNAS"]["elasticity"]["width"] = change["elasticity"]["width"]
+        elif section == "bootstrapNAS":
+            c["bootstrapNAS"]["training"] = change["training"]
+        else:
+            c[section].update(change)
+        (root / name).write_text(json.dumps(c))
+    # broken model directories
+    bad_cfg = shutil.copytree(model, root / "model_bad_config")
+    (bad_cfg / "config.json").write_text('{"model_type": "llama", ')
+    cut = shutil.copytree(model, root / "model_truncated")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    garbage = shutil.copytree(model, root / "model_garbage")
+    (garbage / "model.safetensors").write_bytes(b"\x00" * 64)
+    no_weights = shutil.copytree(model, root / "model_no_weights")
+    (no_weights / "model.safetensors").unlink()
+    ir = root / "ir_no_xml"  # an OpenVINO directory that lost its .xml
+    ir.mkdir()
+    shutil.copy(model / "config.json", ir / "config.json")
+    (ir / "openvino_model.bin").write_bytes(b"\x00" * 16)
+    # broken adapters
+    corrupt = shutil.copytree(root / "super", root / "super_corrupt")
+    (corrupt / "adapter_model.safetensors").write_bytes(b"{garbage")
+    bad_space = shutil.copytree(root / "super", root / "super_bad_space")
+    (bad_space / "elastic_lora.json").write_text("{")
+    (root / "not_adapter").mkdir()
+    # user folders that look like models or outputs
+    project = root / "project"
+    project.mkdir()
+    (project / "config.json").write_text("{}")
+    (project / "notes.md").write_text("my notes")
+    (root / "plainfile").write_text("a file")
+    (root / "records.json").write_text(json.dumps([{"foo": 1}]))
+    return root
+
+
+@dataclass
+class Case:
+    name: str
+    argv: list[str]  # "{ws}" is the workspace
+    expect: str  # in the error message
+    output: str = "out"  # relative to the workspace
+    hold_lock: bool = False
+    extra: list[str] = field(default_factory=list)
+
+
+FAST = ["--no-progress", "--set", "evaluation.limit=4"]
+RUN = ["run", "{ws}/tiny.json"]
+SPARSIFY = ["sparsify", "--config", "{ws}/tiny.json"]
+TRAIN = ["train", "--config", "{ws}/tiny.json", "--model", "{ws}/model"]
+SEARCH = ["search", "--config", "{ws}/tiny.json", "--model", "{ws}/model"]
+EVAL = ["eval", "--config", "{ws}/tiny.json"]
+EXPORT = ["export", "--config", "{ws}/tiny.json", "--model", "{ws}/model"]
+BENCH = ["benchmark", "--model", "{ws}/model", "--runtime", "torch"]
+
+CASES = [
+    # config files and overrides
+    Case("config-missing", ["run", "{ws}/nope.json"], "config file not found"),
+    Case("config-not-json", ["run", "{ws}/bad.json"], "not valid JSON"),
+    Case("config-unknown-key", ["run", "{ws}/unknown_key.json"], "sparsity.ratoi: unknown key"),
+    Case("set-bad-value", [*RUN, "--set", "sparsity.ratio=1.5"], "sparsity.ratio"),
+    Case("set-no-equals", [*RUN, "--set", "sparsity.ratio"], "expected KEY.PATH=VALUE"),
+    Case("resume-and-overwrite", [*RUN, "--resume", "--overwrite"], "exclude each other"),
+    # patterns resolved against the model before any work
+    Case("pattern-matches-nothing", ["run", "{ws}/no_match.json"], "sparsity.target_modules"),
+    Case("width-above-rank", ["run", "{ws}/too_wide.json"], "exceed the maximal rank"),
+    Case("module-in-two-groups", ["run", "{ws}/two_groups.json"], "is in two groups"),
+    Case("lora-target-matches-nothing", ["run", "{ws}/no_lora_target.json"], "training.target_modules"),
+    Case("train-width-above-rank", ["train", "--config", "{ws}/too_wide.json"], "exceed the maximal rank"),
+    Case("sparsify-pattern-nothing", ["sparsify", "--config", "{ws}/no_match.json"], "matches no linear"),
+    # models
+    Case("model-missing", [*RUN, "--model", "{ws}/no_such_model"], "no_such_model"),
+    Case("model-config-not-json", [*SPARSIFY, "--model", "{ws}/model_bad_config"], "config.json is not valid JSON"),
+    Case("model-truncated", [*SPARSIFY, "--model", "{ws}/model_truncated"], "truncated or corrupt"),
+    Case("model-garbage", [*TRAIN[:3], "--model", "{ws}/model_garbage"], "truncated or corrupt"),
+    Case("model-no-weights", [*EVAL, "--model", "{ws}/model_no_weights"], "no weights"),
+    Case("eval-ir-without-xml", [*EVAL, "--model", "{ws}/ir_no_xml"], "openvino_model.xml"),
+    Case("model-is-a-file", [*EVAL, "--model", "{ws}/plainfile"], "plainfile"),
+    # outputs that are, contain or lie inside an input
+    Case("run-output-is-model", [*RUN, "--model", "{ws}/model", "--overwrite"], "is the input", output="model"),
+    Case("train-output-is-model", [*TRAIN, "--overwrite"], "is the input", output="model"),
+    Case("eval-output-is-model", [*EVAL, "--model", "{ws}/model", "--overwrite"], "is the input", output="model"),
+    Case("sparsify-output-is-model", [*SPARSIFY, "--model", "{ws}/model", "--overwrite"], "is the input", output="model"),
+    Case("search-output-is-adapter", [*SEARCH, "--super-adapter", "{ws}/super", "--overwrite"], "is the input", output="super"),
+    Case("export-output-is-adapter", [*EXPORT, "--adapter", "{ws}/super_sub", "--overwrite"], "is the input", output="super_sub"),
+    Case("bench-output-is-model", [*BENCH, "--overwrite"], "is the input", output="model"),
+    Case("output-inside-model", [*TRAIN], "is inside the input", output="model/run"),
+    Case("output-contains-config", [*RUN, "--overwrite"], "contains the input", output="."),
+    # existing outputs that are not ours
+    Case("overwrite-foreign-run", [*RUN, "--overwrite"], "not written by nncf-elastic-lora", output="project"),
+    Case("overwrite-foreign-sparsify", [*SPARSIFY, "--overwrite"], "not written by nncf-elastic-lora", output="project"),
+    Case("overwrite-foreign-export", [*EXPORT, "--overwrite"], "not written by nncf-elastic-lora", output="project"),
+    Case("overwrite-foreign-bench", [*BENCH, "--overwrite"], "not written by nncf-elastic-lora", output="project"),
+    Case("resume-foreign", [*RUN, "--resume"], "cannot resume", output="project"),
+    Case("train-resume-foreign", [*TRAIN, "--resume"], "cannot resume", output="project"),
+    Case("exists-no-flag", [*EVAL, "--model", "{ws}/model"], "already exists", output="project"),
+    Case("output-below-file", [*RUN], "lies below the file", output="plainfile/out"),
+    Case("output-is-file", [*EVAL, "--model", "{ws}/model"], "is a file", output="plainfile"),
+    Case("output-locked", [*RUN], "being written by another", hold_lock=True),
+    # data
+    Case("unknown-task", [*RUN, "--task", "no_such_task"], "no_such_task"),
+    Case("json-task-missing-file", [*RUN, "--set", "data.task=json", "--set", "data.path={ws}/nope.jsonl"], "nope.jsonl"),
+    Case("json-task-bad-records", [*TRAIN, "--set", "data.task=json", "--set", "data.path={ws}/records.json"], "unknown record format"),
+    Case("eval-unknown-task", [*EVAL, "--model", "{ws}/model", "--tasks", "basic_arithmetic,nonsense"], "nonsense"),
+    # adapters
+    Case("search-adapter-missing", [*SEARCH, "--super-adapter", "{ws}/no_adapter"], "not a super-adapter folder"),
+    Case("search-adapter-wrong-base", [*SEARCH, "--super-adapter", "{ws}/super_wide"], "does not fit the base model"),
+    Case("search-adapter-corrupt", [*SEARCH, "--super-adapter", "{ws}/super_corrupt"], "truncated or corrupt"),
+    Case("search-space-not-json", [*SEARCH, "--super-adapter", "{ws}/super_bad_space"], "not valid JSON"),
+    Case("search-zero-evals", [*SEARCH, "--super-adapter", "{ws}/super", "--num-evals", "0"], "num_evals"),
+    Case("export-adapter-wrong-base", [*EXPORT, "--adapter", "{ws}/super_wide_sub"], "does not fit the base model"),
+    Case("export-not-an-adapter", [*EXPORT, "--adapter", "{ws}/not_adapter"], "not a PEFT adapter folder"),
+    Case("export-save-merged-no-merge", [*EXPORT, "--adapter", "{ws}/super_sub", "--save-merged", "{ws}/merged"], "save_merged needs"),
+    Case("export-group-size-zero", [*EXPORT, "--weight-format", "int4", "--group-size", "0"], "group_size"),
+    # benchmark flags
+    Case("bench-batch-zero", [*BENCH, "--batch-sizes", "0"], "--batch-sizes must be at least 1"),
+    Case("bench-batch-text", [*BENCH, "--batch-sizes", "1,x"], "comma-separated integers"),
+    Case("bench-new-tokens-one", [*BENCH, "--new-tokens", "1"], "--new-tokens must be at least 2"),
+    Case("bench-runtime-unknown", [*BENCH[:3], "--runtime", "tensorrt"], "not one of"),
+    Case("bench-genai-on-hf-dir", [*BENCH[:3], "--runtime", "genai"], "needs an OpenVINO IR directory"),
+    Case("bench-model-missing", ["benchmark", "--model", "{ws}/nope"], "no such directory"),
+    Case("bench-duplicate-label", [*BENCH, "--model", "{ws}/model"], "given twice"),
+    Case("bench-unknown-property", ["benchmark", "--model", "{ws}/model", "--runtime", "torch", "--property", "NO_SUCH_PROP=1"], "NO_SUCH_PROP"),
+    # schema
+    Case("schema-output-below-file", ["schema"], "lies below the file", output="plainfile/schema.json"),
+]  # fmt: skip
+
+
+def _snapshot(root: Path, skip: Path | None) -> dict[str, str]:
+    """Every file under ``root`` (except ``skip``) with a digest of its bytes."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if skip is not None and (p == skip or skip in p.parents):
+            continue
+        out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+def test_the_campaign_is_large_and_covers_every_verb():
+    assert len(CASES) >= 40
+    assert {c.argv[0] for c in CASES} >= {
+        "run",
+        "sparsify",
+        "train",
+        "search",
+        "eval",
+        "export",
+        "benchmark",
+        "schema",
+    }
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bad_input(case: Case, ws: Path, capsys):
+    output = (ws / case.output).resolve()
+    existed = output.exists()
+    argv = [a.replace("{ws}", str(ws)) for a in case.argv] + ["--output", str(output)]
+    if case.argv[0] not in ("benchmark", "schema"):
+        argv += FAST
+    before = _snapshot(ws, None if existed else output)
+    if case.hold_lock:
+        with output_lock(output):
+            code = main(argv)
+    else:
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, err
+    assert case.expect in err, err
+    assert _snapshot(ws, None if existed else output) == before  # nothing outside our outputs changed
+    assert output.exists() == existed, f"{output} left behind"  # no empty output after a failure
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--output", "x", "--split", "bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument --split: invalid choice" in err and "Traceback" not in err
