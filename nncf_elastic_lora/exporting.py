@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 
+from .architecture import in_head, output_head_names
 from .config import ModelConfig, check_compression_options
-from .reports import atomic_directory, check_output, write_json
+from .outputs import check_not_input, check_output
+from .reports import atomic_directory, write_json
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,9 @@ def is_openvino_dir(path: str | Path) -> bool:
 def linear_sparsity(model: torch.nn.Module) -> float:
     """Fraction of zeros over the weights of every linear layer except the head and adapters."""
     zeros = total = 0
+    heads = output_head_names(model)  # lm_head, embed_out (GPT-NeoX), ...
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and "lora_" not in name and not name.endswith("lm_head"):
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name and not in_head(name, heads):
             zeros += int((module.weight == 0).sum())
             total += module.weight.numel()
     return zeros / max(total, 1)
@@ -76,9 +79,10 @@ def _attach_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool) ->
     """The model with the peft adapter in ``adapter`` applied: merged, or kept as a branch."""
     from peft import PeftModel
 
+    from .adapters import check_adapter_fits
+
     adapter = Path(adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter.resolve()} is not a PEFT adapter folder (no adapter_config.json)")
+    check_adapter_fits(model, adapter)
     before = linear_sparsity(model)
     peft_model = PeftModel.from_pretrained(model, adapter)
     info: dict[str, Any] = {"path": str(adapter), "merged": merge, "base_sparsity": before}
@@ -258,12 +262,17 @@ def export_openvino(
         keep_adapter_precision=keep_adapter_precision and adapter is not None and not merge_adapter,
     )
     quantization_config(weight_format, **qconfig_args)  # fail on bad options before loading anything
-    sources = [Path(p).resolve() for p in (model, adapter) if isinstance(p, str | Path) and Path(p).exists()]
+    sources = [p for p in (model, adapter) if isinstance(p, str | Path)]
+    if isinstance(model, ModelConfig):
+        sources.append(model.name_or_path)
     for target in (output, save_merged):
-        if target is not None and Path(target).resolve() in sources:
-            raise ValueError(f"{target} is an input of this export; write the export somewhere else")
         if target is not None:
+            check_not_input(target, sources)
             check_output(target, overwrite)
+    if save_merged is not None and Path(save_merged).resolve() == Path(output).resolve():
+        raise ValueError(
+            f"--save-merged {save_merged} is the export's output; give it a directory of its own"
+        )
     if save_merged is not None and not (adapter is not None and merge_adapter):
         raise ValueError("save_merged needs an adapter and merge_adapter=True")
     model_config = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=str(model))
@@ -280,10 +289,10 @@ def export_openvino(
     if adapter is not None:
         torch_model, report["adapter"] = _attach_adapter(torch_model, adapter, merge_adapter)
     if save_merged is not None:
-        with atomic_directory(save_merged) as tmp:
+        with atomic_directory(save_merged, verb="merge") as tmp:
             torch_model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, verb="export") as tmp:
         fp_dir = tmp / "fp" if weight_format in (WeightFormat.INT8, WeightFormat.INT4) else tmp
         from optimum.intel import OVConfig
 
@@ -304,7 +313,7 @@ def export_openvino(
             }
             report["compression"]["calibration_samples"] = len(calibration or [])
         report["export_s"] = time.perf_counter() - start
-        report["ir_sparsity"] = ir_weight_sparsity(tmp / OV_MODEL)
+        report["ir_sparsity"] = ir_weight_sparsity(tmp / OV_MODEL, output_head_names(torch_model))
         report["size_bytes"] = {
             "model_bin": directory_size(tmp, "openvino_model.bin"),
             "directory": directory_size(tmp),
@@ -344,14 +353,17 @@ def _weight_constant(node: Any) -> Any:
     return node if node.get_type_name() == "Constant" else None
 
 
-def ir_weight_sparsity(xml: str | Path) -> float | None:
+def ir_weight_sparsity(
+    xml: str | Path, head_names: set[str] | frozenset[str] = frozenset({"lm_head"})
+) -> float | None:
     """Fraction of zero weights over the IR's MatMul weights as stored (head and adapters excluded).
 
     A zero weight stays zero through INT8 compression (it is stored as the zero point), so this
     shows whether a sparse base is still sparse in the deployed IR. In an INT8 IR it also counts
     weights smaller than half a quantization step, which round to zero (about 1 % of a dense
     SmolLM2). None when weights are packed below 8 bits (int4), whose zeros cannot be read back
-    without the runtime.
+    without the runtime. ``head_names``: the torch module names of the output head
+    (:func:`~nncf_elastic_lora.architecture.output_head_names`).
     """
     import numpy as np
     import openvino as ov
@@ -360,7 +372,9 @@ def ir_weight_sparsity(xml: str | Path) -> float | None:
     zeros = total = 0
     for op in model.get_ops():
         name = op.get_friendly_name()
-        if op.get_type_name() != "MatMul" or "lm_head" in name or "lora_" in name:
+        # The converter names an op "__module.<torch module name>/aten::linear/MatMul".
+        module = name.split("/", 1)[0].removeprefix("__module.")
+        if op.get_type_name() != "MatMul" or in_head(module, head_names) or "lora_" in name:
             continue
         weight = op.input_value(1).get_node()
         const = _weight_constant(weight)

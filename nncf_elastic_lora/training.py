@@ -14,16 +14,24 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import resource
+import shutil
 import statistics
 import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .config import NLSTrainingConfig
 from .data import Example
@@ -33,19 +41,66 @@ from .elastic.supernet import PEFT_WEIGHTS
 log = logging.getLogger(__name__)
 
 
-def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int) -> list[dict[str, list[int]]]:
-    """Prompt + target + EOS, with the loss on the target only (prompt labels are -100)."""
-    rows = []
+Row = dict[str, list[int]]
+
+
+@dataclass(frozen=True)
+class TokenizeStats:
+    """What fitting the examples into ``max_length`` tokens changed (recorded in the train report)."""
+
+    max_length: int
+    examples: int  # examples given
+    dropped: int  # the prompt alone fills max_length: no target token left, so the example is left out
+    target_truncated: int  # kept, but the answer or its EOS was cut off
+
+
+def tokenize_examples_with_stats(
+    examples: list[Example], tokenizer: Any, max_length: int
+) -> tuple[list[Row], TokenizeStats]:
+    """Prompt + target + EOS cut to ``max_length``, loss on the target only (prompt labels are -100),
+    and how many examples lost their target entirely (dropped) or in part (target_truncated)."""
+    rows, dropped, truncated = [], 0, 0
     for e in examples:
         prompt = tokenizer(e.prompt, add_special_tokens=False)["input_ids"]
         target = tokenizer(e.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(prompt) >= max_length:
+            dropped += 1  # nothing to learn from this example
+            continue
+        if len(prompt) + len(target) > max_length:
+            truncated += 1
         ids = (prompt + target)[:max_length]
         labels = ([-100] * len(prompt) + target)[:max_length]
-        if all(label == -100 for label in labels):
-            continue  # the prompt alone fills max_length: nothing to learn from this example
         rows.append({"input_ids": ids, "labels": labels})
+    stats = TokenizeStats(max_length, len(examples), dropped, truncated)
     if not rows:
-        raise ValueError(f"no training example fits in data.max_length={max_length} tokens")
+        raise ValueError(
+            f"no training example fits in data.max_length={max_length} tokens: every prompt fills it; "
+            "raise data.max_length"
+        )
+    return rows, stats
+
+
+def warn_if_cut(stats: TokenizeStats) -> None:
+    """A WARNING when max_length changed the training data: silently learning from cut answers misleads."""
+    if stats.dropped or stats.target_truncated:
+        log.warning(
+            "data.max_length=%d changed %d of %d training examples: %d dropped (the prompt alone fills "
+            "max_length), %d with the answer or its EOS cut off; raise data.max_length to keep them whole",
+            stats.max_length,
+            stats.dropped + stats.target_truncated,
+            stats.examples,
+            stats.dropped,
+            stats.target_truncated,
+        )
+
+
+def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int) -> list[Row]:
+    """Prompt + target + EOS, with the loss on the target only (prompt labels are -100).
+
+    Examples whose prompt fills ``max_length`` are left out, longer ones are cut; a WARNING counts both.
+    """
+    rows, stats = tokenize_examples_with_stats(examples, tokenizer, max_length)
+    warn_if_cut(stats)
     return rows
 
 
@@ -102,10 +157,172 @@ class NLSCallback(TrainerCallback):
         self.supernet.activate_maximal_subnet()
 
 
+# Checkpoints are saved into ".tmp-checkpoint-N/checkpoint-N" and renamed to "checkpoint-N" once complete,
+# so a kill mid-save never leaves a "checkpoint-N" to resume from. The prefix keeps these directories out of
+# the Trainer's "checkpoint-*" globs (rotation, best checkpoint) and the regex below names only our own.
+STAGING_PREFIX = ".tmp-"
+_STAGING_RE = re.compile(rf"^{re.escape(STAGING_PREFIX)}{PREFIX_CHECKPOINT_DIR}-\d+(-replaced)?$")
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_checkpoint(staged: Path, final: Path) -> None:
+    """Move the completely written checkpoint ``staged`` to ``final``, then remove its staging directory.
+
+    The files are synced first so that the rename cannot reach the disk before their contents do.
+    A ``final`` already there is an older save of the same step (one a resume skipped as incomplete).
+    """
+    for f in staged.iterdir():
+        if f.is_file():
+            _fsync(f)
+    if final.exists():
+        old = final.with_name(f"{STAGING_PREFIX}{final.name}-replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staged, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(staged, final)
+    staged.parent.rmdir()
+    _fsync(final.parent)
+
+
+def remove_partial_saves(output_dir: Path) -> list[Path]:
+    """Delete the staging directories of checkpoint saves that were killed (only our own naming)."""
+    if not output_dir.is_dir():
+        return []
+    stale = sorted(p for p in output_dir.iterdir() if p.is_dir() and _STAGING_RE.match(p.name))
+    for p in stale:
+        log.info("removing %s, left by a checkpoint save that did not finish", p)
+        shutil.rmtree(p)
+    return stale
+
+
+def checkpoints_newest_first(output_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` directories in ``output_dir``, highest step first."""
+    if not output_dir.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in output_dir.iterdir()
+        if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()
+    ]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _rng_files(world_size: int) -> list[str]:
+    return ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{i}.pth" for i in range(world_size)]
+
+
+def _is_complete_torch_file(path: Path) -> bool:
+    """torch.save writes a zip whose central directory comes last: a truncated file has none."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _adapter_mismatch(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> str:
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    shapes = [
+        f"{k}: {found[k]} vs {expected[k]}"
+        for k in sorted(found.keys() & expected.keys())
+        if found[k] != expected[k]
+    ]
+    return f"missing {missing[:3]}, unexpected {extra[:3]}, other shapes {shapes[:3]}"
+
+
+def checkpoint_problem(
+    directory: Path, adapter_shapes: dict[str, tuple[int, ...]], world_size: int = 1
+) -> str | None:
+    """Why ``directory`` cannot be resumed from (a file missing, truncated or unreadable); None if complete.
+
+    The Trainer itself skips a missing optimizer, scheduler or RNG file without a word, which would make
+    the resumed run silently differ, so all of them are required here.
+
+    Raises:
+        ValueError: the adapter file is intact but holds other adapters than ``adapter_shapes``: the
+            checkpoint was written with another LoRA configuration, which an older checkpoint won't fix.
+    """
+    rng = _rng_files(world_size)
+    for name in (PEFT_WEIGHTS, TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, *rng):
+        if not (directory / name).is_file():
+            return f"{name} is missing"
+    adapter = directory / PEFT_WEIGHTS
+    try:
+        # Reading the header checks that the file covers every tensor it lists, so truncation shows here.
+        with safe_open(adapter, "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        return f"{PEFT_WEIGHTS} is unreadable ({err})"
+    if shapes != adapter_shapes:
+        raise ValueError(
+            f"{adapter} does not hold the adapters this run trains ({_adapter_mismatch(shapes, adapter_shapes)}): "
+            "it was written with another LoRA configuration; resume with that configuration, or train into a "
+            "new output directory"
+        )
+    try:
+        TrainerState.load_from_json(str(directory / TRAINER_STATE_NAME))
+    except (OSError, ValueError, TypeError) as err:  # bad JSON: ValueError; unknown keys: TypeError
+        return f"{TRAINER_STATE_NAME} is unreadable ({err})"
+    optional = [SCALER_NAME] if (directory / SCALER_NAME).exists() else []
+    for name in (OPTIMIZER_NAME, SCHEDULER_NAME, *rng, *optional):
+        if not _is_complete_torch_file(directory / name):
+            return f"{name} is truncated"
+    return None
+
+
+def choose_resume_checkpoint(
+    output_dir: Path, adapter_shapes: dict[str, tuple[int, ...]], world_size: int = 1
+) -> tuple[Path | None, list[dict[str, str]]]:
+    """The newest complete checkpoint in ``output_dir`` (None: start from step 0) and the ones skipped, with why."""
+    skipped: list[dict[str, str]] = []
+    for checkpoint in checkpoints_newest_first(output_dir):
+        problem = checkpoint_problem(checkpoint, adapter_shapes, world_size)
+        if problem is None:
+            return checkpoint, skipped
+        log.warning(
+            "skipping incomplete checkpoint %s: %s (a save that did not finish); trying the one before it",
+            checkpoint,
+            problem,
+        )
+        skipped.append({"checkpoint": str(checkpoint), "reason": problem})
+    if skipped:
+        log.warning("no complete checkpoint in %s: training starts again from step 0", output_dir)
+    else:
+        log.info("no checkpoint in %s to resume from: training starts from step 0", output_dir)
+    return None, skipped
+
+
+@contextmanager
+def _resume_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Turns a failure to load ``what`` from ``path`` into a ValueError that says what to do."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # not the checkpoint's fault
+    except Exception as err:
+        checkpoint = Path(path) if Path(path).is_dir() else Path(path).parent
+        raise ValueError(
+            f"cannot resume from {checkpoint}: loading the {what} from {path} failed ({type(err).__name__}: {err}); "
+            f"move {checkpoint} away to resume from the checkpoint before it, or start without resuming"
+        ) from err
+
+
 class AdapterTrainer(Trainer):
-    """Checkpoints hold the adapter weights only (the base is frozen and already on disk)."""
+    """Checkpoints hold the adapter weights only (the base is frozen and already on disk); each is written
+    into a staging directory and renamed into place when complete, so a kill mid-save leaves no half checkpoint."""
 
     supernet: ElasticLoraSuperNet
+    _staging: str | None = None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
@@ -117,10 +334,54 @@ class AdapterTrainer(Trainer):
         )
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    def _get_output_dir(self, trial: Any) -> str:
+        # While a checkpoint is saved, the Trainer's "run directory" is the staging directory.
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / f"{STAGING_PREFIX}{name}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a killed save of this step
+        self.accelerator.wait_for_everyone()
+        self._staging = str(staging)
+        try:
+            # Writes everything into staging/checkpoint-N; its rotation there finds nothing to delete.
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
+        staged, final = staging / name, run_dir / name
+        if self.state.best_model_checkpoint == str(staged):
+            self.state.best_model_checkpoint = str(final)
+            if self.args.should_save:
+                self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+        if self.args.should_save:
+            publish_checkpoint(staged, final)
+            # The rotation the Trainer does, now that the new checkpoint is in place.
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
     def _load_from_checkpoint(
         self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
     ) -> None:
-        self.supernet.load_adapter_weights(load_file(os.path.join(resume_from_checkpoint, PEFT_WEIGHTS)))
+        path = os.path.join(resume_from_checkpoint, PEFT_WEIGHTS)
+        with _resume_errors(path, "adapter weights"):
+            self.supernet.load_adapter_weights(load_file(path))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        with _resume_errors(checkpoint or "", "optimizer and scheduler state"):
+            super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        with _resume_errors(checkpoint or "", "random number generator state"):
+            super()._load_rng_state(checkpoint)
 
 
 @dataclass
@@ -134,8 +395,12 @@ class TrainResult:
     time_s: float = 0.0
     peak_rss_mb: float = 0.0
     trainable_params: int = 0
-    examples: int = 0
+    examples: int = 0  # the examples trained on (after dropping those max_length leaves no target of)
+    max_length: int = 0
+    examples_dropped: int = 0  # the prompt alone filled max_length
+    examples_target_truncated: int = 0  # the answer or its EOS was cut off
     resumed_from: str | None = None
+    skipped_checkpoints: list[dict[str, str]] = field(default_factory=list)  # incomplete ones, with why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -189,10 +454,12 @@ def train_super_adapter(
 ) -> tuple[TrainResult, NLSCallback]:
     """Train the super-adapter (``cfg.algorithm`` 'nls') or a plain LoRA at maximal rank ('lora').
 
-    Checkpoints (adapter weights, optimizer, scheduler, RNG) go to ``output_dir/checkpoint-*``;
-    with ``resume`` the newest one is continued.
+    Checkpoints (adapter weights, optimizer, scheduler, RNG) go to ``output_dir/checkpoint-*``, each
+    renamed into place when complete; with ``resume`` the newest complete one is continued (incomplete
+    ones, from saves an older version did not finish, are skipped with a WARNING and recorded).
     """
-    rows = tokenize_examples(examples, tokenizer, max_length)
+    rows, stats = tokenize_examples_with_stats(examples, tokenizer, max_length)
+    warn_if_cut(stats)
     model = supernet.model
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()  # the frozen embeddings would otherwise cut the graph
@@ -208,10 +475,13 @@ def train_super_adapter(
         callbacks=[nls, *(callbacks or [])],
     )
     trainer.supernet = supernet
-    checkpoint = None
+    if args.should_save:
+        remove_partial_saves(Path(output_dir))
+    checkpoint, skipped = None, []
     if resume:
-        found = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        checkpoint = str(found[-1]) if found else None
+        shapes = {k: tuple(v.shape) for k, v in supernet.adapter_state_dict().items()}
+        found, skipped = choose_resume_checkpoint(Path(output_dir), shapes, args.world_size)
+        checkpoint = str(found) if found else None
     model.train()
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -232,6 +502,10 @@ def train_super_adapter(
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         trainable_params=sum(p.numel() for p in supernet.trainable_parameters()),
         examples=len(rows),
+        max_length=stats.max_length,
+        examples_dropped=stats.dropped,
+        examples_target_truncated=stats.target_truncated,
         resumed_from=checkpoint,
+        skipped_checkpoints=skipped,
     )
     return result, nls

@@ -230,8 +230,12 @@ def test_awq_with_an_unmerged_adapter_is_refused(sources, tmp_path):
 
 def test_export_refuses_to_write_over_its_input(sources):
     sparse, _ = sources
-    with pytest.raises(ValueError, match="input of this export"):
+    from nncf_elastic_lora.outputs import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="is the input"):
         export_openvino(sparse, sparse, overwrite=True)
+    with pytest.raises(OutputExistsError, match="is inside the input"):
+        export_openvino(sparse, sparse / "ir", overwrite=True)
     assert (sparse / "config.json").is_file()
 
 

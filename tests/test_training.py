@@ -1,3 +1,4 @@
+import logging
 import shutil
 
 import pytest
@@ -6,7 +7,13 @@ import torch
 from nncf_elastic_lora.config import NLSTrainingConfig
 from nncf_elastic_lora.data import Example
 from nncf_elastic_lora.models import build_tiny_llama
-from nncf_elastic_lora.training import PadCollator, step_config, tokenize_examples, train_super_adapter
+from nncf_elastic_lora.training import (
+    PadCollator,
+    step_config,
+    tokenize_examples,
+    tokenize_examples_with_stats,
+    train_super_adapter,
+)
 
 from .conftest import TINY
 from .test_elastic import _supernet
@@ -51,6 +58,57 @@ def test_tokenized_examples_learn_only_the_target(tokenizer):
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
 
 
+def _words(n):
+    return " word" * n  # one token per word with the tiny tokenizer
+
+
+# With max_length=16: (prompt tokens, target tokens + EOS)
+FIT_OR_CUT = [
+    Example(id="fits", prompt="Q:", target=_words(3)),  # 2 + 4
+    Example(id="fits exactly", prompt=_words(10), target=_words(5)),  # 10 + 6
+    Example(id="EOS cut", prompt=_words(10), target=_words(6)),  # 10 + 7
+    Example(id="answer cut", prompt="Q:", target=_words(30)),  # 2 + 31
+    Example(id="prompt fills it", prompt=_words(16), target=" 4"),
+    Example(id="prompt too long", prompt=_words(20), target=" 4"),
+]
+
+
+def test_examples_cut_by_max_length_are_counted_and_reported(tokenizer, caplog):
+    assert len(tokenizer(_words(7), add_special_tokens=False)["input_ids"]) == 7
+    with caplog.at_level(logging.WARNING, logger="nncf_elastic_lora.training"):
+        rows = tokenize_examples(FIT_OR_CUT, tokenizer, max_length=16)
+    rows_again, stats = tokenize_examples_with_stats(FIT_OR_CUT, tokenizer, max_length=16)
+    assert rows == rows_again and len(rows) == 4
+    assert (stats.examples, stats.dropped, stats.target_truncated, stats.max_length) == (6, 2, 2, 16)
+    assert [r["labels"][-1] == tokenizer.eos_token_id for r in rows] == [True, True, False, False]
+    assert all(len(r["input_ids"]) <= 16 for r in rows)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = warning.getMessage()
+    assert "data.max_length=16" in message and "2 dropped" in message and "2 with the answer" in message
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nncf_elastic_lora.training"):
+        rows, stats = tokenize_examples_with_stats(FIT_OR_CUT, tokenizer, max_length=64)
+        tokenize_examples(FIT_OR_CUT, tokenizer, max_length=64)
+    assert len(rows) == 6 and (stats.dropped, stats.target_truncated) == (0, 0)
+    assert not caplog.records
+
+
+def test_no_example_fitting_is_a_clear_error(tokenizer):
+    with pytest.raises(ValueError, match="data.max_length=16"):
+        tokenize_examples(FIT_OR_CUT[-2:], tokenizer, max_length=16)
+
+
+def test_train_report_records_what_max_length_cut(tmp_path, tokenizer):
+    supernet = _supernet(build_tiny_llama(TINY))
+    result, _ = train_super_adapter(
+        supernet, tokenizer, FIT_OR_CUT, _cfg(max_steps=1), tmp_path, max_length=16, progress=False
+    )
+    report = result.to_dict()
+    assert (report["max_length"], report["examples"]) == (16, 4)
+    assert (report["examples_dropped"], report["examples_target_truncated"]) == (2, 2)
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_one_sub_adapter_per_optimizer_step(tmp_path, tokenizer, checkpointing):
     supernet = _supernet(build_tiny_llama(TINY))
@@ -59,6 +117,7 @@ def test_one_sub_adapter_per_optimizer_step(tmp_path, tokenizer, checkpointing):
         supernet, tokenizer, EXAMPLES, _cfg(gradient_checkpointing=checkpointing), tmp_path, progress=False
     )
     assert result.steps == 4
+    assert (result.max_length, result.examples_dropped, result.examples_target_truncated) == (256, 0, 0)
     # 2 micro-batches per step, each computed twice under gradient checkpointing (forward + recompute)
     per_step = 2 * (2 if checkpointing else 1)
     assert len(seen) == 4 * per_step
@@ -106,6 +165,6 @@ def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
     result, _ = train_super_adapter(
         resumed, tokenizer, EXAMPLES, _cfg(save_steps=2), tmp_path / "b", resume=True, progress=False
     )
-    assert result.resumed_from.endswith("checkpoint-2")
+    assert result.resumed_from.endswith("checkpoint-2") and result.skipped_checkpoints == []
     for k, v in _adapter_weights(straight).items():
         torch.testing.assert_close(_adapter_weights(resumed)[k], v)

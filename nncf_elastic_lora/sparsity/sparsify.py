@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..patterns import find_linears
-from .calibration import capture_layer_inputs, decoder_layers
+from .calibration import BlockInputs, capture_layer_inputs, decoder_layers
 from .magnitude import magnitude_mask
 from .masks import parse_pattern
 from .wanda import InputNormStat, wanda_mask
@@ -54,11 +54,12 @@ def _apply(name: str, linear: torch.nn.Linear, mask: torch.Tensor, report: Spars
 
 
 def _run_layer(
-    layer: torch.nn.Module, inputs: list[tuple[torch.Tensor, dict[str, Any]]]
+    layer: torch.nn.Module, hidden: list[torch.Tensor], extras: list[BlockInputs]
 ) -> list[torch.Tensor]:
+    """The block's output hidden states per batch, each batch with the block's own other inputs."""
     outs = []
-    for hidden, kwargs in inputs:
-        out = layer(hidden, **kwargs)
+    for states, (args, kwargs) in zip(hidden, extras, strict=True):
+        out = layer(states, *args, **kwargs)
         outs.append(out[0] if isinstance(out, tuple) else out)
     return outs
 
@@ -78,7 +79,8 @@ def sparsify_model(
     """Zero weights of the targeted linear layers in place and report what was done.
 
     Wanda processes decoder layers in order: each layer's statistics come from the outputs of the
-    already-pruned layers before it, and only one layer's activations are held at a time.
+    already-pruned layers before it, with the layer's own attention mask and position embeddings
+    (see :func:`capture_layer_inputs`), and only one layer's activations are held at a time.
     """
     start = time.perf_counter()
     n_m = parse_pattern(pattern)
@@ -100,22 +102,24 @@ def sparsify_model(
         was_training = model.training
         model.eval()
         try:
-            inputs = capture_layer_inputs(model, batches)
-            for layer, prefix in tqdm(
-                list(zip(layers, prefixes, strict=True)), desc="wanda: layers", disable=not progress
+            captured = capture_layer_inputs(model, batches)
+            hidden = [c.hidden_states for c in captured]
+            for index, (layer, prefix) in enumerate(
+                tqdm(list(zip(layers, prefixes, strict=True)), desc="wanda: layers", disable=not progress)
             ):
+                extras = [c.blocks[index] for c in captured]
                 in_layer = {n: m for n, m in targets.items() if n.startswith(prefix)}
                 stats = {n: InputNormStat(m.in_features) for n, m in in_layer.items()}
                 handles = [m.register_forward_hook(stats[n]) for n, m in in_layer.items()]
                 try:
-                    _run_layer(layer, inputs)
+                    _run_layer(layer, hidden, extras)
                 finally:
                     for h in handles:
                         h.remove()
                 for name, linear in in_layer.items():
                     _apply(name, linear, wanda_mask(linear.weight, stats[name].sq_sum, ratio, n_m), report)
                 # Recompute the layer's outputs with its pruned weights: the next layer calibrates on them.
-                inputs = [(o, kw) for o, (_, kw) in zip(_run_layer(layer, inputs), inputs, strict=True)]
+                hidden = _run_layer(layer, hidden, extras)
         finally:
             model.train(was_training)
         report.calibration = {
