@@ -18,10 +18,16 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 
-def adapter_shapes(directory: str | Path) -> dict[str, dict[str, tuple[int, ...]]]:
-    """``{module name: {"A": shape, "B": shape}}`` from the adapter's safetensors header."""
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from a safetensors header; reading it fails when the file is cut short."""
     from safetensors import safe_open
 
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+
+
+def adapter_shapes(directory: str | Path) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{module name: {"A": shape, "B": shape}}`` from the adapter's safetensors header."""
     directory = Path(directory)
     config, weights = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
     if not config.is_file():
@@ -33,8 +39,7 @@ def adapter_shapes(directory: str | Path) -> dict[str, dict[str, tuple[int, ...]
     if not weights.is_file():
         raise FileNotFoundError(f"{weights.resolve()} is missing; the adapter folder is incomplete")
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        shapes = tensor_shapes(weights)
     except Exception as exc:  # safetensors raises its own error types for a cut or corrupt header
         raise ValueError(
             f"{weights.resolve()} cannot be read ({str(exc).splitlines()[0]}); the file is truncated "

@@ -243,14 +243,31 @@ def _config(args: argparse.Namespace):
     return apply_overrides(config, overrides) if overrides else config
 
 
-def _check_resume_config(config, output: Path, resume: bool, name: str) -> dict:
-    """The resolved config as JSON; on resume it must equal the one the output was started with."""
-    from .reports import check_same_config
+@contextlib.contextmanager
+def _resumable_output(args: argparse.Namespace, config, verb: str, config_name: str):
+    """Claim a resumable output (``run``, ``train``) and record its resolved config in it.
 
-    data = config.model_dump(mode="json")
-    if resume:
-        check_same_config(output / name, data)
-    return data
+    On resume the config must equal the one the output was started with (checked first, so the
+    error names the changed keys), and the model and data must be the same (their fingerprints).
+    """
+    from .outputs import claim_output
+    from .provenance import input_fingerprints, local_inputs
+    from .reports import check_same_config, write_json
+
+    output, data = Path(args.output), config.model_dump(mode="json")
+    if args.resume:
+        check_same_config(output / config_name, data)
+    with claim_output(
+        output,
+        verb=verb,
+        inputs=local_inputs(config, args.config),
+        fingerprints=input_fingerprints(config),
+        prelude=[config_name],
+        overwrite=args.overwrite,
+        resume=args.resume,
+    ):
+        write_json(output / config_name, data)
+        yield output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,8 +336,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from .outputs import claim_output
     from .preflight import check_config_against_model, check_data
-    from .provenance import input_fingerprints, local_inputs
-    from .reports import write_json
+    from .provenance import local_inputs
 
     if args.command == "benchmark":
         return _benchmark(args)
@@ -347,16 +363,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         check_config_against_model(config, train=True)
         check_data(config, train=True)
-        data = _check_resume_config(config, output, args.resume, "train_config.json")
-        with claim_output(
-            output,
-            verb="train",
-            inputs=local_inputs(config, args.config),
-            fingerprints=input_fingerprints(config),
-            prelude=["train_config.json"],
-            **common,
-        ):
-            write_json(output / "train_config.json", data)
+        with _resumable_output(args, config, "train", "train_config.json"):
             report = train(config, output, resume=args.resume, progress=progress)
         print(
             f"trained {report['algorithm']} for {report['steps']} steps (loss {report['train_loss']:.4f}); "
@@ -436,16 +443,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             evaluate=True,
             export=config.export.enabled,
         )
-        data = _check_resume_config(config, output, args.resume, "config.json")
-        with claim_output(
-            output,
-            verb="run",
-            inputs=local_inputs(config, args.config),
-            fingerprints=input_fingerprints(config),
-            prelude=["config.json"],
-            **common,
-        ):
-            write_json(output / "config.json", data)
+        with _resumable_output(args, config, "run", "config.json"):
             report = run_pipeline(config, output, resume=args.resume, progress=progress)
         print_summary(report)
         print(f"report: {output / 'report.json'}, {output / 'report.md'}")

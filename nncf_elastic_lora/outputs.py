@@ -58,7 +58,7 @@ def fingerprint_path(path: str | Path) -> str:
     """
     path = Path(path).resolve()
     files = _files(path)
-    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    stats = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
     key = (str(path), stats)
     if key not in _HASHES:
         digest = hashlib.sha256()

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .adapters import tensor_shapes
 from .config import NLSTrainingConfig
 from .data import Example
 from .elastic import ElasticLoraSuperNet
@@ -259,8 +260,7 @@ def checkpoint_problem(
     adapter = directory / PEFT_WEIGHTS
     try:
         # Reading the header checks that the file covers every tensor it lists, so truncation shows here.
-        with safe_open(adapter, "pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        shapes = tensor_shapes(adapter)
     except (SafetensorError, OSError) as err:
         return f"{PEFT_WEIGHTS} is unreadable ({err})"
     if shapes != adapter_shapes:

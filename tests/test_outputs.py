@@ -175,3 +175,14 @@ def test_a_resumed_search_on_another_base_measures_again(tmp_path, capsys):
     )
     assert again["reference"]["heuristic"]["quality"] != first["reference"]["heuristic"]["quality"]
     assert "not reused" in capsys.readouterr().out
+
+
+def test_a_corrupt_marker_proves_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER).write_text('{"tool": "nncf-elastic-lora", ')  # cut short
+    (out / "results.csv").write_text("1")
+    code = main(["eval", "--config", TINY_CONFIG, "--output", str(out), "--overwrite", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not written by nncf-elastic-lora" in err and "Traceback" not in err
+    assert (out / "results.csv").read_text() == "1"
