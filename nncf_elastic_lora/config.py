@@ -115,6 +115,14 @@ class NLSTrainingConfig(_Section):
     lora_r: int = Field(32, gt=0, description="The super-adapter's (maximal) rank.")
     lora_alpha: float = Field(64.0, gt=0, description="Scaling is lora_alpha / lora_r at every active rank.")
     lora_dropout: float = Field(0.0, ge=0, lt=1)
+    adapter_kind: Literal["lora", "sparsepeft", "qa_sparsepeft"] = Field(
+        "lora",
+        description="'lora': a plain low-rank update, shipped unmerged (Shears, SQFT); 'sparsepeft': the "
+        "update is masked by the base's zeros, so it merges into a model exactly as sparse (SQFT + "
+        "SparsePEFT); 'qa_sparsepeft': masked and trained through the INT4 base's frozen scales and zero "
+        "points, so it merges into an INT4 model equal to the trained one (SQFT + QA-SparsePEFT; needs "
+        "quantization.weight_format 'int4').",
+    )
     learning_rate: float = Field(3e-4, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0.")
@@ -211,6 +219,25 @@ class SearchConfig(_Section):
         if self.ref_points and any(len(p) != 2 for p in self.ref_points):
             raise ValueError("each reference point has two values: (-quality, cost)")
         return self
+
+
+class BaseQuantizationConfig(_Section):
+    """INT4 weights for the (sparse) base before the adapters train (SQFT), by NNCF on the torch model."""
+
+    weight_format: Literal["none", "int4"] = Field(
+        "none", description="'int4': quantize the base's target linears with nncf.compress_weights."
+    )
+    sym: bool = Field(False, description="Symmetric INT4 (no zero points); default asymmetric.")
+    group_size: int = Field(64, gt=0, description="Input channels per scale.")
+    group_size_fallback: Literal["error", "adjust", "ignore"] = Field(
+        "adjust",
+        description="When a layer's width is not a multiple of group_size: fail, use the largest valid "
+        "group size >= 32, or leave the layer in full precision.",
+    )
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DECODER_LINEARS),
+        description="Module-name patterns of the linears to quantize (embeddings and head stay as they are).",
+    )
 
 
 class BootstrapNASConfig(_Section):
@@ -326,15 +353,45 @@ class ExportConfig(_Section):
         return self
 
 
+class BenchmarkRunConfig(_Section):
+    """What `run` measures after export: the shipped IR against dense IRs of the original model."""
+
+    enabled: bool = Field(
+        True, description="Benchmark the exported IR against the references (needs export.enabled)."
+    )
+    references: list[Literal["fp32", "fp16", "int8", "int4"]] = Field(
+        default_factory=lambda: ["fp32"],
+        description="Dense IRs of the original model exported, evaluated and benchmarked in the same run; "
+        "the first is the reference of every speed ratio.",
+    )
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 4], description="Decode batch sizes.")
+    prompt_tokens: int = Field(128, gt=0)
+    new_tokens: int = Field(64, ge=2)
+    repeats: int = Field(3, ge=1, description="Median over this many generations per batch size.")
+    warmup: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> BenchmarkRunConfig:
+        if self.enabled and not self.references:
+            raise ValueError("references is empty: give at least one dense IR to compare with, e.g. ['fp32']")
+        if len(set(self.references)) != len(self.references):
+            raise ValueError(f"references {self.references} repeats a format")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"batch_sizes {self.batch_sizes}: need at least one, each >= 1")
+        return self
+
+
 class PipelineConfig(_Section):
     """The whole JSON file."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    quantization: BaseQuantizationConfig = Field(default_factory=BaseQuantizationConfig)
     bootstrapNAS: BootstrapNASConfig = Field(default_factory=BootstrapNASConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    benchmark: BenchmarkRunConfig = Field(default_factory=BenchmarkRunConfig)
     # NNCF configs carry input_info for graph tracing; we accept and ignore it so old files load.
     input_info: list[dict[str, Any]] | dict[str, Any] | None = None
 
@@ -345,6 +402,29 @@ class PipelineConfig(_Section):
             raise ValueError(
                 "export.awq with the adapter unmerged: awq rescales activations that the adapter branch also "
                 "reads; set export.merge_adapter or drop export.awq"
+            )
+        kind = self.bootstrapNAS.training.adapter_kind
+        int4_base = self.quantization.weight_format == "int4"
+        if self.bootstrapNAS.enabled and kind == "qa_sparsepeft" and not int4_base:
+            raise ValueError(
+                "bootstrapNAS.training.adapter_kind 'qa_sparsepeft' trains through an INT4 base's scales: "
+                "set quantization.weight_format to 'int4'"
+            )
+        if self.bootstrapNAS.enabled and kind == "sparsepeft" and int4_base:
+            raise ValueError(
+                "bootstrapNAS.training.adapter_kind 'sparsepeft' merges into full precision, which would undo "
+                "the INT4 base (quantization.weight_format 'int4'): use 'qa_sparsepeft', or 'lora' to ship the "
+                "adapter unmerged"
+            )
+        if int4_base and ex.enabled and ex.weight_format != "int4":
+            raise ValueError(
+                f"export.weight_format is {ex.weight_format!r} but the base is INT4 (quantization.weight_format "
+                "'int4'): the IR ships the base's own INT4 codes; set export.weight_format to 'int4'"
+            )
+        if int4_base and ex.enabled and self.bootstrapNAS.enabled and kind == "lora" and ex.merge_adapter:
+            raise ValueError(
+                "export.merge_adapter with an INT4 base would merge a dense update into INT4 weights; "
+                "use adapter_kind 'qa_sparsepeft' (merges into INT4 exactly) or ship the adapter unmerged"
             )
         return self
 

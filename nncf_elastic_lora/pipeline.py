@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,13 @@ from .data import TaskData, eval_only_sizes, load_examples, load_task, split_exa
 from .elastic import ElasticLoraSuperNet
 from .evaluation import CausalLM, TaskResult, evaluate_task, results_table
 from .models import load_model, resolve_model_dir
-from .outputs import OutputExistsError, changed_inputs, fingerprint_path
 from .provenance import model_fingerprint
 from .reports import atomic_directory, markdown_table, print_table, write_json, write_text
 from .sparsity import calibration_batches, sparsify_model
+from .stages import RunState, cached_stage, execute, method_stages
 from .training import train_super_adapter
+
+_stage = cached_stage  # the name earlier code and tests use
 
 log = logging.getLogger(__name__)
 
@@ -302,190 +303,112 @@ def write_eval(
     write_text(output / "predictions.jsonl", "".join(line + "\n" for line in lines))
 
 
-def _completed_or(report: Path, resume: bool, make) -> dict[str, Any]:
-    """A directory stage: on resume, the report of a directory already written (atomically), else make it."""
-    if resume and report.is_file():
-        return json.loads(report.read_text())
-    return make()
-
-
-def _stage(
-    output: Path, name: str, fn, resume: bool, inputs: dict[str, str] | None = None
-) -> tuple[Any, float, bool]:
-    """Run a stage whose result is cached as ``stages/<name>.json``; reuse it when resuming.
-
-    ``inputs`` are fingerprints of what the stage reads; a cached result of other inputs is refused.
-    """
-    path = output / "stages" / f"{name}.json"
-    inputs = inputs or {}
-    if resume and path.is_file():
-        cached = json.loads(path.read_text())
-        changed = changed_inputs(cached.get("inputs", {}), inputs)
-        if changed:
-            raise OutputExistsError(
-                f"cannot resume stage {name!r} in {output}: its inputs changed since it ran "
-                f"({', '.join(changed)}); use a new --output or --overwrite"
-            )
-        log.info("stage %s: reusing %s", name, path)
-        return cached["result"], cached["time_s"], True
-    start = time.perf_counter()
-    result = fn()
-    elapsed = time.perf_counter() - start
-    write_json(path, {"result": result, "time_s": elapsed, "inputs": inputs})
-    return result, elapsed, False
-
-
 def run_pipeline(
     config: PipelineConfig, output: str | Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """evaluate dense -> sparsify -> evaluate sparse -> NLS train -> evaluate sub-adapters -> report.
+    """Run the stages the config selects (:func:`~nncf_elastic_lora.stages.method_stages`) and report.
 
     Completed stages are reused with ``resume`` (each writes its result atomically); an
-    interrupted training continues from its last checkpoint.
+    interrupted training continues from its last checkpoint. Writes ``report.json``, ``report.md``
+    and, when IRs were benchmarked, ``accuracy_vs_speed.png``.
     """
     output = Path(output)
-    tasks = eval_splits(config)
-    stages: dict[str, float] = {}
-    evals: dict[str, list[dict[str, Any]]] = {}
+    stages = method_stages(config)
+    run = RunState(
+        config=config,
+        output=output,
+        resume=resume,
+        progress=progress,
+        tasks=eval_splits(config),
+        base=config.model,
+        base_inputs={"model": model_fingerprint(config.model)},
+    )
+    execute(stages, run)
+    report = run_report(run, [s.name for s in stages])
+    if report.get("benchmark"):
+        plot = plot_accuracy_vs_speed(report["benchmark"]["rows"], output / "accuracy_vs_speed.png")
+        report["artifacts"]["plot"] = str(plot) if plot else None
+    write_json(output / "report.json", report)
+    write_text(output / "report.md", summary_markdown(report))
+    return report
 
-    def eval_of(model_config: ModelConfig):
-        model, tokenizer = load_model(model_config)
-        return [r.to_dict() for r in evaluate_model(model, tokenizer, config, tasks, progress)]
 
-    dense = {"model": model_fingerprint(config.model)}
-    if config.evaluation.baseline:
-        evals["dense"], stages["evaluate dense"], _ = _stage(
-            output, "eval_dense", lambda: eval_of(config.model), resume, dense
+def _pick(result: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return None if result is None else {k: result.get(k) for k in keys}
+
+
+def primary_score(results: list[dict[str, Any]], task: str) -> tuple[str, float] | None:
+    """``(metric, value)`` of ``task``: accuracy for multiple choice, exact match for generation."""
+    for r in results:
+        if r["task"] == task:
+            for metric in ("acc", "exact_match", "acc_norm"):
+                if metric in r["metrics"]:
+                    return metric, r["metrics"][metric]
+    return None
+
+
+def benchmark_rows(run: RunState) -> list[dict[str, Any]]:
+    """Every benchmarked IR with its size, accuracy and decode speed against the first reference."""
+    rows = []
+    results = run.results["benchmark"]["results"]
+    reference = results[1]  # [shipped, *references]: the first reference is the peer of every ratio
+    ref_speed = {b["batch_size"]: b["decode_tokens_per_s"] for b in reference["batches"]}
+    for r in results:
+        score = primary_score(run.evaluation.get(r["label"], []), run.config.data.task)
+        speed = {b["batch_size"]: b["decode_tokens_per_s"] for b in r["batches"]}
+        rows.append(
+            {
+                "label": r["label"],
+                "path": r["model"],
+                "shipped": r is results[0],
+                "weights_bytes": r["weights_bytes"],
+                "task": run.config.data.task,
+                "split": run.config.evaluation.split,
+                "metric": score[0] if score else None,
+                "score": score[1] if score else None,
+                "decode_tokens_per_s": speed,
+                "speedup": {b: speed[b] / ref_speed[b] for b in speed if ref_speed.get(b)},
+            }
         )
-    base_inputs = dense
-    base_model = config.model
-    sparsity_report = None
-    if config.sparsity.method != "none":
-        sparse_dir = output / "sparse_model"
+    return rows
 
-        def do_sparsify():
-            return _completed_or(
-                sparse_dir / "report.json", resume, lambda: sparsify(config, sparse_dir, progress)
-            )
 
-        sparsity_report, stages["sparsify"], _ = _stage(output, "sparsify", do_sparsify, resume, dense)
-        base_model = config.model.model_copy(update={"name_or_path": str(sparse_dir)})
-        base_inputs = {"base": fingerprint_path(sparse_dir)}
-        if config.evaluation.baseline:
-            evals["sparse"], stages["evaluate sparse"], _ = _stage(
-                output, "eval_sparse", lambda: eval_of(base_model), resume, base_inputs
-            )
-    train_report = search_report = None
-    if config.bootstrapNAS.enabled:
-        trained = config.model_copy(update={"model": base_model})
-        train_dir = output / "nls"
-        train_report, stages["train"], _ = _stage(
-            output,
-            "train",
-            lambda: train(trained, train_dir, resume=resume, progress=progress),
-            resume,
-            base_inputs,
-        )
-        adapter_inputs = {**base_inputs, "super_adapter": fingerprint_path(train_dir / "super_adapter")}
-
-        def eval_subnets():
-            supernet, tokenizer = load_supernet(base_model, train_dir / "super_adapter")
-            return evaluate_subnets(supernet, tokenizer, config, config.evaluation.subnets, tasks, progress)
-
-        subnet_evals, stages["evaluate sub-adapters"], _ = _stage(
-            output, "eval_subnets", eval_subnets, resume, adapter_inputs
-        )
-        prefix = "sparse+" if config.sparsity.method != "none" else ""
-        label = "NLS" if config.bootstrapNAS.training.algorithm == "nls" else "LoRA"
-        evals.update({f"{prefix}{label} ({name})": r for name, r in subnet_evals.items()})
-        algorithm = config.bootstrapNAS.search.algorithm
-        if algorithm != "heuristic":
-            search_dir = output / "search"
-            trained_base = config.model_copy(update={"model": base_model})
-            search_report, stages[f"search ({algorithm})"], _ = _stage(
-                output,
-                "search",
-                lambda: search(trained_base, search_dir, train_dir / "super_adapter", progress),
-                resume,
-                adapter_inputs,
-            )
-
-            def eval_chosen():
-                supernet, tokenizer = load_supernet(base_model, train_dir / "super_adapter")
-                chosen = {algorithm: search_report["chosen"]}
-                return evaluate_subnets(supernet, tokenizer, config, chosen, tasks, progress)[algorithm]
-
-            evals[f"{prefix}{label} ({algorithm})"], stages["evaluate searched"], _ = _stage(
-                output, "eval_searched", eval_chosen, resume, adapter_inputs
-            )
-    export_report = None
-    if config.export.enabled:
-        adapter = None
-        if train_report is not None:
-            adapter = output / ("search/sub_adapter" if search_report else "nls/sub_adapter_heuristic")
-        exported = config.model_copy(update={"model": base_model})
-        ir_dir = output / "openvino"
-
-        def do_export():
-            return _completed_or(
-                ir_dir / "export_report.json", resume, lambda: export(exported, ir_dir, adapter)
-            )
-
-        export_inputs = {**base_inputs, "adapter": fingerprint_path(adapter) if adapter else None}
-        export_report, stages["export to OpenVINO"], _ = _stage(
-            output, "export", do_export, resume, export_inputs
-        )
-        which = "" if adapter is None else f", {'searched' if search_report else 'heuristic'} sub-adapter"
-        evals[f"OpenVINO IR ({config.export.weight_format}{which})"], stages["evaluate IR"], _ = _stage(
-            output,
-            "eval_ir",
-            lambda: [r.to_dict() for r in evaluate_ir(config, ir_dir, tasks, progress)],
-            resume,
-            {"ir": fingerprint_path(ir_dir)},
-        )
+def run_report(run: RunState, stage_names: list[str]) -> dict[str, Any]:
+    """``report.json``: the evaluations, each stage's key figures, the artifacts and the time per stage."""
+    res = run.results
+    train_report = res.get("train")
     report = {
-        "config": config.model_dump(mode="json"),
-        "data": {name: t.record for name, t in tasks.items()},
-        "evaluation": evals,
-        "sparsity": None
-        if sparsity_report is None
-        else {
-            k: sparsity_report[k]
-            for k in ("method", "ratio", "pattern", "sparsity", "model_sparsity", "time_s")
-        },
+        "config": run.config.model_dump(mode="json"),
+        "stages": stage_names,
+        "data": {name: t.record for name, t in run.tasks.items()},
+        "evaluation": run.evaluation,
+        "sparsity": _pick(
+            res.get("sparsify"), ("method", "ratio", "pattern", "sparsity", "model_sparsity", "time_s")
+        ),
+        "quantization": _pick(
+            res.get("quantize_base"), ("bits", "group_size", "sym", "modules", "zeros_kept", "time_s")
+        ),
         "training": None
         if train_report is None
         else {
-            k: train_report[k]
-            for k in (
-                "algorithm",
-                "steps",
-                "train_loss",
-                "step_time_median_s",
-                "time_s",
-                "trainable_params",
-                "adapter_params",
-                "search_space",
-            )
+            **_pick(
+                train_report,
+                (
+                    "algorithm",
+                    "steps",
+                    "train_loss",
+                    "step_time_median_s",
+                    "time_s",
+                    "trainable_params",
+                    "adapter_params",
+                    "search_space",
+                ),
+            ),
+            "adapter_kind": run.config.bootstrapNAS.training.adapter_kind,
         },
-        "artifacts": {
-            "sparse_model": str(output / "sparse_model") if sparsity_report else None,
-            "super_adapter": str(output / "nls" / "super_adapter") if train_report else None,
-            "sub_adapter": str(output / "nls" / "sub_adapter_heuristic") if train_report else None,
-            "searched_sub_adapter": str(output / "search" / "sub_adapter") if search_report else None,
-            "openvino": str(output / "openvino") if export_report else None,
-        },
-        "export": None
-        if export_report is None
-        else {
-            k: export_report.get(k)
-            for k in ("weight_format", "adapter", "ir_sparsity", "size_bytes", "parity", "export_s")
-        },
-        "search": None
-        if search_report is None
-        else {
-            k: search_report[k]
-            for k in (
+        "search": _pick(
+            res.get("search"),
+            (
                 "algorithm",
                 "chosen_quality",
                 "chosen_cost",
@@ -493,13 +416,47 @@ def run_pipeline(
                 "new_evaluations",
                 "wall_s",
                 "reference",
-            )
-        },
-        "stage_time_s": stages,
+            ),
+        ),
+        "merge": res.get("merge"),
+        "export": _pick(
+            res.get("export"), ("weight_format", "adapter", "ir_sparsity", "size_bytes", "parity", "export_s")
+        ),
+        "benchmark": None
+        if "benchmark" not in res
+        else {"machine": res["benchmark"]["machine"], "rows": benchmark_rows(run)},
+        "artifacts": dict(run.artifacts),
+        "stage_time_s": run.times,
     }
-    write_json(output / "report.json", report)
-    write_text(output / "report.md", summary_markdown(report))
     return report
+
+
+def plot_accuracy_vs_speed(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Accuracy against batch-1 decode tokens/s, one point per benchmarked IR (PNG)."""
+    points = [r for r in rows if r["score"] is not None and 1 in r["decode_tokens_per_s"]]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in points:
+        x, y = r["decode_tokens_per_s"][1], r["score"]
+        ax.scatter([x], [y], s=60, marker="*" if r["shipped"] else "o", zorder=3)
+        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("GenAI decode tokens/s, batch 1 (higher is faster)")
+    ax.set_ylabel(f"{points[0]['metric']} ({points[0]['task']}, {points[0]['split']} split)")
+    ax.margins(x=0.35, y=0.15)
+    ax.set_title("What this run made: accuracy against decode speed")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def summary_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -515,6 +472,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
         text += (
             f"\n## Sparsity\n\n{s['method']} {s['pattern']} at ratio {s['ratio']}: "
             f"{100 * s['sparsity']:.2f}% of targeted weights, {100 * s['model_sparsity']:.2f}% of all parameters\n"
+        )
+    if report.get("quantization"):
+        q = report["quantization"]
+        text += (
+            f"\n## INT4 base\n\nNNCF {'symmetric' if q['sym'] else 'asymmetric'} INT4, group size {q['group_size']}, "
+            f"{len(q['modules'])} linear layers; every zero of the base kept: {q['zeros_kept']}\n"
         )
     if report.get("training"):
         t = report["training"]
@@ -540,6 +503,15 @@ def summary_markdown(report: dict[str, Any]) -> str:
             if "greedy_identical_genai" in p:
                 text += f", {p['greedy_identical_genai']}/{p['prompts']} (GenAI)"
         text += "\n"
+    if report.get("merge"):
+        m = report["merge"]
+        text += (
+            f"\n## Merged model\n\n{report['artifacts']['merged_model']}: {m['adapter_kind']} sub-adapter merged "
+            f"into {m['precision']} weights; zeros of the targeted layers: {100 * m['sparsity']:.2f}% "
+            f"(the base's, position for position: {m['zeros_equal_base']})\n"
+        )
+    if report.get("benchmark"):
+        text += benchmark_markdown(report["benchmark"])
     text += "\n## Time per stage\n\n" + markdown_table(
         ["stage", "seconds"], [[k, v] for k, v in report["stage_time_s"].items()]
     )
@@ -548,6 +520,45 @@ def summary_markdown(report: dict[str, Any]) -> str:
         [[n, r["seed"], r["available"], *r["sizes"].values()] for n, r in report["data"].items()],
     )
     return text
+
+
+def benchmark_markdown(bench: dict[str, Any]) -> str:
+    """The shipped IR against the dense references: size, accuracy, decode speed and its ratio."""
+    rows = bench["rows"]
+    sizes = sorted({b for r in rows for b in r["decode_tokens_per_s"]})
+    ref = rows[1]["label"] if len(rows) > 1 else rows[0]["label"]
+    headers = ["IR", "weights (MiB)", rows[0]["metric"] or "score"]
+    headers += [h for b in sizes for h in (f"decode tok/s b{b}", f"x {ref} b{b}")]
+    table = [
+        [
+            ("**shipped** " if r["shipped"] else "") + r["label"],
+            r["weights_bytes"] / 2**20,
+            r["score"],
+            *(v for b in sizes for v in (r["decode_tokens_per_s"].get(b), r["speedup"].get(b))),
+        ]
+        for r in rows
+    ]
+    m = bench["machine"]
+    cpu = f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, AVX-512 {m.get('avx512')}, AMX {m.get('amx')}"
+    shipped = rows[0]
+    verdict = ""
+    if 1 in shipped["speedup"]:
+        faster = [
+            r["label"]
+            for r in rows[1:]
+            if r["decode_tokens_per_s"].get(1, 0) > shipped["decode_tokens_per_s"][1]
+        ]
+        verdict = f"\nAt batch 1 the shipped IR decodes at {shipped['speedup'][1]:.2f}x the {ref}."
+        if faster:
+            verdict += f" Faster than the shipped IR: {', '.join(faster)}."
+    return (
+        "\n## Speed: the shipped IR against dense exports of the original model\n\n"
+        + markdown_table(headers, table)
+        + verdict
+        + f"\n\nOpenVINO GenAI LLMPipeline, medians, measured in this run on {cpu} "
+        f"(OpenVINO {m.get('openvino')}). Compare speeds only within one run. "
+        "Plot: accuracy_vs_speed.png\n"
+    )
 
 
 def export_facts(export_report: dict[str, Any]) -> list[list[str]]:
@@ -583,6 +594,27 @@ def print_summary(report: dict[str, Any]) -> None:
         facts += export_facts(report["export"])
     if facts:
         print_table("model", ["", "value"], facts)
+    if report.get("benchmark"):
+        rows = report["benchmark"]["rows"]
+        sizes = sorted({b for r in rows for b in r["decode_tokens_per_s"]})
+        print_table(
+            f"speed against {rows[1]['label'] if len(rows) > 1 else 'itself'} (GenAI, this machine)",
+            ["IR", "MiB", "score", *(f"tok/s b{b} (x)" for b in sizes)],
+            [
+                [
+                    r["label"],
+                    r["weights_bytes"] / 2**20,
+                    r["score"],
+                    *(
+                        f"{r['decode_tokens_per_s'][b]:.1f} ({r['speedup'].get(b, 0):.2f}x)"
+                        if b in r["decode_tokens_per_s"]
+                        else "-"
+                        for b in sizes
+                    ),
+                ]
+                for r in rows
+            ],
+        )
     print_table(
         "time per stage (s)", ["stage", "seconds"], [[k, v] for k, v in report["stage_time_s"].items()]
     )

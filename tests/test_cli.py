@@ -22,8 +22,14 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
         "sparse+NLS (heuristic)",
         "sparse+NLS (minimal)",
         "sparse+NLS (hill_climbing)",
-        "OpenVINO IR (int8, searched sub-adapter)",
+        "OpenVINO IR (int8, hill_climbing sub-adapter)",
+        "dense OpenVINO IR (fp32)",
     }
+    rows = report["benchmark"]["rows"]
+    assert [r["label"] for r in rows] == ["OpenVINO IR (int8, hill_climbing sub-adapter)", "dense OpenVINO IR (fp32)"]
+    assert rows[1]["speedup"] == {"1": 1.0, "4": 1.0} and rows[0]["decode_tokens_per_s"]["4"] > 0
+    assert (out / "accuracy_vs_speed.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Speed: the shipped IR against dense exports" in (out / "report.md").read_text()
     assert report["export"]["parity"]["logits_max_abs_diff"] < 0.05  # int8 weights: close to torch, not equal
     assert report["export"]["ir_sparsity"] == pytest.approx(
         0.5, abs=0.01
