@@ -82,6 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ratio", type=float, help="override sparsity.ratio (fraction zeroed)")
     sp.add_argument("--pattern", choices=["unstructured", "2:4", "4:8"], help="override sparsity.pattern")
 
+    qu = sub.add_parser(
+        "quantize",
+        help="quantize a (sparse) base to INT4 with NNCF (SQFT)",
+        description="Compress the targeted linears of --model to INT4 with nncf.compress_weights and write "
+        "an INT4 checkpoint: a Hugging Face checkpoint of the dequantized weights plus the codes, scales and "
+        "zero points (quantized_weights.safetensors, quantization.json) that train (qa_sparsepeft), merge and "
+        "export use; report.json says whether every zero was kept.",
+    )
+    _add_common(qu)
+    qu.add_argument("--group-size", dest="q_group_size", type=int, help="quantization.group_size")
+    qu.add_argument("--sym", dest="q_sym", action="store_true", default=None, help="symmetric INT4")
+    qu.add_argument(
+        "--group-size-fallback",
+        dest="q_group_size_fallback",
+        choices=["error", "adjust", "ignore"],
+        help="quantization.group_size_fallback",
+    )
+
     tr = sub.add_parser(
         "train",
         help="train an elastic super-adapter with NLS (or plain LoRA)",
@@ -117,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     se.add_argument("--num-evals", type=int, help="override bootstrapNAS.search.num_evals")
     se.add_argument("--resume", action="store_true", help="continue a search in --output from its log")
+
+    me = sub.add_parser(
+        "merge",
+        help="merge a SparsePEFT / QA-SparsePEFT sub-adapter into its base, keeping zeros and INT4",
+        description="Merge --adapter (a sub-adapter written by train or search) into --model, the base it "
+        "was trained on. SparsePEFT: a Hugging Face checkpoint whose zeros are the base's; QA-SparsePEFT: an "
+        "INT4 checkpoint whose codes are those the trained forward computed. Refused, writing nothing, for "
+        "an adapter trained on another base or through other scales. --export-to also ships the merged "
+        "model as an OpenVINO IR (an INT4 merge as an INT4 IR holding exactly those codes).",
+    )
+    _add_common(me)
+    me.add_argument("--adapter", required=True, help="a sub_adapter/ folder from train or search")
+    me.add_argument("--export-to", dest="export_to", help="also export the merged model to this IR directory")
 
     ev = sub.add_parser(
         "eval",
@@ -232,10 +263,15 @@ def _config(args: argparse.Namespace):
         ("scale_estimation", "export.scale_estimation"),
         ("data_aware", "export.data_aware"),
         ("group_size_fallback", "export.group_size_fallback"),
+        ("q_group_size", "quantization.group_size"),
+        ("q_sym", "quantization.sym"),
+        ("q_group_size_fallback", "quantization.group_size_fallback"),
     ]:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.insert(0, f"{key}={json.dumps(value)}")
+    if args.command == "quantize":
+        overrides.insert(0, 'quantization.weight_format="int4"')
     if getattr(args, "merge", False):
         overrides.insert(0, "export.merge_adapter=true")
     if getattr(args, "tasks", None):
@@ -358,6 +394,51 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"wrote {output} ({100 * report['sparsity']:.2f}% of targeted weights zeroed, {report['time_s']:.1f} s)"
         )
         return 0
+    if args.command == "quantize":
+        from .pipeline import quantize
+
+        check_config_against_model(config, quantize=True)
+        with claim_output(
+            output, verb="quantize", inputs=local_inputs(config, args.config), create=False, **common
+        ):
+            report = quantize(config, output, progress)
+        print(
+            f"wrote {output}: {len(report['modules'])} linears in INT4 (group {report['group_size']}, "
+            f"{'sym' if report['sym'] else 'asym'}), zeros kept: {report['zeros_kept']}, {report['time_s']:.1f} s"
+        )
+        return 0
+    if args.command == "merge":
+        from .pipeline import export, merge
+
+        inputs = local_inputs(config, args.config, args.adapter)
+        with contextlib.ExitStack() as claims:
+            for path, verb in ((output, "merge"), (args.export_to, "export")):
+                if path:
+                    claims.enter_context(claim_output(path, verb=verb, inputs=inputs, create=False, **common))
+            if args.export_to:
+                check_data(config, export=True)
+            report = merge(config, output, args.adapter, progress)
+            ir = None
+            if args.export_to:
+                exported = config.model.model_copy(update={"name_or_path": str(output)})
+                ex = config.export.model_copy(update={"merge_adapter": False})
+                if report["precision"] == "int4":
+                    ex = ex.model_copy(update={"weight_format": "int4"})
+                ir = export(
+                    config.model_copy(update={"model": exported, "export": ex}),
+                    args.export_to,
+                    overwrite=args.overwrite,
+                )
+        print(
+            f"merged {report['adapter_kind']} sub-adapter ({report['modules_merged']} modules) into "
+            f"{report['precision']} weights: wrote {output}; zeros {100 * report['sparsity']:.2f}% "
+            f"(base {100 * report['base_sparsity']:.2f}%, kept position for position: {report['zeros_equal_base']})"
+        )
+        if ir is not None:
+            print(
+                f"exported {args.export_to}: {ir['weight_format']} weights, {ir['size_bytes']['model_bin'] / 2**20:.1f} MiB"
+            )
+        return 0
     if args.command == "train":
         from .pipeline import train
 
@@ -435,7 +516,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from .pipeline import print_summary, run_pipeline
 
-        check_config_against_model(config, sparsify=True, train=True)
+        check_config_against_model(config, sparsify=True, quantize=True, train=True)
         check_data(
             config,
             sparsify=True,

@@ -10,6 +10,10 @@ GenAI's ``LLMPipeline``; the export checks the latter before it reports success.
 An adapter is either kept as a low-rank branch in the IR (the base's zeros survive) or merged;
 a dense low-rank update merged into a sparse base fills it in, which the export warns about and
 measures.
+
+An INT4 base (:mod:`nncf_elastic_lora.int4`: a checkpoint with ``quantization.json``) is not
+re-quantized: the IR's u4/i4 constants are exactly the base's codes, with its fp16 scales and zero
+points, and an adapter stays an unmerged float branch (merging into INT4 is the QA-SparsePEFT merge).
 """
 
 from __future__ import annotations
@@ -250,6 +254,12 @@ def export_openvino(
     from .models import load_model
 
     weight_format = WeightFormat(weight_format)
+    int4_dir = _int4_base_dir(model)
+    if int4_dir is not None:
+        _check_int4_base_options(
+            int4_dir, weight_format, adapter, merge_adapter, ratio, awq, scale_estimation, calibration
+        )
+        weight_format = WeightFormat.INT4
     qconfig_args = dict(
         group_size=group_size,
         ratio=ratio,
@@ -261,7 +271,8 @@ def export_openvino(
         unmerged_adapter=adapter is not None and not merge_adapter,
         keep_adapter_precision=keep_adapter_precision and adapter is not None and not merge_adapter,
     )
-    quantization_config(weight_format, **qconfig_args)  # fail on bad options before loading anything
+    if int4_dir is None:
+        quantization_config(weight_format, **qconfig_args)  # fail on bad options before loading anything
     sources = [p for p in (model, adapter) if isinstance(p, str | Path)]
     if isinstance(model, ModelConfig):
         sources.append(model.name_or_path)
@@ -286,6 +297,12 @@ def export_openvino(
         "weight_format": weight_format.value,
         "source_sparsity": linear_sparsity(torch_model),
     }
+    qweights = None
+    if int4_dir is not None:
+        from .int4 import check_codes_match_weights, load_quantized_weights
+
+        qweights = load_quantized_weights(int4_dir)
+        check_codes_match_weights(torch_model, qweights)  # a base modified after quantization fails here
     if adapter is not None:
         torch_model, report["adapter"] = _attach_adapter(torch_model, adapter, merge_adapter)
     if save_merged is not None:
@@ -293,25 +310,30 @@ def export_openvino(
             torch_model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     with atomic_directory(output, verb="export") as tmp:
-        fp_dir = tmp / "fp" if weight_format in (WeightFormat.INT8, WeightFormat.INT4) else tmp
-        from optimum.intel import OVConfig
+        if qweights is not None:  # the base's own INT4 codes, not a re-quantization
+            report.update(_export_int4_base(torch_model, tokenizer, tmp, int4_dir, qweights))
+        else:
+            fp_dir = tmp / "fp" if weight_format in (WeightFormat.INT8, WeightFormat.INT4) else tmp
+            from optimum.intel import OVConfig
 
-        ov_config = OVConfig(dtype="fp16") if weight_format is WeightFormat.FP16 else None
-        with torch.no_grad():
-            export_from_model(torch_model, fp_dir, task=TASK, ov_config=ov_config, preprocessors=[tokenizer])
-        _export_tokenizer(tokenizer, fp_dir)
-        qconfig = quantization_config(weight_format, tokenizer_dir=fp_dir, **qconfig_args)
-        if qconfig is not None:
-            compressed = tmp / "compressed"
-            _compress(fp_dir, compressed, qconfig)
-            shutil.rmtree(fp_dir)
-            for item in compressed.iterdir():
-                item.rename(tmp / item.name)
-            compressed.rmdir()
-            report["compression"] = {
-                k: v for k, v in qconfig.to_dict().items() if k not in ("dataset", "tokenizer")
-            }
-            report["compression"]["calibration_samples"] = len(calibration or [])
+            ov_config = OVConfig(dtype="fp16") if weight_format is WeightFormat.FP16 else None
+            with torch.no_grad():
+                export_from_model(
+                    torch_model, fp_dir, task=TASK, ov_config=ov_config, preprocessors=[tokenizer]
+                )
+            _export_tokenizer(tokenizer, fp_dir)
+            qconfig = quantization_config(weight_format, tokenizer_dir=fp_dir, **qconfig_args)
+            if qconfig is not None:
+                compressed = tmp / "compressed"
+                _compress(fp_dir, compressed, qconfig)
+                shutil.rmtree(fp_dir)
+                for item in compressed.iterdir():
+                    item.rename(tmp / item.name)
+                compressed.rmdir()
+                report["compression"] = {
+                    k: v for k, v in qconfig.to_dict().items() if k not in ("dataset", "tokenizer")
+                }
+                report["compression"]["calibration_samples"] = len(calibration or [])
         report["export_s"] = time.perf_counter() - start
         report["ir_sparsity"] = ir_weight_sparsity(tmp / OV_MODEL, output_head_names(torch_model))
         report["size_bytes"] = {
@@ -339,6 +361,81 @@ def export_openvino(
     return report
 
 
+def _int4_base_dir(model: str | Path | ModelConfig) -> Path | None:
+    """The directory of ``model`` when it is an INT4 base (:func:`~nncf_elastic_lora.int4.is_quantized_base`)."""
+    from .int4 import is_quantized_base
+
+    name = model.name_or_path if isinstance(model, ModelConfig) else model
+    path = Path(name).expanduser()
+    return path if path.is_dir() and is_quantized_base(path) else None
+
+
+def _check_int4_base_options(
+    base: Path,
+    weight_format: WeightFormat,
+    adapter: str | Path | None,
+    merge_adapter: bool,
+    ratio: float,
+    awq: bool,
+    scale_estimation: bool,
+    calibration: list[str] | None,
+) -> None:
+    """Refuse export options that would change an INT4 base's codes."""
+    if adapter is not None and merge_adapter:
+        raise ValueError(
+            f"{base} is an INT4 base: merging the adapter (merge_adapter) would add a float update to INT4 "
+            "weights and re-quantize them; merge with the QA-SparsePEFT merge (which re-quantizes with the "
+            "base's frozen scales, exactly as training saw it) or export with the adapter unmerged"
+        )
+    if weight_format not in (WeightFormat.INT4, WeightFormat.FP32):
+        raise ValueError(
+            f"{base} is an INT4 base: the IR ships its own INT4 codes; weight_format {weight_format.value!r} "
+            "does not apply (use 'int4')"
+        )
+    used = [
+        n
+        for n, on in (("awq", awq), ("scale_estimation", scale_estimation), ("calibration", calibration))
+        if on
+    ]
+    if used or ratio != 1.0:
+        raise ValueError(
+            f"{base} is an INT4 base whose codes are fixed: {', '.join(used) or 'ratio < 1'} would re-quantize it; "
+            "drop the option (quantize the base data-aware instead)"
+        )
+
+
+def _export_int4_base(
+    torch_model: Any, tokenizer: Any, target: Path, base: Path, qweights: dict[str, Any]
+) -> dict[str, Any]:
+    """Export with NNCF's INT4 decompressors holding the base's codes; check the IR holds them."""
+    from optimum.exporters.openvino import export_from_model
+
+    from .int4 import QUANTIZED_WEIGHTS, check_ir_codes, exact_int4_weights, read_quantization_info
+
+    with exact_int4_weights(torch_model, qweights), torch.no_grad():
+        export_from_model(torch_model, target, task=TASK, preprocessors=[tokenizer])
+    _export_tokenizer(tokenizer, target)
+    try:
+        summary = check_ir_codes(target / OV_MODEL, qweights)
+    except ValueError as exc:
+        raise ExportError(f"the IR does not hold the INT4 base's codes: {exc}") from None
+    info = read_quantization_info(base)
+    return {
+        "weight_format": WeightFormat.INT4.value,
+        "codes": f"from {base / QUANTIZED_WEIGHTS}",
+        "compression": {
+            "source": "int4_base",
+            "mode": info.get("mode"),
+            "group_size": info["group_size"],
+            "sym": info["sym"],
+            "modules": summary["modules"],
+            "scales_sha256": info.get("scales_sha256"),
+            "ir_codes_verified": True,
+            "ir_int4_sparsity": summary["int4_sparsity"],
+        },
+    }
+
+
 def _weight_constant(node: Any) -> Any:
     """The Constant feeding a MatMul's weight input, through Convert/Subtract/Multiply/Reshape chains."""
     seen = 0
@@ -361,8 +458,8 @@ def ir_weight_sparsity(
     A zero weight stays zero through INT8 compression (it is stored as the zero point), so this
     shows whether a sparse base is still sparse in the deployed IR. In an INT8 IR it also counts
     weights smaller than half a quantization step, which round to zero (about 1 % of a dense
-    SmolLM2). None when weights are packed below 8 bits (int4), whose zeros cannot be read back
-    without the runtime. ``head_names``: the torch module names of the output head
+    SmolLM2); in an INT4 IR a zero is a code equal to its group's zero point (0 when symmetric).
+    None for weight types it cannot read (nf4). ``head_names``: the torch module names of the output head
     (:func:`~nncf_elastic_lora.architecture.output_head_names`).
     """
     import numpy as np
@@ -381,7 +478,21 @@ def ir_weight_sparsity(
         if const is None:
             continue
         element = const.get_element_type().get_type_name()
-        if element in ("u4", "i4", "nf4"):
+        if element in ("u4", "i4"):
+            from .int4 import _ir_int4_weight
+
+            int4 = _ir_int4_weight(weight)
+            if int4 is None:
+                return None
+            zp = (
+                0
+                if int4.zero_point is None
+                else np.repeat(int4.zero_point, int4.codes.shape[1] // int4.zero_point.shape[1], 1)
+            )
+            zeros += int(np.count_nonzero(int4.codes == zp))
+            total += int4.codes.size
+            continue
+        if element == "nf4":
             return None
         data = const.get_data()
         if element in ("u8", "i8"):  # dequantized zero: the value equals the zero point

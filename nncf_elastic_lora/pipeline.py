@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .config import BootstrapNASConfig, ModelConfig, PipelineConfig
 from .data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
@@ -111,8 +114,70 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
     return result
 
 
-def build_supernet(model: Any, bnas: BootstrapNASConfig) -> ElasticLoraSuperNet:
-    """Attach the configured elastic adapters to ``model``."""
+def quantize(config: PipelineConfig, output: str | Path, progress: bool = True) -> dict[str, Any]:
+    """INT4 base (SQFT): quantize ``config.model``'s target linears with NNCF, write an INT4 checkpoint.
+
+    The checkpoint holds the dequantized weights (any Hugging Face tool loads it; its function is
+    the INT4 model's) plus the codes, scales and zero points (``quantized_weights.safetensors``) that
+    QA-SparsePEFT trains through and export ships. Every zero of a sparse base stays zero.
+    """
+    from .exporting import linear_sparsity
+    from .int4 import quantize_base, save_quantized_weights
+
+    q = config.quantization
+    start = time.perf_counter()
+    model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
+    zeros_before = {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    qweights = quantize_base(
+        model,
+        target_modules=q.target_modules,
+        group_size=q.group_size,
+        sym=q.sym,
+        group_size_fallback=q.group_size_fallback,
+        progress=progress,
+    )
+    lost = [n for n in qweights if not torch.equal(model.get_submodule(n).weight == 0, zeros_before[n])]
+    if lost:
+        raise RuntimeError(
+            f"INT4 quantization changed the zeros of {lost[0]} and {len(lost) - 1} other layers"
+        )
+    report = {
+        "model": config.model.name_or_path,
+        "bits": 4,
+        "group_size": q.group_size,
+        "group_sizes": sorted({w.group_size for w in qweights.values()}),
+        "sym": q.sym,
+        "modules": sorted(qweights),
+        "zeros_kept": True,
+        "sparsity": linear_sparsity(model),
+        "time_s": time.perf_counter() - start,
+    }
+    with atomic_directory(output, verb="quantize") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_quantized_weights(tmp, qweights, {"source": config.model.name_or_path})
+        write_json(tmp / "report.json", report)
+    log.info(
+        "quantized %d linears of %s to INT4 (group %d)",
+        len(qweights),
+        config.model.name_or_path,
+        q.group_size,
+    )
+    return report
+
+
+def base_quantized_weights(model_config: ModelConfig) -> dict[str, Any] | None:
+    """The INT4 codes, scales and zero points beside a quantized base checkpoint (None otherwise)."""
+    from .int4 import is_quantized_base, load_quantized_weights
+
+    base = Path(resolve_model_dir(model_config))
+    return load_quantized_weights(base) if is_quantized_base(base) else None
+
+
+def build_supernet(
+    model: Any, bnas: BootstrapNASConfig, quantized: dict[str, Any] | None = None
+) -> ElasticLoraSuperNet:
+    """Attach the configured elastic adapters to ``model`` (``quantized``: the INT4 base, for QA-SparsePEFT)."""
     t, width = bnas.training, bnas.elasticity.width
     return ElasticLoraSuperNet.attach(
         model,
@@ -124,7 +189,49 @@ def build_supernet(model: Any, bnas: BootstrapNASConfig) -> ElasticLoraSuperNet:
         overwrite_groups_widths=width.overwrite_groups_widths,
         default_widths=width.default_widths or [t.lora_r],
         seed=t.seed,
+        adapter_kind=t.adapter_kind,
+        quantized=quantized if t.adapter_kind == "qa_sparsepeft" else None,
     )
+
+
+def merge(
+    config: PipelineConfig, output: str | Path, adapter: str | Path, progress: bool = True
+) -> dict[str, Any]:
+    """Merge a SparsePEFT / QA-SparsePEFT sub-adapter into its base (``config.model``), keeping its zeros.
+
+    SparsePEFT gives a standard Hugging Face checkpoint whose zeros are the base's; QA-SparsePEFT an
+    INT4 checkpoint (dequantized weights + codes) whose codes are those the trained forward computed,
+    which ``export`` ships as an INT4 IR. Refused, writing nothing: an adapter trained on another base
+    or through other scales. Writes ``merge_report.json``; returns it.
+    """
+    from .exporting import linear_sparsity
+    from .int4 import save_quantized_weights
+    from .merge import merge_to_directory
+
+    start = time.perf_counter()
+    model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
+    quantized = base_quantized_weights(config.model)
+    base_sparsity = linear_sparsity(model)
+    result = merge_to_directory(
+        model=model,
+        adapter_dir=adapter,
+        output=output,
+        quantized=quantized,
+        base_fingerprint=model_fingerprint(config.model),
+        tokenizer=tokenizer,
+        write_quantized=lambda folder, q: save_quantized_weights(folder, q, {"merged_adapter": str(adapter)}),
+    )
+    report = {
+        **result.report,
+        "base": config.model.name_or_path,
+        "precision": "int4" if result.quantized is not None else "fp32",
+        "sparsity": linear_sparsity(result.model),
+        "base_sparsity": base_sparsity,
+        "zeros_equal_base": result.report["new_zeros"] == 0,
+        "time_s": time.perf_counter() - start,
+    }
+    write_json(Path(output) / "merge_report.json", report)
+    return report
 
 
 def train(
@@ -137,7 +244,7 @@ def train(
     """
     output = Path(output)
     model, tokenizer = load_model(config.model)
-    supernet = build_supernet(model, config.bootstrapNAS)
+    supernet = build_supernet(model, config.bootstrapNAS, base_quantized_weights(config.model))
     data = load_task(config.data)
     result, _ = train_super_adapter(
         supernet,
@@ -149,10 +256,12 @@ def train(
         resume=resume,
         progress=progress,
     )
-    base = resolve_model_dir(config.model)
-    supernet.save_super_adapter(output / "super_adapter", base_model=base)
+    base, base_fp = resolve_model_dir(config.model), model_fingerprint(config.model)
+    supernet.save_super_adapter(output / "super_adapter", base_model=base, base_fingerprint=base_fp)
     heuristic = supernet.get_heuristic_config()
-    supernet.save_sub_adapter(output / "sub_adapter_heuristic", heuristic, base_model=base)
+    supernet.save_sub_adapter(
+        output / "sub_adapter_heuristic", heuristic, base_model=base, base_fingerprint=base_fp
+    )
     report = {
         **result.to_dict(),
         "base_model": base,
@@ -171,7 +280,10 @@ def train(
 def load_supernet(model_config: ModelConfig, super_adapter: str | Path) -> tuple[ElasticLoraSuperNet, Any]:
     """The base model with a saved super-adapter attached, and its tokenizer."""
     model, tokenizer = load_model(model_config)
-    return ElasticLoraSuperNet.load_super_adapter(model, super_adapter), tokenizer
+    supernet = ElasticLoraSuperNet.load_super_adapter(
+        model, super_adapter, quantized=base_quantized_weights(model_config)
+    )
+    return supernet, tokenizer
 
 
 def evaluate_subnets(

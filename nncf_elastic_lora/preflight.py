@@ -15,27 +15,49 @@ from .patterns import find_linears
 
 
 def check_config_against_model(
-    config: PipelineConfig, *, sparsify: bool = False, train: bool = False, model: Any = None
+    config: PipelineConfig,
+    *,
+    sparsify: bool = False,
+    train: bool = False,
+    quantize: bool = False,
+    model: Any = None,
 ) -> None:
     """Resolve the module patterns of the stages that will run against the model's module names.
 
-    ``sparsify``/``train`` say which stages' patterns to check (``sparsity.target_modules``;
-    ``bootstrapNAS.training.target_modules`` and the elasticity groups). Raises :class:`ConfigError`
-    naming every bad key.
+    ``sparsify``/``quantize``/``train`` say which stages' patterns to check (``sparsity.target_modules``,
+    ``quantization.target_modules``; ``bootstrapNAS.training.target_modules`` and the elasticity
+    groups). Raises :class:`ConfigError` naming every bad key.
     """
-    if not (sparsify and config.sparsity.method != "none") and not (train and config.bootstrapNAS.enabled):
+    sparsify = sparsify and config.sparsity.method != "none"
+    quantize = quantize and config.quantization.weight_format != "none"
+    train = train and config.bootstrapNAS.enabled
+    if not (sparsify or quantize or train):
         return
     if model is None:
         from .models import meta_model
 
         model = meta_model(config.model)
     problems: list[str] = []
-    if sparsify and config.sparsity.method != "none":
-        try:
-            find_linears(model, config.sparsity.target_modules)
-        except ValueError as exc:
-            problems.append(f"sparsity.target_modules: {exc}")
-    if train and config.bootstrapNAS.enabled:
+    for on, key, patterns in (
+        (sparsify, "sparsity.target_modules", config.sparsity.target_modules),
+        (quantize, "quantization.target_modules", config.quantization.target_modules),
+    ):
+        if on:
+            try:
+                found = find_linears(model, patterns)
+            except ValueError as exc:
+                problems.append(f"{key}: {exc}")
+                continue
+            q = config.quantization
+            if key.startswith("quantization") and q.group_size_fallback == "error":
+                odd = [n for n, m in found.items() if m.in_features % q.group_size]
+                if odd:
+                    problems.append(
+                        f"quantization.group_size: {q.group_size} does not divide the input width of {odd[0]} "
+                        f"({found[odd[0]].in_features}) and {len(odd) - 1} other layers; choose a divisor or set "
+                        "quantization.group_size_fallback to 'adjust' or 'ignore'"
+                    )
+    if train:
         t, width = config.bootstrapNAS.training, config.bootstrapNAS.elasticity.width
         try:
             adapted = list(find_linears(model, t.target_modules))

@@ -260,6 +260,8 @@ def search_subadapter(
         },
     )
     _write_outputs(out, log, result, objectives.metric, objectives.cost_kind)
-    supernet.save_sub_adapter(out / "sub_adapter", result.chosen, base_model=base_model)
+    supernet.save_sub_adapter(
+        out / "sub_adapter", result.chosen, base_model=base_model, base_fingerprint=base_fingerprint
+    )
     supernet.activate_maximal_subnet()
     return result
