@@ -398,6 +398,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import quantize
 
         check_config_against_model(config, quantize=True)
+        check_data(config, quantize=True)
         with claim_output(
             output, verb="quantize", inputs=local_inputs(config, args.config), create=False, **common
         ):
@@ -432,7 +433,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(
             f"merged {report['adapter_kind']} sub-adapter ({report['modules_merged']} modules) into "
             f"{report['precision']} weights: wrote {output}; zeros {100 * report['sparsity']:.2f}% "
-            f"(base {100 * report['base_sparsity']:.2f}%, kept position for position: {report['zeros_equal_base']})"
+            f"(base {100 * report['base_sparsity']:.2f}%; every zero of the base kept, {report['new_zeros']:,} new)"
         )
         if ir is not None:
             print(
@@ -440,9 +441,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         return 0
     if args.command == "train":
-        from .pipeline import train
+        from .pipeline import check_trainable_base, train
 
         check_config_against_model(config, train=True)
+        check_trainable_base(config)
         check_data(config, train=True)
         with _resumable_output(args, config, "train", "train_config.json"):
             report = train(config, output, resume=args.resume, progress=progress)
@@ -514,8 +516,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print_table("evaluation", *results_table({config.model.name_or_path: results}))
         return 0
     if args.command == "run":
+        from .config import check_method
         from .pipeline import print_summary, run_pipeline
 
+        check_method(config)
         check_config_against_model(config, sparsify=True, quantize=True, train=True)
         check_data(
             config,
@@ -523,6 +527,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             train=config.bootstrapNAS.enabled,
             evaluate=True,
             export=config.export.enabled,
+            quantize=True,
         )
         with _resumable_output(args, config, "run", "config.json"):
             report = run_pipeline(config, output, resume=args.resume, progress=progress)

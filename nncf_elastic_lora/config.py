@@ -221,6 +221,13 @@ class SearchConfig(_Section):
         return self
 
 
+class ExportCalibrationConfig(_Section):
+    """Texts for data-aware weight compression (AWQ, scale estimation): a task's train split."""
+
+    task: str | None = Field(None, description="Task whose train texts calibrate; default: data.task.")
+    num_samples: int = Field(64, gt=0)
+
+
 class BaseQuantizationConfig(_Section):
     """INT4 weights for the (sparse) base before the adapters train (SQFT), by NNCF on the torch model."""
 
@@ -238,6 +245,11 @@ class BaseQuantizationConfig(_Section):
         default_factory=lambda: list(DEFAULT_DECODER_LINEARS),
         description="Module-name patterns of the linears to quantize (embeddings and head stay as they are).",
     )
+    awq: bool = Field(
+        False, description="NNCF's activation-aware weight quantization, calibrated on `calibration` texts."
+    )
+    scale_estimation: bool = Field(False, description="NNCF's scale estimation on `calibration` texts.")
+    calibration: ExportCalibrationConfig = Field(default_factory=lambda: ExportCalibrationConfig())
 
 
 class BootstrapNASConfig(_Section):
@@ -288,13 +300,6 @@ def check_compression_options(
             "awq rescales the activations that an unmerged adapter's branch also reads, which would change "
             "the adapter's output; merge the adapter (merge_adapter) or drop awq (scale_estimation is fine)"
         )
-
-
-class ExportCalibrationConfig(_Section):
-    """Texts for data-aware weight compression (AWQ, scale estimation): a task's train split."""
-
-    task: str | None = Field(None, description="Task whose train texts calibrate; default: data.task.")
-    num_samples: int = Field(64, gt=0)
 
 
 class ParityConfig(_Section):
@@ -403,30 +408,43 @@ class PipelineConfig(_Section):
                 "export.awq with the adapter unmerged: awq rescales activations that the adapter branch also "
                 "reads; set export.merge_adapter or drop export.awq"
             )
-        kind = self.bootstrapNAS.training.adapter_kind
-        int4_base = self.quantization.weight_format == "int4"
-        if self.bootstrapNAS.enabled and kind == "qa_sparsepeft" and not int4_base:
-            raise ValueError(
-                "bootstrapNAS.training.adapter_kind 'qa_sparsepeft' trains through an INT4 base's scales: "
-                "set quantization.weight_format to 'int4'"
-            )
-        if self.bootstrapNAS.enabled and kind == "sparsepeft" and int4_base:
-            raise ValueError(
-                "bootstrapNAS.training.adapter_kind 'sparsepeft' merges into full precision, which would undo "
-                "the INT4 base (quantization.weight_format 'int4'): use 'qa_sparsepeft', or 'lora' to ship the "
-                "adapter unmerged"
-            )
-        if int4_base and ex.enabled and ex.weight_format != "int4":
-            raise ValueError(
-                f"export.weight_format is {ex.weight_format!r} but the base is INT4 (quantization.weight_format "
-                "'int4'): the IR ships the base's own INT4 codes; set export.weight_format to 'int4'"
-            )
-        if int4_base and ex.enabled and self.bootstrapNAS.enabled and kind == "lora" and ex.merge_adapter:
-            raise ValueError(
-                "export.merge_adapter with an INT4 base would merge a dense update into INT4 weights; "
-                "use adapter_kind 'qa_sparsepeft' (merges into INT4 exactly) or ship the adapter unmerged"
-            )
         return self
+
+
+def check_method(config: PipelineConfig) -> None:
+    """Refuse a `run` whose stages cannot work together (base precision, adapter kind, export).
+
+    Only `run` chains these stages; a single verb (``quantize``, ``train`` on an INT4 checkpoint)
+    is checked where it runs. Raises :class:`ConfigError` naming the keys.
+    """
+    ex = config.export
+    problems = []
+    kind = config.bootstrapNAS.training.adapter_kind
+    trains = config.bootstrapNAS.enabled
+    int4_base = config.quantization.weight_format == "int4"
+    if trains and kind == "qa_sparsepeft" and not int4_base:
+        problems.append(
+            "bootstrapNAS.training.adapter_kind: 'qa_sparsepeft' trains through an INT4 base's scales: "
+            "set quantization.weight_format to 'int4'"
+        )
+    if trains and kind == "sparsepeft" and int4_base:
+        problems.append(
+            "bootstrapNAS.training.adapter_kind: 'sparsepeft' merges into full precision, which would undo "
+            "the INT4 base (quantization.weight_format 'int4'): use 'qa_sparsepeft', or 'lora' to ship the "
+            "adapter unmerged"
+        )
+    if int4_base and ex.enabled and ex.weight_format != "int4":
+        problems.append(
+            f"export.weight_format: {ex.weight_format!r} but the base is INT4 (quantization.weight_format "
+            "'int4'): the IR ships the base's own INT4 codes; set export.weight_format to 'int4'"
+        )
+    if int4_base and ex.enabled and trains and kind == "lora" and ex.merge_adapter:
+        problems.append(
+            "export.merge_adapter: with an INT4 base it would merge a dense update into INT4 weights; "
+            "use adapter_kind 'qa_sparsepeft' (merges into INT4 exactly) or ship the adapter unmerged"
+        )
+    if problems:
+        raise ConfigError("(these stages do not work together)", problems)
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .config import BootstrapNASConfig, ModelConfig, PipelineConfig
+from .config import BootstrapNASConfig, ModelConfig, PipelineConfig, check_method
 from .data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
 from .elastic import ElasticLoraSuperNet
 from .evaluation import CausalLM, TaskResult, evaluate_task, results_table
@@ -128,27 +128,38 @@ def quantize(config: PipelineConfig, output: str | Path, progress: bool = True) 
     start = time.perf_counter()
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
     zeros_before = {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    texts = None
+    if q.awq or q.scale_estimation:
+        texts = train_texts(config, q.calibration.task, q.calibration.num_samples)
     qweights = quantize_base(
         model,
         target_modules=q.target_modules,
         group_size=q.group_size,
         sym=q.sym,
         group_size_fallback=q.group_size_fallback,
+        calibration=texts,
+        tokenizer=tokenizer,
+        awq=q.awq,
+        scale_estimation=q.scale_estimation,
         progress=progress,
     )
-    lost = [n for n in qweights if not torch.equal(model.get_submodule(n).weight == 0, zeros_before[n])]
+    # Every zero must stay zero; small weights may also round onto the zero point and become zeros.
+    lost = [n for n in qweights if (zeros_before[n] & (model.get_submodule(n).weight != 0)).any()]
     if lost:
-        raise RuntimeError(
-            f"INT4 quantization changed the zeros of {lost[0]} and {len(lost) - 1} other layers"
-        )
+        raise RuntimeError(f"INT4 quantization lost zeros of {lost[0]} and {len(lost) - 1} other layers")
+    new_zeros = sum(int(((model.get_submodule(n).weight == 0) & ~zeros_before[n]).sum()) for n in qweights)
     report = {
         "model": config.model.name_or_path,
         "bits": 4,
         "group_size": q.group_size,
         "group_sizes": sorted({w.group_size for w in qweights.values()}),
         "sym": q.sym,
+        "awq": q.awq,
+        "scale_estimation": q.scale_estimation,
+        "calibration_samples": len(texts or []),
         "modules": sorted(qweights),
         "zeros_kept": True,
+        "new_zeros": new_zeros,
         "sparsity": linear_sparsity(model),
         "time_s": time.perf_counter() - start,
     }
@@ -172,6 +183,21 @@ def base_quantized_weights(model_config: ModelConfig) -> dict[str, Any] | None:
 
     base = Path(resolve_model_dir(model_config))
     return load_quantized_weights(base) if is_quantized_base(base) else None
+
+
+def check_trainable_base(config: PipelineConfig) -> None:
+    """QA-SparsePEFT trains through the INT4 codes beside its base: refuse a base without them."""
+    if config.bootstrapNAS.training.adapter_kind != "qa_sparsepeft":
+        return
+    from .int4 import is_quantized_base
+
+    base = resolve_model_dir(config.model)
+    if not is_quantized_base(base):
+        raise ValueError(
+            "bootstrapNAS.training.adapter_kind 'qa_sparsepeft' trains through an INT4 base's frozen scales, but "
+            f"{base} holds no quantized_weights.safetensors: give --model an INT4 checkpoint written by "
+            "`nncf-elastic-lora quantize` (or let `run` make one with quantization.weight_format 'int4')"
+        )
 
 
 def build_supernet(
@@ -227,7 +253,7 @@ def merge(
         "precision": "int4" if result.quantized is not None else "fp32",
         "sparsity": linear_sparsity(result.model),
         "base_sparsity": base_sparsity,
-        "zeros_equal_base": result.report["new_zeros"] == 0,
+        "zeros_kept": True,  # merge_to_directory refuses a merge that loses one of the base's zeros
         "time_s": time.perf_counter() - start,
     }
     write_json(Path(output) / "merge_report.json", report)
@@ -243,6 +269,7 @@ def train(
     ``sub_adapter_heuristic/`` (a stock peft folder), ``checkpoints/`` and ``train_report.json``.
     """
     output = Path(output)
+    check_trainable_base(config)
     model, tokenizer = load_model(config.model)
     supernet = build_supernet(model, config.bootstrapNAS, base_quantized_weights(config.model))
     data = load_task(config.data)
@@ -340,15 +367,19 @@ def search(
     return {**result.to_dict(), "data": data.record}
 
 
-def calibration_texts(config: PipelineConfig) -> list[str]:
-    """Train-split texts (prompt + answer) for data-aware weight compression, seeded and shuffled."""
+def train_texts(config: PipelineConfig, task_name: str | None, num_samples: int) -> list[str]:
+    """Train-split texts (prompt + answer) of a task, seeded and shuffled: calibration data."""
     import random
 
-    cal = config.export.calibration
-    task = load_task(config.data, cal.task)
+    task = load_task(config.data, task_name)
     texts = [e.text for e in task.train]
     random.Random(config.data.seed).shuffle(texts)
-    return texts[: cal.num_samples]
+    return texts[:num_samples]
+
+
+def calibration_texts(config: PipelineConfig) -> list[str]:
+    """Calibration texts for data-aware weight compression of the export (``export.calibration``)."""
+    return train_texts(config, config.export.calibration.task, config.export.calibration.num_samples)
 
 
 def export(
@@ -424,6 +455,7 @@ def run_pipeline(
     interrupted training continues from its last checkpoint. Writes ``report.json``, ``report.md``
     and, when IRs were benchmarked, ``accuracy_vs_speed.png``.
     """
+    check_method(config)
     output = Path(output)
     stages = method_stages(config)
     run = RunState(
@@ -619,8 +651,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
         m = report["merge"]
         text += (
             f"\n## Merged model\n\n{report['artifacts']['merged_model']}: {m['adapter_kind']} sub-adapter merged "
-            f"into {m['precision']} weights; zeros of the targeted layers: {100 * m['sparsity']:.2f}% "
-            f"(the base's, position for position: {m['zeros_equal_base']})\n"
+            f"into {m['precision']} weights; zeros in the linear layers: {100 * m['sparsity']:.2f}% (base: "
+            f"{100 * m['base_sparsity']:.2f}%); every zero of the base kept: {m['zeros_kept']}, "
+            f"{m['new_zeros']:,} new zeros where the update cancelled a weight\n"
         )
     if report.get("benchmark"):
         text += benchmark_markdown(report["benchmark"])

@@ -86,6 +86,7 @@ def check_data(
     sparsify: bool = False,
     evaluate: bool = False,
     export: bool = False,
+    quantize: bool = False,
 ) -> None:
     """Load every task the selected stages will read, so a missing or malformed dataset (or split
     sizes it cannot give) fails before the first stage instead of after the stages before it."""
@@ -102,6 +103,9 @@ def check_data(
         config.export.data_aware or config.export.awq or config.export.scale_estimation
     ):
         tasks.add(config.export.calibration.task)
+    q = config.quantization
+    if quantize and q.weight_format == "int4" and (q.awq or q.scale_estimation):
+        tasks.add(q.calibration.task)
     for task in tasks:
         if (task or config.data.task) == config.data.task:
             load_task(config.data)

@@ -95,21 +95,3 @@ def fake_quantize(
 ) -> torch.Tensor:
     """``dequantize(quantize(w))`` with a straight-through gradient to ``w``; scales stay frozen."""
     return _FakeQuantize.apply(w, scale, zero_point, group_size, bits)
-
-
-def scales_fingerprint(qweights: dict[str, QuantizedWeight]) -> str:
-    """SHA-256 of the frozen grids: for each module name in sorted order, the name (UTF-8), the
-    float16 scale bytes and the uint8 zero-point bytes (nothing when symmetric).
-
-    A QA-SparsePEFT adapter records it, so that merging it through other scales is refused.
-    """
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in sorted(qweights):
-        q = qweights[name]
-        digest.update(name.encode("utf-8"))
-        digest.update(q.scale.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-        if q.zero_point is not None:
-            digest.update(q.zero_point.detach().to("cpu", torch.uint8).contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -46,6 +46,41 @@ def _save_super_adapter(path: Path, hidden: int = 64) -> Path:
     return path
 
 
+def _save_sqft_inputs(root: Path) -> None:
+    """Sparse and INT4 bases (two of each) and SparsePEFT / QA-SparsePEFT sub-adapters trained on the first."""
+    import torch
+
+    from nncf_elastic_lora.int4 import quantize_base, save_quantized_base
+    from nncf_elastic_lora.outputs import fingerprint_path
+    from nncf_elastic_lora.sparsity import sparsify_model
+
+    for seed, name in ((0, "sparse"), (1, "sparse_other")):
+        model = build_tiny_llama(_tiny().model_copy(update={"tiny": TinyModelConfig(seed=seed)}))
+        sparsify_model(model, method="magnitude", ratio=0.5, target_modules=TARGETS, progress=False)
+        model.save_pretrained(root / name)
+        load_tokenizer(_tiny()).save_pretrained(root / name)
+        q = quantize_base(model, target_modules=TARGETS, group_size=32, progress=False)
+        save_quantized_base(root / f"{name}_int4", model, q, tokenizer=load_tokenizer(_tiny()))
+    for kind, base, fingerprint in (
+        ("sparsepeft", "sparse", True),
+        ("qa_sparsepeft", "sparse_int4", False),  # no base fingerprint: the scales are what is checked
+    ):
+        from nncf_elastic_lora.int4 import load_quantized_weights
+        from nncf_elastic_lora.models import load_model
+
+        model, _ = load_model(ModelConfig(name_or_path=str(root / base)))
+        quantized = load_quantized_weights(root / base) if kind == "qa_sparsepeft" else None
+        supernet = ElasticLoraSuperNet.attach(
+            model, target_modules=TARGETS, max_rank=8, alpha=16, adapter_kind=kind, quantized=quantized
+        )
+        with torch.no_grad():
+            for a in supernet.adapters.values():
+                a.lora_B.weight.normal_(0, 0.01)
+        supernet.save_sub_adapter(
+            root / f"{kind}_sub", base_fingerprint=fingerprint_path(root / base) if fingerprint else None
+        )
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """A workspace of inputs, good and bad, shared by every case (which must leave it unchanged)."""
@@ -92,6 +127,7 @@ def ws(tmp_path_factory) -> Path:
     bad_space = shutil.copytree(root / "super", root / "super_bad_space")
     (bad_space / "elastic_lora.json").write_text("{")
     (root / "not_adapter").mkdir()
+    _save_sqft_inputs(root)
     # user folders that look like models or outputs
     project = root / "project"
     project.mkdir()
@@ -120,6 +156,8 @@ SEARCH = ["search", "--config", "{ws}/tiny.json", "--model", "{ws}/model"]
 EVAL = ["eval", "--config", "{ws}/tiny.json"]
 EXPORT = ["export", "--config", "{ws}/tiny.json", "--model", "{ws}/model"]
 BENCH = ["benchmark", "--model", "{ws}/model", "--runtime", "torch"]
+QUANTIZE = ["quantize", "--config", "{ws}/tiny.json", "--model", "{ws}/model"]
+MERGE = ["merge", "--config", "{ws}/tiny.json"]
 
 CASES = [
     # config files and overrides
@@ -189,6 +227,32 @@ CASES = [
     Case("bench-model-missing", ["benchmark", "--model", "{ws}/nope"], "no such directory"),
     Case("bench-duplicate-label", [*BENCH, "--model", "{ws}/model"], "given twice"),
     Case("bench-unknown-property", ["benchmark", "--model", "{ws}/model", "--runtime", "torch", "--property", "NO_SUCH_PROP=1"], "NO_SUCH_PROP"),
+    # SQFT config keys and verbs
+    Case("adapter-kind-unknown", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=dora"], "bootstrapNAS.training.adapter_kind"),
+    Case("qa-without-int4-base", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "set quantization.weight_format to 'int4'"),
+    Case("sparsepeft-on-int4-base", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=sparsepeft", "--set", "quantization.weight_format=int4", "--set", "export.weight_format=int4"], "would undo the INT4 base"),
+    Case("int4-base-int8-export", [*RUN, "--set", "quantization.weight_format=int4"], "set export.weight_format to 'int4'"),
+    Case("int4-base-merge-lora", [*RUN, "--set", "quantization.weight_format=int4", "--set", "export.weight_format=int4", "--set", "export.merge_adapter=true"], "merge a dense update into INT4"),
+    Case("quantization-format-unknown", [*RUN, "--set", "quantization.weight_format=int3"], "quantization.weight_format"),
+    Case("benchmark-no-references", [*RUN, "--set", "benchmark.references=[]"], "references is empty"),
+    Case("benchmark-batch-zero", [*RUN, "--set", "benchmark.batch_sizes=[1,0]"], "batch_sizes"),
+    Case("benchmark-reference-unknown", [*RUN, "--set", 'benchmark.references=["int3"]'], "benchmark.references"),
+    Case("quantize-group-size-zero", [*QUANTIZE, "--group-size", "0"], "quantization.group_size"),
+    Case("quantize-group-size-odd", [*QUANTIZE, "--group-size", "48", "--group-size-fallback", "error"], "does not divide the input width"),
+    Case("quantize-pattern-nothing", [*QUANTIZE, "--set", 'quantization.target_modules=["nope_proj"]'], "quantization.target_modules"),
+    Case("quantize-output-is-model", [*QUANTIZE, "--overwrite"], "is the input", output="model"),
+    Case("quantize-model-missing", [*QUANTIZE[:3], "--model", "{ws}/no_such_model"], "no_such_model"),
+    Case("train-qa-on-full-precision", [*TRAIN, "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "holds no quantized_weights.safetensors"),
+    Case("merge-plain-lora", [*MERGE, "--model", "{ws}/model", "--adapter", "{ws}/super_sub"], "plain lora adapter"),
+    Case("merge-other-base", [*MERGE, "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_sub"], "trained on another base"),
+    Case("merge-qa-other-scales", [*MERGE, "--model", "{ws}/sparse_other_int4", "--adapter", "{ws}/qa_sparsepeft_sub"], "other INT4 scales"),
+    Case("merge-qa-no-int4-base", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/qa_sparsepeft_sub"], "needs the INT4 base"),
+    Case("merge-adapter-wrong-shape", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/super_wide_sub"], "does not fit the base model"),
+    Case("merge-adapter-missing", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/no_adapter"], "no_adapter"),
+    Case("merge-output-is-adapter", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/sparsepeft_sub", "--overwrite"], "is the input", output="sparsepeft_sub"),
+    Case("merge-export-output-is-model", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/sparsepeft_sub", "--export-to", "{ws}/sparse", "--overwrite"], "is the input"),
+    Case("export-int4-base-as-int8", [*EXPORT[:3], "--model", "{ws}/sparse_int4", "--weight-format", "int8"], "int4"),
+    Case("export-int4-base-merge", [*EXPORT[:3], "--model", "{ws}/sparse_int4", "--weight-format", "int4", "--adapter", "{ws}/qa_sparsepeft_sub", "--merge"], "QA-SparsePEFT"),
     # schema
     Case("schema-output-below-file", ["schema"], "lies below the file", output="plainfile/schema.json"),
 ]  # fmt: skip
@@ -215,6 +279,8 @@ def test_the_campaign_is_large_and_covers_every_verb():
         "export",
         "benchmark",
         "schema",
+        "quantize",
+        "merge",
     }
     assert len({c.name for c in CASES}) == len(CASES)
 

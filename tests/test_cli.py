@@ -9,11 +9,12 @@ from nncf_elastic_lora.cli import main
 
 TINY_CONFIG = str(Path(__file__).parent.parent / "configs" / "tiny_shears.json")
 FAST = ["--no-progress", "--set", 'evaluation.tasks=["basic_arithmetic"]', "--set", "evaluation.limit=8"]
+FAST += ["--set", "benchmark.enabled=false"]  # the end-to-end test measures; the others need not
 
 
 def test_run_tiny_pipeline_end_to_end(tmp_path):
     out = tmp_path / "run"
-    assert main(["run", TINY_CONFIG, "--output", str(out), *FAST]) == 0
+    assert main(["run", TINY_CONFIG, "--output", str(out), *FAST, "--set", "benchmark.enabled=true"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["evaluation"]) == {
         "dense",

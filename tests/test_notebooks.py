@@ -1,4 +1,4 @@
-"""The notebooks run top to bottom on the tiny config (the user runs them on the bundled model)."""
+"""The notebooks run top to bottom on tiny configs (the user runs them on the bundled model)."""
 
 from pathlib import Path
 
@@ -6,13 +6,42 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-TINY = Path(__file__).parent.parent / "configs" / "tiny_shears.json"
+ROOT = Path(__file__).parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CONFIGS = {
+    "shears_walkthrough.ipynb": ROOT / "configs" / "tiny_shears.json",
+    "sqft_walkthrough.ipynb": ROOT / "configs" / "tiny_sqft_qa_sparsepeft.json",
+}
+
+
+def _value(outputs: str, label: str) -> str:
+    return outputs.split(label)[1].split()[0]
+
+
+def check_shears(outputs: str, out: Path) -> None:
+    assert float(_value(outputs, "max |logit difference|:")) < 1e-3  # stock peft = in-memory sub-network
+    assert (out / "nls" / "sub_adapter_heuristic" / "adapter_config.json").is_file()
+    assert "identical greedy tokens:" in outputs
+    assert float(_value(outputs, "max |logit diff| vs torch (f32 hint):")) < 0.05  # int8: close, not equal
+    assert (out / "openvino_notebook" / "openvino_detokenizer.xml").is_file()
+
+
+def check_sqft(outputs: str, out: Path) -> None:
+    assert _value(outputs, "zeros of the base lost by the merge:") == "0"
+    assert float(_value(outputs, "SparsePEFT max |logit difference| merged vs unmerged:")) < 1e-5
+    assert float(_value(outputs, "QA-SparsePEFT max |logit difference| merged vs trained forward:")) < 1e-5
+    assert "zeros kept: True" in outputs
+    assert "INT4 IR codes equal the merged codes:" in outputs
+    assert (out / "ir_qa_sparsepeft" / "openvino_model.xml").is_file()
+    assert "the dense FP32 IR at batch" in outputs
+
+
+CHECKS = {"shears_walkthrough.ipynb": check_shears, "sqft_walkthrough.ipynb": check_sqft}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEL_NOTEBOOK_CONFIG", str(TINY))
+    monkeypatch.setenv("NEL_NOTEBOOK_CONFIG", str(CONFIGS[path.name]))
     monkeypatch.setenv("NEL_NOTEBOOK_OUTPUT", str(tmp_path / "out"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
@@ -22,10 +51,4 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     outputs = "".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )
-    diff = float(outputs.split("max |logit difference|:")[1].split()[0])
-    assert diff < 1e-3  # the stock-peft sub-adapter reproduces the in-memory sub-network
-    assert (tmp_path / "out" / "nls" / "sub_adapter_heuristic" / "adapter_config.json").is_file()
-    assert "identical greedy tokens:" in outputs
-    ir_diff = float(outputs.split("max |logit diff| vs torch (f32 hint):")[1].split()[0])
-    assert ir_diff < 0.05  # int8 weights: close to torch, not equal
-    assert (tmp_path / "out" / "openvino_notebook" / "openvino_detokenizer.xml").is_file()
+    CHECKS[path.name](outputs, tmp_path / "out")

@@ -1,7 +1,25 @@
-"""Elastic low-rank adapters: the layer, the search space, the super-network controller."""
+"""Elastic low-rank adapters: the layers, the search space, the super-network controller."""
 
-from .lora import ElasticLoraLinear
+from .lora import (
+    ADAPTER_LAYERS,
+    AdapterKind,
+    ElasticLoraLinear,
+    QASparsePeftLinear,
+    SparsePeftLinear,
+    create_adapter_layer,
+)
 from .search_space import Group, build_groups
 from .supernet import ElasticLoraSuperNet, SubnetConfig
 
-__all__ = ["ElasticLoraLinear", "ElasticLoraSuperNet", "Group", "SubnetConfig", "build_groups"]
+__all__ = [
+    "ADAPTER_LAYERS",
+    "AdapterKind",
+    "ElasticLoraLinear",
+    "ElasticLoraSuperNet",
+    "Group",
+    "QASparsePeftLinear",
+    "SparsePeftLinear",
+    "SubnetConfig",
+    "build_groups",
+    "create_adapter_layer",
+]

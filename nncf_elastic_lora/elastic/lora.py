@@ -1,4 +1,4 @@
-"""The elastic LoRA layer: a frozen base linear plus a low-rank branch whose rank is switchable.
+"""The elastic LoRA layers: a frozen base linear plus a low-rank branch whose rank is switchable.
 
 ``y = base(x) + s · B[:, :r] (A[:r] x)`` with ``A ∈ R^{r_max×in}``, ``B ∈ R^{out×r_max}`` (peft's
 layout: ``lora_A.weight``, ``lora_B.weight``). Every sub-adapter shares these weights and uses the
@@ -6,19 +6,139 @@ leading ``r`` components. The scaling is fixed at ``s = alpha / r_max`` whatever
 the Shears reference does; a sub-adapter saved for peft keeps it through ``alpha_pattern``
 (``alpha_i = alpha · r_i / r_max``). At an active rank ``r`` the branch costs what a plain LoRA of
 rank ``r`` costs: the weights are sliced, never masked.
+
+Three kinds of adapter (:class:`AdapterKind`), one layer class each, registered in
+:data:`ADAPTER_LAYERS` the way peft registers its layer types:
+
+- ``lora`` (:class:`ElasticLoraLinear`): the plain low-rank branch above (Shears).
+- ``sparsepeft`` (:class:`SparsePeftLinear`): ``Lp = (s · B A) ⊙ M`` with ``M = (W ≠ 0)`` of the
+  frozen base, so ``W + Lp`` keeps the base's zeros (SQFT's SparsePEFT).
+- ``qa_sparsepeft`` (:class:`QASparsePeftLinear`): the forward sees ``FQ(W + Lp)``, the sum
+  quantised with the INT4 base's frozen scales and zero points (straight-through gradient), so the
+  merged INT4 model is the trained model (SQFT's QA-SparsePEFT).
+
+The maths lives in the pure functions :func:`lora_delta`, :func:`sparse_merged_weight` and
+:func:`qa_codes`; the layers' forward and :mod:`nncf_elastic_lora.merge` call the same ones,
+so a merge reproduces the trained forward bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..quantization import QuantizedWeight, fake_quantize, quantize
+
+
+class AdapterKind(str, Enum):
+    """How the low-rank update meets the base weight."""
+
+    LORA = "lora"
+    SPARSEPEFT = "sparsepeft"
+    QA_SPARSEPEFT = "qa_sparsepeft"
+
+    @classmethod
+    def parse(cls, value: AdapterKind | str) -> AdapterKind:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(
+                f"unknown adapter kind {value!r}; expected one of {[k.value for k in cls]}"
+            ) from None
+
+
+# ---------------------------------------------------------------------- the maths, as pure functions
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``s · B A``. Slices are made contiguous so that a sub-adapter read back from disk (contiguous
+    tensors) gives the same bits as the live super-adapter's slices."""
+    return (b.contiguous() @ a.contiguous()) * scaling
+
+
+def sparse_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, mask: torch.Tensor) -> torch.Tensor:
+    """``Lp = (s · B A) ⊙ M``. A product with the mask (cast from bool) rather than ``torch.where``
+    (faster here); a finite update becomes ±0 at masked positions and ``0 + (−0) = +0``, so the
+    merged zeros are exact (a NaN stays NaN, and merges refuse it)."""
+    delta = lora_delta(a, b, scaling)
+    return delta * mask.to(delta.dtype)
+
+
+class _MaskedLoraLinear(torch.autograd.Function):
+    """``y = F.linear(x, W̃, bias)`` with ``W̃ = W + Lp`` (SparsePEFT) or ``FQ(W + Lp)`` (QA-SparsePEFT).
+
+    Autograd through the plain expression keeps, per layer, the out×in merged weight and the
+    float mask for backward (~8 bytes per base weight: a second copy of the model in float32).
+    Here backward saves only what the model holds anyway (``x``, ``W``, ``A``, ``B``, the bool mask)
+    and recomputes ``W̃``; the gradient is the same: ``G = s · (gᵀ x) ⊙ M`` (straight through the
+    quantiser for QA), ``∂A = Bᵀ G``, ``∂B = G Aᵀ``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, a, b, mask, bias, scaling, grid):  # noqa: ANN001
+        ctx.save_for_backward(x, w, a, b, mask)
+        ctx.scaling, ctx.grid = scaling, grid
+        return F.linear(x, _effective_weight(w, a, b, scaling, mask, grid), bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        x, w, a, b, mask = ctx.saved_tensors
+        grad_x = grad_a = grad_b = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ _effective_weight(w, a, b, ctx.scaling, mask, ctx.grid)
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            g = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+            g = g.mul_(mask.to(g.dtype)).mul_(ctx.scaling)
+            grad_a = b.T @ g if ctx.needs_input_grad[2] else None
+            grad_b = g @ a.T if ctx.needs_input_grad[3] else None
+        if ctx.needs_input_grad[5]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return grad_x, None, grad_a, grad_b, None, grad_bias, None, None
+
+
+def _effective_weight(w, a, b, scaling, mask, grid):  # noqa: ANN001, ANN202
+    merged = sparse_merged_weight(w, a, b, scaling, mask)
+    return merged if grid is None else fake_quantize(merged, *grid)
+
+
+def masked_lora_linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    mask: torch.Tensor,
+    bias: torch.Tensor | None,
+    scaling: float,
+    grid: tuple | None = None,
+) -> torch.Tensor:
+    """The SparsePEFT (``grid`` None) or QA-SparsePEFT (``grid = (scale, zero_point, group_size, bits)``)
+    linear, memory-lean in backward (see :class:`_MaskedLoraLinear`)."""
+    return _MaskedLoraLinear.apply(x, w, a, b, mask, bias, scaling, grid)
+
+
+def sparse_merged_weight(
+    w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float, mask: torch.Tensor
+) -> torch.Tensor:
+    """``W + Lp`` in the adapter's dtype: the one weight the SparsePEFT forward and merge use."""
+    return w.to(a.dtype) + sparse_delta(a, b, scaling, mask)
+
+
+def qa_codes(merged: torch.Tensor, qweight: QuantizedWeight) -> torch.Tensor:
+    """The integer codes of ``merged`` under the base's frozen scales and zero points."""
+    return quantize(merged, qweight.scale, qweight.zero_point, qweight.group_size, qweight.bits)
+
+
+# ---------------------------------------------------------------------- the layers
+
 
 class ElasticLoraLinear(nn.Module):
     """Wraps a frozen ``nn.Linear`` (``base_layer``) with an elastic-rank LoRA branch."""
+
+    kind = AdapterKind.LORA
 
     def __init__(
         self,
@@ -65,7 +185,11 @@ class ElasticLoraLinear(nn.Module):
     def delta_weight(self, rank: int | None = None) -> torch.Tensor:
         """The dense update ``s · B A`` at ``rank``, shaped like the base weight."""
         a, b = self.lora_weights(rank)
-        return (b @ a) * self.scaling
+        return lora_delta(a, b, self.scaling)
+
+    def merged_weight(self, rank: int | None = None) -> torch.Tensor:
+        """The weight a merge at ``rank`` writes into the base linear (in the adapter's dtype)."""
+        return self.base_layer.weight.to(self.lora_A.weight.dtype) + self.delta_weight(rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
@@ -76,4 +200,176 @@ class ElasticLoraLinear(nn.Module):
         return result + update.to(result.dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, max_rank={self.max_rank}, active_rank={self.active_rank}"
+        return (
+            f"kind={self.kind.value}, in={self.in_features}, out={self.out_features}, "
+            f"max_rank={self.max_rank}, active_rank={self.active_rank}"
+        )
+
+
+class SparsePeftLinear(ElasticLoraLinear):
+    """SparsePEFT: the update is masked by the base's non-zeros, so merging keeps the sparsity.
+
+    ``(s · B A) ⊙ M`` has no low-rank form, so the forward materialises ``W + Lp`` (an out×in
+    product per layer, as the SQFT reference does) and applies one ``F.linear``. The mask is a
+    non-persistent buffer: it belongs to the base and is recomputed when the adapter is attached.
+    """
+
+    kind = AdapterKind.SPARSEPEFT
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        max_rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(base_layer, max_rank, alpha, dropout, generator)
+        self.register_buffer("mask", base_layer.weight.detach() != 0, persistent=False)
+
+    def delta_weight(self, rank: int | None = None) -> torch.Tensor:
+        """The masked update ``Lp = (s · B A) ⊙ M`` at ``rank``."""
+        a, b = self.lora_weights(rank)
+        return sparse_delta(a, b, self.scaling, self.mask)
+
+    def merged_weight(self, rank: int | None = None) -> torch.Tensor:
+        a, b = self.lora_weights(rank)
+        return sparse_merged_weight(self.base_layer.weight, a, b, self.scaling, self.mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.active_rank == 0:
+            return self.base_layer(x)
+        if self.training and isinstance(self.lora_dropout, nn.Dropout):
+            # Dropout acts on the adapter's input only, so the update needs its own product here.
+            delta = self.delta_weight()
+            return self.base_layer(x) + F.linear(self.lora_dropout(x).to(delta.dtype), delta).to(x.dtype)
+        return self._masked_linear(x, None)
+
+    def _masked_linear(self, x: torch.Tensor, grid: tuple | None) -> torch.Tensor:
+        a, b = self.lora_weights()
+        w, bias = self.base_layer.weight.to(a.dtype), self._bias(a.dtype)
+        return masked_lora_linear(x.to(a.dtype), w, a, b, self.mask, bias, self.scaling, grid).to(x.dtype)
+
+    def _bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        bias = self.base_layer.bias
+        return None if bias is None else bias.to(dtype)
+
+
+class QASparsePeftLinear(SparsePeftLinear):
+    """QA-SparsePEFT: the forward applies ``FQ(W + Lp)`` with the INT4 base's frozen scales and zeros.
+
+    ``W`` is the dequantised INT4 weight (checked bitwise at construction: scales from another base
+    would silently train against the wrong grid). Only ``A`` and ``B`` train; the straight-through
+    estimator passes the gradient of the quantised weight to ``W + Lp``. With ``B = 0`` the codes
+    are the base's own, so the forward is the base's exactly.
+    """
+
+    kind = AdapterKind.QA_SPARSEPEFT
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        max_rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+        *,
+        quantized: QuantizedWeight,
+        name: str = "",
+    ):
+        if dropout > 0:
+            raise ValueError(
+                "qa_sparsepeft adapters take no dropout: the update is quantised together with the base "
+                "weight, so there is no separate adapter input to drop; set lora_dropout to 0"
+            )
+        check_dequantized_base(base_layer.weight, quantized, name)
+        super().__init__(base_layer, max_rank, alpha, dropout, generator)
+        device = base_layer.weight.device
+        self.register_buffer("scale", quantized.scale.detach().to(device), persistent=False)
+        zp = quantized.zero_point
+        self.register_buffer("zero_point", None if zp is None else zp.detach().to(device), persistent=False)
+        self.group_size, self.bits = quantized.group_size, quantized.bits
+
+    @property
+    def grid(self) -> QuantizedWeight:
+        """The base's frozen scales and zero points (``codes`` left empty: they depend on the update)."""
+        return QuantizedWeight(torch.empty(0), self.scale, self.zero_point, self.group_size, self.bits)
+
+    @property
+    def quantized_base(self) -> QuantizedWeight:
+        """The base's INT4 weight; its codes recomputed from ``W`` (equal to the original's, checked)."""
+        qw = self.grid
+        qw.codes = qa_codes(self.base_layer.weight, qw)
+        return qw
+
+    def codes(self, rank: int | None = None) -> torch.Tensor:
+        """The INT4 codes of ``W + Lp`` at ``rank``: what the forward fake-quantises, what a merge stores."""
+        return qa_codes(self.merged_weight(rank), self.grid)
+
+    def effective_weight(self, rank: int | None = None) -> torch.Tensor:
+        """``FQ(W + Lp)``: the weight the forward applies (straight-through to ``A`` and ``B``)."""
+        return fake_quantize(
+            self.merged_weight(rank), self.scale, self.zero_point, self.group_size, self.bits
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.active_rank == 0:  # FQ(W) == W bitwise (checked at construction)
+            return self.base_layer(x)
+        return self._masked_linear(x, (self.scale, self.zero_point, self.group_size, self.bits))
+
+
+def check_dequantized_base(weight: torch.Tensor, quantized: QuantizedWeight, name: str = "") -> None:
+    """Refuse a base weight that is not the dequantisation of ``quantized`` (scales of another base)."""
+    label = f"module {name!r}" if name else "the base weight"
+    if tuple(quantized.codes.shape) != tuple(weight.shape):
+        raise ValueError(
+            f"{label}: the INT4 codes have shape {list(quantized.codes.shape)} but the weight has "
+            f"{list(weight.shape)}; the quantized weights belong to another base model"
+        )
+    w = weight.detach()
+    deq = quantized.dequantize(w.dtype).to(w.device)
+    if not torch.equal(w, deq):
+        bad = int((w != deq).sum())
+        raise ValueError(
+            f"{label}: the weight differs from the dequantized INT4 weight at {bad} of {w.numel()} positions; "
+            "the scales and zero points belong to another base (load the INT4 base checkpoint they came with)"
+        )
+    codes = quantize(w, quantized.scale.to(w.device), _to(quantized.zero_point, w.device),
+                     quantized.group_size, quantized.bits)  # fmt: skip
+    if not torch.equal(codes, quantized.codes.to(device=w.device, dtype=codes.dtype)):
+        raise ValueError(
+            f"{label}: re-quantising the dequantized weight does not give its INT4 codes back (codes out of "
+            f"range for {quantized.bits} bits?); the quantized weights are inconsistent"
+        )
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
+
+
+ADAPTER_LAYERS: dict[AdapterKind, type[ElasticLoraLinear]] = {
+    AdapterKind.LORA: ElasticLoraLinear,
+    AdapterKind.SPARSEPEFT: SparsePeftLinear,
+    AdapterKind.QA_SPARSEPEFT: QASparsePeftLinear,
+}
+
+
+def create_adapter_layer(
+    kind: AdapterKind | str,
+    base_layer: nn.Linear,
+    max_rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+    *,
+    quantized: QuantizedWeight | None = None,
+    name: str = "",
+) -> ElasticLoraLinear:
+    """The adapter layer of ``kind`` around ``base_layer`` (``quantized``: the base's INT4 weight, qa only)."""
+    kind = AdapterKind.parse(kind)
+    cls = ADAPTER_LAYERS[kind]
+    if kind is AdapterKind.QA_SPARSEPEFT:
+        if quantized is None:
+            raise ValueError(f"module {name!r}: a qa_sparsepeft adapter needs the base's quantized weight")
+        return cls(base_layer, max_rank, alpha, dropout, generator, quantized=quantized, name=name)
+    return cls(base_layer, max_rank, alpha, dropout, generator)

@@ -7,8 +7,13 @@ linears and steers them. Its vocabulary mirrors NNCF BootstrapNAS's ``TrainedSup
 configuration is a ``{group name: width}`` dict.
 
 Saving: the super-adapter is a peft LoRA folder at the maximal rank (stock peft loads it as the
-maximal sub-adapter) plus ``elastic_lora.json`` with the search space. A sub-adapter is a standard
-peft LoRA folder with per-module ranks in ``rank_pattern`` and ``alpha_pattern``.
+maximal sub-adapter) plus ``elastic_lora.json`` with the search space and the adapter kind. A
+sub-adapter is a standard peft LoRA folder with per-module ranks in ``rank_pattern`` and
+``alpha_pattern``, plus ``subnet_config.json`` (the configuration) and ``elastic_lora_sub.json``
+(kind, scaling, the fingerprints of the base and of its INT4 scales), which
+:func:`nncf_elastic_lora.merge.merge_adapter_from_dirs` checks before merging. Stock peft loads a
+``sparsepeft``/``qa_sparsepeft`` folder too, but applies the update unmasked and unquantised: merge it
+with this package instead.
 """
 
 from __future__ import annotations
@@ -24,13 +29,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..adapters import check_adapter_fits
+from ..int4 import scales_fingerprint
 from ..patterns import find_linears
+from ..quantization import QuantizedWeight
 from ..reports import atomic_directory, write_json
-from .lora import ElasticLoraLinear
+from .lora import AdapterKind, ElasticLoraLinear, create_adapter_layer
 from .search_space import Group, build_groups
 
 SubnetConfig = dict[str, int]
 SEARCH_SPACE_FILE = "elastic_lora.json"
+SUB_ADAPTER_FILE = "elastic_lora_sub.json"
+SUBNET_CONFIG_FILE = "subnet_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
@@ -42,11 +51,22 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 class ElasticLoraSuperNet:
     """Controller of the elastic adapters inside ``model`` (which it modifies in place)."""
 
-    def __init__(self, model: nn.Module, adapters: dict[str, ElasticLoraLinear], groups: list[Group]):
+    def __init__(
+        self,
+        model: nn.Module,
+        adapters: dict[str, ElasticLoraLinear],
+        groups: list[Group],
+        quantized: dict[str, QuantizedWeight] | None = None,
+    ):
         self.model = model
         self.adapters = adapters
         self.groups = groups
         self._by_name = {g.name: g for g in groups}
+        kinds = {a.kind for a in adapters.values()}
+        if len(kinds) > 1:
+            raise ValueError(f"all adapters of a super-network must be of one kind, got {sorted(kinds)}")
+        self.kind: AdapterKind = kinds.pop() if kinds else AdapterKind.LORA
+        self.quantized = quantized  # the base's INT4 weights (qa_sparsepeft), all quantized modules
 
     # ------------------------------------------------------------------ construction
 
@@ -63,12 +83,18 @@ class ElasticLoraSuperNet:
         overwrite_groups_widths: list[list[int]] | None = None,
         default_widths: list[int] | None = None,
         seed: int = 0,
+        adapter_kind: AdapterKind | str = AdapterKind.LORA,
+        quantized: dict[str, QuantizedWeight] | None = None,
     ) -> ElasticLoraSuperNet:
         """Freeze ``model`` and wrap every target linear with an elastic adapter of rank ``max_rank``.
 
         ``lora_A`` is initialised from a generator seeded with ``seed`` (``lora_B`` is zero), so the
-        super-adapter's starting point depends on the config only.
+        super-adapter's starting point depends on the config only, whatever the kind.
+        ``adapter_kind``: ``lora``, ``sparsepeft`` or ``qa_sparsepeft``; the last needs ``quantized``
+        (``{module name: QuantizedWeight}`` of the INT4 base, covering every target), checked
+        against the model's weights before anything is modified.
         """
+        kind = AdapterKind.parse(adapter_kind)
         default_widths = default_widths or [max_rank]
         if max(default_widths) > max_rank:
             raise ValueError(f"default widths {default_widths} exceed the maximal rank {max_rank}")
@@ -76,14 +102,28 @@ class ElasticLoraSuperNet:
         groups = build_groups(
             list(targets), overwrite_groups or [], overwrite_groups_widths or [], default_widths, max_rank
         )
+        if kind is AdapterKind.QA_SPARSEPEFT:
+            _check_quantized_covers(targets, quantized)
+        elif quantized is not None:
+            raise ValueError(f"quantized weights are only used by qa_sparsepeft adapters, not {kind.value!r}")
+        layers = {}
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        trainable = {p: p.requires_grad for p in model.parameters()}
+        try:  # construct (and check) every layer before the model is touched
+            for name, linear in targets.items():
+                layers[name] = create_adapter_layer(
+                    kind, linear, max_rank, alpha, dropout, generator,
+                    quantized=quantized[name] if quantized is not None else None, name=name,
+                )  # fmt: skip
+        except Exception:
+            for p, flag in trainable.items():  # the layers built so far froze their bases
+                p.requires_grad_(flag)
+            raise
         for p in model.parameters():
             p.requires_grad_(False)
-        adapters = {}
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-        for name, linear in targets.items():
-            adapters[name] = ElasticLoraLinear(linear, max_rank, alpha, dropout, generator)
-            _set_module(model, name, adapters[name])
-        return cls(model, adapters, groups)
+        for name, layer in layers.items():
+            _set_module(model, name, layer)
+        return cls(model, layers, groups, quantized)
 
     # ------------------------------------------------------------------ the search space
 
@@ -181,6 +221,8 @@ class ElasticLoraSuperNet:
     def describe(self) -> dict[str, Any]:
         any_adapter = next(iter(self.adapters.values()))
         return {
+            "adapter_kind": self.kind.value,
+            "scales_fingerprint": self.scales_fingerprint(),
             "max_rank": any_adapter.max_rank,
             "alpha": any_adapter.alpha,
             "dropout": getattr(any_adapter.lora_dropout, "p", 0.0),
@@ -222,10 +264,36 @@ class ElasticLoraSuperNet:
             base_model_name_or_path=base_model,
         )
 
+    def scales_fingerprint(self) -> str | None:
+        """The fingerprint of the INT4 base's scales and zero points (qa_sparsepeft), else None."""
+        return scales_fingerprint(self.quantized) if self.quantized is not None else None
+
+    def sub_adapter_record(self, config: SubnetConfig, base_fingerprint: str | None = None) -> dict[str, Any]:
+        """What :data:`SUB_ADAPTER_FILE` holds: enough to merge the sub-adapter from disk, and to refuse
+        a base it was not trained on."""
+        any_adapter = next(iter(self.adapters.values()))
+        return {
+            "adapter_kind": self.kind.value,
+            "max_rank": any_adapter.max_rank,
+            "alpha": any_adapter.alpha,
+            "scaling": any_adapter.scaling,
+            "base_fingerprint": base_fingerprint,
+            "scales_fingerprint": self.scales_fingerprint(),
+            "module_ranks": self.module_ranks(config),
+        }
+
     def save_sub_adapter(
-        self, directory: str | Path, config: SubnetConfig | None = None, base_model: str | None = None
+        self,
+        directory: str | Path,
+        config: SubnetConfig | None = None,
+        base_model: str | None = None,
+        base_fingerprint: str | None = None,
     ) -> Path:
-        """A standard peft LoRA folder for ``config`` (default: the active configuration)."""
+        """A standard peft LoRA folder for ``config`` (default: the active configuration).
+
+        ``base_fingerprint`` (e.g. :func:`nncf_elastic_lora.provenance.model_fingerprint` of the base)
+        is recorded so that a merge into another base is refused.
+        """
         config = config or self.get_active_config()
         self.validate_config(config)
         ranks = {m: r for m, r in self.module_ranks(config).items() if r > 0}
@@ -235,16 +303,19 @@ class ElasticLoraSuperNet:
             save_file(
                 {k: v for k, v in weights.items() if v.numel()}, tmp / PEFT_WEIGHTS, metadata={"format": "pt"}
             )
-            write_json(tmp / "subnet_config.json", config)
+            write_json(tmp / SUBNET_CONFIG_FILE, config)
+            write_json(tmp / SUB_ADAPTER_FILE, self.sub_adapter_record(config, base_fingerprint))
         return Path(directory)
 
-    def save_super_adapter(self, directory: str | Path, base_model: str | None = None) -> Path:
-        """The full super-adapter (peft folder at maximal rank) plus the search space."""
+    def save_super_adapter(
+        self, directory: str | Path, base_model: str | None = None, base_fingerprint: str | None = None
+    ) -> Path:
+        """The full super-adapter (peft folder at maximal rank) plus the search space and the kind."""
         ranks = {m: a.max_rank for m, a in self.adapters.items()}
         with atomic_directory(directory) as tmp:
             self._peft_config(ranks, base_model).save_pretrained(tmp)
             save_file(self.adapter_state_dict(), tmp / PEFT_WEIGHTS, metadata={"format": "pt"})
-            write_json(tmp / SEARCH_SPACE_FILE, self.describe())
+            write_json(tmp / SEARCH_SPACE_FILE, {**self.describe(), "base_fingerprint": base_fingerprint})
         return Path(directory)
 
     def load_adapter_weights(self, state: dict[str, torch.Tensor], prefix: str = "base_model.model.") -> None:
@@ -259,8 +330,18 @@ class ElasticLoraSuperNet:
                 adapter.lora_B.weight.copy_(state[f"{prefix}{name}.lora_B.weight"])
 
     @classmethod
-    def load_super_adapter(cls, model: nn.Module, directory: str | Path) -> ElasticLoraSuperNet:
-        """Attach the saved super-adapter in ``directory`` to ``model`` (its base)."""
+    def load_super_adapter(
+        cls,
+        model: nn.Module,
+        directory: str | Path,
+        quantized: dict[str, QuantizedWeight] | None = None,
+        base_fingerprint: str | None = None,
+    ) -> ElasticLoraSuperNet:
+        """Attach the saved super-adapter in ``directory`` to ``model`` (its base).
+
+        A ``qa_sparsepeft`` super-adapter needs ``quantized`` (the INT4 base's weights); their scales
+        must be the ones it was trained with. ``base_fingerprint``, when given and recorded, must match.
+        """
         directory = Path(directory)
         spec_file = directory / SEARCH_SPACE_FILE
         if not spec_file.is_file():
@@ -274,17 +355,74 @@ class ElasticLoraSuperNet:
             modules = [m for g in spec["groups"] for m in g["modules"]]
             groups = [Group(g["name"], tuple(g["modules"]), tuple(g["widths"])) for g in spec["groups"]]
             max_rank, alpha = int(spec["max_rank"]), float(spec["alpha"])
+            kind = AdapterKind.parse(spec.get("adapter_kind", AdapterKind.LORA.value))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(
                 f"{spec_file} is not a valid search space (bad or missing {exc}); re-create the super-adapter"
             ) from None
+        check_adapter_provenance(
+            directory,
+            kind=kind,
+            recorded_base=spec.get("base_fingerprint"),
+            recorded_scales=spec.get("scales_fingerprint"),
+            base_fingerprint=base_fingerprint,
+            quantized=quantized,
+        )
         supernet = cls.attach(
             model,
             target_modules=[f"{{re}}{re.escape(m)}" for m in modules],
             max_rank=max_rank,
             alpha=alpha,
             dropout=spec.get("dropout", 0.0),
+            adapter_kind=kind,
+            quantized=quantized if kind is AdapterKind.QA_SPARSEPEFT else None,
         )
-        supernet = cls(model, supernet.adapters, groups)
+        supernet = cls(model, supernet.adapters, groups, supernet.quantized)
         supernet.load_adapter_weights(load_file(directory / PEFT_WEIGHTS))
         return supernet
+
+
+def _check_quantized_covers(
+    targets: dict[str, nn.Module], quantized: dict[str, QuantizedWeight] | None
+) -> None:
+    if quantized is None:
+        raise ValueError(
+            "qa_sparsepeft adapters train through the INT4 base's scales: pass quantized= "
+            "({module name: QuantizedWeight}, e.g. nncf_elastic_lora.int4.load_quantized_weights(base_dir))"
+        )
+    missing = sorted(set(targets) - set(quantized))
+    if missing:
+        raise ValueError(
+            f"qa_sparsepeft: the quantized weights do not cover {len(missing)} target module(s), e.g. "
+            f"{missing[:3]}; quantize every target linear of the base"
+        )
+
+
+def check_adapter_provenance(
+    directory: str | Path,
+    *,
+    kind: AdapterKind,
+    recorded_base: str | None,
+    recorded_scales: str | None,
+    base_fingerprint: str | None,
+    quantized: dict[str, QuantizedWeight] | None,
+) -> None:
+    """Refuse an adapter trained on another base, or a qa adapter without (or with other) INT4 scales."""
+    where = Path(directory).resolve()
+    if recorded_base and base_fingerprint and recorded_base != base_fingerprint:
+        raise ValueError(
+            f"adapter {where} was trained on another base (base fingerprint {recorded_base}, "
+            f"this base {base_fingerprint}); merge it into the base it was trained on"
+        )
+    if kind is not AdapterKind.QA_SPARSEPEFT:
+        return
+    if quantized is None:
+        raise ValueError(
+            f"adapter {where} is a qa_sparsepeft adapter: it needs the INT4 base's quantized weights "
+            "(quantized=..., e.g. nncf_elastic_lora.int4.load_quantized_weights(base_dir))"
+        )
+    if recorded_scales and scales_fingerprint(quantized) != recorded_scales:
+        raise ValueError(
+            f"adapter {where} was trained through other INT4 scales and zero points (scales fingerprint "
+            f"{recorded_scales}, given {scales_fingerprint(quantized)}); use the INT4 base it was trained on"
+        )

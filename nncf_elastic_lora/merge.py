@@ -1,0 +1,419 @@
+"""Merges that keep what the base was compressed for: its zeros (SparsePEFT) and its INT4 grid (QA).
+
+- :func:`merge_sparse` / :func:`merged_model`: ``W + Lp`` at a sub-network configuration, with
+  ``Lp = (s · B A) ⊙ (W ≠ 0)``, so the merged weight has the base's zeros, position for position.
+- :func:`merge_qa`: the INT4 codes ``quantize(W + Lp)`` under the base's frozen scales and zero
+  points, the very codes the QA-SparsePEFT forward computed during training, bit for bit.
+- :func:`merge_adapter_from_dirs`: the same from a base model and a sub-adapter folder written by
+  :meth:`~nncf_elastic_lora.elastic.ElasticLoraSuperNet.save_sub_adapter`, after checking that the
+  adapter was trained on this base (and, for QA, through these scales); :func:`merge_to_directory`
+  also writes the result, atomically.
+
+Every merge works on copies unless asked otherwise, checks each merged tensor for NaN/Inf and
+checks that every zero of the base is still zero; a failure names the module and nothing is written.
+The weights, per module, come from the same pure functions as the trained forward
+(:mod:`nncf_elastic_lora.elastic.lora`), which is what makes the merges exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_fits
+from .elastic.lora import (
+    AdapterKind,
+    ElasticLoraLinear,
+    QASparsePeftLinear,
+    check_dequantized_base,
+    qa_codes,
+    sparse_merged_weight,
+)
+from .elastic.supernet import (
+    SUB_ADAPTER_FILE,
+    ElasticLoraSuperNet,
+    SubnetConfig,
+    check_adapter_provenance,
+)
+from .quantization import QuantizedWeight, dequantize
+from .reports import atomic_directory, write_json
+
+MERGE_REPORT = "merge_report.json"
+_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+
+
+class MergeError(ValueError):
+    """A merge that would not give the trained model (NaN, a lost zero, another base)."""
+
+
+@dataclass
+class MergeResult:
+    """A merged model and, for QA-SparsePEFT, the INT4 codes of every quantized module."""
+
+    model: nn.Module
+    kind: AdapterKind
+    quantized: dict[str, QuantizedWeight] | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- per-module maths and checks
+
+
+def check_finite(*, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise naming ``name`` (and the tensor) when any tensor holds NaN or Inf."""
+    for what, t in tensors.items():
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise MergeError(
+                f"module {name!r}: {what} holds {bad} NaN/Inf value(s); the adapter is broken "
+                "(diverged training or a corrupt file): nothing was merged"
+            )
+
+
+def check_zeros_kept(*, name: str, base: torch.Tensor, merged: torch.Tensor) -> int:
+    """Raise when a zero of ``base`` is not zero in ``merged``; return how many *new* zeros appeared
+    (an update that cancels a weight exactly, or a QA code that rounds onto the zero point)."""
+    base_zero = base == 0
+    lost = int((merged[base_zero] != 0).sum())
+    if lost:
+        raise MergeError(
+            f"module {name!r}: the merge fills {lost} of the base's {int(base_zero.sum())} zeros; the "
+            "update was not masked by the base's sparsity (was the adapter trained on another base?)"
+        )
+    return int(((merged == 0) & ~base_zero).sum())
+
+
+def merge_module(
+    *,
+    name: str,
+    weight: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scaling: float,
+    quantized: QuantizedWeight | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """One module's merge: ``(merged weight in the base's dtype, INT4 codes or None, new zeros)``.
+
+    ``quantized`` given: QA-SparsePEFT (``weight`` must be its dequantisation; only the scales,
+    zero points, group size and bits are read); else SparsePEFT.
+    """
+    check_finite(name=name, tensors={"lora_A": a, "lora_B": b})
+    mask = weight != 0
+    merged = sparse_merged_weight(weight, a, b, scaling, mask)
+    check_finite(name=name, tensors={"merged weight": merged})
+    codes = None
+    if quantized is not None:
+        codes = qa_codes(merged, quantized)
+        merged = dequantize(codes, quantized.scale, quantized.zero_point, quantized.group_size)
+    merged = merged.to(weight.dtype)
+    check_finite(name=name, tensors={"merged weight": merged})  # e.g. float32 -> float16 overflow
+    return merged, codes, check_zeros_kept(name=name, base=weight, merged=merged)
+
+
+def _with_codes(q: QuantizedWeight, codes: torch.Tensor) -> QuantizedWeight:
+    return QuantizedWeight(
+        codes=codes.detach().cpu(),
+        scale=q.scale.detach().cpu().clone(),
+        zero_point=None if q.zero_point is None else q.zero_point.detach().cpu().clone(),
+        group_size=q.group_size,
+        bits=q.bits,
+    )
+
+
+def _on(q: QuantizedWeight, device: torch.device) -> QuantizedWeight:
+    zp = None if q.zero_point is None else q.zero_point.to(device)
+    return QuantizedWeight(q.codes.to(device), q.scale.to(device), zp, q.group_size, q.bits)
+
+
+def _plain_model(model: nn.Module, weights: dict[str, torch.Tensor], inplace: bool) -> nn.Module:
+    """``model`` with every elastic adapter replaced by its base ``nn.Linear`` holding ``weights``."""
+    out = model if inplace else copy.deepcopy(model)
+    with torch.no_grad():
+        for name, w in weights.items():
+            linear = out.get_submodule(name)
+            if isinstance(linear, ElasticLoraLinear):
+                linear = linear.base_layer
+            linear.weight.copy_(w)
+    wrapped = [n for n, m in out.named_modules() if isinstance(m, ElasticLoraLinear)]
+    for name in wrapped:
+        parent, _, child = name.rpartition(".")
+        setattr(out.get_submodule(parent) if parent else out, child, out.get_submodule(name).base_layer)
+    return out
+
+
+# ---------------------------------------------------------------------- from a live super-network
+
+
+def _require_kind(supernet: ElasticLoraSuperNet, kind: AdapterKind, entry: str) -> None:
+    if supernet.kind is kind:
+        return
+    hint = {
+        AdapterKind.LORA: "a plain lora adapter fills the base's zeros when merged: ship it unmerged "
+        "(Shears), or merge it with peft's merge_and_unload",
+        AdapterKind.SPARSEPEFT: "use merge_sparse / merged_model",
+        AdapterKind.QA_SPARSEPEFT: "use merge_qa (it merges into the INT4 grid)",
+    }[supernet.kind]
+    raise MergeError(
+        f"{entry} merges {kind.value} adapters, this super-network's are {supernet.kind.value}: {hint}"
+    )
+
+
+def _merge_live(supernet: ElasticLoraSuperNet, config: SubnetConfig | None):
+    config = config or supernet.get_active_config()
+    supernet.validate_config(config)
+    weights, codes, new_zeros = {}, {}, 0
+    with torch.no_grad():
+        for name, rank in supernet.module_ranks(config).items():
+            layer = supernet.adapters[name]
+            a, b = layer.lora_weights(rank)
+            q = layer.grid if isinstance(layer, QASparsePeftLinear) else None
+            weights[name], c, n = merge_module(
+                name=name, weight=layer.base_layer.weight, a=a, b=b, scaling=layer.scaling, quantized=q
+            )
+            new_zeros += n
+            if c is not None:
+                codes[name] = c
+    return config, weights, codes, new_zeros
+
+
+def merge_sparse(
+    *, supernet: ElasticLoraSuperNet, config: SubnetConfig | None = None
+) -> dict[str, torch.Tensor]:
+    """``{module name: W + Lp}`` of a SparsePEFT super-network at ``config`` (default: the active one).
+
+    New tensors in the base's dtype; the model is not touched.
+    """
+    _require_kind(supernet, AdapterKind.SPARSEPEFT, "merge_sparse")
+    return _merge_live(supernet, config)[1]
+
+
+def merged_model(
+    *, supernet: ElasticLoraSuperNet, config: SubnetConfig | None = None, inplace: bool = False
+) -> nn.Module:
+    """A plain HF model (adapters removed, ``nn.Linear``s restored) with ``W + Lp`` merged at ``config``.
+
+    ``save_pretrained`` writes it as a standard checkpoint with the base's sparsity. A copy unless
+    ``inplace`` (then the live model is unwrapped and ``supernet`` is spent).
+    """
+    weights = merge_sparse(supernet=supernet, config=config)
+    return _plain_model(supernet.model, weights, inplace)
+
+
+def merge_qa(
+    *, supernet: ElasticLoraSuperNet, config: SubnetConfig | None = None, inplace: bool = False
+) -> tuple[nn.Module, dict[str, QuantizedWeight]]:
+    """A QA-SparsePEFT merge: ``(plain model with dequantized weights, {module: QuantizedWeight})``.
+
+    The codes are ``quantize(W + Lp)`` with the base's frozen scales and zero points, those the
+    trained forward computed; the returned dict covers every module the base quantized (the
+    non-adapted ones keep their codes), so it describes the whole merged INT4 model.
+    """
+    _require_kind(supernet, AdapterKind.QA_SPARSEPEFT, "merge_qa")
+    _, weights, codes, _ = _merge_live(supernet, config)
+    assert supernet.quantized is not None  # attach() requires it for this kind
+    qweights = {
+        name: _with_codes(q, codes[name]) if name in codes else _with_codes(q, q.codes)
+        for name, q in supernet.quantized.items()
+    }
+    return _plain_model(supernet.model, weights, inplace), qweights
+
+
+# ---------------------------------------------------------------------- from disk
+
+
+def read_sub_adapter_record(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """The sub-adapter's :data:`SUB_ADAPTER_FILE` (kind, scaling, fingerprints), or None for a plain peft folder."""
+    path = Path(adapter_dir) / SUB_ADAPTER_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        AdapterKind.parse(record["adapter_kind"])
+        float(record["scaling"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path.resolve()} is not a valid sub-adapter record ({exc}); re-create the adapter"
+        ) from None
+    return record
+
+
+def _peft_scaling(peft_config: dict[str, Any], name: str, rank: int) -> float:
+    """peft's ``lora_alpha / r`` for module ``name`` (pattern keys match a module name's end)."""
+    if peft_config.get("use_rslora") or peft_config.get("use_dora"):
+        raise ValueError(
+            "rsLoRA/DoRA adapters are not sparse-preserving LoRA adapters; cannot merge them here"
+        )
+
+    def lookup(patterns: dict[str, Any], default: Any) -> Any:
+        for key, value in (patterns or {}).items():
+            if re.match(rf"(.*\.)?(?:{key})$", name):
+                return value
+        return default
+
+    alpha = lookup(peft_config.get("alpha_pattern"), peft_config["lora_alpha"])
+    return float(alpha) / rank
+
+
+def _load_adapter_tensors(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(adapter_dir / ADAPTER_WEIGHTS).items():
+        m = _PEFT_KEY.match(key)
+        if m:
+            pairs.setdefault(m["module"], {})[m["which"]] = tensor
+    incomplete = sorted(n for n, p in pairs.items() if set(p) != {"A", "B"})
+    if incomplete:
+        raise ValueError(f"adapter {adapter_dir.resolve()}: {incomplete[0]!r} lacks lora_A or lora_B weights")
+    return {n: (p["A"], p["B"]) for n, p in pairs.items()}
+
+
+def merge_adapter_from_dirs(
+    *,
+    model: nn.Module | str | Path,
+    adapter_dir: str | Path,
+    adapter_kind: AdapterKind | str | None = None,
+    quantized: dict[str, QuantizedWeight] | None = None,
+    base_fingerprint: str | None = None,
+    inplace: bool = False,
+) -> MergeResult:
+    """Merge a saved sub-adapter into ``model`` (a loaded base, or its checkpoint folder).
+
+    The adapter's kind comes from its :data:`SUB_ADAPTER_FILE` (``adapter_kind`` may confirm it, or
+    name it for a plain peft folder without one). Refused with a clear error, before anything is
+    merged: an adapter that does not fit the model, one recorded for another base than
+    ``base_fingerprint``, a QA adapter without ``quantized`` or trained through other scales, a base
+    weight that is not the dequantisation of ``quantized``, NaN/Inf, a lost zero.
+    """
+    adapter_dir = Path(adapter_dir)
+    if not isinstance(model, nn.Module):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(model), torch_dtype=torch.float32)
+    check_adapter_fits(model, adapter_dir)
+    record = read_sub_adapter_record(adapter_dir)
+    kind = _resolve_kind(adapter_dir, record, adapter_kind)
+    check_adapter_provenance(
+        adapter_dir,
+        kind=kind,
+        recorded_base=(record or {}).get("base_fingerprint"),
+        recorded_scales=(record or {}).get("scales_fingerprint"),
+        base_fingerprint=base_fingerprint,
+        quantized=quantized,
+    )
+    peft_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    weights, codes, ranks, new_zeros = {}, {}, {}, 0
+    with torch.no_grad():
+        for name, (a, b) in sorted(_load_adapter_tensors(adapter_dir).items()):
+            linear = model.get_submodule(name)
+            w = linear.weight
+            rank = ranks[name] = int(a.shape[0])
+            scaling = float(record["scaling"]) if record else _peft_scaling(peft_config, name, rank)
+            q = None
+            if kind is AdapterKind.QA_SPARSEPEFT:
+                q = (quantized or {}).get(name)
+                if q is None:
+                    raise MergeError(f"module {name!r} is adapted but the quantized weights do not cover it")
+                check_dequantized_base(w, q, name)
+                q = _on(q, w.device)
+            a, b = a.to(w.device), b.to(w.device)
+            weights[name], c, n = merge_module(name=name, weight=w, a=a, b=b, scaling=scaling, quantized=q)
+            new_zeros += n
+            if c is not None:
+                codes[name] = c
+    qweights = None
+    if kind is AdapterKind.QA_SPARSEPEFT:
+        assert quantized is not None
+        qweights = {n: _with_codes(q, codes.get(n, q.codes)) for n, q in quantized.items()}
+    report = {
+        "adapter": str(adapter_dir.resolve()),
+        "adapter_kind": kind.value,
+        "modules_merged": len(weights),
+        "module_ranks": ranks,
+        "base_zeros": sum(int((model.get_submodule(n).weight == 0).sum()) for n in weights),
+        "new_zeros": new_zeros,
+        "base_fingerprint": base_fingerprint,
+        "scales_fingerprint": (record or {}).get("scales_fingerprint"),
+    }
+    return MergeResult(_plain_model(model, weights, inplace), kind, qweights, report)
+
+
+def _resolve_kind(
+    adapter_dir: Path, record: dict[str, Any] | None, adapter_kind: AdapterKind | str | None
+) -> AdapterKind:
+    recorded = AdapterKind.parse(record["adapter_kind"]) if record else None
+    given = AdapterKind.parse(adapter_kind) if adapter_kind is not None else None
+    if recorded and given and recorded is not given:
+        raise ValueError(f"adapter {adapter_dir.resolve()} is a {recorded.value} adapter, not {given.value}")
+    kind = recorded or given
+    if kind is None:
+        raise ValueError(
+            f"adapter {adapter_dir.resolve()} has no {SUB_ADAPTER_FILE} (not written by save_sub_adapter): "
+            "pass adapter_kind ('sparsepeft' or 'qa_sparsepeft')"
+        )
+    if kind is AdapterKind.LORA:
+        raise MergeError(
+            f"adapter {adapter_dir.resolve()} is a plain lora adapter: merging it fills the base's zeros; "
+            "ship it unmerged (Shears) or merge it with peft's merge_and_unload"
+        )
+    return kind
+
+
+def merge_to_directory(
+    *,
+    model: nn.Module | str | Path,
+    adapter_dir: str | Path,
+    output: str | Path,
+    adapter_kind: AdapterKind | str | None = None,
+    quantized: dict[str, QuantizedWeight] | None = None,
+    base_fingerprint: str | None = None,
+    tokenizer: Any = None,
+    write_quantized: Callable[[Path, dict[str, QuantizedWeight]], None] | None = None,
+) -> MergeResult:
+    """:func:`merge_adapter_from_dirs`, then write the merged checkpoint to ``output`` in one rename.
+
+    ``write_quantized(folder, qweights)`` writes a QA merge's INT4 codes beside the checkpoint (e.g. a
+    wrapper of ``nncf_elastic_lora.int4.save_quantized_weights``); it is required for QA adapters.
+    Every check runs before the output is created, so a refused merge writes nothing.
+    """
+    result = merge_adapter_from_dirs(
+        model=model,
+        adapter_dir=adapter_dir,
+        adapter_kind=adapter_kind,
+        quantized=quantized,
+        base_fingerprint=base_fingerprint,
+        inplace=not isinstance(model, nn.Module),  # a model we loaded ourselves needs no copy
+    )
+    if result.quantized is not None and write_quantized is None:
+        raise ValueError("a qa_sparsepeft merge needs write_quantized= to store its INT4 codes")
+    with atomic_directory(output, verb="merge") as tmp:
+        result.model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if result.quantized is not None:
+            write_quantized(tmp, result.quantized)
+        write_json(tmp / MERGE_REPORT, result.report)
+    return result
+
+
+__all__ = [
+    "MergeError",
+    "MergeResult",
+    "check_finite",
+    "check_zeros_kept",
+    "merge_adapter_from_dirs",
+    "merge_module",
+    "merge_qa",
+    "merge_sparse",
+    "merge_to_directory",
+    "merged_model",
+    "read_sub_adapter_record",
+]

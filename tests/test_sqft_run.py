@@ -1,0 +1,61 @@
+"""`run` on the tiny SQFT configs: every stage, the merged model keeps the zeros (and the INT4 codes)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from nncf_elastic_lora.cli import main
+from nncf_elastic_lora.int4 import check_ir_codes, load_quantized_weights
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+FAST = ["--no-progress", "--set", "evaluation.limit=8", "--set", "benchmark.enabled=false"]
+
+
+def _zeros(path: Path) -> dict[str, torch.Tensor]:
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return {n: m.weight == 0 for n, m in model.named_modules() if n.endswith(("q_proj", "up_proj", "down_proj"))}
+
+
+def test_run_sqft_sparsepeft(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(CONFIGS / "tiny_sqft_sparsepeft.json"), "--output", str(out), *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"] == [
+        "eval_dense", "sparsify", "eval_sparse", "train", "eval_subnets", "merge", "eval_merged", "export", "eval_ir",
+    ]  # fmt: skip
+    assert "sparse+NLS SparsePEFT (heuristic, merged)" in report["evaluation"]
+    assert report["merge"]["adapter_kind"] == "sparsepeft" and report["merge"]["zeros_kept"]
+    base, merged = _zeros(out / "sparse_model"), _zeros(out / "merged_model")
+    assert all((merged[n] >= base[n]).all() for n in base)  # every zero of the base is still zero
+    changed = AutoModelForCausalLM.from_pretrained(out / "merged_model").model.layers[0].mlp.up_proj.weight
+    original = AutoModelForCausalLM.from_pretrained(out / "sparse_model").model.layers[0].mlp.up_proj.weight
+    assert not torch.equal(changed, original)  # the adapter was really merged
+    assert report["export"]["adapter"] is None and report["export"]["ir_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_run_sqft_qa_sparsepeft_ships_the_merged_int4_codes(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(CONFIGS / "tiny_sqft_qa_sparsepeft.json"), "--output", str(out), *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"][3:5] == ["quantize_base", "eval_int4"]
+    assert report["quantization"]["zeros_kept"] and report["merge"]["precision"] == "int4"
+    merged = load_quantized_weights(out / "merged_model")
+    base = load_quantized_weights(out / "int4_model")
+    assert sum(int((merged[n].codes != base[n].codes).sum()) for n in base) > 0  # training moved codes
+    check = check_ir_codes(out / "openvino" / "openvino_model.xml", merged)
+    assert check  # raises on the first code, scale or zero point that differs
+    assert report["export"]["weight_format"] == "int4"
+    assert report["export"]["parity"]["greedy_identical_genai"] == report["export"]["parity"]["prompts"]
+    assert report["export"]["parity"]["logits_max_abs_diff"] < 1e-3
+
+
+def test_run_sqft_unmerged_adapter_on_the_int4_base(tmp_path):
+    out = tmp_path / "run"
+    lora = ["--set", "bootstrapNAS.training.adapter_kind=lora"]
+    assert main(["run", str(CONFIGS / "tiny_sqft_qa_sparsepeft.json"), "--output", str(out), *FAST, *lora]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "merge" not in report["stages"] and report["export"]["adapter"]["merged"] is False
+    check_ir_codes(out / "openvino" / "openvino_model.xml", load_quantized_weights(out / "int4_model"))
