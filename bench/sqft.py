@@ -3,7 +3,7 @@
 Rows, per task (each trains on the task's train split and is scored on its held-out test split):
 
 - **without tuning**: the Wanda-50 % base as is;
-- **LoRA**: plain LoRA (the maximal adapter, no NLS) on the sparse base, shipped unmerged;
+- **LoRA**: plain LoRA (rank 32, no NLS) on the sparse base, shipped unmerged at its maximal rank;
 - **Shears**: NLS on the sparse base, heuristic sub-adapter shipped unmerged;
 - **SQFT**: NLS on the sparse INT4 base (NNCF), heuristic sub-adapter shipped unmerged;
 - **SQFT + SparsePEFT**: masked NLS on the sparse base, merged (the zeros kept), FP32 IR and INT8 IR;
@@ -142,7 +142,10 @@ def cell(
         )
         result["step_time_median_s"] = report["step_time_median_s"]
         result["steps"] = report["steps"]
-        adapter = work / "nls" / "sub_adapter_heuristic"
+        # Plain LoRA is trained at its maximal rank only: ship and score that (the super-adapter folder
+        # is a stock peft LoRA at the maximal rank); NLS rows ship the heuristic sub-adapter.
+        subnet = "maximal" if algorithm == "lora" else "heuristic"
+        adapter = work / "nls" / ("super_adapter" if algorithm == "lora" else "sub_adapter_heuristic")
         if merged:
             _cached(work / "merge.json", lambda: merge(config, work / "merged", adapter, progress=False))
             shipped = config.model.model_copy(update={"name_or_path": str(work / "merged")})
@@ -150,7 +153,7 @@ def cell(
     def score_torch():
         if algorithm and not merged:
             supernet, tokenizer = load_supernet(base_model, work / "nls" / "super_adapter")
-            return evaluate_subnets(supernet, tokenizer, config, ["heuristic"], tasks, False)["heuristic"]
+            return evaluate_subnets(supernet, tokenizer, config, [subnet], tasks, False)[subnet]
         model, tokenizer = load_model(shipped or base_model)
         return [r.to_dict() for r in evaluate_model(model, tokenizer, config, tasks, False)]
 
@@ -271,6 +274,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     start = time.time()
     tasks = args.tasks.split(",")
+    # Cached cells are only valid for the training and evaluation settings they were made with.
+    settings = {"steps": args.steps, "limit": args.limit}
+    recorded = _cached(WORK / "settings.json", lambda: settings)
+    if recorded != settings:
+        raise SystemExit(
+            f"{WORK} holds cells made with {recorded}, not {settings}: move it away or match them"
+        )
     cells, refs = [], {}
     for task in tasks:
         base = bases(task, args.steps, args.limit)
@@ -327,7 +337,7 @@ def main() -> None:
             if machine
             else ""
         )
-        + "Training: heuristic sub-adapter of NLS (LoRA: the maximal adapter) after the stated steps, batch 8, "
+        + "Training: heuristic sub-adapter of NLS (LoRA: its rank-32 adapter) after the stated steps, batch 8, "
         "lr 3e-4; torch accuracy of what ships (unmerged: the sub-network; merged: the merged checkpoint).\n"
         + table(cells, refs, speeds)
         + "\n"

@@ -416,8 +416,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             for path, verb in ((output, "merge"), (args.export_to, "export")):
                 if path:
                     claims.enter_context(claim_output(path, verb=verb, inputs=inputs, create=False, **common))
-            if args.export_to:
-                check_data(config, export=True)
+            if args.export_to:  # the export's calibration texts and parity prompts, before merging
+                check_data(
+                    config.model_copy(update={"export": config.export.model_copy(update={"enabled": True})}),
+                    train=True,
+                    export=True,
+                )
             report = merge(config, output, args.adapter, progress)
             ir = None
             if args.export_to:

@@ -403,12 +403,19 @@ class PipelineConfig(_Section):
     @model_validator(mode="after")
     def _export_of_the_trained_adapter(self) -> PipelineConfig:
         ex = self.export
-        if ex.enabled and self.bootstrapNAS.enabled and ex.awq and not ex.merge_adapter:
+        unmerged = self.bootstrapNAS.training.adapter_kind == "lora" and not ex.merge_adapter
+        if ex.enabled and self.bootstrapNAS.enabled and ex.awq and unmerged:
             raise ValueError(
                 "export.awq with the adapter unmerged: awq rescales activations that the adapter branch also "
                 "reads; set export.merge_adapter or drop export.awq"
             )
         return self
+
+
+def _is_int4_checkpoint(model: ModelConfig) -> bool:
+    from pathlib import Path
+
+    return (Path(model.name_or_path).expanduser() / "quantized_weights.safetensors").is_file()
 
 
 def check_method(config: PipelineConfig) -> None:
@@ -417,15 +424,43 @@ def check_method(config: PipelineConfig) -> None:
     Only `run` chains these stages; a single verb (``quantize``, ``train`` on an INT4 checkpoint)
     is checked where it runs. Raises :class:`ConfigError` naming the keys.
     """
-    ex = config.export
+    ex, t = config.export, config.bootstrapNAS.training
     problems = []
-    kind = config.bootstrapNAS.training.adapter_kind
+    kind = t.adapter_kind
     trains = config.bootstrapNAS.enabled
-    int4_base = config.quantization.weight_format == "int4"
+    given_int4 = _is_int4_checkpoint(config.model)  # --model is already an INT4 checkpoint
+    int4_base = config.quantization.weight_format == "int4" or given_int4
+    if given_int4 and config.quantization.weight_format == "int4":
+        problems.append(
+            f"quantization.weight_format: {config.model.name_or_path} is already an INT4 checkpoint; set it to "
+            "'none' to train on it as it is"
+        )
     if trains and kind == "qa_sparsepeft" and not int4_base:
         problems.append(
             "bootstrapNAS.training.adapter_kind: 'qa_sparsepeft' trains through an INT4 base's scales: "
             "set quantization.weight_format to 'int4'"
+        )
+    if trains and kind == "qa_sparsepeft" and t.lora_dropout > 0:
+        problems.append(
+            f"bootstrapNAS.training.lora_dropout: {t.lora_dropout}; 'qa_sparsepeft' quantizes the update together "
+            "with the base weight, so there is no separate branch to drop out: set it to 0"
+        )
+    if trains and kind == "qa_sparsepeft" and config.model.dtype != "float32":
+        problems.append(
+            f"model.dtype: {config.model.dtype!r}; 'qa_sparsepeft' must train in float32 so that the merge (in "
+            "float32) rounds every code as training did"
+        )
+    if int4_base and ex.enabled:
+        used = [k for k in ("awq", "scale_estimation", "data_aware") if getattr(ex, k)]
+        if used or ex.ratio != 1.0:
+            problems.append(
+                f"export.{(used or ['ratio'])[0]}: the base is INT4 and the IR ships its own codes; export "
+                "compression options do not apply (use quantization.awq / quantization.scale_estimation)"
+            )
+    if given_int4 and ex.enabled and config.benchmark.enabled:
+        problems.append(
+            "benchmark.enabled: the original model is already INT4, so there is no dense model to export as "
+            "the reference; start from the full-precision model or set benchmark.enabled to false"
         )
     if trains and kind == "sparsepeft" and int4_base:
         problems.append(

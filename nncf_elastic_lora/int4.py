@@ -378,7 +378,7 @@ def quantize_base(
         hooks = list(storage.named_hooks())
         strangers = [n for n, h in hooks if not isinstance(h, BaseWeightsDecompressor)]
         if strangers:
-            raise RuntimeError(
+            raise QuantizedBaseError(
                 "NNCF inserted operations a plain checkpoint cannot hold (AWQ's activation scales, say): "
                 f"{', '.join(strangers)}; quantize without awq or leave those layers out"
             )

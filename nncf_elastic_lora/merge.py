@@ -357,7 +357,7 @@ def _resolve_kind(
     if kind is None:
         raise ValueError(
             f"adapter {adapter_dir.resolve()} has no {SUB_ADAPTER_FILE} (not written by save_sub_adapter): "
-            "pass adapter_kind ('sparsepeft' or 'qa_sparsepeft')"
+            "say which kind it is (bootstrapNAS.training.adapter_kind 'sparsepeft' or 'qa_sparsepeft')"
         )
     if kind is AdapterKind.LORA:
         raise MergeError(
@@ -377,11 +377,13 @@ def merge_to_directory(
     base_fingerprint: str | None = None,
     tokenizer: Any = None,
     write_quantized: Callable[[Path, dict[str, QuantizedWeight]], None] | None = None,
+    describe: Callable[[MergeResult], dict[str, Any]] | None = None,
 ) -> MergeResult:
     """:func:`merge_adapter_from_dirs`, then write the merged checkpoint to ``output`` in one rename.
 
     ``write_quantized(folder, qweights)`` writes a QA merge's INT4 codes beside the checkpoint (e.g. a
     wrapper of ``nncf_elastic_lora.int4.save_quantized_weights``); it is required for QA adapters.
+    ``describe(result)`` returns extra fields for ``merge_report.json``, written in the same rename.
     Every check runs before the output is created, so a refused merge writes nothing.
     """
     result = merge_adapter_from_dirs(
@@ -400,6 +402,8 @@ def merge_to_directory(
             tokenizer.save_pretrained(tmp)
         if result.quantized is not None:
             write_quantized(tmp, result.quantized)
+        if describe is not None:  # the caller's facts go into the same atomic write as the merge
+            result.report.update(describe(result))
         write_json(tmp / MERGE_REPORT, result.report)
     return result
 

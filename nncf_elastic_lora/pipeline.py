@@ -232,32 +232,33 @@ def merge(
     """
     from .exporting import linear_sparsity
     from .int4 import save_quantized_weights
-    from .merge import merge_to_directory
+    from .merge import merge_to_directory, read_sub_adapter_record
 
     start = time.perf_counter()
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
     quantized = base_quantized_weights(config.model)
     base_sparsity = linear_sparsity(model)
+    # A peft folder without our record: its kind comes from the config.
+    kind = None if read_sub_adapter_record(adapter) else config.bootstrapNAS.training.adapter_kind
     result = merge_to_directory(
         model=model,
         adapter_dir=adapter,
         output=output,
+        adapter_kind=kind,
         quantized=quantized,
         base_fingerprint=model_fingerprint(config.model),
         tokenizer=tokenizer,
         write_quantized=lambda folder, q: save_quantized_weights(folder, q, {"merged_adapter": str(adapter)}),
+        describe=lambda r: {
+            "base": config.model.name_or_path,
+            "precision": "int4" if r.quantized is not None else "fp32",
+            "sparsity": linear_sparsity(r.model),
+            "base_sparsity": base_sparsity,
+            "zeros_kept": True,  # merge_to_directory refuses a merge that loses one of the base's zeros
+            "time_s": time.perf_counter() - start,
+        },
     )
-    report = {
-        **result.report,
-        "base": config.model.name_or_path,
-        "precision": "int4" if result.quantized is not None else "fp32",
-        "sparsity": linear_sparsity(result.model),
-        "base_sparsity": base_sparsity,
-        "zeros_kept": True,  # merge_to_directory refuses a merge that loses one of the base's zeros
-        "time_s": time.perf_counter() - start,
-    }
-    write_json(Path(output) / "merge_report.json", report)
-    return report
+    return result.report
 
 
 def train(
@@ -495,10 +496,12 @@ def benchmark_rows(run: RunState) -> list[dict[str, Any]]:
     """Every benchmarked IR with its size, accuracy and decode speed against the first reference."""
     rows = []
     results = run.results["benchmark"]["results"]
+    data_task = run.config.data.task  # scored on the training task if evaluated, else the first evaluated one
+    task = data_task if data_task in run.tasks else next(iter(run.tasks))
     reference = results[1]  # [shipped, *references]: the first reference is the peer of every ratio
     ref_speed = {b["batch_size"]: b["decode_tokens_per_s"] for b in reference["batches"]}
     for r in results:
-        score = primary_score(run.evaluation.get(r["label"], []), run.config.data.task)
+        score = primary_score(run.evaluation.get(r["label"], []), task)
         speed = {b["batch_size"]: b["decode_tokens_per_s"] for b in r["batches"]}
         rows.append(
             {
@@ -506,7 +509,7 @@ def benchmark_rows(run: RunState) -> list[dict[str, Any]]:
                 "path": r["model"],
                 "shipped": r is results[0],
                 "weights_bytes": r["weights_bytes"],
-                "task": run.config.data.task,
+                "task": task,
                 "split": run.config.evaluation.split,
                 "metric": score[0] if score else None,
                 "score": score[1] if score else None,

@@ -64,6 +64,8 @@ def check_config_against_model(
         except ValueError as exc:
             problems.append(f"bootstrapNAS.training.target_modules: {exc}")
         else:
+            if t.adapter_kind == "qa_sparsepeft" and config.quantization.weight_format == "int4":
+                problems += _qa_targets_quantized(model, config, adapted)
             default = width.default_widths or [t.lora_r]
             if max(default) > t.lora_r:
                 problems.append(
@@ -111,3 +113,22 @@ def check_data(
             load_task(config.data)
         else:
             load_examples(config.data, task)
+
+
+def _qa_targets_quantized(model: Any, config: PipelineConfig, adapted: list[str]) -> list[str]:
+    """QA-SparsePEFT trains through INT4 scales: every adapted layer must be one the base quantizes."""
+    from .int4 import plan_group_sizes
+
+    q = config.quantization
+    try:
+        plan = plan_group_sizes(find_linears(model, q.target_modules), q.group_size, q.group_size_fallback)
+    except ValueError:
+        return []  # reported under quantization.* already
+    left = [name for name in adapted if plan.get(name) is None]
+    if not left:
+        return []
+    return [
+        f"bootstrapNAS.training.target_modules: 'qa_sparsepeft' adapts {left[0]} (and {len(left) - 1} more), which "
+        "the INT4 base leaves in full precision (not in quantization.target_modules, or no valid group size): "
+        "widen quantization.target_modules or narrow the adapters"
+    ]

@@ -470,7 +470,7 @@ def test_wrong_merge_for_the_kind_and_plain_lora_folders_are_refused(tmp_path):
     with pytest.raises(MergeError, match="use merge_qa"):
         merge_sparse(supernet=attach(model, "qa_sparsepeft", qweights))
     (tmp_path / "lora_sub" / "elastic_lora_sub.json").unlink()  # a plain peft folder: the kind must be named
-    with pytest.raises(ValueError, match="pass adapter_kind"):
+    with pytest.raises(ValueError, match="say which kind it is"):
         merge_adapter_from_dirs(model=sparse_base(), adapter_dir=tmp_path / "lora_sub")
 
 
