@@ -306,6 +306,18 @@ def _resumable_output(args: argparse.Namespace, config, verb: str, config_name: 
         yield output
 
 
+@contextlib.contextmanager
+def _claim_outputs(outputs: tuple[tuple[str | None, str], ...], inputs: list, common: dict):
+    """Claim every given ``(path, verb)`` output (None paths skipped); each is written atomically later."""
+    from .outputs import claim_output
+
+    with contextlib.ExitStack() as claims:
+        for path, verb in outputs:
+            if path:
+                claims.enter_context(claim_output(path, verb=verb, inputs=inputs, create=False, **common))
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -412,10 +424,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import export, merge
 
         inputs = local_inputs(config, args.config, args.adapter)
-        with contextlib.ExitStack() as claims:
-            for path, verb in ((output, "merge"), (args.export_to, "export")):
-                if path:
-                    claims.enter_context(claim_output(path, verb=verb, inputs=inputs, create=False, **common))
+        with _claim_outputs(((output, "merge"), (args.export_to, "export")), inputs, common):
             if args.export_to:  # the export's calibration texts and parity prompts, before merging
                 check_data(
                     config.model_copy(update={"export": config.export.model_copy(update={"enabled": True})}),
@@ -484,10 +493,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         inputs = local_inputs(config, args.config, args.adapter)
         # An existing output is refused unless --overwrite; then replaced once the new one is complete.
-        with contextlib.ExitStack() as claims:
-            for path, verb in ((output, "export"), (args.save_merged, "merge")):
-                if path:
-                    claims.enter_context(claim_output(path, verb=verb, inputs=inputs, create=False, **common))
+        with _claim_outputs(((output, "export"), (args.save_merged, "merge")), inputs, common):
             report = export(config, output, args.adapter, args.save_merged, overwrite=args.overwrite)
         facts = [*export_facts(report), ["export time (s)", f"{report['export_s']:.1f}"]]
         print_table(f"exported {output}", ["", "value"], facts)

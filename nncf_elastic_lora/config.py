@@ -412,6 +412,18 @@ class PipelineConfig(_Section):
         return self
 
 
+def int4_base_export_conflicts(
+    *, awq: bool, scale_estimation: bool, data_aware: bool, ratio: float
+) -> list[str]:
+    """Export compression options that would re-quantize an INT4 base whose codes are fixed."""
+    used = [
+        n
+        for n, on in (("awq", awq), ("scale_estimation", scale_estimation), ("data_aware", data_aware))
+        if on
+    ]
+    return used + (["ratio"] if ratio != 1.0 else [])
+
+
 def _is_int4_checkpoint(model: ModelConfig) -> bool:
     from pathlib import Path
 
@@ -451,10 +463,12 @@ def check_method(config: PipelineConfig) -> None:
             "float32) rounds every code as training did"
         )
     if int4_base and ex.enabled:
-        used = [k for k in ("awq", "scale_estimation", "data_aware") if getattr(ex, k)]
-        if used or ex.ratio != 1.0:
+        used = int4_base_export_conflicts(
+            awq=ex.awq, scale_estimation=ex.scale_estimation, data_aware=ex.data_aware, ratio=ex.ratio
+        )
+        if used:
             problems.append(
-                f"export.{(used or ['ratio'])[0]}: the base is INT4 and the IR ships its own codes; export "
+                f"export.{used[0]}: the base is INT4 and the IR ships its own codes; export "
                 "compression options do not apply (use quantization.awq / quantization.scale_estimation)"
             )
     if given_int4 and ex.enabled and config.benchmark.enabled:

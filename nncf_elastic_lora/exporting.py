@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .architecture import in_head, output_head_names
-from .config import ModelConfig, check_compression_options
+from .config import ModelConfig, check_compression_options, int4_base_export_conflicts
 from .outputs import check_not_input, check_output
 from .reports import atomic_directory, write_json
 
@@ -392,14 +392,12 @@ def _check_int4_base_options(
             f"{base} is an INT4 base: the IR ships its own INT4 codes; weight_format {weight_format.value!r} "
             "does not apply (use 'int4')"
         )
-    used = [
-        n
-        for n, on in (("awq", awq), ("scale_estimation", scale_estimation), ("calibration", calibration))
-        if on
-    ]
-    if used or ratio != 1.0:
+    used = int4_base_export_conflicts(
+        awq=awq, scale_estimation=scale_estimation, data_aware=bool(calibration), ratio=ratio
+    )
+    if used:
         raise ValueError(
-            f"{base} is an INT4 base whose codes are fixed: {', '.join(used) or 'ratio < 1'} would re-quantize it; "
+            f"{base} is an INT4 base whose codes are fixed: {', '.join(used)} would re-quantize it; "
             "drop the option (quantize the base data-aware instead)"
         )
 

@@ -138,6 +138,14 @@ def execute(stages: list[Stage], run: RunState) -> RunState:
 # ---------------------------------------------------------------------------------------- stages
 
 
+def _evaluate_torch(run: RunState, model_config: ModelConfig) -> list[dict[str, Any]]:
+    from .models import load_model
+    from .pipeline import evaluate_model
+
+    model, tokenizer = load_model(model_config)
+    return [r.to_dict() for r in evaluate_model(model, tokenizer, run.config, run.tasks, run.progress)]
+
+
 class EvaluateBase(Stage):
     """Score the current base (dense, sparse, INT4) on the evaluation tasks."""
 
@@ -145,53 +153,61 @@ class EvaluateBase(Stage):
         self.name, self.title = name, title
 
     def compute(self, run: RunState) -> Any:
-        from .models import load_model
-        from .pipeline import evaluate_model
-
-        model, tokenizer = load_model(run.base)
-        return [r.to_dict() for r in evaluate_model(model, tokenizer, run.config, run.tasks, run.progress)]
+        return _evaluate_torch(run, run.base)
 
     def apply(self, run: RunState, result: Any) -> None:
         run.evaluation[run.base_label] = result
 
 
-class Sparsify(Stage):
-    name, title = "sparsify", "sparsify"
+class NewBase(Stage):
+    """A stage that turns the current base into a new one in ``directory`` (sparse, then INT4)."""
+
+    directory: str
+
+    def make(self, config: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def label(self, run: RunState) -> str:
+        raise NotImplementedError
 
     def compute(self, run: RunState) -> Any:
-        from .pipeline import sparsify
-
-        out = run.output / "sparse_model"
+        out = run.output / self.directory
         return completed_or(
-            out / "report.json", run.resume, lambda: sparsify(run.with_model(run.base), out, run.progress)
+            out / "report.json", run.resume, lambda: self.make(run.with_model(run.base), out, run.progress)
         )
 
     def apply(self, run: RunState, result: Any) -> None:
-        out = run.output / "sparse_model"
+        out = run.output / self.directory
         run.base, run.base_inputs, run.base_label = (
             run.model_at(out),
             {"base": fingerprint_path(out)},
-            "sparse",
+            self.label(run),
         )
-        run.artifacts["sparse_model"] = str(out)
+        run.artifacts[self.directory] = str(out)
 
 
-class QuantizeBase(Stage):
-    name, title = "quantize_base", "quantize base to INT4"
+class Sparsify(NewBase):
+    name, title, directory = "sparsify", "sparsify", "sparse_model"
 
-    def compute(self, run: RunState) -> Any:
+    def make(self, config: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
+        from .pipeline import sparsify
+
+        return sparsify(config, out, progress)
+
+    def label(self, run: RunState) -> str:
+        return "sparse"
+
+
+class QuantizeBase(NewBase):
+    name, title, directory = "quantize_base", "quantize base to INT4", "int4_model"
+
+    def make(self, config: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
         from .pipeline import quantize
 
-        out = run.output / "int4_model"
-        return completed_or(
-            out / "report.json", run.resume, lambda: quantize(run.with_model(run.base), out, run.progress)
-        )
+        return quantize(config, out, progress)
 
-    def apply(self, run: RunState, result: Any) -> None:
-        out = run.output / "int4_model"
-        label = "sparse INT4" if run.base_label == "sparse" else "INT4"
-        run.base, run.base_inputs, run.base_label = run.model_at(out), {"base": fingerprint_path(out)}, label
-        run.artifacts["int4_model"] = str(out)
+    def label(self, run: RunState) -> str:
+        return "sparse INT4" if run.base_label == "sparse" else "INT4"
 
 
 class Train(Stage):
@@ -298,11 +314,7 @@ class EvaluateMerged(Stage):
         return {"merged": fingerprint_path(run.merged)}
 
     def compute(self, run: RunState) -> Any:
-        from .models import load_model
-        from .pipeline import evaluate_model
-
-        model, tokenizer = load_model(run.model_at(run.merged))
-        return [r.to_dict() for r in evaluate_model(model, tokenizer, run.config, run.tasks, run.progress)]
+        return _evaluate_torch(run, run.model_at(run.merged))
 
     def apply(self, run: RunState, result: Any) -> None:
         run.evaluation[f"{run.method_label} ({run.adapter_label}, merged)"] = result
