@@ -128,6 +128,10 @@ def ws(tmp_path_factory) -> Path:
     (bad_space / "elastic_lora.json").write_text("{")
     (root / "not_adapter").mkdir()
     _save_sqft_inputs(root)
+    corrupt_int4 = shutil.copytree(root / "sparse_int4", root / "int4_corrupt")
+    (corrupt_int4 / "quantized_weights.safetensors").write_bytes(b"\x00" * 64)
+    bad_record = shutil.copytree(root / "sparsepeft_sub", root / "sub_bad_record")
+    (bad_record / "elastic_lora_sub.json").write_text("{")
     # user folders that look like models or outputs
     project = root / "project"
     project.mkdir()
@@ -243,6 +247,11 @@ CASES = [
     Case("int4-base-export-awq", [*RUN, "--set", "quantization.weight_format=int4", "--set", "export.weight_format=int4", "--set", "export.awq=true", "--set", "export.merge_adapter=true", "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "export compression options do not apply"),
     Case("int4-model-quantized-again", [*RUN, "--model", "{ws}/sparse_int4", "--set", "quantization.weight_format=int4", "--set", "export.weight_format=int4"], "already an INT4 checkpoint"),
     Case("int4-model-benchmark", [*RUN, "--model", "{ws}/sparse_int4", "--set", "export.weight_format=int4"], "no dense model"),
+    Case("quantization-fallback-unknown", [*RUN, "--set", "quantization.group_size_fallback=shrink"], "quantization.group_size_fallback"),
+    Case("quantization-calibration-task-unknown", [*RUN, "--set", "quantization.weight_format=int4", "--set", "export.weight_format=int4", "--set", "quantization.awq=true", "--set", "quantization.calibration.task=nonsense"], "nonsense"),
+    Case("benchmark-new-tokens-one", [*RUN, "--set", "benchmark.new_tokens=1"], "benchmark.new_tokens"),
+    Case("export-int4-codes-corrupt", [*EXPORT[:3], "--model", "{ws}/int4_corrupt", "--weight-format", "int4"], "quantized_weights.safetensors"),
+    Case("merge-record-corrupt", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/sub_bad_record"], "elastic_lora_sub.json"),
     Case("quantize-group-size-zero", [*QUANTIZE, "--group-size", "0"], "quantization.group_size"),
     Case("quantize-group-size-odd", [*QUANTIZE, "--group-size", "48", "--group-size-fallback", "error"], "does not divide the input width"),
     Case("quantize-pattern-nothing", [*QUANTIZE, "--set", 'quantization.target_modules=["nope_proj"]'], "quantization.target_modules"),
