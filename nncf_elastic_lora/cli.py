@@ -349,14 +349,21 @@ def main(argv: list[str] | None = None) -> int:
         BenchmarkError,
         ValueError,  # invalid inputs found after validation (split sizes, patterns, runtime properties)
     ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 2
     except OSError as exc:  # missing, unreadable or unwritable files: the message names the path
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed stages are kept (use --resume to continue a run)", file=sys.stderr)
         return 130
+
+
+def _print_error(exc: BaseException) -> None:
+    from . import distributed
+
+    where = f"[process {distributed.rank()} of {distributed.world_size()}] " if distributed.rank() else ""
+    print(f"error: {where}{exc}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -382,10 +389,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "resume", False) and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the output, or replace it")
 
+    from . import distributed
     from .outputs import claim_output
     from .preflight import check_config_against_model, check_data
     from .provenance import local_inputs
 
+    if distributed.is_launched():
+        check_launchable(args.command)
+        distributed.init_processes()
+    main_first = distributed.main_process_first
     if args.command == "benchmark":
         return _benchmark(args)
     config = _config(args)  # validate everything before touching the output
@@ -459,12 +471,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         check_config_against_model(config, train=True)
         check_trainable_base(config)
         check_data(config, train=True)
-        with _resumable_output(args, config, "train", "train_config.json"):
+        with main_first(_resumable_output(args, config, "train", "train_config.json")):
             report = train(config, output, resume=args.resume, progress=progress)
-        print(
-            f"trained {report['algorithm']} for {report['steps']} steps (loss {report['train_loss']:.4f}); "
-            f"wrote {output / 'super_adapter'} and {output / 'sub_adapter_heuristic'}"
-        )
+        if distributed.is_main_process():
+            print(
+                f"trained {report['algorithm']} for {report['steps']} steps (loss {report['train_loss']:.4f}) "
+                f"in {report['processes']} process(es); wrote {output / 'super_adapter'} and "
+                f"{output / 'sub_adapter_heuristic'}"
+            )
         return 0
     if args.command == "search":
         from .pipeline import search
@@ -472,14 +486,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         check_data(config, train=True)
         # No input fingerprints here: the evaluation log keys every measurement by its inputs, so a
         # resume on another base or super-adapter measures anew instead of reusing.
-        with claim_output(
+        claim = claim_output(
             output,
             verb="search",
             inputs=local_inputs(config, args.config, args.super_adapter),
             prelude=["search_meta.json"],
             **common,
-        ):
+        )
+        with main_first(claim):
             report = search(config, output, args.super_adapter, progress=progress)
+        if not distributed.is_main_process():
+            return 0
         reused = f", {report['not_reused']} logged on other inputs not reused" if report["not_reused"] else ""
         print(
             f"{report['algorithm']}: chose quality {report['chosen_quality']:.4f} at cost {report['chosen_cost']:.0f} "
@@ -512,7 +529,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .reports import print_table
 
         check_data(config, evaluate=True)
-        with claim_output(output, verb="eval", inputs=local_inputs(config, args.config), **common):
+        with main_first(
+            claim_output(output, verb="eval", inputs=local_inputs(config, args.config), **common)
+        ):
             ex, extra = config.export, {"model": config.model.name_or_path}
             if is_openvino_dir(config.model.name_or_path):
                 model, tokenizer = load_openvino_model(
@@ -522,8 +541,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             else:
                 model, tokenizer = load_model(config.model)
             results = evaluate_model(model, tokenizer, config, progress=progress)
-            write_eval(output, config.model.name_or_path, results, extra)
-        print_table("evaluation", *results_table({config.model.name_or_path: results}))
+            extra["processes"] = distributed.world_size()
+            if distributed.is_main_process():
+                write_eval(output, config.model.name_or_path, results, extra)
+        if distributed.is_main_process():
+            print_table("evaluation", *results_table({config.model.name_or_path: results}))
         return 0
     if args.command == "run":
         from .config import check_method
@@ -545,6 +567,36 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"report: {output / 'report.json'}, {output / 'report.md'}")
         return 0
     raise AssertionError(args.command)
+
+
+LAUNCHABLE = ("train", "eval", "search")  # verbs that use several processes; the others are single-process
+
+
+def check_launchable(command: str) -> None:
+    """Refuse a verb that has nothing to share between processes, naming what to launch instead."""
+    from . import distributed
+
+    if command == "train":
+        distributed.check_training_launch()
+    if command in LAUNCHABLE:
+        return
+    n = distributed.world_size()
+    launched = "under torchrun / accelerate launch"
+    if command == "run":
+        raise ValueError(
+            f"`run` does not run {launched} (WORLD_SIZE={n}): its sparsify, quantize, merge, export and "
+            "benchmark stages are single-process, and N copies would repeat them. Run the stages one by one "
+            "and launch only train, search and eval: `nncf-elastic-lora sparsify --config C --output O/sparse`; "
+            f"`accelerate launch --num_processes {n} -m nncf_elastic_lora train --config C --model O/sparse "
+            "--output O/nls`; `accelerate launch ... search --config C --model O/sparse --super-adapter "
+            "O/nls/super_adapter --output O/search`; `nncf-elastic-lora export --config C --model O/sparse "
+            "--adapter O/search/sub_adapter --output O/ir`; `accelerate launch ... eval --model O/ir "
+            '--output O/eval` (README, section "Many processes")'
+        )
+    raise ValueError(
+        f"`{command}` is single-process: run it without torchrun / accelerate launch "
+        f"(WORLD_SIZE={n}); only {', '.join(LAUNCHABLE)} use several processes"
+    )
 
 
 def _benchmark(args: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ Metrics:
 - ``exact_match``: greedy generation, cut at a stop sequence, numeric answer extracted
   (:func:`~nncf_elastic_lora.data.extract_number`) and compared with the gold number;
 - ``perplexity``: ``exp`` of the mean token NLL of the gold texts (prompt + target).
+
+Under ``torchrun`` / ``accelerate launch`` every process scores a share of the batches and the
+results are gathered (:mod:`~nncf_elastic_lora.distributed`): the same figures as one process.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import Example, extract_number, truncate_generation
 
 
@@ -81,10 +85,11 @@ def _score(
     """(sum log p(continuation | context), continuation tokens scored) per request, longest first."""
     encoded = [_encode_pair(lm.tokenizer, c, x) for c, x in requests]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
-    scores: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    scores: dict[int, tuple[float, int]] = {}
     pad = lm.tokenizer.pad_token_id
-    for start in tqdm(range(0, len(order), batch_size), desc="log-likelihood", disable=not progress):
-        idx = order[start : start + batch_size]
+    # Under a launcher each process scores every n-th batch: the batches themselves are unchanged.
+    batches = distributed.shard([order[s : s + batch_size] for s in range(0, len(order), batch_size)])
+    for _, idx in tqdm(batches, desc="log-likelihood", disable=not progress):
         fulls = [(encoded[i][0] + encoded[i][1])[-(lm.max_length + 1) :] for i in idx]
         width = max(len(f) - 1 for f in fulls)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -98,7 +103,8 @@ def _score(
             positions = torch.arange(len(full) - 1 - n_cont, len(full) - 1)
             targets = torch.tensor(full[len(full) - n_cont :])
             scores[i] = (float(logprobs[row, positions, targets].sum()), n_cont)
-    return scores
+    scores = distributed.gather(scores)
+    return [scores[i] for i in range(len(encoded))]
 
 
 def loglikelihoods(
@@ -156,14 +162,18 @@ def exact_match(
     progress: bool = False,
 ):
     """``(exact_match, per-example predictions)`` of greedy generations' extracted numbers."""
+    batches = distributed.shard([examples[s : s + batch_size] for s in range(0, len(examples), batch_size)])
+    texts: dict[int, list[str]] = {}
+    for b, batch in tqdm(batches, desc="generate", disable=not progress):
+        texts[b] = lm.generate([e.prompt for e in batch], max_new_tokens)
+    texts = distributed.gather(texts)
+    generations = [t for b in range(len(texts)) for t in texts[b]]
     hits, preds = 0, []
-    for start in tqdm(range(0, len(examples), batch_size), desc="generate", disable=not progress):
-        batch = examples[start : start + batch_size]
-        for e, text in zip(batch, lm.generate([e.prompt for e in batch], max_new_tokens), strict=True):
-            answer = extract_number(truncate_generation(text))
-            gold = extract_number(e.answer or "")
-            hits += answer is not None and answer == gold
-            preds.append({"id": e.id, "generation": text, "extracted": answer, "gold": gold})
+    for e, text in zip(examples, generations, strict=True):
+        answer = extract_number(truncate_generation(text))
+        gold = extract_number(e.answer or "")
+        hits += answer is not None and answer == gold
+        preds.append({"id": e.id, "generation": text, "extracted": answer, "gold": gold})
     return hits / max(len(examples), 1), preds
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .config import BootstrapNASConfig, ModelConfig, PipelineConfig, check_method
 from .data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
 from .elastic import ElasticLoraSuperNet
@@ -282,8 +283,10 @@ def train(
         progress=progress,
     )
     base, base_fp = resolve_model_dir(config.model), model_fingerprint(config.model)
-    supernet.save_super_adapter(output / "super_adapter", base_model=base, base_fingerprint=base_fp)
     heuristic = supernet.get_heuristic_config()
+    if not distributed.is_main_process():  # under a launcher the main process writes the one set of outputs
+        return result.to_dict()
+    supernet.save_super_adapter(output / "super_adapter", base_model=base, base_fingerprint=base_fp)
     supernet.save_sub_adapter(
         output / "sub_adapter_heuristic", heuristic, base_model=base, base_fingerprint=base_fp
     )

@@ -11,6 +11,9 @@ Plain LoRA is this loop with the maximal configuration fixed, so the two compare
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import os
 import random
@@ -19,6 +22,7 @@ import resource
 import shutil
 import statistics
 import time
+import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +37,7 @@ from transformers import Trainer, TrainerCallback, TrainerState, TrainingArgumen
 from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from . import distributed
 from .adapters import tensor_shapes
 from .config import NLSTrainingConfig
 from .data import Example
@@ -132,12 +137,19 @@ def step_config(supernet: ElasticLoraSuperNet, seed: int, step: int) -> dict[str
 
 
 class NLSCallback(TrainerCallback):
-    """Activates one sub-adapter per optimizer step (NLS) or keeps the maximal one (plain LoRA)."""
+    """Activates one sub-adapter per optimizer step (NLS) or keeps the maximal one (plain LoRA).
+
+    Every step's configuration is recorded (``steps``); under a launcher the processes compare their
+    records when training ends (:func:`compare_across_processes`): DDP averages gradients of whatever
+    each process ran, so processes that activated different sub-adapters would train garbage silently.
+    """
 
     def __init__(self, supernet: ElasticLoraSuperNet, algorithm: str, seed: int, record: bool = False):
         self.supernet, self.algorithm, self.seed = supernet, algorithm, seed
         self.step_times: list[float] = []
         self.history: list[dict[str, int]] = []  # the configuration of each step, when recording
+        self.steps: list[tuple[int, tuple[int, ...]]] = []  # (global step, widths) of each step
+        self.digests: list[str] = []  # per process, at the end: SHA-256 of its ``steps``
         self.record = record
         self._t0 = 0.0
 
@@ -147,8 +159,10 @@ class NLSCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if self.algorithm == "nls":
             self.supernet.activate_config(step_config(self.supernet, self.seed, state.global_step))
+        active = self.supernet.get_active_config()
+        self.steps.append((state.global_step, tuple(active.values())))
         if self.record:
-            self.history.append(self.supernet.get_active_config())
+            self.history.append(active)
         self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -156,6 +170,33 @@ class NLSCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.supernet.activate_maximal_subnet()
+        self.digests = compare_across_processes(self.steps)
+
+
+def steps_digest(steps: list[tuple[int, tuple[int, ...]]]) -> str:
+    """A SHA-256 of the (step, configuration) sequence a process trained."""
+    return hashlib.sha256(json.dumps(steps).encode()).hexdigest()
+
+
+def compare_across_processes(steps: list[tuple[int, tuple[int, ...]]]) -> list[str]:
+    """Every process's digest of its steps (one entry without a launcher).
+
+    Raises:
+        RuntimeError: the processes trained different sub-adapters at some step (named).
+    """
+    digests = distributed.all_gather(steps_digest(steps))
+    if len(set(digests)) > 1:
+        records = distributed.all_gather(steps)
+        first = next(
+            (i for i in range(min(map(len, records))) if len({str(r[i]) for r in records}) > 1),
+            min(map(len, records)),
+        )
+        raise RuntimeError(
+            f"the {len(records)} training processes activated different sub-adapters from optimizer step "
+            f"{first} on ({[r[first] if first < len(r) else None for r in records]}); "
+            "every process must sample with the same bootstrapNAS.training.seed"
+        )
+    return digests
 
 
 # Checkpoints are saved into ".tmp-checkpoint-N/checkpoint-N" and renamed to "checkpoint-N" once complete,
@@ -377,6 +418,15 @@ class AdapterTrainer(Trainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         with _resume_errors(checkpoint or "", "optimizer and scheduler state"):
+            if checkpoint is not None and self.args.world_size > 1 and self.args.device.type == "cpu":
+                # Under several processes the Trainer maps the states to ``args.device``, which on CPU is
+                # "cpu:0", a location torch.load cannot restore to; CPU tensors need no mapping at all.
+                load = functools.partial(torch.load, map_location="cpu", weights_only=True)
+                self.optimizer.load_state_dict(load(os.path.join(checkpoint, OPTIMIZER_NAME)))
+                with warnings.catch_warnings():  # the scheduler's save-time warnings, re-issued on load
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.lr_scheduler.load_state_dict(load(os.path.join(checkpoint, SCHEDULER_NAME)))
+                return
             super()._load_optimizer_and_scheduler(checkpoint)
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
@@ -401,6 +451,9 @@ class TrainResult:
     examples_target_truncated: int = 0  # the answer or its EOS was cut off
     resumed_from: str | None = None
     skipped_checkpoints: list[dict[str, str]] = field(default_factory=list)  # incomplete ones, with why
+    processes: int = 1  # training processes (DDP under torchrun / accelerate launch)
+    global_batch_size: int = 0  # examples per optimizer step, over all processes
+    subnet_digests: list[str] = field(default_factory=list)  # per process: SHA-256 of its step configurations
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -432,6 +485,8 @@ def training_arguments(
         bf16=cfg.bf16,
         use_cpu=not _has_accelerator(),
         gradient_checkpointing=cfg.gradient_checkpointing,
+        # Every LoRA factor takes part in every step (ranks are >= 1), so DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
         report_to="none",
         remove_unused_columns=False,
         disable_tqdm=not progress,
@@ -480,8 +535,11 @@ def train_super_adapter(
     checkpoint, skipped = None, []
     if resume:
         shapes = {k: tuple(v.shape) for k, v in supernet.adapter_state_dict().items()}
-        found, skipped = choose_resume_checkpoint(Path(output_dir), shapes, args.world_size)
-        checkpoint = str(found) if found else None
+        if args.should_save:
+            found, skipped = choose_resume_checkpoint(Path(output_dir), shapes, args.world_size)
+            checkpoint = str(found) if found else None
+        # Every process continues from the main process's choice.
+        checkpoint, skipped = distributed.broadcast((checkpoint, skipped))
     model.train()
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -507,5 +565,10 @@ def train_super_adapter(
         examples_target_truncated=stats.target_truncated,
         resumed_from=checkpoint,
         skipped_checkpoints=skipped,
+        processes=args.world_size,
+        global_batch_size=args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * args.world_size,
+        subnet_digests=nls.digests,
     )
     return result, nls

@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import SearchConfig
 from ..elastic import ElasticLoraSuperNet
 from ..reports import write_json
@@ -129,10 +130,15 @@ def _fingerprint(
     }
 
 
-def _open_log(out: Path, current: dict[str, Any]) -> EvaluationLog:
-    """The log's entries measured with ``current``; say so when others are in the file and not reused."""
+def _open_log(out: Path, current: dict[str, Any], writer: bool = True) -> EvaluationLog:
+    """The log's entries measured with ``current``; say so when others are in the file and not reused.
+
+    ``writer``: this process appends to the log (under a launcher only the main process does; the
+    others read it and keep their measurements, identical to the main's, in memory)."""
     context = hashlib.sha256(json.dumps(current, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    log = EvaluationLog(out / "evaluations.jsonl", context=context)
+    log = EvaluationLog(out / "evaluations.jsonl", context=context, read_only=not writer)
+    if not writer:
+        return log
     if log.other_context:
         meta_path = out / "search_meta.json"
         previous = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -165,9 +171,11 @@ def search_subadapter(
     (or super-adapter, or objective) are measured again, never reused.
     """
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    writer = distributed.is_main_process()  # under a launcher: every process searches, the main one writes
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    log = _open_log(out, _fingerprint(supernet, objectives, base_fingerprint or base_model))
+    log = _open_log(out, _fingerprint(supernet, objectives, base_fingerprint or base_model), writer)
     groups = supernet.groups
     names = [g.name for g in groups]
     bar = tqdm(total=cfg.num_evals, desc=f"search ({cfg.algorithm})", disable=not progress, initial=len(log))
@@ -259,9 +267,10 @@ def search_subadapter(
             "validation_examples": len(objectives.examples),
         },
     )
-    _write_outputs(out, log, result, objectives.metric, objectives.cost_kind)
-    supernet.save_sub_adapter(
-        out / "sub_adapter", result.chosen, base_model=base_model, base_fingerprint=base_fingerprint
-    )
+    if writer:
+        _write_outputs(out, log, result, objectives.metric, objectives.cost_kind)
+        supernet.save_sub_adapter(
+            out / "sub_adapter", result.chosen, base_model=base_model, base_fingerprint=base_fingerprint
+        )
     supernet.activate_maximal_subnet()
     return result

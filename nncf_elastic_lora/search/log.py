@@ -31,15 +31,18 @@ def config_key(widths: tuple[int, ...] | list[int]) -> str:
 
 
 class EvaluationLog:
-    def __init__(self, path: str | Path | None = None, context: str = ""):
+    def __init__(self, path: str | Path | None = None, context: str = "", read_only: bool = False):
         self.path = Path(path) if path else None
+        self.read_only = read_only  # read the logged entries, append nothing (not the writing process)
         self.context = context
         self.entries: dict[str, Evaluation] = {}
         self.new_evaluations = 0
         self.other_context = 0  # logged entries measured on other inputs: not reused
         if self.path and self.path.is_file():
             text = self.path.read_text()
-            if text and not text.endswith("\n"):  # a line cut short by a kill: drop it before appending
+            if (
+                text and not text.endswith("\n") and not read_only
+            ):  # a line cut by a kill: drop it before appending
                 text = text[: text.rfind("\n") + 1]
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text(text)
@@ -76,7 +79,7 @@ class EvaluationLog:
         )
         self.entries[key] = entry
         self.new_evaluations += 1
-        if self.path:
+        if self.path and not self.read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(json.dumps(asdict(entry)) + "\n")
