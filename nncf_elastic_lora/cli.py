@@ -587,7 +587,7 @@ def check_launchable(command: str) -> None:
             f"`run` does not run {launched} (WORLD_SIZE={n}): its sparsify, quantize, merge, export and "
             "benchmark stages are single-process, and N copies would repeat them. Run the stages one by one "
             "and launch only train, search and eval: `nncf-elastic-lora sparsify --config C --output O/sparse`; "
-            f"`accelerate launch --num_processes {n} -m nncf_elastic_lora train --config C --model O/sparse "
+            f"`accelerate launch --multi_gpu --num_processes {n} -m nncf_elastic_lora train --config C --model O/sparse "
             "--output O/nls`; `accelerate launch ... search --config C --model O/sparse --super-adapter "
             "O/nls/super_adapter --output O/search`; `nncf-elastic-lora export --config C --model O/sparse "
             "--adapter O/search/sub_adapter --output O/ir`; `accelerate launch ... eval --model O/ir "

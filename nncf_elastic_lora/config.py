@@ -170,13 +170,101 @@ class WidthElasticityConfig(_Section):
         return self
 
 
+class ChannelElasticityConfig(_Section):
+    """LoNAS Mode B: the MLP intermediate width of every decoder layer is elastic, with the ranks."""
+
+    fractions: list[float] | None = Field(
+        None,
+        description="Widths as fractions of each layer's intermediate size, largest first; default "
+        "[1.0, 0.875, 0.75, 0.625, 0.5] (LoNAS: 100 % down to 50 % in 12.5 % steps). Exclusive with `channels`.",
+    )
+    channels: list[int] | None = Field(
+        None,
+        description="Widths as channel counts, largest first (the same for every layer). Exclusive with `fractions`.",
+    )
+    channel_step: int = Field(
+        8,
+        gt=0,
+        description="Every width must be a multiple of this many channels (kernels like multiples of 32).",
+    )
+    order: Literal["importance", "original"] = Field(
+        "importance",
+        description="'importance': channels are permuted most important first on calibration data before "
+        "slicing (function unchanged); 'original': prefixes in the checkpoint's order, as the LoNAS reference.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ChannelElasticityConfig:
+        if self.fractions is not None and self.channels is not None:
+            raise ValueError("give the widths as `fractions` or as `channels`, not both")
+        if self.fractions is not None:
+            if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+                raise ValueError(f"fractions = {self.fractions}: must be a non-empty list in (0, 1]")
+            if len(set(self.fractions)) != len(self.fractions):
+                raise ValueError(f"fractions = {self.fractions}: must be distinct")
+        if self.channels is not None:
+            if (
+                not self.channels
+                or any(c <= 0 for c in self.channels)
+                or len(set(self.channels)) != len(self.channels)
+            ):
+                raise ValueError(
+                    f"channels = {self.channels}: must be a non-empty list of distinct positive ints"
+                )
+        return self
+
+    def widths_for(self, size: int) -> list[int]:
+        """The channel counts for an MLP of ``size`` intermediate channels (checked against it)."""
+        if self.channels is not None:
+            widths, source = list(self.channels), "channels"
+        else:
+            fractions = self.fractions or [1.0, 0.875, 0.75, 0.625, 0.5]
+            widths, source = [round(f * size) for f in fractions], "fractions"
+        too_wide = [w for w in widths if w > size]
+        if too_wide:
+            raise ValueError(
+                f"bootstrapNAS.elasticity.channels.{source}: widths {too_wide} exceed the layer's "
+                f"{size} intermediate channels"
+            )
+        off_step = [w for w in widths if w % self.channel_step]
+        if off_step:
+            raise ValueError(
+                f"bootstrapNAS.elasticity.channels.{source}: widths {off_step} (of {size} channels) are not "
+                f"multiples of channel_step={self.channel_step}"
+            )
+        if len(set(widths)) != len(widths):
+            raise ValueError(
+                f"bootstrapNAS.elasticity.channels.{source}: widths {widths} of a {size}-channel layer repeat"
+            )
+        return widths
+
+
 class ElasticityConfig(_Section):
     available_elasticity_dims: list[Literal["width"]] = Field(default_factory=lambda: ["width"])
-    mode: Literal["rank"] = Field(
+    mode: Literal["rank", "rank_and_channels"] = Field(
         "rank",
-        description="'rank' (Shears/SQFT, Mode A); LoNAS's 'rank_and_channels' is not implemented yet.",
+        description="'rank' (Shears/SQFT, Mode A): only the LoRA ranks are elastic; 'rank_and_channels' "
+        "(LoNAS, Mode B): the MLP intermediate width of every decoder layer too (see `channels`).",
     )
     width: WidthElasticityConfig = Field(default_factory=WidthElasticityConfig)
+    channels: ChannelElasticityConfig | None = Field(
+        None, description="Mode B's channel widths (mode 'rank_and_channels'); defaults apply when absent."
+    )
+
+    @model_validator(mode="after")
+    def _channels_need_mode(self) -> ElasticityConfig:
+        if self.channels is not None and self.mode != "rank_and_channels":
+            raise ValueError(
+                f"bootstrapNAS.elasticity.channels is set but mode is {self.mode!r}; "
+                "set mode to 'rank_and_channels' to make the channel widths elastic"
+            )
+        return self
+
+    def channel_spec(self) -> ChannelElasticityConfig | None:
+        """The channel elasticity in effect (Mode B), or None (Mode A)."""
+        if self.mode != "rank_and_channels":
+            return None
+        return self.channels or ChannelElasticityConfig()
 
 
 class SearchConfig(_Section):
@@ -408,6 +496,16 @@ class PipelineConfig(_Section):
             raise ValueError(
                 "export.awq with the adapter unmerged: awq rescales activations that the adapter branch also "
                 "reads; set export.merge_adapter or drop export.awq"
+            )
+        if self.bootstrapNAS.elasticity.mode == "rank_and_channels":
+            # The Mode B super-network and extraction exist (ElasticLoraSuperNet.attach(channels=...),
+            # nncf_elastic_lora.extract); the verbs do not use them yet, and a Mode B sub-adapter exported
+            # as a peft folder would silently run at full width.
+            raise ValueError(
+                "bootstrapNAS.elasticity.mode 'rank_and_channels' (LoNAS) is not available from the command line "
+                "yet: its reorder and extract stages are not in the verbs; use mode 'rank', or the Python API "
+                "(ElasticLoraSuperNet.attach(..., channels=ChannelElasticityConfig(...)), "
+                "nncf_elastic_lora.extract.extract_subnet)"
             )
         return self
 

@@ -139,6 +139,35 @@ def gather(local: dict[int, T]) -> dict[int, T]:
     return merged
 
 
+def _same_error(cls: type, message: str) -> BaseException:
+    """An exception of ``cls`` with ``message``, for a process that did not raise it itself."""
+    try:
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            return cls(message)
+    except Exception:  # noqa: BLE001 - a class whose constructor wants more than a message
+        pass
+    return RuntimeError(message)
+
+
+@contextmanager
+def shared_outcome() -> Iterator[None]:
+    """Run the block (work the main process alone does); every process then shares its outcome.
+
+    If the block raised on the main process, the others raise an error of the same class with the same
+    message instead of waiting in a later collective for a process that has already stopped.
+    """
+    error: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others are told
+        error = exc
+    outcome = broadcast(None if error is None else (type(error), str(error)))
+    if error is not None:
+        raise error
+    if outcome is not None:
+        raise _same_error(*outcome)
+
+
 @contextmanager
 def main_process_first(claim: AbstractContextManager[Any]) -> Iterator[None]:
     """Enter ``claim`` (an output claim: check, lock, prepare) on the main process only.
@@ -150,22 +179,11 @@ def main_process_first(claim: AbstractContextManager[Any]) -> Iterator[None]:
         with claim:
             yield
         return
-    error: BaseException | None = None
     entered = False
-    if is_main_process():
-        try:
+    with shared_outcome():
+        if is_main_process():
             claim.__enter__()
             entered = True
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after the others are told
-            error = exc
-    outcome = broadcast(None if error is None else (type(error), str(error)))
-    if error is not None:
-        raise error
-    if outcome is not None:
-        cls, message = outcome
-        raise (
-            cls(message) if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError(message)
-        )
     if not entered:
         yield
         return

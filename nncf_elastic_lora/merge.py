@@ -133,7 +133,7 @@ def _on(q: QuantizedWeight, device: torch.device) -> QuantizedWeight:
     return QuantizedWeight(q.codes.to(device), q.scale.to(device), zp, q.group_size, q.bits)
 
 
-def _plain_model(model: nn.Module, weights: dict[str, torch.Tensor], inplace: bool) -> nn.Module:
+def plain_model(model: nn.Module, weights: dict[str, torch.Tensor], inplace: bool) -> nn.Module:
     """``model`` with every elastic adapter replaced by its base ``nn.Linear`` holding ``weights``."""
     out = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
@@ -204,7 +204,7 @@ def merged_model(
     ``inplace`` (then the live model is unwrapped and ``supernet`` is spent).
     """
     weights = merge_sparse(supernet=supernet, config=config)
-    return _plain_model(supernet.model, weights, inplace)
+    return plain_model(supernet.model, weights, inplace)
 
 
 def merge_qa(
@@ -223,7 +223,7 @@ def merge_qa(
         name: _with_codes(q, codes[name]) if name in codes else _with_codes(q, q.codes)
         for name, q in supernet.quantized.items()
     }
-    return _plain_model(supernet.model, weights, inplace), qweights
+    return plain_model(supernet.model, weights, inplace), qweights
 
 
 # ---------------------------------------------------------------------- from disk
@@ -343,7 +343,7 @@ def merge_adapter_from_dirs(
         "base_fingerprint": base_fingerprint,
         "scales_fingerprint": (record or {}).get("scales_fingerprint"),
     }
-    return MergeResult(_plain_model(model, weights, inplace), kind, qweights, report)
+    return MergeResult(plain_model(model, weights, inplace), kind, qweights, report)
 
 
 def _resolve_kind(

@@ -241,6 +241,47 @@ def load_tokenizer(config: ModelConfig):
     )
 
 
+def per_layer_mlp_widths(model_dir: Path) -> list[int] | None:
+    """The per-layer MLP widths a LoNAS extraction recorded in ``config.json`` (None: uniform widths)."""
+    from .extract import PER_LAYER_KEY
+
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        widths = json.loads(path.read_text()).get(PER_LAYER_KEY)
+    except ValueError:
+        return None  # from_pretrained names the broken file
+    return [int(w) for w in widths] if widths else None
+
+
+def _load_with_mlp_widths(model_dir: Path, widths: list[int], config: ModelConfig) -> PreTrainedModel:
+    """A checkpoint whose MLPs have per-layer widths: built with those widths, then its weights read."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from .extract import set_mlp_widths
+
+    arch = AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
+    model = AutoModelForCausalLM.from_config(arch, trust_remote_code=config.trust_remote_code)
+    set_mlp_widths(model, widths)
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir} has no *.safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if arch.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(
+            f"{model_dir}: the weights do not fit the recorded per-layer MLP widths "
+            f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    model.tie_weights()
+    return model.to(_DTYPES[config.dtype])
+
+
 def load_model(config: ModelConfig):
     """Load ``(model, tokenizer)`` as the config says; the model is in eval mode."""
     name = config.name_or_path
@@ -255,9 +296,13 @@ def load_model(config: ModelConfig):
         else:
             tried.append(f"local directory {local.resolve()} (does not exist)")
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=_DTYPES[config.dtype], trust_remote_code=config.trust_remote_code
-            )
+            widths = per_layer_mlp_widths(local) if local.exists() else None
+            if widths:
+                model = _load_with_mlp_widths(local, widths, config)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=_DTYPES[config.dtype], trust_remote_code=config.trust_remote_code
+                )
             tokenizer = load_tokenizer(config)
         except Exception as exc:  # hub clients raise OSError, HTTP and runtime errors offline
             if local.exists():

@@ -282,10 +282,10 @@ def train(
         resume=resume,
         progress=progress,
     )
-    base, base_fp = resolve_model_dir(config.model), model_fingerprint(config.model)
-    heuristic = supernet.get_heuristic_config()
     if not distributed.is_main_process():  # under a launcher the main process writes the one set of outputs
         return result.to_dict()
+    base, base_fp = resolve_model_dir(config.model), model_fingerprint(config.model)
+    heuristic = supernet.get_heuristic_config()
     supernet.save_super_adapter(output / "super_adapter", base_model=base, base_fingerprint=base_fp)
     supernet.save_sub_adapter(
         output / "sub_adapter_heuristic", heuristic, base_model=base, base_fingerprint=base_fp

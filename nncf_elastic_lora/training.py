@@ -263,6 +263,13 @@ def _rng_files(world_size: int) -> list[str]:
     return ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{i}.pth" for i in range(world_size)]
 
 
+def _writers(directory: Path) -> int:
+    """How many processes wrote a checkpoint, from its RNG files (0: none there to tell)."""
+    if (directory / "rng_state.pth").is_file():
+        return 1
+    return len(list(directory.glob("rng_state_*.pth")))
+
+
 def _is_complete_torch_file(path: Path) -> bool:
     """torch.save writes a zip whose central directory comes last: a truncated file has none."""
     try:
@@ -295,6 +302,12 @@ def checkpoint_problem(
             checkpoint was written with another LoRA configuration, which an older checkpoint won't fix.
     """
     rng = _rng_files(world_size)
+    written_by = _writers(directory)
+    if written_by and written_by != world_size:
+        raise ValueError(
+            f"{directory} was written by {written_by} training process(es), this run has {world_size}: resume "
+            f"with {written_by} (the data order and random states are per process), or train into a new output"
+        )
     for name in (PEFT_WEIGHTS, TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, *rng):
         if not (directory / name).is_file():
             return f"{name} is missing"
@@ -487,6 +500,8 @@ def training_arguments(
         gradient_checkpointing=cfg.gradient_checkpointing,
         # Every LoRA factor takes part in every step (ranks are >= 1), so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
+        # The buffers (SparsePEFT masks, INT4 scales) are constant and equal everywhere: no per-step copy.
+        ddp_broadcast_buffers=False,
         report_to="none",
         remove_unused_columns=False,
         disable_tqdm=not progress,
@@ -535,10 +550,10 @@ def train_super_adapter(
     checkpoint, skipped = None, []
     if resume:
         shapes = {k: tuple(v.shape) for k, v in supernet.adapter_state_dict().items()}
-        if args.should_save:
-            found, skipped = choose_resume_checkpoint(Path(output_dir), shapes, args.world_size)
-            checkpoint = str(found) if found else None
-        # Every process continues from the main process's choice.
+        with distributed.shared_outcome():  # the main process chooses (or fails) for everyone
+            if args.should_save:
+                found, skipped = choose_resume_checkpoint(Path(output_dir), shapes, args.world_size)
+                checkpoint = str(found) if found else None
         checkpoint, skipped = distributed.broadcast((checkpoint, skipped))
     model.train()
     start = time.perf_counter()

@@ -232,6 +232,11 @@ CASES = [
     Case("bench-duplicate-label", [*BENCH, "--model", "{ws}/model"], "given twice"),
     Case("bench-unknown-property", ["benchmark", "--model", "{ws}/model", "--runtime", "torch", "--property", "NO_SUCH_PROP=1"], "NO_SUCH_PROP"),
     # SQFT config keys and verbs
+    Case("elasticity-mode-unknown", [*RUN, "--set", "bootstrapNAS.elasticity.mode=\"channels\""], "bootstrapNAS.elasticity.mode"),
+    Case("channels-without-mode-b", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"channels": [64]}'], "set mode to 'rank_and_channels'"),
+    Case("channels-fraction-above-one", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"fractions": [1.0, 1.5]}'], "must be a non-empty list in (0, 1]"),
+    Case("channels-and-fractions", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"fractions": [1.0], "channels": [64]}'], "not both"),
+    Case("mode-b-from-the-cli", [*RUN, "--set", "bootstrapNAS.elasticity.mode=\"rank_and_channels\""], "not available from the command line yet"),
     Case("adapter-kind-unknown", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=dora"], "bootstrapNAS.training.adapter_kind"),
     Case("qa-without-int4-base", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "set quantization.weight_format to 'int4'"),
     Case("sparsepeft-on-int4-base", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=sparsepeft", "--set", "quantization.weight_format=int4", "--set", "export.weight_format=int4"], "would undo the INT4 base"),

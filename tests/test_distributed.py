@@ -209,3 +209,38 @@ def test_launched_verbs_that_cannot_share_work_are_refused_before_any(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_refused_output_stops_every_process_with_the_same_error(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _port()]
+    cmd += ["-m", "nncf_elastic_lora", "train", "--config", TINY_CONFIG, "--output", str(tmp_path / "taken")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
+    assert proc.returncode != 0
+    errors = sorted(line for line in proc.stderr.splitlines() if line.startswith("error: "))
+    assert len(errors) == 2, proc.stderr[-3000:]
+    assert "already exists and is not empty" in errors[1]
+    assert errors[0] == errors[1].replace("error: ", "error: [process 1 of 2] ", 1)
+    # No traceback from our code in either process (the launcher prints its own summary).
+    assert not [
+        line for line in proc.stderr.splitlines() if 'File "' in line and "nncf_elastic_lora/" in line
+    ]
+    assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["notes.txt"]
+
+
+def test_resuming_with_another_process_count_is_refused_naming_both(tmp_path):
+    from nncf_elastic_lora.training import checkpoint_problem
+
+    for name in ("rng_state_0.pth", "rng_state_1.pth"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(
+        ValueError, match=r"written by 2 training process\(es\), this run has 1: resume with 2"
+    ):
+        checkpoint_problem(tmp_path, {}, world_size=1)
+
+
+def test_errors_whose_class_needs_more_than_a_message_reach_the_other_processes_as_runtime_errors():
+    err = distributed._same_error(json.JSONDecodeError, "Expecting value: line 1 column 1 (char 0)")
+    assert isinstance(err, RuntimeError) and "Expecting value" in str(err)
+    assert isinstance(distributed._same_error(ValueError, "bad"), ValueError)

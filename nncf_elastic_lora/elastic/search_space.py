@@ -19,6 +19,9 @@ class Group:
     name: str
     modules: tuple[str, ...]
     widths: tuple[int, ...]  # as configured: the Shears convention lists them largest first
+    kind: str = (
+        "rank"  # "rank": LoRA ranks of ``modules``; "channels": an MLP's width (``modules`` = its down_proj)
+    )
 
     @property
     def heuristic(self) -> int:

@@ -33,6 +33,7 @@ from ..int4 import scales_fingerprint
 from ..patterns import find_linears
 from ..quantization import QuantizedWeight
 from ..reports import atomic_directory, write_json
+from .channels import ChannelMask, GatedMLP, gated_mlps, intermediate_size
 from .lora import AdapterKind, ElasticLoraLinear, create_adapter_layer
 from .search_space import Group, build_groups
 
@@ -67,6 +68,29 @@ class ElasticLoraSuperNet:
             raise ValueError(f"all adapters of a super-network must be of one kind, got {sorted(kinds)}")
         self.kind: AdapterKind = kinds.pop() if kinds else AdapterKind.LORA
         self.quantized = quantized  # the base's INT4 weights (qa_sparsepeft), all quantized modules
+        # Mode B: one elastic width per MLP ("channels" groups), keyed by the MLP's down_proj name.
+        self.channel_masks: dict[str, ChannelMask] = {}
+        self.mlps: dict[str, GatedMLP] = {}
+        if any(g.kind == "channels" for g in groups):
+            if self.kind is AdapterKind.QA_SPARSEPEFT:
+                raise ValueError(
+                    "channel elasticity (mode 'rank_and_channels') slices the base's input channels, which "
+                    "would cut through the INT4 quantization groups: use it with lora or sparsepeft adapters"
+                )
+            self.mlps = {m.down: m for m in gated_mlps(model)}
+            for g in groups:
+                if g.kind == "channels":
+                    down = g.modules[0]
+                    if down not in self.mlps:
+                        raise ValueError(
+                            f"channel group {g.name}: {down} is not the down projection of a gated MLP"
+                        )
+                    size = intermediate_size(model, self.mlps[down])
+                    if max(g.widths) > size:
+                        raise ValueError(
+                            f"channel group {g.name}: widths {list(g.widths)} exceed the {size} channels"
+                        )
+                    self.channel_masks[down] = ChannelMask(model.get_submodule(down), size)
 
     # ------------------------------------------------------------------ construction
 
@@ -85,6 +109,7 @@ class ElasticLoraSuperNet:
         seed: int = 0,
         adapter_kind: AdapterKind | str = AdapterKind.LORA,
         quantized: dict[str, QuantizedWeight] | None = None,
+        channels: Any = None,
     ) -> ElasticLoraSuperNet:
         """Freeze ``model`` and wrap every target linear with an elastic adapter of rank ``max_rank``.
 
@@ -92,7 +117,9 @@ class ElasticLoraSuperNet:
         super-adapter's starting point depends on the config only, whatever the kind.
         ``adapter_kind``: ``lora``, ``sparsepeft`` or ``qa_sparsepeft``; the last needs ``quantized``
         (``{module name: QuantizedWeight}`` of the INT4 base, covering every target), checked
-        against the model's weights before anything is modified.
+        against the model's weights before anything is modified. ``channels`` (a
+        :class:`~nncf_elastic_lora.config.ChannelElasticityConfig`, Mode B) adds one group per decoder
+        layer whose choices are that MLP's intermediate widths.
         """
         kind = AdapterKind.parse(adapter_kind)
         default_widths = default_widths or [max_rank]
@@ -102,6 +129,12 @@ class ElasticLoraSuperNet:
         groups = build_groups(
             list(targets), overwrite_groups or [], overwrite_groups_widths or [], default_widths, max_rank
         )
+        if channels is not None:  # resolved (and checked) for every layer before the model is touched
+            groups += [
+                Group(f"mlp_channels[{m.layer}]", (m.down,), tuple(channels.widths_for(intermediate_size(model, m))),
+                      "channels")
+                for m in gated_mlps(model)
+            ]  # fmt: skip
         if kind is AdapterKind.QA_SPARSEPEFT:
             _check_quantized_covers(targets, quantized)
         elif quantized is not None:
@@ -167,7 +200,11 @@ class ElasticLoraSuperNet:
     def activate_config(self, config: SubnetConfig) -> None:
         self.validate_config(config)
         for name, width in config.items():
-            for module in self._by_name[name].modules:
+            group = self._by_name[name]
+            if group.kind == "channels":
+                self.channel_masks[group.modules[0]].set_width(width)
+                continue
+            for module in group.modules:
                 self.adapters[module].set_active_rank(width)
 
     def activate_maximal_subnet(self) -> None:
@@ -180,21 +217,45 @@ class ElasticLoraSuperNet:
         self.activate_config(self.get_heuristic_config())
 
     def get_active_config(self) -> SubnetConfig:
-        return {g.name: self.adapters[g.modules[0]].active_rank for g in self.groups}
+        return {
+            g.name: self.channel_masks[g.modules[0]].width
+            if g.kind == "channels"
+            else self.adapters[g.modules[0]].active_rank
+            for g in self.groups
+        }
 
     def module_ranks(self, config: SubnetConfig | None = None) -> dict[str, int]:
         """``{module name: rank}`` of a configuration (default: the active one)."""
         config = config or self.get_active_config()
-        return {m: config[g.name] for g in self.groups for m in g.modules}
+        return {m: config[g.name] for g in self.groups if g.kind == "rank" for m in g.modules}
+
+    def mlp_widths(self, config: SubnetConfig | None = None) -> dict[str, int]:
+        """``{down_proj name: intermediate width}`` of a configuration (Mode B; empty in Mode A)."""
+        config = config or self.get_active_config()
+        return {g.modules[0]: config[g.name] for g in self.groups if g.kind == "channels"}
+
+    def _dims(self, config: SubnetConfig | None) -> dict[str, tuple[int, int]]:
+        """``{linear name: (in, out)}`` of the sub-network: the adapted linears and, in Mode B, every MLP
+        projection, with the MLP widths applied."""
+        dims = {m: (a.in_features, a.out_features) for m, a in self.adapters.items()}
+        for down, width in self.mlp_widths(config).items():
+            mlp = self.mlps[down]
+            for name, cut_input in ((mlp.gate, False), (mlp.up, False), (mlp.down, True)):
+                linear = self.model.get_submodule(name)
+                n_in, n_out = linear.in_features, linear.out_features
+                dims[name] = (width, n_out) if cut_input else (n_in, width)
+        return dims
 
     # ------------------------------------------------------------------ cost
 
     def get_active_params(self, config: SubnetConfig | None = None) -> int:
-        """Parameters of the (active) sub-adapter: ``r · (in + out)`` per module."""
-        ranks = self.module_ranks(config)
-        return sum(
-            r * (self.adapters[m].in_features + self.adapters[m].out_features) for m, r in ranks.items()
-        )
+        """Parameters of the (active) sub-adapter: ``r · (in + out)`` per module (MLP widths applied)."""
+        ranks, dims = self.module_ranks(config), self._dims(config)
+        return sum(r * sum(dims[m]) for m, r in ranks.items())
+
+    def get_active_base_params(self, config: SubnetConfig | None = None) -> int:
+        """Weights of the adapted linears and, in Mode B, of every MLP projection, at the sub-network's widths."""
+        return sum(i * o for i, o in self._dims(config).values())
 
     def get_macs_for_active_config(
         self, config: SubnetConfig | None = None, seq_len: int = 1, include_base: bool = False
@@ -202,7 +263,7 @@ class ElasticLoraSuperNet:
         """Multiply-accumulates of the adapted linears for ``seq_len`` tokens (adapter branch, optionally + base)."""
         macs = self.get_active_params(config)
         if include_base:
-            macs += sum(a.in_features * a.out_features for a in self.adapters.values())
+            macs += self.get_active_base_params(config)
         return macs * seq_len
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -227,7 +288,8 @@ class ElasticLoraSuperNet:
             "alpha": any_adapter.alpha,
             "dropout": getattr(any_adapter.lora_dropout, "p", 0.0),
             "groups": [
-                {"name": g.name, "modules": list(g.modules), "widths": list(g.widths)} for g in self.groups
+                {"name": g.name, "modules": list(g.modules), "widths": list(g.widths), "kind": g.kind}
+                for g in self.groups
             ],
         }
 
@@ -352,8 +414,11 @@ class ElasticLoraSuperNet:
             raise ValueError(f"{spec_file} is not valid JSON ({exc}); re-create the super-adapter") from None
         check_adapter_fits(model, directory)
         try:
-            modules = [m for g in spec["groups"] for m in g["modules"]]
-            groups = [Group(g["name"], tuple(g["modules"]), tuple(g["widths"])) for g in spec["groups"]]
+            modules = [m for g in spec["groups"] if g.get("kind", "rank") == "rank" for m in g["modules"]]
+            groups = [
+                Group(g["name"], tuple(g["modules"]), tuple(g["widths"]), g.get("kind", "rank"))
+                for g in spec["groups"]
+            ]
             max_rank, alpha = int(spec["max_rank"]), float(spec["alpha"])
             kind = AdapterKind.parse(spec.get("adapter_kind", AdapterKind.LORA.value))
         except (KeyError, TypeError, ValueError) as exc:

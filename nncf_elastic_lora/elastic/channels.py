@@ -1,0 +1,247 @@
+"""LoNAS Mode B: the MLP intermediate channels of every decoder layer, scored, ordered, masked, sliced.
+
+A gated MLP computes ``down(act(gate(x)) * up(x))``; its intermediate channel ``j`` is row ``j`` of
+``gate`` and ``up`` (and of their LoRA ``B``) and column ``j`` of ``down`` (and of its LoRA ``A``).
+
+- **Ordering** (:func:`order_mlp_channels`): permuting the channels of one MLP by one permutation
+  changes nothing (tested to 1e-5), so they are permuted once, most important first, and every
+  width keeps the most important channels. The importance of channel ``j`` is Wanda's score summed
+  over ``down``'s column: ``Σ_i |W_down[i, j]| · ‖h_j‖₂`` over calibration tokens (``h`` = the
+  intermediate activation, ``down``'s input).
+- **Elastic width in the super-network** (:class:`ChannelMask`): a width ``w`` zeroes ``down``'s input
+  channels from ``w`` on. That is exactly the sliced MLP (``gate``/``up`` rows and ``down`` columns
+  from ``w`` on never reach the output, and they get no gradient), with no reshaping of any weight.
+- **Extraction** (:func:`slice_mlp`): the kept prefixes as physically smaller linears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..architecture import decoder_blocks
+
+GATED_MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # LLaMA, Mistral, Qwen, Gemma, Phi-3 style
+
+
+@dataclass(frozen=True)
+class GatedMLP:
+    """Module names of one decoder layer's gated MLP."""
+
+    layer: int
+    name: str
+    gate: str
+    up: str
+    down: str
+
+
+def _linear(module: nn.Module) -> nn.Linear:
+    """The frozen base linear of a plain linear or of an adapter wrapping one (``base_layer``)."""
+    base = getattr(module, "base_layer", module)
+    if not isinstance(base, nn.Linear):
+        raise TypeError(f"expected a linear layer, got {type(base).__name__}")
+    return base
+
+
+def gated_mlps(model: nn.Module) -> list[GatedMLP]:
+    """Every decoder layer's gated MLP, in layer order.
+
+    Raises:
+        ValueError: a layer has no module with ``gate_proj``, ``up_proj`` and ``down_proj`` linears
+            (Mode B needs a gated MLP: LLaMA, Mistral, Qwen, Gemma, ...), naming the layer's modules.
+    """
+    blocks_name, blocks = decoder_blocks(model)
+    found = []
+    for i, block in enumerate(blocks):
+        mlp = next(
+            (
+                (name, m)
+                for name, m in block.named_modules()
+                if all(isinstance(getattr(m, p, None), nn.Module) for p in GATED_MLP_PROJECTIONS)
+            ),
+            None,
+        )
+        if mlp is None:
+            children = ", ".join(n for n, _ in block.named_children())
+            raise ValueError(
+                f"{type(model).__name__}: decoder layer {i} has no gated MLP (a module with "
+                f"{', '.join(GATED_MLP_PROJECTIONS)}); its modules: {children}. Channel elasticity "
+                "(bootstrapNAS.elasticity.mode 'rank_and_channels') needs LLaMA-style MLPs"
+            )
+        prefix = f"{blocks_name}.{i}.{mlp[0]}"
+        found.append(GatedMLP(i, prefix, *(f"{prefix}.{p}" for p in GATED_MLP_PROJECTIONS)))
+    return found
+
+
+def intermediate_size(model: nn.Module, mlp: GatedMLP) -> int:
+    return _linear(model.get_submodule(mlp.down)).in_features
+
+
+# ---------------------------------------------------------------------- importance and order
+
+
+def channel_importance(down_weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
+    """``Σ_i |W_down[i, j]| · ‖h_j‖₂`` per intermediate channel ``j`` (``input_sq_sum``: ``Σ_t h_tj²``)."""
+    return down_weight.abs().float().sum(0) * input_sq_sum.float().sqrt()
+
+
+def importance_order(importance: torch.Tensor) -> torch.Tensor:
+    """Channel indices, most important first (ties keep the original order)."""
+    return torch.argsort(importance, descending=True, stable=True)
+
+
+@torch.no_grad()
+def down_input_sq_sums(
+    model: nn.Module, mlps: list[GatedMLP], batches: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``Σ_t h_tj²`` of every MLP's intermediate activation over the calibration tokens."""
+    sums = [torch.zeros(intermediate_size(model, m), dtype=torch.float64) for m in mlps]
+    handles = []
+    for k, m in enumerate(mlps):
+
+        def hook(_module, args, k=k):
+            h = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[k] += (h * h).sum(0).cpu()
+
+        handles.append(model.get_submodule(m.down).register_forward_pre_hook(hook))
+    try:
+        device = next(model.parameters()).device
+        for ids in batches:
+            model(input_ids=ids.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return sums
+
+
+def _permute_rows(module: nn.Module, order: torch.Tensor) -> None:
+    """Reorder output channels: the base rows (and bias), a LoRA ``B``'s rows, a SparsePEFT mask's rows."""
+    base = _linear(module)
+    base.weight.data = base.weight.data[order].contiguous()
+    if base.bias is not None:
+        base.bias.data = base.bias.data[order].contiguous()
+    if hasattr(module, "lora_B"):
+        module.lora_B.weight.data = module.lora_B.weight.data[order].contiguous()
+    if getattr(module, "mask", None) is not None:
+        module.mask = module.mask[order].contiguous()
+
+
+def _permute_columns(module: nn.Module, order: torch.Tensor) -> None:
+    """Reorder input channels: the base columns, a LoRA ``A``'s columns, a SparsePEFT mask's columns."""
+    base = _linear(module)
+    base.weight.data = base.weight.data[:, order].contiguous()
+    if hasattr(module, "lora_A"):
+        module.lora_A.weight.data = module.lora_A.weight.data[:, order].contiguous()
+    if getattr(module, "mask", None) is not None:
+        module.mask = module.mask[:, order].contiguous()
+
+
+@torch.no_grad()
+def permute_mlp(model: nn.Module, mlp: GatedMLP, order: torch.Tensor) -> None:
+    """Apply one permutation to an MLP's intermediate channels; the MLP computes the same function."""
+    if hasattr(model.get_submodule(mlp.down), "scale"):
+        raise ValueError(
+            f"{mlp.name}: an INT4 (qa_sparsepeft) layer's quantization groups run along its input channels; "
+            "order the channels before quantizing the base"
+        )
+    order = order.to(_linear(model.get_submodule(mlp.down)).weight.device)
+    _permute_rows(model.get_submodule(mlp.gate), order)
+    _permute_rows(model.get_submodule(mlp.up), order)
+    _permute_columns(model.get_submodule(mlp.down), order)
+
+
+@dataclass
+class OrderingReport:
+    """What ordering bought: the share of the total importance a prefix keeps, ordered vs as it was."""
+
+    fractions: list[float]
+    kept_ordered: list[float]  # mean over layers, per fraction
+    kept_original: list[float]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {
+            "fractions": self.fractions,
+            "kept_ordered": self.kept_ordered,
+            "kept_original": self.kept_original,
+        }
+
+
+@torch.no_grad()
+def order_mlp_channels(
+    model: nn.Module, batches: list[torch.Tensor], fractions: tuple[float, ...] = (0.875, 0.75, 0.625, 0.5)
+) -> OrderingReport:
+    """Score every MLP's channels on ``batches`` and permute them most important first (in place)."""
+    mlps = gated_mlps(model)
+    sums = down_input_sq_sums(model, mlps, batches)
+    ordered: list[list[float]] = [[] for _ in fractions]
+    original: list[list[float]] = [[] for _ in fractions]
+    for m, sq in zip(mlps, sums, strict=True):
+        score = channel_importance(_linear(model.get_submodule(m.down)).weight, sq)
+        order = importance_order(score)
+        total = float(score.sum()) or 1.0
+        for k, f in enumerate(fractions):
+            w = max(1, round(f * score.numel()))
+            ordered[k].append(float(score[order[:w]].sum()) / total)
+            original[k].append(float(score[:w].sum()) / total)
+        permute_mlp(model, m, order)
+    mean = [sum(v) / len(v) for v in ordered]
+    return OrderingReport(list(fractions), mean, [sum(v) / len(v) for v in original])
+
+
+# ---------------------------------------------------------------------- elastic width and slicing
+
+
+class ChannelMask:
+    """The elastic width of one MLP: a forward pre-hook on ``down`` that zeroes input channels ``≥ width``."""
+
+    def __init__(self, down: nn.Module, size: int):
+        self.size = size
+        self.width = size
+        self._handle = down.register_forward_pre_hook(self._hook)
+
+    def set_width(self, width: int) -> None:
+        if not 0 < width <= self.size:
+            raise ValueError(f"width {width} is outside [1, {self.size}] for this MLP")
+        self.width = width
+
+    def _hook(self, _module: nn.Module, args: tuple) -> tuple | None:
+        if self.width == self.size:
+            return None
+        x = args[0]
+        keep = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+        keep[: self.width] = 1
+        return (x * keep, *args[1:])
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _sliced(linear: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
+    w = linear.weight.data
+    w = w[:rows] if rows is not None else w
+    w = w[:, :cols] if cols is not None else w
+    out = nn.Linear(w.shape[1], w.shape[0], bias=linear.bias is not None, device=w.device, dtype=w.dtype)
+    out.weight.data = w.contiguous().clone()
+    if linear.bias is not None:
+        out.bias.data = (linear.bias.data[:rows] if rows is not None else linear.bias.data).clone()
+    out.weight.requires_grad_(linear.weight.requires_grad)
+    return out
+
+
+@torch.no_grad()
+def slice_mlp(model: nn.Module, mlp: GatedMLP, width: int) -> None:
+    """Replace an MLP's (plain, merged) linears by their first ``width`` intermediate channels."""
+    parent = model.get_submodule(mlp.name)
+    gate, up, down = (model.get_submodule(n) for n in (mlp.gate, mlp.up, mlp.down))
+    for module in (gate, up, down):
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"{mlp.name}: merge the adapters before slicing (found {type(module).__name__})")
+    if not 0 < width <= down.in_features:
+        raise ValueError(f"{mlp.name}: width {width} is outside [1, {down.in_features}]")
+    parent.gate_proj = _sliced(gate, rows=width)
+    parent.up_proj = _sliced(up, rows=width)
+    parent.down_proj = _sliced(down, cols=width)
+    if hasattr(parent, "intermediate_size"):
+        parent.intermediate_size = width

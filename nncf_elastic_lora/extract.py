@@ -1,0 +1,68 @@
+"""LoNAS extraction: a sub-network of a Mode B super-network as a physically smaller model.
+
+The sub-adapter is merged at its ranks (the base is dense in LoNAS, so merging loses nothing) and
+every gated MLP keeps the first ``width`` intermediate channels (the most important ones once the
+channels were ordered). What is saved:
+
+- the same width in every layer: a plain Hugging Face checkpoint (``intermediate_size`` = the width),
+  which ``AutoModelForCausalLM`` and ``optimum-cli export openvino`` load as they are;
+- per-layer widths: ``intermediate_size`` is the widest layer's and ``config.json`` gains
+  ``intermediate_size_per_layer`` (one entry per decoder layer, the convention of DeciLM's
+  ``num_key_value_heads_per_layer``); :func:`nncf_elastic_lora.models.load_model` builds the model
+  with those widths before reading the weights. Stock ``from_pretrained`` refuses the shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .elastic.channels import gated_mlps, slice_mlp
+from .elastic.supernet import ElasticLoraSuperNet, SubnetConfig
+from .merge import check_finite, plain_model
+
+PER_LAYER_KEY = "intermediate_size_per_layer"
+
+
+def set_mlp_widths(model: nn.Module, widths: list[int]) -> None:
+    """Slice every gated MLP of ``model`` to its width (one per decoder layer) and record them in its config."""
+    mlps = gated_mlps(model)
+    if len(widths) != len(mlps):
+        raise ValueError(f"{len(widths)} MLP widths given for a model with {len(mlps)} decoder layers")
+    for mlp, width in zip(mlps, widths, strict=True):
+        slice_mlp(model, mlp, width)
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    if len(set(widths)) == 1:
+        config.intermediate_size = widths[0]
+        if hasattr(config, PER_LAYER_KEY):
+            delattr(config, PER_LAYER_KEY)
+    else:
+        config.intermediate_size = max(widths)
+        setattr(config, PER_LAYER_KEY, list(widths))
+
+
+def extract_subnet(supernet: ElasticLoraSuperNet, config: SubnetConfig | None = None) -> nn.Module:
+    """The sub-network at ``config`` (default: the active one) as a plain, smaller Hugging Face model.
+
+    Merges each adapter at its rank and slices each MLP to its width. The super-network is spent: its
+    model is modified in place (load it again for another sub-network).
+    """
+    config = config or supernet.get_active_config()
+    supernet.validate_config(config)
+    weights = {}
+    with torch.no_grad():
+        for name, rank in supernet.module_ranks(config).items():
+            layer = supernet.adapters[name]
+            merged = layer.merged_weight(rank)
+            check_finite(name=name, tensors={"merged weight": merged})
+            weights[name] = merged.to(layer.base_layer.weight.dtype)
+    widths = supernet.mlp_widths(config)
+    for mask in supernet.channel_masks.values():
+        mask.remove()
+    supernet.channel_masks.clear()
+    model = plain_model(supernet.model, weights, inplace=True)
+    if widths:
+        set_mlp_widths(model, [widths[m.down] for m in gated_mlps(model)])
+    return model

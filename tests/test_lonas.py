@@ -1,0 +1,191 @@
+"""LoNAS Mode B on tiny models: channel order, elastic MLP widths, extraction of a smaller model."""
+
+import pytest
+import torch
+
+from nncf_elastic_lora.elastic.channels import (
+    ChannelMask,
+    gated_mlps,
+    order_mlp_channels,
+    permute_mlp,
+    slice_mlp,
+)
+from nncf_elastic_lora.models import build_tiny_llama
+
+from .conftest import TINY
+
+IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29], [2, 4, 6, 8, 10, 12, 14, 16]])
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _calibration():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, 200, (1, 16), generator=g) for _ in range(4)]
+
+
+def test_channel_permutation_leaves_the_logits_unchanged():
+    model = build_tiny_llama(TINY).eval()
+    before = _logits(model)
+    for m in gated_mlps(model):
+        permute_mlp(model, m, torch.randperm(64, generator=torch.Generator().manual_seed(m.layer)))
+    torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=0)
+
+
+def test_importance_ordering_keeps_the_function_and_puts_important_channels_first():
+    model = build_tiny_llama(TINY).eval()
+    before = _logits(model)
+    report = order_mlp_channels(model, _calibration())
+    torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=0)
+    # Every prefix keeps at least the importance of the same prefix in the original order.
+    for ordered, original in zip(report.kept_ordered, report.kept_original, strict=True):
+        assert ordered >= original
+    assert report.kept_ordered[-1] > report.kept_original[-1]  # half the channels: strictly more
+
+
+def test_masked_width_equals_the_sliced_mlp():
+    masked, sliced = build_tiny_llama(TINY).eval(), build_tiny_llama(TINY).eval()
+    widths = [40, 24]
+    for m, w in zip(gated_mlps(masked), widths, strict=True):
+        mask = ChannelMask(masked.get_submodule(m.down), 64)
+        mask.set_width(w)
+    for m, w in zip(gated_mlps(sliced), widths, strict=True):
+        slice_mlp(sliced, m, w)
+    assert [sliced.get_submodule(m.down).in_features for m in gated_mlps(sliced)] == widths
+    torch.testing.assert_close(_logits(sliced), _logits(masked), atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in sliced.parameters()) < sum(p.numel() for p in masked.parameters())
+
+
+def test_mask_width_outside_the_mlp_is_refused():
+    model = build_tiny_llama(TINY)
+    mask = ChannelMask(model.get_submodule(gated_mlps(model)[0].down), 64)
+    with pytest.raises(ValueError, match=r"width 65 is outside \[1, 64\]"):
+        mask.set_width(65)
+
+
+# ---------------------------------------------------------------------- Mode B super-network and extraction
+
+
+def _mode_b(model=None, channels=None):
+    from nncf_elastic_lora.config import ChannelElasticityConfig
+    from nncf_elastic_lora.elastic import ElasticLoraSuperNet
+
+    from .test_elastic import QKV_UP_DOWN, TARGETS
+
+    sn = ElasticLoraSuperNet.attach(
+        model or build_tiny_llama(TINY).eval(),
+        target_modules=TARGETS,
+        max_rank=8,
+        alpha=16,
+        overwrite_groups=QKV_UP_DOWN,
+        overwrite_groups_widths=[[8, 6, 4]] * 3,
+        channels=channels or ChannelElasticityConfig(),
+    )
+    gen = torch.Generator().manual_seed(0)
+    for a in sn.adapters.values():  # non-zero B so every rank and width changes the output
+        a.lora_B.weight.data = torch.randn(a.lora_B.weight.shape, generator=gen) * 0.05
+    return sn
+
+
+def _config(sn, ranks, widths):
+    config = {}
+    for g in sn.groups:
+        config[g.name] = widths.pop(0) if g.kind == "channels" else ranks
+    return config
+
+
+def test_mode_b_adds_one_channel_group_per_layer_with_the_configured_widths():
+    sn = _mode_b()
+    channel_groups = [g for g in sn.groups if g.kind == "channels"]
+    assert [g.name for g in channel_groups] == ["mlp_channels[0]", "mlp_channels[1]"]
+    assert all(g.widths == (64, 56, 48, 40, 32) for g in channel_groups)  # 100 % .. 50 % of 64
+    maximal, minimal = sn.get_macs_for_active_config(sn.get_maximal_config(), include_base=True), None
+    minimal = sn.get_macs_for_active_config(sn.get_minimal_config(), include_base=True)
+    assert minimal < maximal
+    sn.activate_config(_config(sn, 6, [40, 56]))
+    assert (
+        sn.get_active_config()["mlp_channels[0]"] == 40
+        and sn.mlp_widths()[sn.mlps[next(iter(sn.mlps))].down] == 40
+    )
+
+
+@pytest.mark.parametrize(("widths", "ranks"), [([40, 56], 6), ([48, 48], 8), ([32, 32], 4)])
+def test_extracted_subnet_equals_the_super_network_at_that_configuration(widths, ranks, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from nncf_elastic_lora.config import ModelConfig
+    from nncf_elastic_lora.extract import PER_LAYER_KEY, extract_subnet
+    from nncf_elastic_lora.models import load_model
+
+    sn = _mode_b()
+    config = _config(sn, ranks, list(widths))
+    sn.activate_config(config)
+    expected = _logits(sn.model)
+    small = extract_subnet(sn, config)
+    torch.testing.assert_close(_logits(small), expected, atol=1e-5, rtol=0)
+    assert [small.get_submodule(m.down).in_features for m in gated_mlps(small)] == widths
+    small.save_pretrained(tmp_path / "small")
+    reloaded, _ = load_model(ModelConfig(name_or_path=str(tmp_path / "small")))
+    torch.testing.assert_close(_logits(reloaded), expected, atol=1e-5, rtol=0)
+    per_layer = getattr(reloaded.config, PER_LAYER_KEY, None)
+    if len(set(widths)) == 1:  # a plain checkpoint: stock transformers loads it
+        assert per_layer is None and reloaded.config.intermediate_size == widths[0]
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()
+        torch.testing.assert_close(_logits(plain), expected, atol=1e-5, rtol=0)
+    else:
+        assert per_layer == widths and reloaded.config.intermediate_size == max(widths)
+
+
+def test_mode_b_super_adapter_round_trip_keeps_the_channel_groups(tmp_path):
+    from nncf_elastic_lora.elastic import ElasticLoraSuperNet
+
+    sn = _mode_b()
+    config = _config(sn, 6, [40, 56])
+    sn.activate_config(config)
+    expected = _logits(sn.model)
+    sn.save_super_adapter(tmp_path / "super")
+    loaded = ElasticLoraSuperNet.load_super_adapter(build_tiny_llama(TINY).eval(), tmp_path / "super")
+    assert loaded.get_search_space() == sn.get_search_space()
+    loaded.activate_config(config)
+    torch.testing.assert_close(_logits(loaded.model), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channels": [64, 72]}, r"widths \[72\] exceed the layer's 64 intermediate channels"),
+        ({"fractions": [1.0, 0.7]}, r"widths \[45\] \(of 64 channels\) are not multiples of channel_step=8"),
+        ({"channels": [64, 30], "channel_step": 2}, None),
+    ],
+)
+def test_bad_channel_widths_fail_naming_them(kwargs, message):
+    from nncf_elastic_lora.config import ChannelElasticityConfig
+
+    model = build_tiny_llama(TINY).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    if message is None:
+        _mode_b(model, ChannelElasticityConfig(**kwargs))
+        return
+    with pytest.raises(ValueError, match=message):
+        _mode_b(model, ChannelElasticityConfig(**kwargs))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not any(hasattr(m, "lora_A") for m in model.modules())  # the model was not touched
+
+
+def test_nls_trains_mode_b_sampling_widths_and_ranks(tmp_path, tokenizer):
+    from nncf_elastic_lora.training import train_super_adapter
+
+    from .test_training import EXAMPLES, _cfg
+
+    sn = _mode_b()
+    before = {k: v.clone() for k, v in sn.adapter_state_dict().items()}
+    result, nls = train_super_adapter(sn, tokenizer, EXAMPLES, _cfg(max_steps=6), tmp_path, progress=False)
+    assert result.steps == 6 and all(loss == loss for loss in result.losses)
+    channel_slots = [i for i, g in enumerate(sn.groups) if g.kind == "channels"]
+    sampled = {tuple(widths[i] for i in channel_slots) for _, widths in nls.steps}
+    assert len(sampled) > 1  # the MLP widths changed between steps
+    assert any(not torch.equal(v, before[k]) for k, v in sn.adapter_state_dict().items())
+    assert sn.get_active_config() == sn.get_maximal_config()
