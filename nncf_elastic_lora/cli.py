@@ -32,7 +32,9 @@ Without --config the defaults apply (bundled SmolLM2-135M, basic_arithmetic, Wan
 """
 
 
-def _add_common(p: argparse.ArgumentParser, config_positional: bool = False) -> None:
+def _add_common(
+    p: argparse.ArgumentParser, config_positional: bool = False, super_adapter: bool = False
+) -> None:
     if config_positional:
         p.add_argument("config", help="JSON config file (see `nncf-elastic-lora schema`)")
     else:
@@ -50,6 +52,8 @@ def _add_common(p: argparse.ArgumentParser, config_positional: bool = False) -> 
         help="override any config field, e.g. --set sparsity.ratio=0.6 (JSON values); repeatable",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if super_adapter:
+        p.add_argument("--super-adapter", required=True, help="a super_adapter/ folder written by `train`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "search_report.json and sub_adapter/ (the chosen one, a stock peft folder). Rerunning on the same "
         "--output with --resume continues a killed search without re-evaluating anything.",
     )
-    _add_common(se)
-    se.add_argument("--super-adapter", required=True, help="a super_adapter/ folder written by `train`")
+    _add_common(se, super_adapter=True)
     se.add_argument(
         "--algorithm",
         dest="search_algorithm",
@@ -148,6 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(me)
     me.add_argument("--adapter", required=True, help="a sub_adapter/ folder from train or search")
     me.add_argument("--export-to", dest="export_to", help="also export the merged model to this IR directory")
+
+    ro = sub.add_parser(
+        "reorder",
+        help="LoNAS: order every MLP's channels most important first (same function)",
+        description="Score the MLP intermediate channels of --model on calibration windows "
+        "(bootstrapNAS.elasticity.channels.calibration) and permute them most important first, so that every "
+        "elastic width keeps the most important ones; writes a checkpoint with the same function and report.json.",
+    )
+    _add_common(ro)
+
+    xt = sub.add_parser(
+        "extract",
+        help="LoNAS: a sub-network as a physically smaller checkpoint",
+        description="Merge the chosen sub-adapter of --super-adapter into --model (the base it was trained on) "
+        "and slice every MLP to its width: a smaller Hugging Face checkpoint (per-layer widths recorded as "
+        "intermediate_size_per_layer) with extract_report.json. Export it with `export --model`.",
+    )
+    _add_common(xt, super_adapter=True)
+    xt.add_argument(
+        "--subnet",
+        default="heuristic",
+        help="heuristic (default), maximal, minimal, or a subnet_config.json / sub-adapter folder from search",
+    )
 
     ev = sub.add_parser(
         "eval",
@@ -416,6 +442,37 @@ def _dispatch(args: argparse.Namespace) -> int:
             report = sparsify(config, output, progress)
         print(
             f"wrote {output} ({100 * report['sparsity']:.2f}% of targeted weights zeroed, {report['time_s']:.1f} s)"
+        )
+        return 0
+    if args.command == "reorder":
+        from .pipeline import reorder
+
+        with claim_output(
+            output, verb="reorder", inputs=local_inputs(config, args.config), create=False, **common
+        ):
+            report = reorder(config, output, progress)
+        kept = report["ordering"]
+        print(
+            f"wrote {output}: channels ordered; at {kept['fractions'][-1]:.0%} width they keep "
+            f"{kept['kept_ordered'][-1]:.1%} of the importance ({kept['kept_original'][-1]:.1%} unordered); "
+            f"max logit change {report['max_logit_change']:.1e}"
+        )
+        return 0
+    if args.command == "extract":
+        from .pipeline import extract
+
+        with claim_output(
+            output,
+            verb="extract",
+            inputs=local_inputs(config, args.config, args.super_adapter),
+            create=False,
+            **common,
+        ):
+            report = extract(config, output, args.super_adapter, args.subnet)
+        widths = sorted(set(report["mlp_widths"]))
+        print(
+            f"wrote {output}: {report['params']:,} parameters ({report['params'] / report['params_before']:.1%} "
+            f"of {report['params_before']:,}), MLP widths {widths or 'unchanged'}"
         )
         return 0
     if args.command == "quantize":

@@ -192,6 +192,10 @@ class ChannelElasticityConfig(_Section):
         description="'importance': channels are permuted most important first on calibration data before "
         "slicing (function unchanged); 'original': prefixes in the checkpoint's order, as the LoNAS reference.",
     )
+    calibration: CalibrationConfig = Field(
+        default_factory=lambda: CalibrationConfig(num_samples=32),
+        description="Calibration windows (train split) that score the channels for `reorder`.",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> ChannelElasticityConfig:
@@ -497,16 +501,6 @@ class PipelineConfig(_Section):
                 "export.awq with the adapter unmerged: awq rescales activations that the adapter branch also "
                 "reads; set export.merge_adapter or drop export.awq"
             )
-        if self.bootstrapNAS.elasticity.mode == "rank_and_channels":
-            # The Mode B super-network and extraction exist (ElasticLoraSuperNet.attach(channels=...),
-            # nncf_elastic_lora.extract); the verbs do not use them yet, and a Mode B sub-adapter exported
-            # as a peft folder would silently run at full width.
-            raise ValueError(
-                "bootstrapNAS.elasticity.mode 'rank_and_channels' (LoNAS) is not available from the command line "
-                "yet: its reorder and extract stages are not in the verbs; use mode 'rank', or the Python API "
-                "(ElasticLoraSuperNet.attach(..., channels=ChannelElasticityConfig(...)), "
-                "nncf_elastic_lora.extract.extract_subnet)"
-            )
         return self
 
 
@@ -544,6 +538,11 @@ def check_method(config: PipelineConfig) -> None:
         problems.append(
             f"quantization.weight_format: {config.model.name_or_path} is already an INT4 checkpoint; set it to "
             "'none' to train on it as it is"
+        )
+    if config.bootstrapNAS.elasticity.mode == "rank_and_channels":
+        problems.append(
+            "bootstrapNAS.elasticity.mode: 'rank_and_channels' (LoNAS) is not chained by `run` yet; run its "
+            "stages as verbs: reorder, train, search, extract, export (README, section LoNAS)"
         )
     if trains and kind == "qa_sparsepeft" and not int4_base:
         problems.append(

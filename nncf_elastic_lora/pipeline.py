@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import distributed
-from .config import BootstrapNASConfig, ModelConfig, PipelineConfig, check_method
+from .config import BootstrapNASConfig, ChannelElasticityConfig, ModelConfig, PipelineConfig, check_method
 from .data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
 from .elastic import ElasticLoraSuperNet
 from .evaluation import CausalLM, TaskResult, evaluate_task, results_table
@@ -113,6 +113,109 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
         "sparsified %s: %.2f%% of targeted weights zeroed", config.model.name_or_path, 100 * report.sparsity
     )
     return result
+
+
+def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -> dict[str, Any]:
+    """LoNAS: permute every MLP's channels most important first; write the (function-identical) checkpoint.
+
+    Channels are scored on ``bootstrapNAS.elasticity.channels.calibration`` windows of the train split.
+    The report gives the importance each width keeps, ordered and in the checkpoint's order, and the
+    largest logit change the permutation caused on a calibration window (float rounding only).
+    """
+    from .elastic.channels import order_mlp_channels
+
+    spec = config.bootstrapNAS.elasticity.channels or ChannelElasticityConfig()
+    cal = spec.calibration
+    start = time.perf_counter()
+    task = load_task(config.data, cal.task)
+    model, tokenizer = load_model(config.model)
+    batches = calibration_batches(task.train, tokenizer, cal.num_samples, cal.seq_len, cal.seed)
+    with torch.no_grad():
+        before = model(input_ids=batches[0]).logits
+    ordering = order_mlp_channels(model, batches)
+    with torch.no_grad():
+        change = float((model(input_ids=batches[0]).logits - before).abs().max())
+    result = {
+        "model": config.model.name_or_path,
+        "ordering": ordering.to_dict(),
+        "max_logit_change": change,
+        "calibration": {**cal.model_dump(), "task": task.name, "split": "train"},
+        "time_s": time.perf_counter() - start,
+    }
+    with atomic_directory(output, verb="reorder") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "report.json", result)
+    log.info("ordered the MLP channels of %s (max logit change %.2e)", config.model.name_or_path, change)
+    return result
+
+
+def extract(
+    config: PipelineConfig, output: str | Path, super_adapter: str | Path, subnet: str = "heuristic"
+) -> dict[str, Any]:
+    """LoNAS: the sub-network ``subnet`` of a super-adapter as a smaller checkpoint (merged, MLPs sliced).
+
+    ``subnet``: ``heuristic``, ``maximal``, ``minimal``, or a ``subnet_config.json`` (or the folder
+    holding one: ``search``'s ``sub_adapter/``). ``config.model`` is the base it was trained on.
+    """
+    from .extract import extract_subnet
+
+    start = time.perf_counter()
+    supernet, tokenizer = load_supernet(config.model, super_adapter)
+    chosen = subnet_config(supernet, subnet)
+    adapter_ids = {id(p) for p in supernet.trainable_parameters()}
+    dense_params = sum(p.numel() for p in supernet.model.parameters() if id(p) not in adapter_ids)
+    seq_len = config.bootstrapNAS.search.seq_len
+    macs = {
+        "subnet": supernet.get_macs_for_active_config(chosen, seq_len=seq_len, include_base=True),
+        "maximal": supernet.get_macs_for_active_config(
+            supernet.get_maximal_config(), seq_len=seq_len, include_base=True
+        ),
+    }
+    widths = list(supernet.mlp_widths(chosen).values())
+    model = extract_subnet(supernet, chosen)
+    params = sum(p.numel() for p in model.parameters())
+    result = {
+        "base_model": config.model.name_or_path,
+        "super_adapter": str(super_adapter),
+        "subnet": subnet,
+        "config": chosen,
+        "mlp_widths": widths,
+        "params": params,
+        "params_before": dense_params,
+        "macs_adapted_linears": {**macs, "seq_len": seq_len},
+        "time_s": time.perf_counter() - start,
+    }
+    with atomic_directory(output, verb="extract") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "extract_report.json", result)
+    log.info(
+        "extracted %s: %d parameters (%.1f%% of %d)",
+        subnet,
+        params,
+        100 * params / dense_params,
+        dense_params,
+    )
+    return result
+
+
+def subnet_config(supernet: ElasticLoraSuperNet, subnet: str | Path) -> dict[str, int]:
+    """A named sub-network (``heuristic``, ``maximal``, ``minimal``) or one read from a subnet_config.json."""
+    if str(subnet) in ("heuristic", "maximal", "minimal"):
+        return getattr(supernet, f"get_{subnet}_config")()
+    path = Path(subnet)
+    if path.is_dir():
+        path = path / "subnet_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--subnet {subnet}: not 'heuristic', 'maximal' or 'minimal', and {path} does not exist "
+            "(give a subnet_config.json or a sub-adapter folder written by train or search)"
+        )
+    try:
+        return supernet.config_from_json(path.read_text())
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ValueError(f"{path} is not a sub-network of this super-adapter ({exc})") from None
 
 
 def quantize(config: PipelineConfig, output: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -215,6 +318,7 @@ def build_supernet(
         seed=t.seed,
         adapter_kind=t.adapter_kind,
         quantized=quantized if t.adapter_kind == "qa_sparsepeft" else None,
+        channels=bnas.elasticity.channel_spec(),
     )
 
 

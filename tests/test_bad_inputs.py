@@ -162,6 +162,8 @@ EXPORT = ["export", "--config", "{ws}/tiny.json", "--model", "{ws}/model"]
 BENCH = ["benchmark", "--model", "{ws}/model", "--runtime", "torch"]
 QUANTIZE = ["quantize", "--config", "{ws}/tiny.json", "--model", "{ws}/model"]
 MERGE = ["merge", "--config", "{ws}/tiny.json"]
+REORDER = ["reorder", "--config", "{ws}/tiny.json"]
+EXTRACT = ["extract", "--config", "{ws}/tiny.json", "--model", "{ws}/model"]
 
 CASES = [
     # config files and overrides
@@ -236,7 +238,15 @@ CASES = [
     Case("channels-without-mode-b", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"channels": [64]}'], "set mode to 'rank_and_channels'"),
     Case("channels-fraction-above-one", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"fractions": [1.0, 1.5]}'], "must be a non-empty list in (0, 1]"),
     Case("channels-and-fractions", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"fractions": [1.0], "channels": [64]}'], "not both"),
-    Case("mode-b-from-the-cli", [*RUN, "--set", "bootstrapNAS.elasticity.mode=\"rank_and_channels\""], "not available from the command line yet"),
+    Case("mode-b-in-run", [*RUN, "--set", "bootstrapNAS.elasticity.mode=\"rank_and_channels\""], "not chained by `run` yet"),
+    Case("reorder-model-missing", [*REORDER, "--model", "{ws}/no_model"], "no_model"),
+    Case("reorder-calibration-task-unknown", [*REORDER, "--model", "{ws}/model", "--set", "bootstrapNAS.elasticity.mode=\"rank_and_channels\"", "--set", 'bootstrapNAS.elasticity.channels={"calibration": {"task": "no_such_task"}}'], "no_such_task"),
+    Case("reorder-output-is-model", [*REORDER, "--model", "{ws}/model", "--overwrite"], "is the input", output="model"),
+    Case("extract-adapter-missing", [*EXTRACT, "--super-adapter", "{ws}/no_adapter"], "not a super-adapter folder"),
+    Case("extract-adapter-wrong-base", [*EXTRACT, "--super-adapter", "{ws}/super_wide"], "does not fit the base model"),
+    Case("extract-subnet-unknown-name", [*EXTRACT, "--super-adapter", "{ws}/super", "--subnet", "middle"], "not 'heuristic', 'maximal' or 'minimal'"),
+    Case("extract-subnet-not-a-subnet", [*EXTRACT, "--super-adapter", "{ws}/super", "--subnet", "{ws}/tiny.json"], "is not a sub-network of this super-adapter"),
+    Case("extract-output-is-adapter", [*EXTRACT, "--super-adapter", "{ws}/super", "--overwrite"], "is the input", output="super"),
     Case("adapter-kind-unknown", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=dora"], "bootstrapNAS.training.adapter_kind"),
     Case("qa-without-int4-base", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "set quantization.weight_format to 'int4'"),
     Case("sparsepeft-on-int4-base", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=sparsepeft", "--set", "quantization.weight_format=int4", "--set", "export.weight_format=int4"], "would undo the INT4 base"),
@@ -301,6 +311,8 @@ def test_the_campaign_is_large_and_covers_every_verb():
         "schema",
         "quantize",
         "merge",
+        "reorder",
+        "extract",
     }
     assert len({c.name for c in CASES}) == len(CASES)
 

@@ -77,7 +77,7 @@ def test_groups_and_widths_must_pair():
             },
             "distinct",
         ),
-        ({"bootstrapNAS": {"elasticity": {"mode": "rank_and_channels"}}}, "bootstrapNAS.elasticity.mode"),
+        ({"bootstrapNAS": {"elasticity": {"mode": "channels"}}}, "bootstrapNAS.elasticity.mode"),
         ({"export": {"weight_format": "int3"}}, "export.weight_format"),
         ({"export": {"ratio": 0}}, "export.ratio"),
         ({"export": {"group_size_fallback": "shrink"}}, "export.group_size_fallback"),

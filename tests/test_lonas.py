@@ -1,5 +1,7 @@
 """LoNAS Mode B on tiny models: channel order, elastic MLP widths, extraction of a smaller model."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -189,3 +191,40 @@ def test_nls_trains_mode_b_sampling_widths_and_ranks(tmp_path, tokenizer):
     assert len(sampled) > 1  # the MLP widths changed between steps
     assert any(not torch.equal(v, before[k]) for k, v in sn.adapter_state_dict().items())
     assert sn.get_active_config() == sn.get_maximal_config()
+
+
+def test_verbs_reorder_train_extract_export_a_smaller_model(tmp_path):
+    """The CLI path on the tiny config: the extracted checkpoint is smaller, reloads, and its IR matches torch."""
+    import json
+
+    from nncf_elastic_lora.cli import main
+    from nncf_elastic_lora.config import ModelConfig
+    from nncf_elastic_lora.models import load_model
+
+    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
+    common = ["--config", config, "--no-progress"]
+    assert main(["reorder", *common, "--output", str(tmp_path / "ordered")]) == 0
+    report = json.loads((tmp_path / "ordered" / "report.json").read_text())
+    assert report["max_logit_change"] < 1e-4 and report["ordering"]["kept_ordered"][-1] > 0.5
+    base = ["--model", str(tmp_path / "ordered")]
+    assert main(["train", *common, *base, "--output", str(tmp_path / "nls")]) == 0
+    subnet = json.loads((tmp_path / "nls" / "sub_adapter_heuristic" / "subnet_config.json").read_text())
+    subnet.update({"mlp_channels[0]": 112, "mlp_channels[1]": 80})  # per-layer widths
+    (tmp_path / "subnet.json").write_text(json.dumps(subnet))
+    extract = ["extract", *common, *base, "--super-adapter", str(tmp_path / "nls" / "super_adapter")]
+    assert (
+        main([*extract, "--subnet", str(tmp_path / "subnet.json"), "--output", str(tmp_path / "small")]) == 0
+    )
+    small = json.loads((tmp_path / "small" / "extract_report.json").read_text())
+    assert small["mlp_widths"] == [112, 80] and small["params"] < small["params_before"]
+    model, _ = load_model(ModelConfig(name_or_path=str(tmp_path / "small")))
+    assert [model.get_submodule(m.down).in_features for m in gated_mlps(model)] == [112, 80]
+    # A Mode B sub-adapter is refused as a peft adapter; the extracted model exports and matches torch.
+    adapter = ["--adapter", str(tmp_path / "nls" / "sub_adapter_heuristic")]
+    assert main(["export", *common, *base, *adapter, "--output", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+    export = ["export", *common, "--model", str(tmp_path / "small"), "--set", 'export.weight_format="fp32"']
+    assert main([*export, "--output", str(tmp_path / "ir")]) == 0
+    parity = json.loads((tmp_path / "ir" / "parity.json").read_text())["summary"]
+    assert parity["logits_max_abs_diff"] < 1e-3
+    assert parity["greedy_identical_genai"] == parity["prompts"] == parity["greedy_identical_optimum"]

@@ -342,6 +342,9 @@ class ElasticLoraSuperNet:
             "base_fingerprint": base_fingerprint,
             "scales_fingerprint": self.scales_fingerprint(),
             "module_ranks": self.module_ranks(config),
+            # LoNAS (Mode B): the MLP widths of this sub-network and the base's; export refuses sliced ones.
+            "mlp_widths": self.mlp_widths(config) or None,
+            "mlp_sizes": {d: m.size for d, m in self.channel_masks.items()} or None,
         }
 
     def save_sub_adapter(
