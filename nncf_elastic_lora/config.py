@@ -539,10 +539,15 @@ def check_method(config: PipelineConfig) -> None:
             f"quantization.weight_format: {config.model.name_or_path} is already an INT4 checkpoint; set it to "
             "'none' to train on it as it is"
         )
-    if config.bootstrapNAS.elasticity.mode == "rank_and_channels":
+    if config.bootstrapNAS.elasticity.mode == "rank_and_channels" and kind != "lora":
         problems.append(
-            "bootstrapNAS.elasticity.mode: 'rank_and_channels' (LoNAS) is not chained by `run` yet; run its "
-            "stages as verbs: reorder, train, search, extract, export (README, section LoNAS)"
+            f"bootstrapNAS.training.adapter_kind: {kind!r} with mode 'rank_and_channels' (LoNAS): the extracted "
+            "sub-network merges a plain LoRA into a dense base; set adapter_kind to 'lora'"
+        )
+    if config.bootstrapNAS.elasticity.mode == "rank_and_channels" and int4_base:
+        problems.append(
+            "quantization.weight_format: an INT4 base with mode 'rank_and_channels' (LoNAS): slicing channels cuts "
+            "through the INT4 groups; keep the base in full precision and set export.weight_format to 'int4'"
         )
     if trains and kind == "qa_sparsepeft" and not int4_base:
         problems.append(

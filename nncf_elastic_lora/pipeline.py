@@ -670,6 +670,10 @@ def run_report(run: RunState, stage_names: list[str]) -> dict[str, Any]:
             ),
         ),
         "merge": res.get("merge"),
+        "extract": _pick(
+            res.get("extract"),
+            ("subnet", "config", "mlp_widths", "params", "params_before", "macs_adapted_linears"),
+        ),
         "export": _pick(
             res.get("export"), ("weight_format", "adapter", "ir_sparsity", "size_bytes", "parity", "export_s")
         ),
@@ -715,6 +719,17 @@ def summary_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return results_table(results)
 
 
+def _extract_section(report: dict[str, Any]) -> str:
+    """report.md's LoNAS section: the extracted checkpoint's size and widths ('' without one)."""
+    x = report.get("extract")
+    if not x:
+        return ""
+    widths = ", ".join(str(w) for w in x["mlp_widths"]) or "unchanged"
+    share = f"{x['params'] / x['params_before']:.1%} of {x['params_before']:,}"
+    where = report["artifacts"].get("extracted_model")
+    return f"\n## Extracted sub-network (LoNAS)\n\n{where}: {x['params']:,} parameters ({share}); MLP widths per layer: {widths}\n"
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     headers, rows = summary_rows(report)
     text = "# nncf-elastic-lora run\n\n## Accuracy\n\n" + markdown_table(headers, rows)
@@ -739,6 +754,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"{t['adapter_params']['heuristic']:,} / {t['adapter_params']['minimal']:,}; "
             f"search space: {t['search_space']['groups']} groups, {t['search_space']['size']:.3g} sub-adapters\n"
         )
+    text += _extract_section(report)
     if report.get("export"):
         e = report["export"]
         text += f"\n## OpenVINO IR\n\n{report['artifacts']['openvino']}: {e['weight_format']} weights, "
@@ -841,6 +857,15 @@ def print_summary(report: dict[str, Any]) -> None:
             ["trainable parameters", f"{t['trainable_params']:,}"],
             ["heuristic sub-adapter parameters", f"{t['adapter_params']['heuristic']:,}"],
             ["training steps / median step (s)", f"{t['steps']} / {t['step_time_median_s']:.2f}"],
+        ]
+    if report.get("extract"):
+        x = report["extract"]
+        facts += [
+            [
+                "extracted parameters",
+                f"{x['params']:,} ({x['params'] / x['params_before']:.1%} of {x['params_before']:,})",
+            ],
+            ["extracted MLP widths", ", ".join(str(w) for w in x["mlp_widths"]) or "unchanged"],
         ]
     if report.get("export"):
         facts += export_facts(report["export"])

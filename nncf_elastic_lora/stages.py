@@ -7,6 +7,7 @@ what the stage read, so ``run --resume`` reuses a finished stage whose inputs ha
 ``apply`` replays its effect on the state either way. The lists, from :func:`method_stages`::
 
     Shears        eval_dense sparsify eval_sparse train eval_subnets [search eval_searched] export eval_ir
+    LoNAS         eval_dense reorder train eval_subnets [search eval_searched] extract eval_merged export ...
     SQFT          ... sparsify eval_sparse quantize_base eval_int4 train ... export (INT4 base + adapter)
     + SparsePEFT  ... train eval_subnets [search ...] merge eval_merged export (the merged model) ...
     + QA-SparsePEFT   the same on the INT4 base; merge writes INT4 codes, export ships them
@@ -48,7 +49,8 @@ class RunState:
     super_adapter: Path | None = None
     adapter: Path | None = None  # the chosen sub-adapter
     adapter_label: str | None = None  # 'heuristic' or the search algorithm
-    merged: Path | None = None  # base + sub-adapter merged (SparsePEFT, QA-SparsePEFT)
+    merged: Path | None = None  # base + sub-adapter merged (SparsePEFT, QA-SparsePEFT), or extracted (LoNAS)
+    merged_label: str = "merged"  # 'extracted' for LoNAS
     ir: Path | None = None
     references: dict[str, Path] = field(default_factory=dict)  # dense IRs by weight format
     evaluation: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -210,6 +212,20 @@ class QuantizeBase(NewBase):
         return "sparse INT4" if run.base_label == "sparse" else "INT4"
 
 
+class Reorder(NewBase):
+    """LoNAS: the base with every MLP's channels ordered most important first (the same function)."""
+
+    name, title, directory = "reorder", "order MLP channels", "ordered_model"
+
+    def make(self, config: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
+        from .pipeline import reorder
+
+        return reorder(config, out, progress)
+
+    def label(self, run: RunState) -> str:
+        return run.base_label  # the function is the base's: its scores are the base's
+
+
 class Train(Stage):
     name, title = "train", "train"
 
@@ -307,6 +323,29 @@ class Merge(Stage):
         run.artifacts["merged_model"] = str(run.merged)
 
 
+class Extract(Stage):
+    """LoNAS: the chosen sub-network merged and sliced into a physically smaller checkpoint."""
+
+    name, title = "extract", "extract sub-network"
+
+    def inputs(self, run: RunState) -> dict[str, str | None]:
+        return {**_adapter_inputs(run), "adapter": fingerprint_path(run.adapter)}
+
+    def compute(self, run: RunState) -> Any:
+        from .pipeline import extract
+
+        out = run.output / "extracted_model"
+        return completed_or(
+            out / "extract_report.json",
+            run.resume,
+            lambda: extract(run.with_model(run.base), out, run.super_adapter, str(run.adapter)),
+        )
+
+    def apply(self, run: RunState, result: Any) -> None:
+        run.merged, run.merged_label = run.output / "extracted_model", "extracted"
+        run.artifacts["extracted_model"] = str(run.merged)
+
+
 class EvaluateMerged(Stage):
     name, title = "eval_merged", "evaluate merged"
 
@@ -317,7 +356,7 @@ class EvaluateMerged(Stage):
         return _evaluate_torch(run, run.model_at(run.merged))
 
     def apply(self, run: RunState, result: Any) -> None:
-        run.evaluation[f"{run.method_label} ({run.adapter_label}, merged)"] = result
+        run.evaluation[f"{run.method_label} ({run.adapter_label}, {run.merged_label})"] = result
 
 
 class Export(Stage):
@@ -348,7 +387,7 @@ def shipped_label(run: RunState) -> str:
     """The row label of the IR that ships, e.g. 'OpenVINO IR (int8, heuristic sub-adapter)'."""
     fmt = run.results["export"]["weight_format"]
     if run.merged is not None:
-        return f"OpenVINO IR ({fmt}, {run.adapter_label} sub-adapter merged)"
+        return f"OpenVINO IR ({fmt}, {run.adapter_label} sub-adapter {run.merged_label})"
     if run.adapter is not None:
         return f"OpenVINO IR ({fmt}, {run.adapter_label} sub-adapter)"
     return f"OpenVINO IR ({fmt})"
@@ -454,11 +493,16 @@ def method_stages(config: PipelineConfig) -> list[Stage]:
         stages.append(QuantizeBase())
         if ev.baseline:
             stages.append(EvaluateBase("eval_int4", "evaluate INT4 base"))
+    channels = bnas.elasticity.channel_spec()  # LoNAS (Mode B)
     if bnas.enabled:
+        if channels is not None and channels.order == "importance":
+            stages.append(Reorder())
         stages += [Train(), EvaluateSubnets()]
         if bnas.search.algorithm != "heuristic":
             stages += [Search(bnas.search.algorithm), EvaluateSearched()]
-        if bnas.training.adapter_kind != "lora":
+        if channels is not None:
+            stages += [Extract(), EvaluateMerged()]
+        elif bnas.training.adapter_kind != "lora":
             stages += [Merge(), EvaluateMerged()]
     if ex.enabled:
         stages += [Export(), EvaluateIR("eval_ir", "evaluate IR")]

@@ -228,3 +228,23 @@ def test_verbs_reorder_train_extract_export_a_smaller_model(tmp_path):
     parity = json.loads((tmp_path / "ir" / "parity.json").read_text())["summary"]
     assert parity["logits_max_abs_diff"] < 1e-3
     assert parity["greedy_identical_genai"] == parity["prompts"] == parity["greedy_identical_optimum"]
+
+
+def test_run_chains_lonas_to_an_ir_of_the_extracted_model(tmp_path, capsys):
+    import json
+
+    from nncf_elastic_lora.cli import main
+
+    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
+    argv = ["run", config, "--output", str(tmp_path / "run"), "--no-progress"]
+    argv += ["--set", "benchmark.enabled=false", "--set", "evaluation.limit=4"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    names = report["stages"]
+    assert names.index("reorder") < names.index("train") < names.index("extract") < names.index("export")
+    extracted = report["extract"]
+    assert len(extracted["mlp_widths"]) == 2 and extracted["params"] < extracted["params_before"]
+    assert report["export"]["adapter"] is None  # the IR is the extracted model itself
+    assert any("extracted" in label for label in report["evaluation"])
+    assert main([*argv, "--resume"]) == 0  # every stage reused
+    assert "Extracted sub-network (LoNAS)" in (tmp_path / "run" / "report.md").read_text()
