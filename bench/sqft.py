@@ -289,6 +289,11 @@ def main() -> None:
     )
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--no-benchmark", action="store_true", help="skip the speed measurements")
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="tabulate the cells already computed (their seed counts shown) instead of computing missing ones",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     import logging
@@ -316,8 +321,10 @@ def main() -> None:
                     continue  # nothing is trained: no seed to vary
                 if seed >= (args.seeds if row in ("LoRA", "Shears") else args.other_seeds):
                     continue
-                logging.info("cell %s / %s / seed %d", task, row, seed)
                 path = WORK / task / "cells" / f"{row.replace(' ', '_')}_seed{seed}.json"
+                if args.cached_only and not path.is_file():
+                    continue
+                logging.info("cell %s / %s / seed %d", task, row, seed)
                 cells.append(
                     _cached(
                         path,
@@ -346,7 +353,9 @@ def main() -> None:
     command = (
         "`.venv/bin/python bench/sqft.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("no_benchmark",)
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k not in ("no_benchmark", "cached_only")
         )
         + "`"
     )
