@@ -217,6 +217,13 @@ class ChannelElasticityConfig(_Section):
                 )
         return self
 
+    def fractions_below_full(self, model: Any) -> list[float]:
+        """The configured widths below 100 %, as fractions of the first MLP's size (for the ordering report)."""
+        from .elastic.channels import gated_mlps, intermediate_size
+
+        size = intermediate_size(model, gated_mlps(model)[0])
+        return [w / size for w in self.widths_for(size) if w < size] or [0.5]
+
     def widths_for(self, size: int) -> list[int]:
         """The channel counts for an MLP of ``size`` intermediate channels (checked against it)."""
         if self.channels is not None:
@@ -541,8 +548,14 @@ def check_method(config: PipelineConfig) -> None:
         )
     if config.bootstrapNAS.elasticity.mode == "rank_and_channels" and kind != "lora":
         problems.append(
-            f"bootstrapNAS.training.adapter_kind: {kind!r} with mode 'rank_and_channels' (LoNAS): the extracted "
-            "sub-network merges a plain LoRA into a dense base; set adapter_kind to 'lora'"
+            f"bootstrapNAS.training.adapter_kind: {kind!r} with mode 'rank_and_channels' (LoNAS): `run` extracts "
+            "the sub-network by merging a plain LoRA into a dense base; set adapter_kind to 'lora'"
+        )
+    if config.bootstrapNAS.elasticity.mode == "rank_and_channels" and config.sparsity.method != "none":
+        problems.append(
+            f"sparsity.method: {config.sparsity.method!r} with mode 'rank_and_channels' (LoNAS): the extracted "
+            "sub-network merges a dense LoRA, which would fill the sparse base's zeros; set sparsity.method to "
+            "'none' (LoNAS shrinks the model by its widths)"
         )
     if config.bootstrapNAS.elasticity.mode == "rank_and_channels" and int4_base:
         problems.append(

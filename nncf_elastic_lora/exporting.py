@@ -79,22 +79,6 @@ def linear_sparsity(model: torch.nn.Module) -> float:
     return zeros / max(total, 1)
 
 
-def check_not_channel_sliced(adapter: str | Path) -> None:
-    """Refuse a LoNAS (Mode B) sub-adapter with sliced MLPs: as a peft folder it would run at full width."""
-    from .merge import read_sub_adapter_record
-
-    record = read_sub_adapter_record(adapter) or {}
-    widths, sizes = record.get("mlp_widths") or {}, record.get("mlp_sizes") or {}
-    sliced = [m for m, w in widths.items() if w < sizes.get(m, w)]
-    if sliced:
-        raise ExportError(
-            f"{adapter} is a LoNAS sub-network whose MLPs are narrower than the base's ({len(sliced)} layers, e.g. "
-            f"{sliced[0]} at {widths[sliced[0]]} of {sizes[sliced[0]]} channels): applied as a peft adapter it "
-            "would run at full width. Extract it (`nncf-elastic-lora extract --subnet <this folder>`) and export "
-            "the extracted model with --model"
-        )
-
-
 def _attach_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool) -> tuple[torch.nn.Module, dict]:
     """The model with the peft adapter in ``adapter`` applied: merged, or kept as a branch."""
     from peft import PeftModel
@@ -103,6 +87,8 @@ def _attach_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool) ->
 
     adapter = Path(adapter)
     check_adapter_fits(model, adapter)
+    from .merge import check_not_channel_sliced
+
     check_not_channel_sliced(adapter)
     before = linear_sparsity(model)
     peft_model = PeftModel.from_pretrained(model, adapter)

@@ -276,6 +276,20 @@ def _load_adapter_tensors(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, to
     return {n: (p["A"], p["B"]) for n, p in pairs.items()}
 
 
+def check_not_channel_sliced(adapter: str | Path) -> None:
+    """Refuse a LoNAS (Mode B) sub-adapter with sliced MLPs: as a peft folder it would run at full width."""
+    record = read_sub_adapter_record(adapter) or {}
+    widths, sizes = record.get("mlp_widths") or {}, record.get("mlp_sizes") or {}
+    sliced = [m for m, w in widths.items() if w < sizes.get(m, w)]
+    if sliced:
+        raise MergeError(
+            f"{adapter} is a LoNAS sub-network whose MLPs are narrower than the base's ({len(sliced)} layers, e.g. "
+            f"{sliced[0]} at {widths[sliced[0]]} of {sizes[sliced[0]]} channels): applied as a peft adapter it "
+            "would run at full width. Extract it (`nncf-elastic-lora extract --subnet <this folder>`) and export "
+            "the extracted model with --model"
+        )
+
+
 def merge_adapter_from_dirs(
     *,
     model: nn.Module | str | Path,
@@ -299,6 +313,7 @@ def merge_adapter_from_dirs(
 
         model = AutoModelForCausalLM.from_pretrained(str(model), torch_dtype=torch.float32)
     check_adapter_fits(model, adapter_dir)
+    check_not_channel_sliced(adapter_dir)
     record = read_sub_adapter_record(adapter_dir)
     kind = _resolve_kind(adapter_dir, record, adapter_kind)
     check_adapter_provenance(

@@ -279,6 +279,10 @@ def _load_with_mlp_widths(model_dir: Path, widths: list[int], config: ModelConfi
             f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
     model.tie_weights()
+    if (Path(model_dir) / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(model_dir)
     return model.to(_DTYPES[config.dtype])
 
 

@@ -132,7 +132,7 @@ def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -
     batches = calibration_batches(task.train, tokenizer, cal.num_samples, cal.seq_len, cal.seed)
     with torch.no_grad():
         before = model(input_ids=batches[0]).logits
-    ordering = order_mlp_channels(model, batches)
+    ordering = order_mlp_channels(model, batches, tuple(spec.fractions_below_full(model)))
     with torch.no_grad():
         change = float((model(input_ids=batches[0]).logits - before).abs().max())
     result = {
@@ -151,7 +151,7 @@ def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -
 
 
 def extract(
-    config: PipelineConfig, output: str | Path, super_adapter: str | Path, subnet: str = "heuristic"
+    config: PipelineConfig, output: str | Path, super_adapter: str | Path, subnet: str | Path = "heuristic"
 ) -> dict[str, Any]:
     """LoNAS: the sub-network ``subnet`` of a super-adapter as a smaller checkpoint (merged, MLPs sliced).
 
@@ -161,7 +161,8 @@ def extract(
     from .extract import extract_subnet
 
     start = time.perf_counter()
-    supernet, tokenizer = load_supernet(config.model, super_adapter)
+    # Merged in float32 as `merge` does: the update is not rounded into a bf16/fp16 base.
+    supernet, tokenizer = load_supernet(config.model.model_copy(update={"dtype": "float32"}), super_adapter)
     chosen = subnet_config(supernet, subnet)
     adapter_ids = {id(p) for p in supernet.trainable_parameters()}
     dense_params = sum(p.numel() for p in supernet.model.parameters() if id(p) not in adapter_ids)
@@ -183,7 +184,7 @@ def extract(
         "mlp_widths": widths,
         "params": params,
         "params_before": dense_params,
-        "macs_adapted_linears": {**macs, "seq_len": seq_len},
+        "macs": {**macs, "seq_len": seq_len},  # adapted linears and every MLP projection, base included
         "time_s": time.perf_counter() - start,
     }
     with atomic_directory(output, verb="extract") as tmp:
@@ -413,7 +414,10 @@ def load_supernet(model_config: ModelConfig, super_adapter: str | Path) -> tuple
     """The base model with a saved super-adapter attached, and its tokenizer."""
     model, tokenizer = load_model(model_config)
     supernet = ElasticLoraSuperNet.load_super_adapter(
-        model, super_adapter, quantized=base_quantized_weights(model_config)
+        model,
+        super_adapter,
+        quantized=base_quantized_weights(model_config),
+        base_fingerprint=model_fingerprint(model_config),  # refuse a base it was not trained on
     )
     return supernet, tokenizer
 
@@ -672,7 +676,7 @@ def run_report(run: RunState, stage_names: list[str]) -> dict[str, Any]:
         "merge": res.get("merge"),
         "extract": _pick(
             res.get("extract"),
-            ("subnet", "config", "mlp_widths", "params", "params_before", "macs_adapted_linears"),
+            ("subnet", "config", "mlp_widths", "params", "params_before", "macs"),
         ),
         "export": _pick(
             res.get("export"), ("weight_format", "adapter", "ir_sparsity", "size_bytes", "parity", "export_s")

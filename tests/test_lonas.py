@@ -219,9 +219,14 @@ def test_verbs_reorder_train_extract_export_a_smaller_model(tmp_path):
     assert small["mlp_widths"] == [112, 80] and small["params"] < small["params_before"]
     model, _ = load_model(ModelConfig(name_or_path=str(tmp_path / "small")))
     assert [model.get_submodule(m.down).in_features for m in gated_mlps(model)] == [112, 80]
-    # A Mode B sub-adapter is refused as a peft adapter; the extracted model exports and matches torch.
+    # The super-adapter on the base before ordering (another base) is refused, writing nothing.
+    original = [a for a in extract if a not in base] + ["--model", "tiny-random-llama"]
+    assert main([*original, "--output", str(tmp_path / "wrong")]) == 2
+    assert not (tmp_path / "wrong").exists()
+    # A Mode B sub-adapter is refused as a peft adapter by export and merge; the extracted model exports.
     adapter = ["--adapter", str(tmp_path / "nls" / "sub_adapter_heuristic")]
     assert main(["export", *common, *base, *adapter, "--output", str(tmp_path / "bad")]) == 2
+    assert main(["merge", *common, *base, *adapter, "--output", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
     export = ["export", *common, "--model", str(tmp_path / "small"), "--set", 'export.weight_format="fp32"']
     assert main([*export, "--output", str(tmp_path / "ir")]) == 0

@@ -1,5 +1,6 @@
 """The notebooks run top to bottom on tiny configs (the user runs them on the bundled model)."""
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -9,6 +10,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CONFIGS = {
+    "lonas_walkthrough.ipynb": ROOT / "configs" / "tiny_lonas.json",
     "shears_walkthrough.ipynb": ROOT / "configs" / "tiny_shears.json",
     "sqft_walkthrough.ipynb": ROOT / "configs" / "tiny_sqft_qa_sparsepeft.json",
 }
@@ -36,7 +38,21 @@ def check_sqft(outputs: str, out: Path) -> None:
     assert "the dense FP32 IR at batch" in outputs
 
 
-CHECKS = {"shears_walkthrough.ipynb": check_shears, "sqft_walkthrough.ipynb": check_sqft}
+def check_lonas(outputs: str, out: Path) -> None:
+    assert float(_value(outputs, "max logit change from ordering:")) < 1e-4  # a permutation: rounding only
+    assert float(_value(outputs, "max |logit difference| extracted vs super-network:")) < 1e-5
+    saved = json.loads((out / "extracted" / "config.json").read_text())
+    assert len(set(saved["intermediate_size_per_layer"])) > 1  # the layers got different widths
+    assert (out / "ir" / "openvino_model.xml").is_file()
+    identical, prompts = _value(outputs, "identical greedy tokens (GenAI):").split("/")
+    assert int(identical) == int(prompts) > 0
+
+
+CHECKS = {
+    "lonas_walkthrough.ipynb": check_lonas,
+    "shears_walkthrough.ipynb": check_shears,
+    "sqft_walkthrough.ipynb": check_sqft,
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

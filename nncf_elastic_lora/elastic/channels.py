@@ -199,6 +199,7 @@ class ChannelMask:
     def __init__(self, down: nn.Module, size: int):
         self.size = size
         self.width = size
+        self._keep: dict[tuple, torch.Tensor] = {}  # (width, dtype, device) -> 0/1 vector, made once
         self._handle = down.register_forward_pre_hook(self._hook)
 
     def set_width(self, width: int) -> None:
@@ -210,8 +211,12 @@ class ChannelMask:
         if self.width == self.size:
             return None
         x = args[0]
-        keep = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
-        keep[: self.width] = 1
+        key = (self.width, x.dtype, x.device)
+        keep = self._keep.get(key)
+        if keep is None:
+            keep = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+            keep[: self.width] = 1
+            self._keep[key] = keep
         return (x * keep, *args[1:])
 
     def remove(self) -> None:

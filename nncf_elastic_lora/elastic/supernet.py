@@ -260,7 +260,8 @@ class ElasticLoraSuperNet:
     def get_macs_for_active_config(
         self, config: SubnetConfig | None = None, seq_len: int = 1, include_base: bool = False
     ) -> int:
-        """Multiply-accumulates of the adapted linears for ``seq_len`` tokens (adapter branch, optionally + base)."""
+        """Multiply-accumulates for ``seq_len`` tokens of the adapter branches, optionally + the base weights of the
+        adapted linears and, in Mode B, of every MLP projection (all at the sub-network's widths)."""
         macs = self.get_active_params(config)
         if include_base:
             macs += self.get_active_base_params(config)
@@ -291,6 +292,7 @@ class ElasticLoraSuperNet:
                 {"name": g.name, "modules": list(g.modules), "widths": list(g.widths), "kind": g.kind}
                 for g in self.groups
             ],
+            "mlp_sizes": {d: m.size for d, m in self.channel_masks.items()} or None,
         }
 
     def adapter_state_dict(
@@ -446,6 +448,13 @@ class ElasticLoraSuperNet:
             quantized=quantized if kind is AdapterKind.QA_SPARSEPEFT else None,
         )
         supernet = cls(model, supernet.adapters, groups, supernet.quantized)
+        sizes = {d: m.size for d, m in supernet.channel_masks.items()}
+        if spec.get("mlp_sizes") and spec["mlp_sizes"] != sizes:
+            other = next(d for d in sizes if spec["mlp_sizes"].get(d) != sizes[d])
+            raise ValueError(
+                f"super-adapter {directory.resolve()} was trained on MLPs of other sizes ({other}: "
+                f"{spec['mlp_sizes'].get(other)} channels, this base {sizes[other]}); load it on its own base"
+            )
         supernet.load_adapter_weights(load_file(directory / PEFT_WEIGHTS))
         return supernet
 

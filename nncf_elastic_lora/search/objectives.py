@@ -15,7 +15,8 @@ class SubnetObjectives:
 
     ``metric``: ``"acc"`` (multiple-choice accuracy; needs choices) or ``"loss"`` (mean token NLL of
     the gold answers; quality is its negation so that higher is always better). ``cost``:
-    ``"params"`` (the sub-adapter's parameters) or ``"macs"`` (multiply-accumulates of the adapted
+    ``"params"`` (the sub-adapter's parameters; in LoNAS's Mode B plus the adapted linears' and MLPs' base
+    weights at the sub-network's widths) or ``"macs"`` (multiply-accumulates of the adapted
     linears, base included, for ``seq_len`` tokens: what shrinks once the base shrinks too).
     """
 
@@ -40,7 +41,10 @@ class SubnetObjectives:
 
     def cost(self, config: dict[str, int]) -> float:
         if self.cost_kind == "params":
-            return float(self.supernet.get_active_params(config))
+            params = self.supernet.get_active_params(config)
+            if self.supernet.channel_masks:  # Mode B: the widths shrink the base, which dominates
+                params += self.supernet.get_active_base_params(config)
+            return float(params)
         return float(
             self.supernet.get_macs_for_active_config(config, seq_len=self.seq_len, include_base=True)
         )
