@@ -372,6 +372,10 @@ def main() -> None:
         )
         + "Training: heuristic sub-adapter of NLS (LoRA: its rank-32 adapter) after the stated steps, batch 8, "
         "lr 3e-4; torch accuracy of what ships (unmerged: the sub-network; merged: the merged checkpoint).\n"
+        "Step time × LoRA: the median in-training step time of a row's cells over LoRA's on the same task. Cells "
+        "that trained while other jobs shared the cores distort it; `bench/sqft_step.py` measures the step times "
+        "under control (one process, same batches).\n"
+        + (f"Cells computed so far (`--cached-only`): {len(cells)}.\n" if args.cached_only else "")
         + table(cells, refs, speeds)
         + "\n"
     )
