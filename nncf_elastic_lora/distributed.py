@@ -60,7 +60,8 @@ def check_training_launch() -> None:
             )
 
 
-def _has_accelerator() -> bool:
+def has_accelerator() -> bool:
+    """A CUDA or XPU device is there (else training and the process group run on CPU)."""
     import torch
 
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
@@ -74,7 +75,7 @@ def init_processes() -> None:
     from accelerate import PartialState
 
     if not dist.is_initialized():
-        PartialState(cpu=not _has_accelerator())
+        PartialState(cpu=not has_accelerator())
     if dist.get_world_size() != world_size():
         raise RuntimeError(
             f"the process group has {dist.get_world_size()} processes but WORLD_SIZE is {world_size()}"
@@ -87,14 +88,6 @@ def _active() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def barrier() -> None:
-    """Wait until every process arrives (nothing with one process)."""
-    if _active():
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def broadcast(value: T) -> T:

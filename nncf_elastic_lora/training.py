@@ -472,10 +472,6 @@ class TrainResult:
         return asdict(self)
 
 
-def _has_accelerator() -> bool:
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-
-
 def training_arguments(
     cfg: NLSTrainingConfig, output_dir: str | Path, progress: bool = True
 ) -> TrainingArguments:
@@ -496,7 +492,7 @@ def training_arguments(
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cfg.bf16,
-        use_cpu=not _has_accelerator(),
+        use_cpu=not distributed.has_accelerator(),
         gradient_checkpointing=cfg.gradient_checkpointing,
         # Every LoRA factor takes part in every step (ranks are >= 1), so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,

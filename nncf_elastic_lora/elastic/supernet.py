@@ -234,6 +234,10 @@ class ElasticLoraSuperNet:
         config = config or self.get_active_config()
         return {g.modules[0]: config[g.name] for g in self.groups if g.kind == "channels"}
 
+    def mlp_sizes(self) -> dict[str, int]:
+        """``{down_proj name: the base's intermediate size}`` of the elastic MLPs (Mode B; empty in Mode A)."""
+        return {d: m.size for d, m in self.channel_masks.items()}
+
     def _dims(self, config: SubnetConfig | None) -> dict[str, tuple[int, int]]:
         """``{linear name: (in, out)}`` of the sub-network: the adapted linears and, in Mode B, every MLP
         projection, with the MLP widths applied."""
@@ -292,7 +296,7 @@ class ElasticLoraSuperNet:
                 {"name": g.name, "modules": list(g.modules), "widths": list(g.widths), "kind": g.kind}
                 for g in self.groups
             ],
-            "mlp_sizes": {d: m.size for d, m in self.channel_masks.items()} or None,
+            "mlp_sizes": self.mlp_sizes() or None,
         }
 
     def adapter_state_dict(
@@ -346,7 +350,7 @@ class ElasticLoraSuperNet:
             "module_ranks": self.module_ranks(config),
             # LoNAS (Mode B): the MLP widths of this sub-network and the base's; export refuses sliced ones.
             "mlp_widths": self.mlp_widths(config) or None,
-            "mlp_sizes": {d: m.size for d, m in self.channel_masks.items()} or None,
+            "mlp_sizes": self.mlp_sizes() or None,
         }
 
     def save_sub_adapter(
@@ -448,7 +452,7 @@ class ElasticLoraSuperNet:
             quantized=quantized if kind is AdapterKind.QA_SPARSEPEFT else None,
         )
         supernet = cls(model, supernet.adapters, groups, supernet.quantized)
-        sizes = {d: m.size for d, m in supernet.channel_masks.items()}
+        sizes = supernet.mlp_sizes()
         if spec.get("mlp_sizes") and spec["mlp_sizes"] != sizes:
             other = next(d for d in sizes if spec["mlp_sizes"].get(d) != sizes[d])
             raise ValueError(
