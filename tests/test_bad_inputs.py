@@ -108,6 +108,10 @@ def ws(tmp_path_factory) -> Path:
             c[section].update(change)
         (root / name).write_text(json.dumps(c))
     # broken model directories
+    per_layer = shutil.copytree(model, root / "model_per_layer_wrong")  # widths that the weights do not have
+    arch = json.loads((per_layer / "config.json").read_text())
+    arch["intermediate_size_per_layer"] = [16, 24] + [16] * (arch["num_hidden_layers"] - 2)
+    (per_layer / "config.json").write_text(json.dumps(arch))
     bad_cfg = shutil.copytree(model, root / "model_bad_config")
     (bad_cfg / "config.json").write_text('{"model_type": "llama", ')
     cut = shutil.copytree(model, root / "model_truncated")
@@ -238,6 +242,10 @@ CASES = [
     Case("channels-without-mode-b", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"channels": [64]}'], "set mode to 'rank_and_channels'"),
     Case("channels-fraction-above-one", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"fractions": [1.0, 1.5]}'], "must be a non-empty list in (0, 1]"),
     Case("channels-and-fractions", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"fractions": [1.0], "channels": [64]}'], "not both"),
+    Case("channels-off-step", [*TRAIN, "--set", "bootstrapNAS.elasticity.mode=\"rank_and_channels\"", "--set", 'bootstrapNAS.elasticity.channels={"fractions": [1.0, 0.7]}'], "not multiples of channel_step=8"),
+    Case("channels-wider-than-mlp", [*TRAIN, "--set", "bootstrapNAS.elasticity.mode=\"rank_and_channels\"", "--set", 'bootstrapNAS.elasticity.channels={"channels": [1024]}'], "exceed the layer's"),
+    Case("channels-order-unknown", [*RUN, "--set", "bootstrapNAS.elasticity.mode=\"rank_and_channels\"", "--set", 'bootstrapNAS.elasticity.channels={"order": "random"}'], "bootstrapNAS.elasticity.channels.order"),
+    Case("per-layer-widths-wrong", [*EVAL, "--model", "{ws}/model_per_layer_wrong"], "model_per_layer_wrong"),
     Case("mode-b-with-sparsepeft", [*RUN, "--set", "bootstrapNAS.elasticity.mode=\"rank_and_channels\"", "--set", "bootstrapNAS.training.adapter_kind=sparsepeft"], "set adapter_kind to 'lora'"),
     Case("mode-b-on-int4-base", [*RUN, "--set", "bootstrapNAS.elasticity.mode=\"rank_and_channels\"", "--set", "quantization.weight_format=int4", "--set", "export.weight_format=int4"], "slicing channels cuts through the INT4 groups"),
     Case("reorder-model-missing", [*REORDER, "--model", "{ws}/no_model"], "no_model"),

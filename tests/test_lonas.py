@@ -253,3 +253,19 @@ def test_run_chains_lonas_to_an_ir_of_the_extracted_model(tmp_path, capsys):
     assert any("extracted" in label for label in report["evaluation"])
     assert main([*argv, "--resume"]) == 0  # every stage reused
     assert "Extracted sub-network (LoNAS)" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_mode_b_super_adapter_on_mlps_of_other_sizes_is_refused(tmp_path):
+    import json
+
+    from nncf_elastic_lora.elastic import ElasticLoraSuperNet
+
+    _mode_b().save_super_adapter(tmp_path / "super")
+    spec_file = tmp_path / "super" / "elastic_lora.json"
+    spec = json.loads(spec_file.read_text())
+    spec["mlp_sizes"] = {k: 96 for k in spec["mlp_sizes"]}
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(
+        ValueError, match=r"trained on MLPs of other sizes \(model.layers.0.mlp.down_proj: 96 channels"
+    ):
+        ElasticLoraSuperNet.load_super_adapter(build_tiny_llama(TINY).eval(), tmp_path / "super")
