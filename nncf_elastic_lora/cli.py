@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override bootstrapNAS.search.algorithm",
     )
     se.add_argument("--num-evals", type=int, help="override bootstrapNAS.search.num_evals")
+    se.add_argument(
+        "--latency-model",
+        dest="latency_model",
+        help="latency_model.json (or its folder) written by `latency`: needed for bootstrapNAS.search.cost 'latency'",
+    )
     se.add_argument("--resume", action="store_true", help="continue a search in --output from its log")
 
     me = sub.add_parser(
@@ -160,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
         "elastic width keeps the most important ones; writes a checkpoint with the same function and report.json.",
     )
     _add_common(ro)
+
+    la = sub.add_parser(
+        "latency",
+        help="LoNAS: fit a latency model of this machine's OpenVINO runtime (search cost 'latency')",
+        description="Build sub-networks of --model (the ordered base) at the configured MLP widths "
+        "(bootstrapNAS.elasticity.channels), export each through optimum-intel, measure its GenAI decode time "
+        "per token (bootstrapNAS.search.latency) and fit ms = intercept + slope x MLP weights. Random per-layer "
+        "mixes are measured too and only predicted: their error is reported. Writes latency_model.json and "
+        "latency_model.png; `search --latency-model` takes the JSON.",
+    )
+    _add_common(la)
 
     xt = sub.add_parser(
         "extract",
@@ -458,6 +474,28 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"max logit change {report['max_logit_change']:.1e}"
         )
         return 0
+    if args.command == "latency":
+        from .pipeline import fit_latency
+
+        with claim_output(
+            output, verb="latency", inputs=local_inputs(config, args.config), create=False, **common
+        ):
+            report = fit_latency(config, output, progress)
+        held, fit = report["holdout_error"], report["fit_error"]
+
+        def pct(err: dict) -> str:
+            return (
+                "n/a"
+                if err["mean_abs"] is None
+                else f"{100 * err['mean_abs']:.1f} % (max {100 * err['max_abs']:.1f} %)"
+            )
+
+        print(
+            f"wrote {output / 'latency_model.json'}: {report['intercept_ms']:.2f} ms + "
+            f"{report['ms_per_mparam']:.4f} ms per million MLP weights at batch {report['batch_size']} "
+            f"({report['weight_format']}); prediction error held-out {pct(held)}, leave-one-out {pct(fit)}"
+        )
+        return 0
     if args.command == "extract":
         from .pipeline import extract
 
@@ -538,9 +576,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         return 0
     if args.command == "search":
-        from .pipeline import search
+        from .pipeline import latency_predictor, search
 
         check_data(config, train=True)
+        latency_predictor(
+            config.bootstrapNAS.search.cost, args.latency_model
+        )  # fails before claiming the output
         # No input fingerprints here: the evaluation log keys every measurement by its inputs, so a
         # resume on another base or super-adapter measures anew instead of reusing.
         claim = claim_output(
@@ -551,7 +592,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             **common,
         )
         with main_first(claim):
-            report = search(config, output, args.super_adapter, progress=progress)
+            report = search(
+                config, output, args.super_adapter, progress=progress, latency_model=args.latency_model
+            )
         if not distributed.is_main_process():
             return 0
         reused = f", {report['not_reused']} logged on other inputs not reused" if report["not_reused"] else ""

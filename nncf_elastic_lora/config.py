@@ -278,6 +278,24 @@ class ElasticityConfig(_Section):
         return self.channels or ChannelElasticityConfig()
 
 
+class LatencyConfig(_Section):
+    """The latency model of cost 'latency': sub-networks extracted, exported and measured on this machine."""
+
+    batch_size: int = Field(1, gt=0, description="Decode batch size the latency is measured at.")
+    weight_format: Literal["fp32", "fp16", "int8", "int4"] | None = Field(
+        None, description="Weight format of the measured IRs; default: export.weight_format."
+    )
+    holdout: int = Field(
+        2,
+        ge=0,
+        description="Random per-layer width mixes measured only to report the model's prediction error.",
+    )
+    repeats: int = Field(3, gt=0, description="Timed generations per sub-network (the median counts).")
+    prompt_tokens: int = Field(32, gt=0)
+    new_tokens: int = Field(32, gt=1)
+    seed: int = 0
+
+
 class SearchConfig(_Section):
     """How the sub-adapter is chosen after training (on the validation split, never on test)."""
 
@@ -298,8 +316,14 @@ class SearchConfig(_Section):
         "loss",
         description="Validation quality: 'loss' (log-likelihood of the gold answers) or 'acc' (multiple choice).",
     )
-    cost: Literal["params", "macs"] = Field(
-        "params", description="Adapter parameters, or MACs of the adapted linears."
+    cost: Literal["params", "macs", "latency"] = Field(
+        "params",
+        description="Adapter parameters, MACs of the adapted linears, or 'latency': decode milliseconds per "
+        "token predicted by a latency model of this machine's OpenVINO runtime (LoNAS Mode B; see `latency`).",
+    )
+    latency: LatencyConfig = Field(
+        default_factory=lambda: LatencyConfig(),
+        description="How the latency model behind cost 'latency' is measured and fitted.",
     )
     seq_len: int = Field(128, gt=0, description="Tokens for the MACs cost.")
     subset_size: int = Field(64, gt=0, description="Validation examples each evaluation uses (fixed subset).")
@@ -356,6 +380,16 @@ class BootstrapNASConfig(_Section):
     training: NLSTrainingConfig = Field(default_factory=NLSTrainingConfig)
     elasticity: ElasticityConfig = Field(default_factory=ElasticityConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @model_validator(mode="after")
+    def _latency_needs_channels(self) -> BootstrapNASConfig:
+        if self.search.cost == "latency" and self.elasticity.mode != "rank_and_channels":
+            raise ValueError(
+                f"bootstrapNAS.search.cost 'latency' needs bootstrapNAS.elasticity.mode 'rank_and_channels' "
+                f"(LoNAS): the latency model predicts from the MLP widths, and mode is {self.elasticity.mode!r}; "
+                "use cost 'params' or 'macs'"
+            )
+        return self
 
 
 class EvaluationConfig(_Section):

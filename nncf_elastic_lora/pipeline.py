@@ -201,6 +201,48 @@ def extract(
     return result
 
 
+def fit_latency(config: PipelineConfig, output: str | Path, progress: bool = True) -> dict[str, Any]:
+    """LoNAS: measure sub-networks of ``config.model`` on this machine and fit the latency model.
+
+    The sub-networks take the configured channel widths (the same in every layer: the fit points;
+    ``bootstrapNAS.search.latency.holdout`` random mixes: the reported prediction error), exported at
+    ``search.latency.weight_format`` (default ``export.weight_format``). Writes ``latency_model.json``
+    and ``latency_model.png`` under ``output`` (atomically); search takes the JSON for cost 'latency'.
+    """
+    from .latency import FILE, fit_latency_model, mlp_layout, plot_latency_model
+
+    spec = config.bootstrapNAS.elasticity.channel_spec()
+    if spec is None:
+        raise ValueError(
+            "the latency model predicts from the MLP widths: set bootstrapNAS.elasticity.mode to "
+            "'rank_and_channels' (LoNAS)"
+        )
+    lat, ex = config.bootstrapNAS.search.latency, config.export
+    model, _ = load_model(config.model)
+    _, sizes, _ = mlp_layout(model)
+    del model
+    widths = [spec.widths_for(size) for size in sizes]
+    start = time.perf_counter()
+    fitted = fit_latency_model(
+        config.model,
+        widths=widths,
+        holdout=lat.holdout,
+        batch_size=lat.batch_size,
+        weight_format=lat.weight_format or ex.weight_format,
+        group_size=ex.group_size,
+        group_size_fallback=ex.group_size_fallback,
+        prompt_tokens=lat.prompt_tokens,
+        new_tokens=lat.new_tokens,
+        repeats=lat.repeats,
+        seed=lat.seed,
+        progress=progress,
+    )
+    with atomic_directory(output, verb="latency") as tmp:
+        fitted.save(tmp / FILE)
+        plot_latency_model(fitted, tmp / "latency_model.png")
+    return {**fitted.to_dict(), "model": config.model.name_or_path, "time_s": time.perf_counter() - start}
+
+
 def subnet_config(supernet: ElasticLoraSuperNet, subnet: str | Path) -> dict[str, int]:
     """A named sub-network (``heuristic``, ``maximal``, ``minimal``) or one read from a subnet_config.json."""
     if str(subnet) in ("heuristic", "maximal", "minimal"):
@@ -441,18 +483,41 @@ def evaluate_subnets(
     return out
 
 
+def latency_predictor(cost: str, latency_model: str | Path | None) -> Any:
+    """The :class:`~nncf_elastic_lora.latency.LatencyModel` a search with ``cost`` needs (None unless 'latency')."""
+    from .latency import LatencyModel
+
+    if cost == "latency" and latency_model is None:
+        raise ValueError(
+            "bootstrapNAS.search.cost 'latency' needs a latency model: fit one with `nncf-elastic-lora latency` "
+            "and pass it with --latency-model (`run` fits it itself)"
+        )
+    if cost != "latency" and latency_model is not None:
+        raise ValueError(
+            f"--latency-model is given but bootstrapNAS.search.cost is {cost!r}; set it to 'latency' "
+            "(--set bootstrapNAS.search.cost=latency) or drop --latency-model"
+        )
+    return LatencyModel.load(latency_model) if latency_model is not None else None
+
+
 def search(
-    config: PipelineConfig, output: str | Path, super_adapter: str | Path, progress: bool = True
+    config: PipelineConfig,
+    output: str | Path,
+    super_adapter: str | Path,
+    progress: bool = True,
+    latency_model: str | Path | None = None,
 ) -> dict[str, Any]:
     """Search a sub-adapter of a trained super-adapter on the validation split (``bootstrapNAS.search``).
 
     ``config.model`` is the base the super-adapter was trained on. Writes the search outputs and the
     chosen sub-adapter (``sub_adapter/``) under ``output``; an existing ``evaluations.jsonl`` there is
-    reused, so a killed search continues where it stopped.
+    reused, so a killed search continues where it stopped. Cost 'latency' needs ``latency_model``
+    (a ``latency_model.json`` written by :func:`fit_latency`, or its folder).
     """
     from .search import SubnetObjectives, search_subadapter
 
     s = config.bootstrapNAS.search
+    predictor = latency_predictor(s.cost, latency_model)
     supernet, tokenizer = load_supernet(config.model, super_adapter)
     data = load_task(config.data)
     objectives = SubnetObjectives(
@@ -463,6 +528,7 @@ def search(
         cost=s.cost,
         seq_len=s.seq_len,
         batch_size=config.evaluation.batch_size,
+        latency_model=predictor,
     )
     result = search_subadapter(
         supernet,

@@ -7,7 +7,8 @@ what the stage read, so ``run --resume`` reuses a finished stage whose inputs ha
 ``apply`` replays its effect on the state either way. The lists, from :func:`method_stages`::
 
     Shears        eval_dense sparsify eval_sparse train eval_subnets [search eval_searched] export eval_ir
-    LoNAS         eval_dense reorder train eval_subnets [search eval_searched] extract eval_merged export ...
+    LoNAS         eval_dense reorder train eval_subnets [[latency_model] search eval_searched] extract
+                  eval_merged export ...
     SQFT          ... sparsify eval_sparse quantize_base eval_int4 train ... export (INT4 base + adapter)
     + SparsePEFT  ... train eval_subnets [search ...] merge eval_merged export (the merged model) ...
     + QA-SparsePEFT   the same on the INT4 base; merge writes INT4 codes, export ships them
@@ -51,6 +52,7 @@ class RunState:
     adapter_label: str | None = None  # 'heuristic' or the search algorithm
     merged: Path | None = None  # base + sub-adapter merged (SparsePEFT, QA-SparsePEFT), or extracted (LoNAS)
     merged_label: str = "merged"  # 'extracted' for LoNAS
+    latency_model: Path | None = None  # LoNAS search cost 'latency'
     ir: Path | None = None
     references: dict[str, Path] = field(default_factory=dict)  # dense IRs by weight format
     evaluation: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -262,6 +264,29 @@ class EvaluateSubnets(Stage):
         run.evaluation.update({f"{run.method_label} ({name})": r for name, r in result.items()})
 
 
+class FitLatency(Stage):
+    """LoNAS, search cost 'latency': sub-networks of the base measured on this machine, a line fitted."""
+
+    name, title, directory = "latency_model", "fit latency model", "latency_model"
+
+    def inputs(self, run: RunState) -> dict[str, str | None]:
+        return dict(run.base_inputs)
+
+    def compute(self, run: RunState) -> Any:
+        from .pipeline import fit_latency
+
+        out = run.output / self.directory
+        return completed_or(
+            out / "latency_model.json",
+            run.resume,
+            lambda: fit_latency(run.with_model(run.base), out, run.progress),
+        )
+
+    def apply(self, run: RunState, result: Any) -> None:
+        run.latency_model = run.output / self.directory / "latency_model.json"
+        run.artifacts["latency_model"] = str(run.latency_model)
+
+
 class Search(Stage):
     name = "search"
 
@@ -269,12 +294,19 @@ class Search(Stage):
         self.title = f"search ({algorithm})"
 
     def inputs(self, run: RunState) -> dict[str, str | None]:
-        return _adapter_inputs(run)
+        latency = fingerprint_path(run.latency_model) if run.latency_model else None
+        return {**_adapter_inputs(run), "latency_model": latency}
 
     def compute(self, run: RunState) -> Any:
         from .pipeline import search
 
-        return search(run.with_model(run.base), run.output / "search", run.super_adapter, run.progress)
+        return search(
+            run.with_model(run.base),
+            run.output / "search",
+            run.super_adapter,
+            run.progress,
+            run.latency_model,
+        )
 
     def apply(self, run: RunState, result: Any) -> None:
         run.adapter, run.adapter_label = run.output / "search" / "sub_adapter", result["algorithm"]
@@ -499,6 +531,8 @@ def method_stages(config: PipelineConfig) -> list[Stage]:
             stages.append(Reorder())
         stages += [Train(), EvaluateSubnets()]
         if bnas.search.algorithm != "heuristic":
+            if bnas.search.cost == "latency":
+                stages.append(FitLatency())
             stages += [Search(bnas.search.algorithm), EvaluateSearched()]
         if channels is not None:
             stages += [Extract(), EvaluateMerged()]

@@ -255,6 +255,13 @@ CASES = [
     Case("extract-adapter-wrong-base", [*EXTRACT, "--super-adapter", "{ws}/super_wide"], "does not fit the base model"),
     Case("extract-subnet-unknown-name", [*EXTRACT, "--super-adapter", "{ws}/super", "--subnet", "middle"], "not 'heuristic', 'maximal' or 'minimal'"),
     Case("extract-subnet-not-a-subnet", [*EXTRACT, "--super-adapter", "{ws}/super", "--subnet", "{ws}/tiny.json"], "is not a sub-network of this super-adapter"),
+    Case("latency-mode-a", ["latency", "--config", "{ws}/tiny.json", "--model", "{ws}/model"], "set bootstrapNAS.elasticity.mode to 'rank_and_channels'"),
+    Case("latency-model-missing", ["latency", "--config", "{ws}/tiny.json", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--model", "{ws}/no_model"], "no_model"),
+    Case("latency-cost-in-mode-a", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.search.cost=latency"], "bootstrapNAS.search.cost 'latency' needs bootstrapNAS.elasticity.mode"),
+    Case("search-latency-model-without-cost", [*SEARCH, "--super-adapter", "{ws}/super", "--latency-model", "{ws}/plainfile"], "--latency-model is given but bootstrapNAS.search.cost is 'params'"),
+    Case("search-latency-model-missing", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--latency-model", "{ws}/no_latency"], "no latency model at"),
+    Case("search-latency-model-not-ours", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--latency-model", "{ws}/records.json"], "is not a latency model written by this package"),
+    Case("search-latency-cost-without-model", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency"], "needs a latency model"),
     Case("extract-output-is-adapter", [*EXTRACT, "--super-adapter", "{ws}/super", "--overwrite"], "is the input", output="super"),
     Case("adapter-kind-unknown", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=dora"], "bootstrapNAS.training.adapter_kind"),
     Case("qa-without-int4-base", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "set quantization.weight_format to 'int4'"),
@@ -322,6 +329,7 @@ def test_the_campaign_is_large_and_covers_every_verb():
         "merge",
         "reorder",
         "extract",
+        "latency",
     }
     assert len({c.name for c in CASES}) == len(CASES)
 

@@ -236,23 +236,53 @@ def test_verbs_reorder_train_extract_export_a_smaller_model(tmp_path):
 
 
 def test_run_chains_lonas_to_an_ir_of_the_extracted_model(tmp_path, capsys):
+    """`run` on the tiny config, searching with NSGA-II at cost 'latency': the latency model is fitted on
+    measured sub-networks and the search's costs are its predictions; the extracted model is exported."""
     import json
 
     from nncf_elastic_lora.cli import main
+    from nncf_elastic_lora.latency import LatencyModel
 
     config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
-    argv = ["run", config, "--output", str(tmp_path / "run"), "--no-progress"]
+    out = tmp_path / "run"
+    argv = ["run", config, "--output", str(out), "--no-progress"]
     argv += ["--set", "benchmark.enabled=false", "--set", "evaluation.limit=4"]
+    argv += ["--set", "bootstrapNAS.elasticity.channels.fractions=[1.0, 0.5]"]
+    argv += ["--set", "bootstrapNAS.search.algorithm=NSGA2", "--set", "bootstrapNAS.search.cost=latency"]
+    argv += [
+        "--set",
+        'bootstrapNAS.search.latency={"holdout": 1, "repeats": 1, "new_tokens": 4, "prompt_tokens": 8}',
+    ]
     assert main(argv) == 0
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     names = report["stages"]
-    assert names.index("reorder") < names.index("train") < names.index("extract") < names.index("export")
-    extracted = report["extract"]
-    assert len(extracted["mlp_widths"]) == 2 and extracted["params"] < extracted["params_before"]
+    assert (
+        names.index("reorder") < names.index("train") < names.index("latency_model") < names.index("search")
+    )
+    assert names.index("search") < names.index("extract") < names.index("export")
+    latency = LatencyModel.load(out / "latency_model")
+    assert [p.role for p in latency.points] == ["fit", "fit", "holdout"]
+    assert [p.widths for p in latency.points[:2]] == [[128, 128], [64, 64]]
+    assert latency.weight_format == "int8" and all(p.measured_ms > 0 for p in latency.points)
+    assert (
+        latency.points[2].predicted_ms is not None and (out / "latency_model" / "latency_model.png").is_file()
+    )
+    entries = [json.loads(line) for line in (out / "search" / "evaluations.jsonl").read_text().splitlines()]
+    entries = [e for e in entries if "config" in e]
+    assert len(entries) >= 3
+    for e in entries:
+        widths = [e["config"][f"mlp_channels[{i}]"] for i in range(2)]
+        assert e["cost"] == pytest.approx(latency.predict_ms(widths))
+    searched = json.loads((out / "search" / "search_report.json").read_text())
+    assert searched["details"]["cost"] == "latency"
+    extracted = report["extract"]  # the searched sub-network, at its widths
+    assert extracted["mlp_widths"] == [searched["chosen"][f"mlp_channels[{i}]"] for i in range(2)]
+    assert extracted["params"] <= extracted["params_before"]
     assert report["export"]["adapter"] is None  # the IR is the extracted model itself
     assert any("extracted" in label for label in report["evaluation"])
-    assert main([*argv, "--resume"]) == 0  # every stage reused
-    assert "Extracted sub-network (LoNAS)" in (tmp_path / "run" / "report.md").read_text()
+    assert main([*argv, "--resume"]) == 0  # every stage reused, the latency model too
+    assert LatencyModel.load(out / "latency_model") == latency
+    assert "Extracted sub-network (LoNAS)" in (out / "report.md").read_text()
 
 
 def test_mode_b_super_adapter_on_mlps_of_other_sizes_is_refused(tmp_path):

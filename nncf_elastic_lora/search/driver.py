@@ -50,6 +50,13 @@ class SearchResult:
         return asdict(self)
 
 
+COST_LABELS = {
+    "params": "parameters (adapter; in Mode B plus the base weights at the widths)",
+    "macs": "MACs (adapted linears, base included)",
+    "latency": "predicted decode ms per token (latency model)",
+}
+
+
 def _write_outputs(out: Path, log: EvaluationLog, result: SearchResult, metric: str, cost_kind: str) -> None:
     entries = list(log.entries.values())
     tmp = out / ".evaluations.csv.tmp"
@@ -102,7 +109,7 @@ def plot_search(
         zorder=4,
         label=f"chosen ({result.algorithm})",
     )
-    ax.set_xlabel("adapter parameters" if cost_kind == "params" else "MACs (adapted linears, base included)")
+    ax.set_xlabel(COST_LABELS[cost_kind])
     ax.set_ylabel("validation accuracy" if metric == "acc" else "validation log-likelihood per token")
     ax.set_title(f"sub-adapter search: {result.algorithm}, {len(entries)} configurations evaluated")
     ax.legend(fontsize=8, loc="lower right")
@@ -125,6 +132,9 @@ def _fingerprint(
         "search_space": supernet.get_search_space(),
         "metric": objectives.metric,
         "cost": objectives.cost_kind,
+        "latency_model": None
+        if objectives.latency_model is None
+        else [objectives.latency_model.intercept_ms, objectives.latency_model.ms_per_mparam],
         "seq_len": objectives.seq_len,
         "validation_ids": [e.id for e in objectives.examples],
     }

@@ -8,6 +8,7 @@ from typing import Any
 from ..data import Example
 from ..elastic import ElasticLoraSuperNet
 from ..evaluation import CausalLM, mean_token_loglik, multiple_choice
+from ..latency import LatencyModel
 
 
 class SubnetObjectives:
@@ -17,7 +18,9 @@ class SubnetObjectives:
     the gold answers; quality is its negation so that higher is always better). ``cost``:
     ``"params"`` (the sub-adapter's parameters; in LoNAS's Mode B plus the adapted linears' and MLPs' base
     weights at the sub-network's widths) or ``"macs"`` (multiply-accumulates of the adapted
-    linears, base included, for ``seq_len`` tokens: what shrinks once the base shrinks too).
+    linears, base included, for ``seq_len`` tokens: what shrinks once the base shrinks too) or
+    ``"latency"`` (decode milliseconds per token of the extracted sub-network, predicted by
+    ``latency_model``, a :class:`~nncf_elastic_lora.latency.LatencyModel` of this machine; Mode B).
     """
 
     def __init__(
@@ -30,6 +33,7 @@ class SubnetObjectives:
         cost: str = "params",
         seq_len: int = 128,
         batch_size: int = 16,
+        latency_model: LatencyModel | None = None,
     ):
         if not examples:
             raise ValueError("the search needs validation examples; raise data.splits.validation")
@@ -37,9 +41,16 @@ class SubnetObjectives:
             raise ValueError("metric 'acc' needs multiple-choice examples; use metric 'loss'")
         self.supernet, self.examples = supernet, examples
         self.metric, self.cost_kind, self.seq_len, self.batch_size = metric, cost, seq_len, batch_size
+        if cost == "latency":
+            if latency_model is None:
+                raise ValueError("cost 'latency' needs a latency model (`nncf-elastic-lora latency`)")
+            latency_model.check_fits(supernet.mlp_sizes())
+        self.latency_model = latency_model
         self.lm = CausalLM(supernet.model, tokenizer)
 
     def cost(self, config: dict[str, int]) -> float:
+        if self.cost_kind == "latency":
+            return self.latency_model.predict_ms(self.supernet.mlp_widths(config))
         if self.cost_kind == "params":
             params = self.supernet.get_active_params(config)
             if self.supernet.channel_masks:  # Mode B: the widths shrink the base, which dominates

@@ -1,0 +1,288 @@
+"""A latency model of this machine's OpenVINO runtime for LoNAS sub-networks (search cost ``latency``).
+
+Decoding at small batch reads every weight once per token, so its time per token is close to linear
+in the bytes the model holds, and a sub-network differs from the base only in its MLP widths. The
+model is therefore ``ms per token = intercept + slope × (MLP weights kept, in millions)``, fitted by
+least squares on sub-networks that are really built and measured:
+
+- **fit points**: the same width in every layer, one point per configured width;
+- **held-out points**: random per-layer widths (seeded), never used in the fit, whose measured
+  latency the fitted model predicts: their error is the model's error on the configurations a
+  search actually visits. The leave-one-out error of the fit points is reported too.
+
+Each point is the base with its MLPs sliced (the adapters merged or not makes no difference to the
+shapes), exported through optimum-intel at the export's weight format and measured by GenAI's
+``LLMPipeline`` in its own process (:func:`nncf_elastic_lora.benchmark.benchmark_models`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .config import ModelConfig
+from .elastic.channels import gated_mlps, intermediate_size
+
+log = logging.getLogger(__name__)
+
+FILE = "latency_model.json"
+
+
+@dataclass
+class LatencyPoint:
+    """One measured sub-network: its per-layer MLP widths and decode time per token."""
+
+    role: str  # "fit" or "holdout"
+    widths: list[int]
+    mlp_params: int
+    measured_ms: float
+    predicted_ms: float | None = None  # held-out: by the fitted model; fit: leave-one-out
+
+    @property
+    def error(self) -> float | None:
+        return None if self.predicted_ms is None else self.predicted_ms / self.measured_ms - 1
+
+
+@dataclass
+class LatencyModel:
+    """``ms per decode step = intercept_ms + ms_per_mparam × MLP parameters / 1e6`` at ``batch_size``."""
+
+    intercept_ms: float
+    ms_per_mparam: float
+    batch_size: int
+    weight_format: str
+    layers: list[str]  # down_proj names, in layer order
+    sizes: list[int]  # the base's intermediate size per layer
+    params_per_channel: list[int]  # weights one intermediate channel holds (gate row + up row + down column)
+    points: list[LatencyPoint] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def mlp_params(self, widths: list[int] | dict[str, int]) -> int:
+        if isinstance(widths, dict):
+            missing = [name for name in self.layers if name not in widths]
+            if missing:
+                raise ValueError(
+                    f"no width given for {missing[0]} (the latency model covers {len(self.layers)} MLPs)"
+                )
+            widths = [widths[name] for name in self.layers]
+        if len(widths) != len(self.layers):
+            raise ValueError(f"{len(widths)} widths for a latency model of {len(self.layers)} MLPs")
+        return sum(w * p for w, p in zip(widths, self.params_per_channel, strict=True))
+
+    def predict_ms(self, widths: list[int] | dict[str, int]) -> float:
+        """Predicted decode milliseconds per step of the sub-network with these MLP widths."""
+        return self.intercept_ms + self.ms_per_mparam * self.mlp_params(widths) / 1e6
+
+    def errors(self, role: str) -> dict[str, float | None]:
+        errs = [abs(p.error) for p in self.points if p.role == role and p.error is not None]
+        if not errs:
+            return {"mean_abs": None, "max_abs": None}
+        return {"mean_abs": float(np.mean(errs)), "max_abs": float(np.max(errs))}
+
+    def check_fits(self, mlp_sizes: dict[str, int]) -> None:
+        """Refuse a super-network whose MLPs are not the ones this model was measured on."""
+        if mlp_sizes != dict(zip(self.layers, self.sizes, strict=True)):
+            raise ValueError(
+                "the latency model was measured on MLPs of other names or sizes than this super-network's "
+                f"({len(self.layers)} layers, sizes {sorted(set(self.sizes))} against "
+                f"{len(mlp_sizes)} layers, sizes {sorted(set(mlp_sizes.values()))}); fit it on this base"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "fit_error": self.errors("fit"),
+            "holdout_error": self.errors("holdout"),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        from .reports import write_json
+
+        path = Path(path)
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyModel:
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no latency model at {path} (write one with `nncf-elastic-lora latency`)"
+            )
+        try:
+            data = json.loads(path.read_text())
+            data = {k: v for k, v in data.items() if k not in ("fit_error", "holdout_error")}
+            points = [LatencyPoint(**p) for p in data.pop("points", [])]
+            return cls(**data, points=points)
+        except (json.JSONDecodeError, AttributeError, TypeError) as err:
+            raise ValueError(f"{path} is not a latency model written by this package ({err})") from None
+
+
+def fit_line(params: list[int], ms: list[float]) -> tuple[float, float]:
+    """Least-squares ``(intercept, slope per million)`` of ``ms`` against ``params``."""
+    if len(set(params)) < 2:
+        raise ValueError("a latency fit needs at least two different sub-network sizes")
+    slope, intercept = np.polyfit(np.asarray(params, float) / 1e6, np.asarray(ms, float), 1)
+    return float(intercept), float(slope)
+
+
+def mlp_layout(model: nn.Module) -> tuple[list[str], list[int], list[int]]:
+    """``(down_proj names, intermediate sizes, weights per intermediate channel)`` of every gated MLP."""
+    names, sizes, per_channel = [], [], []
+    for mlp in gated_mlps(model):
+        gate, up, down = (model.get_submodule(n) for n in (mlp.gate, mlp.up, mlp.down))
+        names.append(mlp.down)
+        sizes.append(intermediate_size(model, mlp))
+        per_channel.append(gate.in_features + up.in_features + down.out_features)
+    return names, sizes, per_channel
+
+
+def sample_widths(choices: list[list[int]], count: int, seed: int, avoid: list[list[int]]) -> list[list[int]]:
+    """``count`` distinct random per-layer width configurations, none of them in ``avoid``."""
+    rng, seen, out = random.Random(seed), {tuple(w) for w in avoid}, []
+    for _ in range(1000 * max(count, 1)):
+        if len(out) == count:
+            break
+        widths = [rng.choice(c) for c in choices]
+        if tuple(widths) not in seen:
+            seen.add(tuple(widths))
+            out.append(widths)
+    return out
+
+
+def fit_latency_model(
+    model: ModelConfig,
+    *,
+    widths: list[list[int]],
+    holdout: int = 2,
+    batch_size: int = 1,
+    weight_format: str = "fp32",
+    group_size: int = 64,
+    group_size_fallback: str = "adjust",
+    prompt_tokens: int = 32,
+    new_tokens: int = 32,
+    repeats: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> LatencyModel:
+    """Measure sub-networks of ``model`` (the ordered base) and fit the latency model.
+
+    ``widths``: the per-layer width choices (one list per decoder layer, largest first). Every layer at
+    its i-th choice is a fit point; ``holdout`` random mixes are measured to report the error.
+    """
+    from tqdm.auto import tqdm
+
+    from .benchmark import benchmark_models
+    from .exporting import export_openvino
+    from .extract import set_mlp_widths
+    from .models import load_model
+    from .runtime import machine_info
+
+    base, tokenizer = load_model(model)
+    layers, sizes, per_channel = mlp_layout(base)
+    del base
+    if len(widths) != len(layers):
+        raise ValueError(f"{len(widths)} lists of widths for a model with {len(layers)} gated MLPs")
+    levels = min(len(c) for c in widths)
+    fit = [[c[i] for c in widths] for i in range(levels)]
+    held = sample_widths(widths, holdout, seed, avoid=fit)
+    configs = [("fit", w) for w in fit] + [("holdout", w) for w in held]
+    measured: list[tuple[str, list[int], float]] = []
+    for role, config in tqdm(configs, desc="latency model: measure sub-networks", disable=not progress):
+        with tempfile.TemporaryDirectory(prefix="nel-latency-") as tmp:
+            sliced, ir = Path(tmp) / "sliced", Path(tmp) / "ir"
+            sub, _ = load_model(model)
+            set_mlp_widths(sub, config)
+            sub.save_pretrained(sliced)
+            tokenizer.save_pretrained(sliced)
+            del sub
+            export_openvino(
+                model.model_copy(update={"name_or_path": str(sliced)}),
+                ir,
+                weight_format=weight_format,
+                group_size=group_size,
+                group_size_fallback=group_size_fallback,
+                genai_device=None,
+            )
+            result = benchmark_models(
+                [(f"{role} {sorted(set(config))}", ir, "genai")],
+                batch_sizes=[batch_size],
+                prompt_tokens=prompt_tokens,
+                new_tokens=new_tokens,
+                repeats=repeats,
+            )[0]
+        measured.append((role, config, result["batches"][0]["decode_ms_per_step"]))
+    params = [sum(w * p for w, p in zip(c, per_channel, strict=True)) for _, c, _ in measured]
+    fit_idx = [i for i, (role, _, _) in enumerate(measured) if role == "fit"]
+    intercept, slope = fit_line([params[i] for i in fit_idx], [measured[i][2] for i in fit_idx])
+    points = []
+    for i, (role, config, ms) in enumerate(measured):
+        if role == "fit":  # leave-one-out: predicted by a line through the other fit points
+            others = [j for j in fit_idx if j != i]
+            if len({params[j] for j in others}) >= 2:
+                b, s = fit_line([params[j] for j in others], [measured[j][2] for j in others])
+                predicted = b + s * params[i] / 1e6
+            else:
+                predicted = None
+        else:
+            predicted = intercept + slope * params[i] / 1e6
+        points.append(LatencyPoint(role, config, params[i], ms, predicted))
+    fitted = LatencyModel(
+        intercept_ms=intercept,
+        ms_per_mparam=slope,
+        batch_size=batch_size,
+        weight_format=weight_format,
+        layers=layers,
+        sizes=sizes,
+        params_per_channel=per_channel,
+        points=points,
+        machine=machine_info(),
+    )
+    log.info(
+        "latency model: %.3f ms + %.4f ms per million MLP weights; held-out error %s",
+        intercept,
+        slope,
+        fitted.errors("holdout"),
+    )
+    return fitted
+
+
+def plot_latency_model(model: LatencyModel, path: str | Path) -> Path:
+    """Measured decode time against MLP weights, the fitted line, held-out points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for role, marker, colour in (("fit", "o", "#1f6feb"), ("holdout", "s", "#cf222e")):
+        pts = [p for p in model.points if p.role == role]
+        ax.scatter(
+            [p.mlp_params / 1e6 for p in pts],
+            [p.measured_ms for p in pts],
+            marker=marker,
+            c=colour,
+            label=role,
+        )
+    xs = np.array([min(p.mlp_params for p in model.points), max(p.mlp_params for p in model.points)]) / 1e6
+    ax.plot(xs, model.intercept_ms + model.ms_per_mparam * xs, "--", c="#57606a", label="fitted")
+    err = model.errors("holdout")["mean_abs"]
+    suffix = "" if err is None else f", held-out error {100 * err:.1f} %"
+    ax.set_title(f"decode latency, batch {model.batch_size}, {model.weight_format}{suffix}", fontsize=10)
+    ax.set_xlabel("MLP weights kept (millions)")
+    ax.set_ylabel("ms per decode step")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,69 @@
+"""The LoNAS latency model (search cost 'latency'): its fit and predictions (`run` uses it in test_lonas)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nncf_elastic_lora.latency import LatencyModel, LatencyPoint, fit_line, sample_widths
+
+LAYERS = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+
+
+def _model(**kw) -> LatencyModel:
+    args = dict(
+        intercept_ms=2.0,
+        ms_per_mparam=500.0,
+        batch_size=1,
+        weight_format="int8",
+        layers=LAYERS,
+        sizes=[64, 64],
+        params_per_channel=[96, 96],
+    )
+    return LatencyModel(**{**args, **kw})
+
+
+def test_fit_line_recovers_the_line_of_exact_points():
+    params = [1_000_000, 2_000_000, 3_500_000]
+    intercept, slope = fit_line(params, [3.0 + 0.25 * p / 1e6 for p in params])
+    assert intercept == pytest.approx(3.0) and slope == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="at least two different sub-network sizes"):
+        fit_line([5, 5], [1.0, 2.0])
+
+
+def test_prediction_sums_the_per_layer_widths_and_refuses_other_mlps():
+    model = _model()
+    assert model.mlp_params([64, 32]) == 96 * 96
+    assert model.predict_ms({LAYERS[0]: 64, LAYERS[1]: 32}) == pytest.approx(2.0 + 500.0 * 96 * 96 / 1e6)
+    assert model.predict_ms([64, 64]) > model.predict_ms([64, 32]) > model.predict_ms([32, 32])
+    with pytest.raises(ValueError, match="no width given for model.layers.1.mlp.down_proj"):
+        model.predict_ms({LAYERS[0]: 64})
+    model.check_fits(dict(zip(LAYERS, [64, 64], strict=True)))
+    with pytest.raises(ValueError, match="measured on MLPs of other names or sizes"):
+        model.check_fits(dict(zip(LAYERS, [128, 128], strict=True)))
+
+
+def test_errors_and_round_trip(tmp_path):
+    points = [
+        LatencyPoint("fit", [64, 64], 12288, 8.0, 8.4),
+        LatencyPoint("holdout", [64, 32], 9216, 6.0, 5.7),
+        LatencyPoint("holdout", [32, 64], 9216, 5.0, 5.7),
+    ]
+    model = _model(points=points)
+    assert model.errors("fit") == {"mean_abs": pytest.approx(0.05), "max_abs": pytest.approx(0.05)}
+    held = model.errors("holdout")
+    assert held["mean_abs"] == pytest.approx(np.mean([0.05, 0.14])) and held["max_abs"] == pytest.approx(0.14)
+    model.save(tmp_path / "latency_model.json")
+    loaded = LatencyModel.load(tmp_path)  # the folder finds the JSON
+    assert (
+        loaded == model and json.loads((tmp_path / "latency_model.json").read_text())["holdout_error"] == held
+    )
+
+
+def test_held_out_widths_are_distinct_and_never_fit_points():
+    fit = [[64, 64], [32, 32]]
+    mixes = sample_widths([[64, 48, 32], [64, 48, 32]], 4, seed=0, avoid=fit)
+    assert len(mixes) == 4 and len({tuple(m) for m in mixes}) == 4
+    assert not {tuple(m) for m in mixes} & {tuple(f) for f in fit}
+    only = sample_widths([[64, 32], [64, 32]], 9, seed=0, avoid=fit)  # just two mixes exist
+    assert sorted(only) == [[32, 64], [64, 32]]
