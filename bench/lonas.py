@@ -16,7 +16,10 @@ the dense FP32 IR. All IRs are benchmarked together at the end, each in its own 
 cached under ``bench/results/lonas/`` (rerun to resume).
 
     .venv/bin/python bench/lonas.py [--tasks basic_arithmetic,piqa] [--steps basic_arithmetic=250,piqa=100]
-                                    [--limit 200] [--no-benchmark] [--repeats 3]
+                                    [--limit 200] [--no-benchmark] [--repeats 3] [--qa]
+
+``--qa`` adds **LoNAS + QA-SparsePEFT**: the ordered model quantized to INT4 (NNCF, asym, group 64), NLS
+through its frozen scales, the heuristic sub-network extracted with its merged INT4 codes (INT4 IR only).
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ FORMATS = ("fp32", "int8", "int4")
 ROWS = ("LoRA (dense)", "LoNAS heuristic", "LoNAS searched")
 
 
-def config_for(task: str, steps: int, limit: int, *, lora: bool = False):
-    """``configs/lonas_smollm2.json`` on ``task``; ``lora``: plain LoRA in Mode A on the dense model."""
+def config_for(task: str, steps: int, limit: int, *, lora: bool = False, qa: bool = False):
+    """``configs/lonas_smollm2.json`` on ``task``; ``lora``: plain LoRA in Mode A on the dense model;
+    ``qa``: ``configs/lonas_qa_smollm2.json`` (INT4 base, QA-SparsePEFT)."""
     from nncf_elastic_lora.config import apply_overrides, load_config
 
     train, val, test = SPLITS[task]
@@ -66,7 +70,8 @@ def config_for(task: str, steps: int, limit: int, *, lora: bool = False):
             "bootstrapNAS.elasticity.channels=null",
             "bootstrapNAS.search.cost=params",
         ]
-    return apply_overrides(load_config(ROOT / "configs" / "lonas_smollm2.json"), overrides)
+    name = "lonas_qa_smollm2" if qa else "lonas_smollm2"
+    return apply_overrides(load_config(ROOT / "configs" / f"{name}.json"), overrides)
 
 
 def at_model(config, path: Path, fmt: str | None = None):
@@ -89,13 +94,13 @@ def linear_macs(path: Path) -> tuple[int, int]:
     return params, macs
 
 
-def ship(config, model_dir: Path, work: Path, tasks) -> dict:
+def ship(config, model_dir: Path, work: Path, tasks, formats: tuple[str, ...] = FORMATS) -> dict:
     """Export ``model_dir`` at every format and score each IR on the test split (cached)."""
     from nncf_elastic_lora.pipeline import evaluate_ir, export
 
     params, macs = _cached(work / "size.json", lambda: list(linear_macs(model_dir)))
     irs = {}
-    for fmt in FORMATS:
+    for fmt in formats:
         c, ir = at_model(config, model_dir, fmt), work / f"ir_{fmt}"
         rep = _cached(work / f"export_{fmt}.json", lambda c=c, ir=ir: export(c, ir))
         acc = _cached(
@@ -122,7 +127,11 @@ def lora_dense(task: str, steps: int, limit: int) -> dict:
         update={"export": config.export.model_copy(update={"weight_format": "fp32", "merge_adapter": True})}
     )
     _exists(merged, lambda: export(merge_cfg, work / "merge_ir", work / "nls" / "super_adapter", merged))
-    return {"row": "LoRA (dense)", "train": _train_facts(report), **ship(config, merged, work, eval_splits(config))}
+    return {
+        "row": "LoRA (dense)",
+        "train": _train_facts(report),
+        **ship(config, merged, work, eval_splits(config)),
+    }
 
 
 def _train_facts(report: dict) -> dict:
@@ -151,7 +160,9 @@ def lonas(task: str, steps: int, limit: int, latency_model: Path | None) -> tupl
         ("LoNAS searched", work / "search" / "sub_adapter", "searched"),
     ):
         out = work / name
-        rep = _cached(out / "extract.json", lambda o=out, s=subnet: extract(config, o / "model", super_adapter, s))
+        rep = _cached(
+            out / "extract.json", lambda o=out, s=subnet: extract(config, o / "model", super_adapter, s)
+        )
         rows.append(
             {
                 "row": row,
@@ -166,6 +177,32 @@ def lonas(task: str, steps: int, limit: int, latency_model: Path | None) -> tupl
     return rows, latency_model
 
 
+def lonas_qa(task: str, steps: int, limit: int) -> dict:
+    """LoNAS + QA-SparsePEFT: the ordered model quantized to INT4, NLS through its scales, the heuristic
+    sub-network extracted with its merged INT4 codes and shipped as an INT4 IR holding exactly those."""
+    from nncf_elastic_lora.pipeline import eval_splits, extract, quantize, train
+
+    config = config_for(task, steps, limit, qa=True)
+    ordered = WORK / task / "lonas" / "ordered_model"  # the same calibration orders the channels the same way
+    work = WORK / task / "lonas_qa"
+    int4 = _exists(
+        work / "int4_model", lambda: quantize(at_model(config, ordered), work / "int4_model", False)
+    )
+    config = at_model(config, int4)
+    report = _cached(work / "train.json", lambda: train(config, work / "nls", resume=True, progress=False))
+    out = work / "heuristic"
+    rep = _cached(
+        out / "extract.json",
+        lambda: extract(config, out / "model", work / "nls" / "super_adapter", "heuristic"),
+    )
+    return {
+        "row": "LoNAS + QA-SparsePEFT heuristic",
+        "train": _train_facts(report),
+        "mlp_widths": rep["mlp_widths"],
+        **ship(config, out / "model", out, eval_splits(config), formats=("int4",)),
+    }
+
+
 def table(task: str, rows: list[dict], speeds: dict[str, dict]) -> str:
     lora = next(r for r in rows if r["row"] == "LoRA (dense)")
     lines = [
@@ -175,7 +212,7 @@ def table(task: str, rows: list[dict], speeds: dict[str, dict]) -> str:
         "|" + "---|" * 11,
     ]
     for r in rows:
-        for fmt in FORMATS:
+        for fmt in r["irs"]:
             ir = r["irs"][fmt]
             ref = speeds.get(lora["irs"][fmt]["path"], {})
             fp32 = speeds.get(lora["irs"]["fp32"]["path"], {})
@@ -201,12 +238,15 @@ def table(task: str, rows: list[dict], speeds: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", default="basic_arithmetic,piqa")
     parser.add_argument("--steps", default="basic_arithmetic=250,piqa=100", help="N, or task=N,...")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--no-benchmark", action="store_true", help="skip the speed measurements")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--qa", action="store_true", help="add LoNAS + QA-SparsePEFT (INT4 base) rows")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     start = time.time()
@@ -217,12 +257,17 @@ def main() -> None:
         settings = {"steps": steps[task], "limit": args.limit, "splits": SPLITS[task]}
         recorded = _cached(WORK / task / "settings.json", lambda s=settings: s)
         if recorded != json.loads(json.dumps(settings)):
-            raise SystemExit(f"{WORK / task} holds results made with {recorded}, not {settings}: move it away")
+            raise SystemExit(
+                f"{WORK / task} holds results made with {recorded}, not {settings}: move it away"
+            )
         logging.info("%s: LoRA on the dense model", task)
         rows = [lora_dense(task, steps[task], args.limit)]
         logging.info("%s: LoNAS", task)
         lonas_rows, latency_model = lonas(task, steps[task], args.limit, latency_model)
         results[task] = rows + lonas_rows
+        if args.qa:
+            logging.info("%s: LoNAS + QA-SparsePEFT", task)
+            results[task].append(lonas_qa(task, steps[task], args.limit))
     speeds: dict[str, dict] = {}
     machine = None
     if not args.no_benchmark:
@@ -235,15 +280,18 @@ def main() -> None:
             for i, task in enumerate(tasks)
             for r in results[task]
             if i == 0 or r["row"] == "LoNAS searched"
-            for fmt in FORMATS
+            for fmt in r["irs"]
         ]
-        measured = benchmark_models(models, batch_sizes=[1, 4], repeats=args.repeats, prompt_tokens=128, new_tokens=64)
+        measured = benchmark_models(
+            models, batch_sizes=[1, 4], repeats=args.repeats, prompt_tokens=128, new_tokens=64
+        )
         by_path = {
-            m["model"]: {str(b["batch_size"]): b["decode_tokens_per_s"] for b in m["batches"]} for m in measured
+            m["model"]: {str(b["batch_size"]): b["decode_tokens_per_s"] for b in m["batches"]}
+            for m in measured
         }
         for i, task in enumerate(tasks):
             for r in results[task]:
-                for fmt in FORMATS:
+                for fmt in r["irs"]:
                     path = r["irs"][fmt]["path"]
                     if path not in by_path and i > 0:  # same shapes as the first task's
                         twin = next(x for x in results[tasks[0]] if x["row"] == r["row"])["irs"][fmt]["path"]
@@ -256,7 +304,7 @@ def main() -> None:
     md = (
         "# LoNAS Table 1 at our scale: SmolLM2-135M, dense base\n\n"
         f"Command: `.venv/bin/python bench/lonas.py --tasks {args.tasks} --steps {args.steps} --limit {args.limit} "
-        f"--repeats {args.repeats}`; wall time {(time.time() - start) / 60:.0f} min (cached steps reused).\n"
+        f"--repeats {args.repeats}{' --qa' if args.qa else ''}`; wall time {(time.time() - start) / 60:.0f} min (cached steps reused).\n"
         + (
             f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, AVX-512 {machine['avx512']}, "
             f"AMX {machine['amx']}, OpenVINO {machine['openvino']}. Speeds: OpenVINO GenAI, 128-token prompt, "

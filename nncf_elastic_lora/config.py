@@ -580,10 +580,12 @@ def check_method(config: PipelineConfig) -> None:
             f"quantization.weight_format: {config.model.name_or_path} is already an INT4 checkpoint; set it to "
             "'none' to train on it as it is"
         )
-    if config.bootstrapNAS.elasticity.mode == "rank_and_channels" and kind != "lora":
+    mode_b = config.bootstrapNAS.elasticity.mode == "rank_and_channels"
+    if mode_b and kind not in ("lora", "qa_sparsepeft"):
         problems.append(
             f"bootstrapNAS.training.adapter_kind: {kind!r} with mode 'rank_and_channels' (LoNAS): `run` extracts "
-            "the sub-network by merging a plain LoRA into a dense base; set adapter_kind to 'lora'"
+            "the sub-network by merging a plain LoRA into a dense base, or a 'qa_sparsepeft' adapter into an "
+            "INT4 base; set adapter_kind to one of those"
         )
     if config.bootstrapNAS.elasticity.mode == "rank_and_channels" and config.sparsity.method != "none":
         problems.append(
@@ -591,10 +593,17 @@ def check_method(config: PipelineConfig) -> None:
             "sub-network merges a dense LoRA, which would fill the sparse base's zeros; set sparsity.method to "
             "'none' (LoNAS shrinks the model by its widths)"
         )
-    if config.bootstrapNAS.elasticity.mode == "rank_and_channels" and int4_base:
+    if mode_b and int4_base and kind != "qa_sparsepeft":
         problems.append(
-            "quantization.weight_format: an INT4 base with mode 'rank_and_channels' (LoNAS): slicing channels cuts "
-            "through the INT4 groups; keep the base in full precision and set export.weight_format to 'int4'"
+            f"quantization.weight_format: an INT4 base with mode 'rank_and_channels' (LoNAS) and adapter_kind "
+            f"{kind!r}: the extracted sub-network could not merge into the INT4 codes; use adapter_kind "
+            "'qa_sparsepeft', or keep the base in full precision and set export.weight_format to 'int4'"
+        )
+    if mode_b and given_int4:
+        problems.append(
+            f"model.name_or_path: {config.model.name_or_path} is already INT4, but LoNAS orders the MLP channels "
+            "before quantizing (so that every width keeps whole INT4 groups): start from the full-precision "
+            "model with quantization.weight_format 'int4'"
         )
     if trains and kind == "qa_sparsepeft" and not int4_base:
         problems.append(

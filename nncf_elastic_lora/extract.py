@@ -10,6 +10,11 @@ channels were ordered). What is saved:
   ``intermediate_size_per_layer`` (one entry per decoder layer, the convention of DeciLM's
   ``num_key_value_heads_per_layer``); :func:`nncf_elastic_lora.models.load_model` builds the model
   with those widths before reading the weights. Stock ``from_pretrained`` refuses the shapes.
+
+On an INT4 base (QA-SparsePEFT, :func:`extract_int4_subnet`) the merge writes the codes the trained
+forward computed with the base's frozen scales, and the slices keep whole quantization groups (every
+width is a multiple of ``down_proj``'s group size, checked when the super-network is built): the
+extracted model is an INT4 checkpoint whose codes, scales and zero points are the super-network's.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import torch
 from torch import nn
 
 from .elastic.channels import gated_mlps, slice_mlp
+from .elastic.lora import AdapterKind
 from .elastic.supernet import ElasticLoraSuperNet, SubnetConfig
-from .merge import check_finite, plain_model
+from .merge import check_finite, merge_qa, plain_model
+from .quantization import QuantizedWeight
 
 PER_LAYER_KEY = "intermediate_size_per_layer"
 
@@ -49,6 +56,8 @@ def extract_subnet(supernet: ElasticLoraSuperNet, config: SubnetConfig | None = 
     Merges each adapter at its rank and slices each MLP to its width. The super-network is spent: its
     model is modified in place (load it again for another sub-network).
     """
+    if supernet.kind is AdapterKind.QA_SPARSEPEFT:
+        raise ValueError("a qa_sparsepeft super-network merges into INT4 codes: use extract_int4_subnet")
     config = config or supernet.get_active_config()
     supernet.validate_config(config)
     weights = {}
@@ -66,3 +75,46 @@ def extract_subnet(supernet: ElasticLoraSuperNet, config: SubnetConfig | None = 
     if widths:
         set_mlp_widths(model, [widths[m.down] for m in gated_mlps(model)])
     return model
+
+
+def slice_quantized(
+    q: QuantizedWeight, *, rows: int | None = None, cols: int | None = None
+) -> QuantizedWeight:
+    """The first ``rows`` output rows or ``cols`` input columns of an INT4 weight (whole groups only)."""
+    if cols is not None and cols % q.group_size:
+        raise ValueError(f"{cols} input columns cut through INT4 groups of {q.group_size}")
+    out = slice(None, rows)
+    groups = slice(None, None if cols is None else cols // q.group_size)
+    return QuantizedWeight(
+        codes=q.codes[out, :cols].clone(),
+        scale=q.scale[out, groups].clone(),
+        zero_point=None if q.zero_point is None else q.zero_point[out, groups].clone(),
+        group_size=q.group_size,
+        bits=q.bits,
+    )
+
+
+def extract_int4_subnet(
+    supernet: ElasticLoraSuperNet, config: SubnetConfig | None = None
+) -> tuple[nn.Module, dict[str, QuantizedWeight]]:
+    """A QA-SparsePEFT sub-network as a smaller INT4 model: ``(model with dequantized weights, codes)``.
+
+    The codes are those of :func:`~nncf_elastic_lora.merge.merge_qa` (the trained forward's), sliced
+    with the MLPs; the dict covers every module the base quantized. The super-network is spent.
+    """
+    config = config or supernet.get_active_config()
+    supernet.validate_config(config)
+    widths = supernet.mlp_widths(config)
+    for mask in supernet.channel_masks.values():
+        mask.remove()
+    supernet.channel_masks.clear()
+    model, quantized = merge_qa(supernet=supernet, config=config, inplace=True)
+    if widths:
+        mlps = gated_mlps(model)
+        for m in mlps:
+            width = widths[m.down]
+            for name, cut in ((m.gate, "rows"), (m.up, "rows"), (m.down, "cols")):
+                if name in quantized:
+                    quantized[name] = slice_quantized(quantized[name], **{cut: width})
+        set_mlp_widths(model, [widths[m.down] for m in mlps])
+    return model, quantized

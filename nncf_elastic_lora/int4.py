@@ -586,9 +586,19 @@ def _config_linear_shapes(directory: Path) -> dict[str, tuple[int, int]] | None:
     except Exception as exc:  # remote code, an architecture transformers lacks: loading will tell
         log.warning("could not check %s against %s: %s", QUANTIZED_WEIGHTS, directory / "config.json", exc)
         return None
-    return {
+    shapes = {
         n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
     }
+    from .elastic.channels import gated_mlps
+    from .models import per_layer_mlp_widths
+
+    widths = per_layer_mlp_widths(directory)  # a LoNAS extraction with per-layer MLP widths
+    if widths:
+        for mlp, width in zip(gated_mlps(model), widths, strict=False):
+            shapes[mlp.gate] = (width, shapes[mlp.gate][1])
+            shapes[mlp.up] = (width, shapes[mlp.up][1])
+            shapes[mlp.down] = (shapes[mlp.down][0], width)
+    return shapes
 
 
 def load_quantized_weights(directory: str | Path, check_config: bool = True) -> dict[str, QuantizedWeight]:

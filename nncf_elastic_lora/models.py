@@ -265,7 +265,9 @@ def _load_with_mlp_widths(model_dir: Path, widths: list[int], config: ModelConfi
     arch = AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
     model = AutoModelForCausalLM.from_config(arch, trust_remote_code=config.trust_remote_code)
     set_mlp_widths(model, widths)
-    files = sorted(Path(model_dir).glob("*.safetensors"))
+    from .int4 import QUANTIZED_WEIGHTS
+
+    files = sorted(f for f in Path(model_dir).glob("*.safetensors") if f.name != QUANTIZED_WEIGHTS)
     if not files:
         raise FileNotFoundError(f"{model_dir} has no *.safetensors weights")
     state: dict[str, torch.Tensor] = {}

@@ -158,7 +158,9 @@ def extract(
     ``subnet``: ``heuristic``, ``maximal``, ``minimal``, or a ``subnet_config.json`` (or the folder
     holding one: ``search``'s ``sub_adapter/``). ``config.model`` is the base it was trained on.
     """
-    from .extract import extract_subnet
+    from .elastic.lora import AdapterKind
+    from .extract import extract_int4_subnet, extract_subnet
+    from .int4 import save_quantized_weights
 
     start = time.perf_counter()
     # Merged in float32 as `merge` does: the update is not rounded into a bf16/fp16 base.
@@ -174,7 +176,11 @@ def extract(
         ),
     }
     widths = list(supernet.mlp_widths(chosen).values())
-    model = extract_subnet(supernet, chosen)
+    quantized = None
+    if supernet.kind is AdapterKind.QA_SPARSEPEFT:  # INT4 base: the merged codes, sliced with the MLPs
+        model, quantized = extract_int4_subnet(supernet, chosen)
+    else:
+        model = extract_subnet(supernet, chosen)
     params = sum(p.numel() for p in model.parameters())
     result = {
         "base_model": config.model.name_or_path,
@@ -185,11 +191,16 @@ def extract(
         "params": params,
         "params_before": dense_params,
         "macs": {**macs, "seq_len": seq_len},  # adapted linears and every MLP projection, base included
+        "precision": "int4" if quantized is not None else "float",
         "time_s": time.perf_counter() - start,
     }
     with atomic_directory(output, verb="extract") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if quantized is not None:
+            save_quantized_weights(
+                tmp, quantized, {"extracted_from": str(super_adapter), "subnet": str(subnet)}
+            )
         write_json(tmp / "extract_report.json", result)
     log.info(
         "extracted %s: %d parameters (%.1f%% of %d)",
@@ -742,7 +753,7 @@ def run_report(run: RunState, stage_names: list[str]) -> dict[str, Any]:
         "merge": res.get("merge"),
         "extract": _pick(
             res.get("extract"),
-            ("subnet", "config", "mlp_widths", "params", "params_before", "macs"),
+            ("subnet", "config", "mlp_widths", "params", "params_before", "macs", "precision"),
         ),
         "export": _pick(
             res.get("export"), ("weight_format", "adapter", "ir_sparsity", "size_bytes", "parity", "export_s")

@@ -66,6 +66,7 @@ def check_config_against_model(
         else:
             if t.adapter_kind == "qa_sparsepeft" and config.quantization.weight_format == "int4":
                 problems += _qa_targets_quantized(model, config, adapted)
+                problems += _channel_widths_keep_int4_groups(model, config)
             default = width.default_widths or [t.lora_r]
             if max(default) > t.lora_r:
                 problems.append(
@@ -113,6 +114,41 @@ def check_data(
             load_task(config.data)
         else:
             load_examples(config.data, task)
+
+
+def _channel_widths_keep_int4_groups(model: Any, config: PipelineConfig) -> list[str]:
+    """LoNAS on an INT4 base slices down_proj's input: every width must be whole quantization groups."""
+    from .elastic.channels import gated_mlps, intermediate_size
+    from .int4 import plan_group_sizes
+
+    spec = config.bootstrapNAS.elasticity.channel_spec()
+    if spec is None:
+        return []
+    q = config.quantization
+    try:
+        plan = plan_group_sizes(find_linears(model, q.target_modules), q.group_size, q.group_size_fallback)
+        mlps = gated_mlps(model)
+    except ValueError:
+        return []  # reported elsewhere
+    for mlp in mlps:
+        group = plan.get(mlp.down)
+        if group is None:
+            return [
+                f"quantization.target_modules: LoNAS with 'qa_sparsepeft' slices INT4 MLPs, but {mlp.down} is left "
+                "in full precision: quantize every MLP projection"
+            ]
+        try:
+            widths = spec.widths_for(intermediate_size(model, mlp))
+        except ValueError as exc:
+            return [str(exc)]
+        off = [w for w in widths if w % group]
+        if off:
+            return [
+                f"bootstrapNAS.elasticity.channels: widths {off} of {mlp.down} are not multiples of its INT4 group "
+                f"size {group}, so slicing would cut through quantization groups; choose widths in multiples of "
+                f"{group} or a smaller quantization.group_size"
+            ]
+    return []
 
 
 def _qa_targets_quantized(model: Any, config: PipelineConfig, adapted: list[str]) -> list[str]:

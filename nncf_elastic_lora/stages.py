@@ -9,6 +9,7 @@ what the stage read, so ``run --resume`` reuses a finished stage whose inputs ha
     Shears        eval_dense sparsify eval_sparse train eval_subnets [search eval_searched] export eval_ir
     LoNAS         eval_dense reorder train eval_subnets [[latency_model] search eval_searched] extract
                   eval_merged export ...
+    + QA-SparsePEFT   eval_dense reorder quantize_base eval_int4 train ... extract (INT4 codes sliced) ...
     SQFT          ... sparsify eval_sparse quantize_base eval_int4 train ... export (INT4 base + adapter)
     + SparsePEFT  ... train eval_subnets [search ...] merge eval_merged export (the merged model) ...
     + QA-SparsePEFT   the same on the INT4 base; merge writes INT4 codes, export ships them
@@ -517,6 +518,9 @@ def method_stages(config: PipelineConfig) -> list[Stage]:
     stages: list[Stage] = []
     if ev.baseline:
         stages.append(EvaluateBase("eval_dense", "evaluate dense"))
+    channels = bnas.elasticity.channel_spec()  # LoNAS (Mode B)
+    if bnas.enabled and channels is not None and channels.order == "importance":
+        stages.append(Reorder())  # before any INT4 quantization: its groups then follow the order
     if config.sparsity.method != "none":
         stages.append(Sparsify())
         if ev.baseline:
@@ -525,10 +529,7 @@ def method_stages(config: PipelineConfig) -> list[Stage]:
         stages.append(QuantizeBase())
         if ev.baseline:
             stages.append(EvaluateBase("eval_int4", "evaluate INT4 base"))
-    channels = bnas.elasticity.channel_spec()  # LoNAS (Mode B)
     if bnas.enabled:
-        if channels is not None and channels.order == "importance":
-            stages.append(Reorder())
         stages += [Train(), EvaluateSubnets()]
         if bnas.search.algorithm != "heuristic":
             if bnas.search.cost == "latency":

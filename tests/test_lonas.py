@@ -299,3 +299,92 @@ def test_mode_b_super_adapter_on_mlps_of_other_sizes_is_refused(tmp_path):
         ValueError, match=r"trained on MLPs of other sizes \(model.layers.0.mlp.down_proj: 96 channels"
     ):
         ElasticLoraSuperNet.load_super_adapter(build_tiny_llama(TINY).eval(), tmp_path / "super")
+
+
+def test_lonas_on_an_int4_base_extracts_the_qa_merged_codes(tmp_path):
+    """LoNAS + QA-SparsePEFT: reorder, then INT4; the extracted sub-network is an INT4 model whose codes are
+    the merged, sliced codes, whose logits equal the super-network's, and whose IR holds those codes."""
+    import json
+
+    from nncf_elastic_lora.cli import main
+    from nncf_elastic_lora.config import ModelConfig
+    from nncf_elastic_lora.extract import slice_quantized
+    from nncf_elastic_lora.int4 import check_ir_codes, load_quantized_weights
+    from nncf_elastic_lora.models import load_model
+    from nncf_elastic_lora.pipeline import load_supernet
+
+    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
+    out = tmp_path / "run"
+    qa = ["--set", "quantization.weight_format=int4", "--set", "quantization.group_size=32"]
+    qa += [
+        "--set",
+        "bootstrapNAS.training.adapter_kind=qa_sparsepeft",
+        "--set",
+        "bootstrapNAS.training.lora_dropout=0",
+    ]
+    qa += [
+        "--set",
+        "bootstrapNAS.elasticity.channels.fractions=[1.0, 0.75, 0.5]",
+        "--set",
+        "export.weight_format=int4",
+    ]
+    qa += ["--set", "bootstrapNAS.search.algorithm=heuristic", "--set", 'evaluation.subnets=["heuristic"]']
+    argv = ["run", config, "--output", str(out), "--no-progress", "--set", "benchmark.enabled=false"]
+    argv += ["--set", "evaluation.limit=4", "--set", "evaluation.tasks=null", *qa]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    names = report["stages"]
+    assert (
+        names.index("reorder") < names.index("quantize_base") < names.index("train") < names.index("extract")
+    )
+    assert report["extract"]["precision"] == "int4" and report["extract"]["mlp_widths"] == [96, 96]
+    extracted = load_quantized_weights(out / "extracted_model")  # checked against the sliced config's shapes
+    base = load_quantized_weights(out / "int4_model")
+    down = "model.layers.0.mlp.down_proj"
+    assert extracted[down].codes.shape == (64, 96) and extracted[down].scale.shape == (64, 3)
+    # The sliced scales are the base's: the extracted model lives on the INT4 grid the adapter trained through.
+    assert torch.equal(extracted[down].scale, slice_quantized(base[down], cols=96).scale)
+    moved = sum(
+        int((extracted[n].codes != slice_quantized(base[n], **_cut(n, 96)).codes).sum()) for n in base
+    )
+    assert moved > 0  # the merge really wrote new codes
+    check_ir_codes(out / "openvino" / "openvino_model.xml", extracted)  # raises on any differing code
+    assert report["export"]["parity"]["greedy_identical_genai"] == report["export"]["parity"]["prompts"]
+    # The extracted model's logits are the super-network's at the heuristic configuration.
+    supernet, _ = load_supernet(
+        ModelConfig(name_or_path=str(out / "int4_model")), out / "nls" / "super_adapter"
+    )
+    supernet.activate_heuristic_subnet()
+    small, _ = load_model(ModelConfig(name_or_path=str(out / "extracted_model")))
+    torch.testing.assert_close(_logits(small), _logits(supernet.model), atol=1e-5, rtol=0)
+    # Per-layer widths: the INT4 checkpoint records them, reloads, and exports with exactly its codes.
+    subnet = supernet.get_heuristic_config() | {"mlp_channels[0]": 128, "mlp_channels[1]": 64}
+    (tmp_path / "subnet.json").write_text(json.dumps(subnet))
+    common = ["--config", config, "--no-progress", *qa]
+    extract = [
+        "extract",
+        *common,
+        "--model",
+        str(out / "int4_model"),
+        "--super-adapter",
+        str(out / "nls" / "super_adapter"),
+    ]
+    assert (
+        main([*extract, "--subnet", str(tmp_path / "subnet.json"), "--output", str(tmp_path / "mixed")]) == 0
+    )
+    mixed = load_quantized_weights(tmp_path / "mixed")
+    assert mixed[down].codes.shape == (64, 128) and mixed["model.layers.1.mlp.down_proj"].codes.shape == (
+        64,
+        64,
+    )
+    assert (
+        main(["export", *common, "--model", str(tmp_path / "mixed"), "--output", str(tmp_path / "mixed_ir")])
+        == 0
+    )
+    check_ir_codes(tmp_path / "mixed_ir" / "openvino_model.xml", mixed)
+
+
+def _cut(name: str, width: int) -> dict:
+    if name.endswith(("gate_proj", "up_proj")):
+        return {"rows": width}
+    return {"cols": width} if name.endswith("down_proj") else {}

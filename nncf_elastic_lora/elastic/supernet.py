@@ -72,11 +72,6 @@ class ElasticLoraSuperNet:
         self.channel_masks: dict[str, ChannelMask] = {}
         self.mlps: dict[str, GatedMLP] = {}
         if any(g.kind == "channels" for g in groups):
-            if self.kind is AdapterKind.QA_SPARSEPEFT:
-                raise ValueError(
-                    "channel elasticity (mode 'rank_and_channels') slices the base's input channels, which "
-                    "would cut through the INT4 quantization groups: use it with lora or sparsepeft adapters"
-                )
             self.mlps = {m.down: m for m in gated_mlps(model)}
             for g in groups:
                 if g.kind == "channels":
@@ -90,6 +85,8 @@ class ElasticLoraSuperNet:
                         raise ValueError(
                             f"channel group {g.name}: widths {list(g.widths)} exceed the {size} channels"
                         )
+                    if self.kind is AdapterKind.QA_SPARSEPEFT:
+                        _check_whole_groups(g, down, quantized)
                     self.channel_masks[down] = ChannelMask(model.get_submodule(down), size)
 
     # ------------------------------------------------------------------ construction
@@ -461,6 +458,23 @@ class ElasticLoraSuperNet:
             )
         supernet.load_adapter_weights(load_file(directory / PEFT_WEIGHTS))
         return supernet
+
+
+def _check_whole_groups(group: Group, down: str, quantized: dict[str, QuantizedWeight] | None) -> None:
+    """An INT4 ``down_proj`` is sliced along its input, so every width must keep whole quantization groups."""
+    q = (quantized or {}).get(down)
+    if q is None:
+        raise ValueError(
+            f"channel group {group.name}: {down} is not in the INT4 base's quantized weights; a qa_sparsepeft "
+            "super-network slices INT4 MLPs only"
+        )
+    off = [w for w in group.widths if w % q.group_size]
+    if off:
+        raise ValueError(
+            f"channel group {group.name}: widths {off} are not multiples of {down}'s INT4 group size "
+            f"{q.group_size}, so slicing would cut through quantization groups; choose widths in multiples of "
+            f"{q.group_size} (bootstrapNAS.elasticity.channels) or quantize with a smaller group_size"
+        )
 
 
 def _check_quantized_covers(
