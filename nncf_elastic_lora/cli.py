@@ -579,15 +579,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import latency_predictor, search
 
         check_data(config, train=True)
-        latency_predictor(
-            config.bootstrapNAS.search.cost, args.latency_model
-        )  # fails before claiming the output
+        latency_predictor(config, args.latency_model)  # checked before the output is claimed
         # No input fingerprints here: the evaluation log keys every measurement by its inputs, so a
         # resume on another base or super-adapter measures anew instead of reusing.
         claim = claim_output(
             output,
             verb="search",
-            inputs=local_inputs(config, args.config, args.super_adapter),
+            inputs=local_inputs(config, args.config, args.super_adapter, args.latency_model),
             prelude=["search_meta.json"],
             **common,
         )
@@ -599,7 +597,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         reused = f", {report['not_reused']} logged on other inputs not reused" if report["not_reused"] else ""
         print(
-            f"{report['algorithm']}: chose quality {report['chosen_quality']:.4f} at cost {report['chosen_cost']:.0f} "
+            f"{report['algorithm']}: chose quality {report['chosen_quality']:.4f} at cost {report['chosen_cost']:.4g} "
             f"after {report['evaluations_used']} evaluations ({report['new_evaluations']} new{reused}, "
             f"{report['wall_s']:.0f} s); wrote {output / 'sub_adapter'}, {output / 'search.png'}"
         )

@@ -389,6 +389,13 @@ class BootstrapNASConfig(_Section):
                 f"(LoNAS): the latency model predicts from the MLP widths, and mode is {self.elasticity.mode!r}; "
                 "use cost 'params' or 'macs'"
             )
+        spec = self.elasticity.channel_spec()
+        listed = (spec.channels or spec.fractions or [1.0, 0.875, 0.75, 0.625, 0.5]) if spec else []
+        if self.search.cost == "latency" and spec is not None and len(listed) < 2:
+            raise ValueError(
+                f"bootstrapNAS.search.cost 'latency' fits a line through sub-networks of different MLP widths, but "
+                f"bootstrapNAS.elasticity.channels gives one width ({listed}); give at least two"
+            )
         return self
 
 
@@ -599,7 +606,7 @@ def check_method(config: PipelineConfig) -> None:
             f"{kind!r}: the extracted sub-network could not merge into the INT4 codes; use adapter_kind "
             "'qa_sparsepeft', or keep the base in full precision and set export.weight_format to 'int4'"
         )
-    if mode_b and given_int4:
+    if mode_b and given_int4 and config.bootstrapNAS.elasticity.channel_spec().order == "importance":
         problems.append(
             f"model.name_or_path: {config.model.name_or_path} is already INT4, but LoNAS orders the MLP channels "
             "before quantizing (so that every width keeps whole INT4 groups): start from the full-precision "

@@ -594,7 +594,12 @@ def _config_linear_shapes(directory: Path) -> dict[str, tuple[int, int]] | None:
 
     widths = per_layer_mlp_widths(directory)  # a LoNAS extraction with per-layer MLP widths
     if widths:
-        for mlp, width in zip(gated_mlps(model), widths, strict=False):
+        mlps = gated_mlps(model)
+        if len(widths) != len(mlps):
+            raise QuantizedBaseError(
+                f"{directory / 'config.json'}: {len(widths)} per-layer MLP widths for {len(mlps)} decoder layers"
+            )
+        for mlp, width in zip(mlps, widths, strict=True):
             shapes[mlp.gate] = (width, shapes[mlp.gate][1])
             shapes[mlp.up] = (width, shapes[mlp.up][1])
             shapes[mlp.down] = (shapes[mlp.down][0], width)

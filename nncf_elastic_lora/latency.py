@@ -12,7 +12,13 @@ least squares on sub-networks that are really built and measured:
 
 Each point is the base with its MLPs sliced (the adapters merged or not makes no difference to the
 shapes), exported through optimum-intel at the export's weight format and measured by GenAI's
-``LLMPipeline`` in its own process (:func:`nncf_elastic_lora.benchmark.benchmark_models`).
+``LLMPipeline`` on the export's device, in its own process
+(:func:`nncf_elastic_lora.benchmark.benchmark_models`).
+
+A line in the weights ranks sub-networks as their weights do, so NSGA-II's choice is the one a
+weights cost would make; what the model adds is the unit (milliseconds on this machine, for R-NSGA-II
+reference points and for reading the front) and a measured check, with its error, that the weights
+are what decode time follows here. A fit whose time does not grow with the weights is refused.
 """
 
 from __future__ import annotations
@@ -89,6 +95,7 @@ class LatencyModel:
 
     def check_fits(self, mlp_sizes: dict[str, int]) -> None:
         """Refuse a super-network whose MLPs are not the ones this model was measured on."""
+        check_slope(self.ms_per_mparam, self.points)
         if mlp_sizes != dict(zip(self.layers, self.sizes, strict=True)):
             raise ValueError(
                 "the latency model was measured on MLPs of other names or sizes than this super-network's "
@@ -123,8 +130,11 @@ class LatencyModel:
             data = json.loads(path.read_text())
             data = {k: v for k, v in data.items() if k not in ("fit_error", "holdout_error")}
             points = [LatencyPoint(**p) for p in data.pop("points", [])]
-            return cls(**data, points=points)
-        except (json.JSONDecodeError, AttributeError, TypeError) as err:
+            model = cls(**data, points=points)
+            if not len(model.layers) == len(model.sizes) == len(model.params_per_channel) > 0:
+                raise TypeError("layers, sizes and params_per_channel differ in length")
+            return model
+        except (ValueError, AttributeError, TypeError) as err:  # JSON and Unicode errors are ValueErrors
             raise ValueError(f"{path} is not a latency model written by this package ({err})") from None
 
 
@@ -134,6 +144,20 @@ def fit_line(params: list[int], ms: list[float]) -> tuple[float, float]:
         raise ValueError("a latency fit needs at least two different sub-network sizes")
     slope, intercept = np.polyfit(np.asarray(params, float) / 1e6, np.asarray(ms, float), 1)
     return float(intercept), float(slope)
+
+
+def check_slope(slope: float, points: list[LatencyPoint]) -> None:
+    """Refuse a fit in which decode time does not grow with the weights (noise swamped the widths)."""
+    if slope > 0:
+        return
+    measured = ", ".join(
+        f"{p.mlp_params:,} weights: {p.measured_ms:.2f} ms" for p in points if p.role == "fit"
+    )
+    raise ValueError(
+        f"the fitted decode time does not grow with the MLP weights (slope {slope:.4g} ms per million; measured "
+        f"{measured}): the measurements are noise; measure on a quiet machine, or raise "
+        "bootstrapNAS.search.latency.repeats and new_tokens"
+    )
 
 
 def mlp_layout(model: nn.Module) -> tuple[list[str], list[int], list[int]]:
@@ -168,7 +192,12 @@ def fit_latency_model(
     batch_size: int = 1,
     weight_format: str = "fp32",
     group_size: int = 64,
+    sym: bool = False,
+    ratio: float = 1.0,
     group_size_fallback: str = "adjust",
+    device: str = "CPU",
+    properties: dict[str, Any] | None = None,
+    work_dir: str | Path | None = None,
     prompt_tokens: int = 32,
     new_tokens: int = 32,
     repeats: int = 3,
@@ -179,7 +208,13 @@ def fit_latency_model(
 
     ``widths``: the per-layer width choices (one list per decoder layer, largest first). Every layer at
     its i-th choice is a fit point; ``holdout`` random mixes are measured to report the error.
+    ``work_dir``: where each sub-network's checkpoint and IR are written while it is measured (a
+    temporary folder inside it; default the system's).
     """
+    if not widths or min(len(c) for c in widths) < 2:
+        raise ValueError(
+            "a latency model needs at least one gated MLP with at least two widths to fit a line"
+        )
     from tqdm.auto import tqdm
 
     from .benchmark import benchmark_models
@@ -191,6 +226,8 @@ def fit_latency_model(
     base, tokenizer = load_model(model)
     layers, sizes, per_channel = mlp_layout(base)
     del base
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
     if len(widths) != len(layers):
         raise ValueError(f"{len(widths)} lists of widths for a model with {len(layers)} gated MLPs")
     levels = min(len(c) for c in widths)
@@ -199,7 +236,7 @@ def fit_latency_model(
     configs = [("fit", w) for w in fit] + [("holdout", w) for w in held]
     measured: list[tuple[str, list[int], float]] = []
     for role, config in tqdm(configs, desc="latency model: measure sub-networks", disable=not progress):
-        with tempfile.TemporaryDirectory(prefix="nel-latency-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=".nel-latency-", dir=work_dir) as tmp:
             sliced, ir = Path(tmp) / "sliced", Path(tmp) / "ir"
             sub, _ = load_model(model)
             set_mlp_widths(sub, config)
@@ -211,11 +248,15 @@ def fit_latency_model(
                 ir,
                 weight_format=weight_format,
                 group_size=group_size,
+                sym=sym,
+                ratio=ratio,
                 group_size_fallback=group_size_fallback,
                 genai_device=None,
             )
             result = benchmark_models(
                 [(f"{role} {sorted(set(config))}", ir, "genai")],
+                device=device,
+                properties=properties or {},
                 batch_sizes=[batch_size],
                 prompt_tokens=prompt_tokens,
                 new_tokens=new_tokens,
@@ -237,6 +278,7 @@ def fit_latency_model(
         else:
             predicted = intercept + slope * params[i] / 1e6
         points.append(LatencyPoint(role, config, params[i], ms, predicted))
+    check_slope(slope, points)
     fitted = LatencyModel(
         intercept_ms=intercept,
         ms_per_mparam=slope,
@@ -276,8 +318,12 @@ def plot_latency_model(model: LatencyModel, path: str | Path) -> Path:
         )
     xs = np.array([min(p.mlp_params for p in model.points), max(p.mlp_params for p in model.points)]) / 1e6
     ax.plot(xs, model.intercept_ms + model.ms_per_mparam * xs, "--", c="#57606a", label="fitted")
-    err = model.errors("holdout")["mean_abs"]
-    suffix = "" if err is None else f", held-out error {100 * err:.1f} %"
+    held, loo = model.errors("holdout")["mean_abs"], model.errors("fit")["mean_abs"]
+    suffix = "".join(
+        f", {name} error {100 * err:.1f} %"
+        for name, err in (("held-out", held), ("leave-one-out", loo))
+        if err
+    )
     ax.set_title(f"decode latency, batch {model.batch_size}, {model.weight_format}{suffix}", fontsize=10)
     ax.set_xlabel("MLP weights kept (millions)")
     ax.set_ylabel("ms per decode step")

@@ -160,7 +160,7 @@ def extract(
     """
     from .elastic.lora import AdapterKind
     from .extract import extract_int4_subnet, extract_subnet
-    from .int4 import save_quantized_weights
+    from .int4 import check_codes_match_weights, save_quantized_weights
 
     start = time.perf_counter()
     # Merged in float32 as `merge` does: the update is not rounded into a bf16/fp16 base.
@@ -179,6 +179,7 @@ def extract(
     quantized = None
     if supernet.kind is AdapterKind.QA_SPARSEPEFT:  # INT4 base: the merged codes, sliced with the MLPs
         model, quantized = extract_int4_subnet(supernet, chosen)
+        check_codes_match_weights(model, quantized)
     else:
         model = extract_subnet(supernet, chosen)
     params = sum(p.numel() for p in model.parameters())
@@ -228,20 +229,31 @@ def fit_latency(config: PipelineConfig, output: str | Path, progress: bool = Tru
             "the latency model predicts from the MLP widths: set bootstrapNAS.elasticity.mode to "
             "'rank_and_channels' (LoNAS)"
         )
+    from .int4 import is_quantized_base, read_quantization_info
+    from .models import meta_model
+
     lat, ex = config.bootstrapNAS.search.latency, config.export
-    model, _ = load_model(config.model)
-    _, sizes, _ = mlp_layout(model)
-    del model
+    _, sizes, _ = mlp_layout(meta_model(config.model))
     widths = [spec.widths_for(size) for size in sizes]
+    fmt, group_size, sym = lat.weight_format or ex.weight_format, ex.group_size, ex.sym
+    base_dir = Path(resolve_model_dir(config.model))
+    if is_quantized_base(base_dir):  # the IR will ship the base's INT4 codes: measure INT4 of that layout
+        info = read_quantization_info(base_dir)
+        fmt, group_size, sym = "int4", info["group_size"], info["sym"]
     start = time.perf_counter()
     fitted = fit_latency_model(
         config.model,
         widths=widths,
         holdout=lat.holdout,
         batch_size=lat.batch_size,
-        weight_format=lat.weight_format or ex.weight_format,
-        group_size=ex.group_size,
+        weight_format=fmt,
+        group_size=group_size,
+        sym=sym,
+        ratio=ex.ratio,
         group_size_fallback=ex.group_size_fallback,
+        device=ex.device,
+        properties=ex.runtime_properties,
+        work_dir=Path(output).resolve().parent,
         prompt_tokens=lat.prompt_tokens,
         new_tokens=lat.new_tokens,
         repeats=lat.repeats,
@@ -494,9 +506,13 @@ def evaluate_subnets(
     return out
 
 
-def latency_predictor(cost: str, latency_model: str | Path | None) -> Any:
-    """The :class:`~nncf_elastic_lora.latency.LatencyModel` a search with ``cost`` needs (None unless 'latency')."""
-    from .latency import LatencyModel
+def latency_predictor(config: PipelineConfig, latency_model: str | Path | None) -> Any:
+    """The :class:`~nncf_elastic_lora.latency.LatencyModel` the configured search needs (None unless cost
+    'latency'), loaded and checked against ``config.model``'s MLPs (no weights read)."""
+    from .latency import LatencyModel, mlp_layout
+    from .models import meta_model
+
+    cost = config.bootstrapNAS.search.cost
 
     if cost == "latency" and latency_model is None:
         raise ValueError(
@@ -508,7 +524,12 @@ def latency_predictor(cost: str, latency_model: str | Path | None) -> Any:
             f"--latency-model is given but bootstrapNAS.search.cost is {cost!r}; set it to 'latency' "
             "(--set bootstrapNAS.search.cost=latency) or drop --latency-model"
         )
-    return LatencyModel.load(latency_model) if latency_model is not None else None
+    if latency_model is None:
+        return None
+    predictor = LatencyModel.load(latency_model)
+    names, sizes, _ = mlp_layout(meta_model(config.model))
+    predictor.check_fits(dict(zip(names, sizes, strict=True)))
+    return predictor
 
 
 def search(
@@ -528,7 +549,7 @@ def search(
     from .search import SubnetObjectives, search_subadapter
 
     s = config.bootstrapNAS.search
-    predictor = latency_predictor(s.cost, latency_model)
+    predictor = latency_predictor(config, latency_model)
     supernet, tokenizer = load_supernet(config.model, super_adapter)
     data = load_task(config.data)
     objectives = SubnetObjectives(

@@ -90,6 +90,12 @@ def ws(tmp_path_factory) -> Path:
     _save_super_adapter(root / "super")
     _save_super_adapter(root / "super_wide", hidden=96)  # trained on another base: shapes do not fit
     (root / "bad.json").write_text("{ not json")
+    from nncf_elastic_lora.latency import LatencyModel
+
+    downs = [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
+    LatencyModel(2.0, 0.5, 1, "int8", downs, [96, 96], [96, 96]).save(
+        root / "latency_other.json"
+    )  # other MLPs
     (root / "unknown_key.json").write_text(json.dumps({"sparsity": {"ratoi": 0.5}}))
     cfg = json.loads(TINY_CONFIG.read_text())
     variants = {
@@ -262,6 +268,8 @@ CASES = [
     Case("search-latency-model-without-cost", [*SEARCH, "--super-adapter", "{ws}/super", "--latency-model", "{ws}/plainfile"], "--latency-model is given but bootstrapNAS.search.cost is 'params'"),
     Case("search-latency-model-missing", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--latency-model", "{ws}/no_latency"], "no latency model at"),
     Case("search-latency-model-not-ours", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--latency-model", "{ws}/records.json"], "is not a latency model written by this package"),
+    Case("search-latency-model-other-mlps", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--latency-model", "{ws}/latency_other.json", "--overwrite"], "measured on MLPs of other names or sizes", output="project"),
+    Case("latency-cost-one-width", [*RUN, "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--set", "bootstrapNAS.elasticity.channels={\"fractions\": [0.5]}"], "give at least two"),
     Case("search-latency-cost-without-model", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency"], "needs a latency model"),
     Case("extract-output-is-adapter", [*EXTRACT, "--super-adapter", "{ws}/super", "--overwrite"], "is the input", output="super"),
     Case("adapter-kind-unknown", [*RUN, "--set", "bootstrapNAS.training.adapter_kind=dora"], "bootstrapNAS.training.adapter_kind"),

@@ -60,6 +60,18 @@ def test_errors_and_round_trip(tmp_path):
     )
 
 
+def test_a_fit_in_which_time_falls_with_the_weights_is_refused(tmp_path):
+    points = [LatencyPoint("fit", [64, 64], 12288, 8.0), LatencyPoint("fit", [32, 32], 6144, 9.0)]
+    with pytest.raises(ValueError, match=r"does not grow with the MLP weights .*12,288 weights: 8.00 ms"):
+        _model(ms_per_mparam=-0.2, points=points).check_fits(dict(zip(LAYERS, [64, 64], strict=True)))
+    (tmp_path / "damaged.json").write_text(json.dumps({**_model().to_dict(), "sizes": [64]}))
+    with pytest.raises(ValueError, match="is not a latency model written by this package"):
+        LatencyModel.load(tmp_path / "damaged.json")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="is not a latency model written by this package"):
+        LatencyModel.load(tmp_path / "binary.json")
+
+
 def test_held_out_widths_are_distinct_and_never_fit_points():
     fit = [[64, 64], [32, 32]]
     mixes = sample_widths([[64, 48, 32], [64, 48, 32]], 4, seed=0, avoid=fit)

@@ -126,18 +126,19 @@ def _fingerprint(
     for name, tensor in sorted(supernet.adapter_state_dict().items()):
         weights.update(name.encode())
         weights.update(tensor.numpy().tobytes())
-    return {
+    fingerprint = {
         "base_model": base_model,
         "super_adapter_sha256": weights.hexdigest(),
         "search_space": supernet.get_search_space(),
         "metric": objectives.metric,
         "cost": objectives.cost_kind,
-        "latency_model": None
-        if objectives.latency_model is None
-        else [objectives.latency_model.intercept_ms, objectives.latency_model.ms_per_mparam],
         "seq_len": objectives.seq_len,
         "validation_ids": [e.id for e in objectives.examples],
     }
+    if objectives.latency_model is not None:  # only then: logs of other costs keep their fingerprint
+        lm = objectives.latency_model
+        fingerprint["latency_model"] = [lm.intercept_ms, lm.ms_per_mparam]
+    return fingerprint
 
 
 def _open_log(out: Path, current: dict[str, Any], writer: bool = True) -> EvaluationLog:
