@@ -184,6 +184,14 @@ def sample_widths(choices: list[list[int]], count: int, seed: int, avoid: list[l
     return out
 
 
+def measure_decode_ms(ir: Path, *, label: str, batch_size: int, **settings: Any) -> float:
+    """GenAI decode milliseconds per step of the IR at ``ir`` (its own process; median of the repeats)."""
+    from .benchmark import benchmark_models
+
+    result = benchmark_models([(label, ir, "genai")], batch_sizes=[batch_size], **settings)[0]
+    return float(result["batches"][0]["decode_ms_per_step"])
+
+
 def fit_latency_model(
     model: ModelConfig,
     *,
@@ -217,7 +225,6 @@ def fit_latency_model(
         )
     from tqdm.auto import tqdm
 
-    from .benchmark import benchmark_models
     from .exporting import export_openvino
     from .extract import set_mlp_widths
     from .models import load_model
@@ -253,16 +260,17 @@ def fit_latency_model(
                 group_size_fallback=group_size_fallback,
                 genai_device=None,
             )
-            result = benchmark_models(
-                [(f"{role} {sorted(set(config))}", ir, "genai")],
+            ms = measure_decode_ms(
+                ir,
+                label=f"{role} {sorted(set(config))}",
                 device=device,
                 properties=properties or {},
-                batch_sizes=[batch_size],
+                batch_size=batch_size,
                 prompt_tokens=prompt_tokens,
                 new_tokens=new_tokens,
                 repeats=repeats,
-            )[0]
-        measured.append((role, config, result["batches"][0]["decode_ms_per_step"]))
+            )
+        measured.append((role, config, ms))
     params = [sum(w * p for w, p in zip(c, per_channel, strict=True)) for _, c, _ in measured]
     fit_idx = [i for i, (role, _, _) in enumerate(measured) if role == "fit"]
     intercept, slope = fit_line([params[i] for i in fit_idx], [measured[i][2] for i in fit_idx])

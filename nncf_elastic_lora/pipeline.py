@@ -186,7 +186,7 @@ def extract(
     result = {
         "base_model": config.model.name_or_path,
         "super_adapter": str(super_adapter),
-        "subnet": subnet,
+        "subnet": str(subnet),
         "config": chosen,
         "mlp_widths": widths,
         "params": params,
