@@ -295,6 +295,12 @@ def main() -> None:
         help="tabulate the cells already computed (their seed counts shown) instead of computing missing ones",
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--reuse-speeds",
+        metavar="JSON",
+        help="take the speeds (and machine) from this earlier sqft.json instead of measuring: the IRs measured "
+        "are the seed-0 ones, cached, so they are the same files",
+    )
     args = parser.parse_args()
     import logging
 
@@ -334,8 +340,12 @@ def main() -> None:
                     )
                 )
     speeds: dict[str, dict] = {}
-    machine = None
-    if not args.no_benchmark:
+    machine, measured_at, reused = None, None, False
+    if args.reuse_speeds:
+        previous = json.loads(Path(args.reuse_speeds).read_text())
+        speeds, machine = previous["speeds"], previous["machine"]
+        measured_at, reused = previous.get("speeds_measured_at"), True
+    elif not args.no_benchmark:
         from nncf_elastic_lora.benchmark import benchmark_models
         from nncf_elastic_lora.runtime import machine_info
 
@@ -350,12 +360,13 @@ def main() -> None:
             for r in results
         }
         machine = machine_info()
+        measured_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     command = (
         "`.venv/bin/python bench/sqft.py "
         + " ".join(
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()
-            if k not in ("no_benchmark", "cached_only")
+            if k not in ("no_benchmark", "cached_only", "reuse_speeds")
         )
         + "`"
     )
@@ -366,7 +377,14 @@ def main() -> None:
             f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, AVX-512 {machine['avx512']}, "
             f"AMX {machine['amx']}, OpenVINO {machine['openvino']}. Speeds: OpenVINO GenAI, 128-token prompt, 64 new "
             f"tokens, median of {args.repeats}, speeds of the first task's IRs (the IRs of other tasks have the "
-            "same shapes).\n"
+            "same shapes)"
+            + (
+                f"; speeds reused from an earlier run of this script on the same seed-0 IRs"
+                f"{f' (measured {measured_at})' if measured_at else ''} (`--reuse-speeds`)"
+                if reused
+                else f"; measured {measured_at}"
+            )
+            + ".\n"
             if machine
             else ""
         )
@@ -381,7 +399,16 @@ def main() -> None:
     )
     (OUT / "sqft.md").write_text(md)
     (OUT / "sqft.json").write_text(
-        json.dumps({"cells": cells, "references": refs, "speeds": speeds, "machine": machine}, indent=1)
+        json.dumps(
+            {
+                "cells": cells,
+                "references": refs,
+                "speeds": speeds,
+                "machine": machine,
+                "speeds_measured_at": measured_at,
+            },
+            indent=1,
+        )
     )
     print(md)
 
