@@ -256,7 +256,7 @@ def main() -> None:
     for task in tasks:
         settings = {"steps": steps[task], "limit": args.limit, "splits": SPLITS[task]}
         recorded = _cached(WORK / task / "settings.json", lambda s=settings: s)
-        if recorded != json.loads(json.dumps(settings)):
+        if json.loads(json.dumps(recorded)) != json.loads(json.dumps(settings)):
             raise SystemExit(
                 f"{WORK / task} holds results made with {recorded}, not {settings}: move it away"
             )
