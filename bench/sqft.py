@@ -342,7 +342,12 @@ def main() -> None:
     speeds: dict[str, dict] = {}
     machine, measured_at, reused = None, None, False
     if args.reuse_speeds:
-        previous = json.loads(Path(args.reuse_speeds).read_text())
+        source = Path(args.reuse_speeds)
+        if not source.is_file():
+            raise SystemExit(f"--reuse-speeds {source}: no such file (an sqft.json written by this script)")
+        previous = json.loads(source.read_text())
+        if not previous.get("speeds"):
+            raise SystemExit(f"--reuse-speeds {source}: it holds no speeds (written with --no-benchmark?)")
         speeds, machine = previous["speeds"], previous["machine"]
         measured_at, reused = previous.get("speeds_measured_at"), True
     elif not args.no_benchmark:

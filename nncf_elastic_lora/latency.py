@@ -23,6 +23,7 @@ are what decode time follows here. A fit whose time does not grow with the weigh
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -85,7 +86,7 @@ class LatencyModel:
 
     def predict_ms(self, widths: list[int] | dict[str, int]) -> float:
         """Predicted decode milliseconds per step of the sub-network with these MLP widths."""
-        return self.intercept_ms + self.ms_per_mparam * self.mlp_params(widths) / 1e6
+        return on_line((self.intercept_ms, self.ms_per_mparam), self.mlp_params(widths))
 
     def errors(self, role: str) -> dict[str, float | None]:
         errs = [abs(p.error) for p in self.points if p.role == role and p.error is not None]
@@ -144,6 +145,11 @@ def fit_line(params: list[int], ms: list[float]) -> tuple[float, float]:
         raise ValueError("a latency fit needs at least two different sub-network sizes")
     slope, intercept = np.polyfit(np.asarray(params, float) / 1e6, np.asarray(ms, float), 1)
     return float(intercept), float(slope)
+
+
+def on_line(line: tuple[float, float], params: int) -> float:
+    """Milliseconds at ``params`` MLP weights on ``(intercept, slope per million)``."""
+    return line[0] + line[1] * params / 1e6
 
 
 def check_slope(slope: float, points: list[LatencyPoint]) -> None:
@@ -230,9 +236,8 @@ def fit_latency_model(
     from .models import load_model
     from .runtime import machine_info
 
-    base, tokenizer = load_model(model)
+    base, tokenizer = load_model(model)  # read once; each point slices a copy
     layers, sizes, per_channel = mlp_layout(base)
-    del base
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     if len(widths) != len(layers):
@@ -245,7 +250,7 @@ def fit_latency_model(
     for role, config in tqdm(configs, desc="latency model: measure sub-networks", disable=not progress):
         with tempfile.TemporaryDirectory(prefix=".nel-latency-", dir=work_dir) as tmp:
             sliced, ir = Path(tmp) / "sliced", Path(tmp) / "ir"
-            sub, _ = load_model(model)
+            sub = copy.deepcopy(base)
             set_mlp_widths(sub, config)
             sub.save_pretrained(sliced)
             tokenizer.save_pretrained(sliced)
@@ -271,6 +276,7 @@ def fit_latency_model(
                 repeats=repeats,
             )
         measured.append((role, config, ms))
+    del base
     params = [sum(w * p for w, p in zip(c, per_channel, strict=True)) for _, c, _ in measured]
     fit_idx = [i for i, (role, _, _) in enumerate(measured) if role == "fit"]
     intercept, slope = fit_line([params[i] for i in fit_idx], [measured[i][2] for i in fit_idx])
@@ -279,12 +285,12 @@ def fit_latency_model(
         if role == "fit":  # leave-one-out: predicted by a line through the other fit points
             others = [j for j in fit_idx if j != i]
             if len({params[j] for j in others}) >= 2:
-                b, s = fit_line([params[j] for j in others], [measured[j][2] for j in others])
-                predicted = b + s * params[i] / 1e6
+                line = fit_line([params[j] for j in others], [measured[j][2] for j in others])
+                predicted = on_line(line, params[i])
             else:
                 predicted = None
         else:
-            predicted = intercept + slope * params[i] / 1e6
+            predicted = on_line((intercept, slope), params[i])
         points.append(LatencyPoint(role, config, params[i], ms, predicted))
     check_slope(slope, points)
     fitted = LatencyModel(
