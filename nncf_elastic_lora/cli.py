@@ -467,12 +467,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             output, verb="reorder", inputs=local_inputs(config, args.config), create=False, **common
         ):
             report = reorder(config, output, progress)
-        kept = report["ordering"]
-        print(
-            f"wrote {output}: channels ordered; at {kept['fractions'][-1]:.0%} width they keep "
-            f"{kept['kept_ordered'][-1]:.1%} of the importance ({kept['kept_original'][-1]:.1%} unordered); "
-            f"max logit change {report['max_logit_change']:.1e}"
-        )
+        parts = [
+            f"{what} ordered; at {kept['fractions'][-1]:.0%} {unit} they keep {kept['kept_ordered'][-1]:.1%} of the "
+            f"importance ({kept['kept_original'][-1]:.1%} unordered)"
+            for what, unit, kept in (
+                ("channels", "width", report["ordering"]),
+                ("KV groups", "of the groups", report.get("head_ordering")),
+            )
+            if kept
+        ]
+        print(f"wrote {output}: {'; '.join(parts)}; max logit change {report['max_logit_change']:.1e}")
         return 0
     if args.command == "latency":
         from .pipeline import fit_latency
@@ -508,9 +512,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         ):
             report = extract(config, output, args.super_adapter, args.subnet)
         widths = sorted(set(report["mlp_widths"]))
+        heads = (
+            f", KV groups {report['kv_groups']} of {report['kv_heads']}" if report.get("kv_groups") else ""
+        )
         print(
             f"wrote {output}: {report['params']:,} parameters ({report['params'] / report['params_before']:.1%} "
-            f"of {report['params_before']:,}), MLP widths {widths or 'unchanged'}"
+            f"of {report['params_before']:,}), MLP widths {widths or 'unchanged'}{heads}"
         )
         return 0
     if args.command == "quantize":

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Every linear layer inside the decoder blocks (LLaMA, Mistral, Qwen, Phi-3 naming).
 DEFAULT_DECODER_LINEARS = ["{re}(.*\\.)?layers\\.\\d+\\..+"]
@@ -250,6 +250,39 @@ class ChannelElasticityConfig(_Section):
         return widths
 
 
+class HeadElasticityConfig(_Section):
+    """LoNAS Mode B, attention: how many whole key-value groups (a KV head with its query heads) every
+    decoder layer keeps, elastic with the MLP widths and the ranks. GQA stays valid: no group is split."""
+
+    kv_groups: list[int] = Field(
+        description="KV-group counts to choose from, largest first, the same in every layer (e.g. [3, 2] for "
+        "SmolLM2-135M's 3 KV heads); each at most the model's num_key_value_heads.",
+    )
+    order: Literal["importance", "original"] = Field(
+        "importance",
+        description="'importance': KV groups are permuted most important first on calibration data "
+        "(bootstrapNAS.elasticity.channels.calibration) before slicing (function unchanged); 'original': "
+        "the checkpoint's order.",
+    )
+
+    @field_validator("kv_groups")
+    @classmethod
+    def _distinct_positive(cls, v: list[int]) -> list[int]:
+        if not v or any(c <= 0 for c in v) or len(set(v)) != len(v):
+            raise ValueError(f"kv_groups = {v}: must be a non-empty list of distinct positive ints")
+        return v
+
+    def counts_for(self, num_kv_heads: int) -> list[int]:
+        """The configured counts, checked against a model with ``num_kv_heads`` KV heads per layer."""
+        over = [c for c in self.kv_groups if c > num_kv_heads]
+        if over:
+            raise ValueError(
+                f"bootstrapNAS.elasticity.heads.kv_groups: {over} exceed the model's {num_kv_heads} "
+                "key-value heads per layer"
+            )
+        return list(self.kv_groups)
+
+
 class ElasticityConfig(_Section):
     available_elasticity_dims: list[Literal["width"]] = Field(default_factory=lambda: ["width"])
     mode: Literal["rank", "rank_and_channels"] = Field(
@@ -261,6 +294,10 @@ class ElasticityConfig(_Section):
     channels: ChannelElasticityConfig | None = Field(
         None, description="Mode B's channel widths (mode 'rank_and_channels'); defaults apply when absent."
     )
+    heads: HeadElasticityConfig | None = Field(
+        None,
+        description="Mode B, optional: elastic attention heads by whole KV groups (mode 'rank_and_channels').",
+    )
 
     @model_validator(mode="after")
     def _channels_need_mode(self) -> ElasticityConfig:
@@ -269,6 +306,11 @@ class ElasticityConfig(_Section):
                 f"bootstrapNAS.elasticity.channels is set but mode is {self.mode!r}; "
                 "set mode to 'rank_and_channels' to make the channel widths elastic"
             )
+        if self.heads is not None and self.mode != "rank_and_channels":
+            raise ValueError(
+                f"bootstrapNAS.elasticity.heads is set but mode is {self.mode!r}; "
+                "set mode to 'rank_and_channels' (LoNAS) to make the attention heads elastic"
+            )
         return self
 
     def channel_spec(self) -> ChannelElasticityConfig | None:
@@ -276,6 +318,10 @@ class ElasticityConfig(_Section):
         if self.mode != "rank_and_channels":
             return None
         return self.channels or ChannelElasticityConfig()
+
+    def head_spec(self) -> HeadElasticityConfig | None:
+        """The head elasticity in effect (Mode B with ``heads``), or None."""
+        return self.heads if self.mode == "rank_and_channels" else None
 
 
 class LatencyConfig(_Section):

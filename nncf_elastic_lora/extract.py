@@ -11,6 +11,10 @@ channels were ordered). What is saved:
   ``num_key_value_heads_per_layer``); :func:`nncf_elastic_lora.models.load_model` builds the model
   with those widths before reading the weights. Stock ``from_pretrained`` refuses the shapes.
 
+With elastic heads (``bootstrapNAS.elasticity.heads``) every attention keeps its first ``kv_groups``
+KV groups, the same count in every layer, so ``num_attention_heads``, ``num_key_value_heads`` and an
+explicit ``head_dim`` describe it in a plain config.
+
 On an INT4 base (QA-SparsePEFT, :func:`extract_int4_subnet`) the merge writes the codes the trained
 forward computed with the base's frozen scales, and the slices keep whole quantization groups (every
 width is a multiple of ``down_proj``'s group size, checked when the super-network is built): the
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 from .elastic.channels import gated_mlps, slice_mlp
+from .elastic.heads import attentions, set_kv_groups
 from .elastic.lora import AdapterKind
 from .elastic.supernet import ElasticLoraSuperNet, SubnetConfig
 from .merge import check_finite, merge_qa, plain_model
@@ -67,14 +72,21 @@ def extract_subnet(supernet: ElasticLoraSuperNet, config: SubnetConfig | None = 
             merged = layer.merged_weight(rank)
             check_finite(name=name, tensors={"merged weight": merged})
             weights[name] = merged.to(layer.base_layer.weight.dtype)
-    widths = supernet.mlp_widths(config)
-    for mask in supernet.channel_masks.values():
-        mask.remove()
-    supernet.channel_masks.clear()
+    widths, kv_groups = supernet.mlp_widths(config), supernet.kv_groups(config)
+    _remove_masks(supernet)
     model = plain_model(supernet.model, weights, inplace=True)
     if widths:
         set_mlp_widths(model, [widths[m.down] for m in gated_mlps(model)])
+    if kv_groups is not None:
+        set_kv_groups(model, kv_groups)
     return model
+
+
+def _remove_masks(supernet: ElasticLoraSuperNet) -> None:
+    for masks in (supernet.channel_masks, supernet.head_masks):
+        for mask in masks.values():
+            mask.remove()
+        masks.clear()
 
 
 def slice_quantized(
@@ -104,11 +116,17 @@ def extract_int4_subnet(
     """
     config = config or supernet.get_active_config()
     supernet.validate_config(config)
-    widths = supernet.mlp_widths(config)
-    for mask in supernet.channel_masks.values():
-        mask.remove()
-    supernet.channel_masks.clear()
+    widths, kv_groups = supernet.mlp_widths(config), supernet.kv_groups(config)
+    _remove_masks(supernet)
     model, quantized = merge_qa(supernet=supernet, config=config, inplace=True)
+    if kv_groups is not None:
+        for a in attentions(model):
+            rows, kv_rows = kv_groups * a.channels_per_group, kv_groups * a.head_dim
+            for name, cut in ((a.q, {"rows": rows}), (a.k, {"rows": kv_rows}), (a.v, {"rows": kv_rows}),
+                              (a.o, {"cols": rows})):  # fmt: skip
+                if name in quantized:
+                    quantized[name] = slice_quantized(quantized[name], **cut)
+        set_kv_groups(model, kv_groups)
     if widths:
         mlps = gated_mlps(model)
         for m in mlps:

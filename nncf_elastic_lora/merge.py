@@ -281,6 +281,13 @@ def check_not_channel_sliced(adapter: str | Path) -> None:
     record = read_sub_adapter_record(adapter) or {}
     widths, sizes = record.get("mlp_widths") or {}, record.get("mlp_sizes") or {}
     sliced = [m for m, w in widths.items() if w < sizes.get(m, w)]
+    kv_groups, kv_heads = record.get("kv_groups"), record.get("kv_heads")
+    if kv_groups is not None and kv_heads is not None and kv_groups < kv_heads:
+        raise MergeError(
+            f"{adapter} is a LoNAS sub-network that keeps {kv_groups} of {kv_heads} KV groups per attention: "
+            "applied as a peft adapter it would run with every head. Extract it (`nncf-elastic-lora extract "
+            "--subnet <this folder>`) and export the extracted model with --model"
+        )
     if sliced:
         raise MergeError(
             f"{adapter} is a LoNAS sub-network whose MLPs are narrower than the base's ({len(sliced)} layers, e.g. "

@@ -116,15 +116,22 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
 
 
 def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -> dict[str, Any]:
-    """LoNAS: permute every MLP's channels most important first; write the (function-identical) checkpoint.
+    """LoNAS: permute every MLP's channels (and, with elastic heads, every attention's KV groups) most
+    important first; write the (function-identical) checkpoint.
 
-    Channels are scored on ``bootstrapNAS.elasticity.channels.calibration`` windows of the train split.
-    The report gives the importance each width keeps, ordered and in the checkpoint's order, and the
-    largest logit change the permutation caused on a calibration window (float rounding only).
+    Scored on ``bootstrapNAS.elasticity.channels.calibration`` windows of the train split. The MLPs are
+    ordered unless ``channels.order`` is 'original' while the heads are ordered; the heads when
+    ``bootstrapNAS.elasticity.heads.order`` is 'importance'. The report gives the importance each width
+    (each KV-group count) keeps, ordered and in the checkpoint's order, and the largest logit change the
+    permutation caused on a calibration window (float rounding only).
     """
     from .elastic.channels import order_mlp_channels
+    from .elastic.heads import order_kv_groups
 
     spec = config.bootstrapNAS.elasticity.channels or ChannelElasticityConfig()
+    heads = config.bootstrapNAS.elasticity.heads
+    order_heads = heads is not None and heads.order == "importance"
+    order_mlps = spec.order == "importance" or not order_heads
     cal = spec.calibration
     start = time.perf_counter()
     task = load_task(config.data, cal.task)
@@ -132,12 +139,19 @@ def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -
     batches = calibration_batches(task.train, tokenizer, cal.num_samples, cal.seq_len, cal.seed)
     with torch.no_grad():
         before = model(input_ids=batches[0]).logits
-    ordering = order_mlp_channels(model, batches, tuple(spec.fractions_below_full(model)))
+    ordering = (
+        order_mlp_channels(model, batches, tuple(spec.fractions_below_full(model))) if order_mlps else None
+    )
+    head_ordering = None
+    if order_heads:
+        kept = sorted((c for c in heads.kv_groups if c < model.config.num_key_value_heads), reverse=True)
+        head_ordering = order_kv_groups(model, batches, tuple(kept or [1]))
     with torch.no_grad():
         change = float((model(input_ids=batches[0]).logits - before).abs().max())
     result = {
         "model": config.model.name_or_path,
-        "ordering": ordering.to_dict(),
+        "ordering": ordering.to_dict() if ordering else None,
+        "head_ordering": head_ordering.to_dict() if head_ordering else None,
         "max_logit_change": change,
         "calibration": {**cal.model_dump(), "task": task.name, "split": "train"},
         "time_s": time.perf_counter() - start,
@@ -146,7 +160,12 @@ def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "report.json", result)
-    log.info("ordered the MLP channels of %s (max logit change %.2e)", config.model.name_or_path, change)
+    log.info(
+        "ordered the %s of %s (max logit change %.2e)",
+        " and ".join(w for w, on in (("MLP channels", order_mlps), ("KV groups", order_heads)) if on),
+        config.model.name_or_path,
+        change,
+    )
     return result
 
 
@@ -176,6 +195,7 @@ def extract(
         ),
     }
     widths = list(supernet.mlp_widths(chosen).values())
+    kv_groups, kv_heads = supernet.kv_groups(chosen), supernet.kv_heads()  # before extraction spends it
     quantized = None
     if supernet.kind is AdapterKind.QA_SPARSEPEFT:  # INT4 base: the merged codes, sliced with the MLPs
         model, quantized = extract_int4_subnet(supernet, chosen)
@@ -189,6 +209,8 @@ def extract(
         "subnet": str(subnet),
         "config": chosen,
         "mlp_widths": widths,
+        "kv_groups": kv_groups,  # with elastic heads: KV groups kept per layer (else None)
+        "kv_heads": kv_heads,
         "params": params,
         "params_before": dense_params,
         "macs": {**macs, "seq_len": seq_len},  # adapted linears and every MLP projection, base included
@@ -385,6 +407,7 @@ def build_supernet(
         adapter_kind=t.adapter_kind,
         quantized=quantized if t.adapter_kind == "qa_sparsepeft" else None,
         channels=bnas.elasticity.channel_spec(),
+        heads=bnas.elasticity.head_spec(),
     )
 
 

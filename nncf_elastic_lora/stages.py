@@ -216,7 +216,7 @@ class QuantizeBase(NewBase):
 
 
 class Reorder(NewBase):
-    """LoNAS: the base with every MLP's channels ordered most important first (the same function)."""
+    """LoNAS: the base with every MLP's channels (and KV groups) ordered most important first (the same function)."""
 
     name, title, directory = "reorder", "order MLP channels", "ordered_model"
 
@@ -518,8 +518,11 @@ def method_stages(config: PipelineConfig) -> list[Stage]:
     stages: list[Stage] = []
     if ev.baseline:
         stages.append(EvaluateBase("eval_dense", "evaluate dense"))
-    channels = bnas.elasticity.channel_spec()  # LoNAS (Mode B)
-    if bnas.enabled and channels is not None and channels.order == "importance":
+    channels, heads = bnas.elasticity.channel_spec(), bnas.elasticity.head_spec()  # LoNAS (Mode B)
+    ordered = channels is not None and (
+        channels.order == "importance" or (heads and heads.order == "importance")
+    )
+    if bnas.enabled and ordered:
         stages.append(Reorder())  # before any INT4 quantization: its groups then follow the order
     if config.sparsity.method != "none":
         stages.append(Sparsify())

@@ -52,26 +52,42 @@ def gated_mlps(model: nn.Module) -> list[GatedMLP]:
         ValueError: a layer has no module with ``gate_proj``, ``up_proj`` and ``down_proj`` linears
             (Mode B needs a gated MLP: LLaMA, Mistral, Qwen, Gemma, ...), naming the layer's modules.
     """
+    found = layer_modules(
+        model,
+        GATED_MLP_PROJECTIONS,
+        what="gated MLP",
+        hint="Channel elasticity (bootstrapNAS.elasticity.mode 'rank_and_channels') needs LLaMA-style MLPs",
+    )
+    return [GatedMLP(i, prefix, *(f"{prefix}.{p}" for p in GATED_MLP_PROJECTIONS)) for i, prefix, _ in found]
+
+
+def layer_modules(
+    model: nn.Module, projections: tuple[str, ...], *, what: str, hint: str
+) -> list[tuple[int, str, nn.Module]]:
+    """``(layer, module name, module)`` of the module in every decoder layer that holds all ``projections``.
+
+    Raises:
+        ValueError: a layer has none, naming the layer and its modules (``what`` and ``hint`` word it).
+    """
     blocks_name, blocks = decoder_blocks(model)
     found = []
     for i, block in enumerate(blocks):
-        mlp = next(
+        hit = next(
             (
                 (name, m)
                 for name, m in block.named_modules()
-                if all(isinstance(getattr(m, p, None), nn.Module) for p in GATED_MLP_PROJECTIONS)
+                if all(isinstance(getattr(m, p, None), nn.Module) for p in projections)
             ),
             None,
         )
-        if mlp is None:
+        if hit is None:
             children = ", ".join(n for n, _ in block.named_children())
             raise ValueError(
-                f"{type(model).__name__}: decoder layer {i} has no gated MLP (a module with "
-                f"{', '.join(GATED_MLP_PROJECTIONS)}); its modules: {children}. Channel elasticity "
-                "(bootstrapNAS.elasticity.mode 'rank_and_channels') needs LLaMA-style MLPs"
+                f"{type(model).__name__}: decoder layer {i} has no {what} (a module with "
+                f"{', '.join(projections)}); its modules: {children}. {hint}"
             )
-        prefix = f"{blocks_name}.{i}.{mlp[0]}"
-        found.append(GatedMLP(i, prefix, *(f"{prefix}.{p}" for p in GATED_MLP_PROJECTIONS)))
+        name, module = hit
+        found.append((i, f"{blocks_name}.{i}.{name}" if name else f"{blocks_name}.{i}", module))
     return found
 
 
@@ -93,19 +109,17 @@ def importance_order(importance: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def down_input_sq_sums(
-    model: nn.Module, mlps: list[GatedMLP], batches: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """``Σ_t h_tj²`` of every MLP's intermediate activation over the calibration tokens."""
-    sums = [torch.zeros(intermediate_size(model, m), dtype=torch.float64) for m in mlps]
+def input_sq_sums(model: nn.Module, modules: list[str], batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``Σ_t x_tj²`` of every named linear's input over the calibration tokens."""
+    sums = [torch.zeros(_linear(model.get_submodule(n)).in_features, dtype=torch.float64) for n in modules]
     handles = []
-    for k, m in enumerate(mlps):
+    for k, name in enumerate(modules):
 
         def hook(_module, args, k=k):
-            h = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[k] += (h * h).sum(0).cpu()
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[k] += (x * x).sum(0).cpu()
 
-        handles.append(model.get_submodule(m.down).register_forward_pre_hook(hook))
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
         device = next(model.parameters()).device
         for ids in batches:
@@ -114,6 +128,13 @@ def down_input_sq_sums(
         for h in handles:
             h.remove()
     return sums
+
+
+def down_input_sq_sums(
+    model: nn.Module, mlps: list[GatedMLP], batches: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``Σ_t h_tj²`` of every MLP's intermediate activation over the calibration tokens."""
+    return input_sq_sums(model, [m.down for m in mlps], batches)
 
 
 def _permute_rows(module: nn.Module, order: torch.Tensor) -> None:

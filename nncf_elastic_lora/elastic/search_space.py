@@ -19,9 +19,7 @@ class Group:
     name: str
     modules: tuple[str, ...]
     widths: tuple[int, ...]  # as configured: the Shears convention lists them largest first
-    kind: str = (
-        "rank"  # "rank": LoRA ranks of ``modules``; "channels": an MLP's width (``modules`` = its down_proj)
-    )
+    kind: str = "rank"  # "rank": LoRA ranks; "channels": an MLP width (modules = its down_proj); "heads": KV groups (o_projs)
 
     @property
     def heuristic(self) -> int:

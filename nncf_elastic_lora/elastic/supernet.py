@@ -34,6 +34,7 @@ from ..patterns import find_linears
 from ..quantization import QuantizedWeight
 from ..reports import atomic_directory, write_json
 from .channels import ChannelMask, GatedMLP, gated_mlps, intermediate_size
+from .heads import Attention, attentions
 from .lora import AdapterKind, ElasticLoraLinear, create_adapter_layer
 from .search_space import Group, build_groups
 
@@ -88,6 +89,27 @@ class ElasticLoraSuperNet:
                     if self.kind is AdapterKind.QA_SPARSEPEFT:
                         _check_whole_groups(g, down, quantized)
                     self.channel_masks[down] = ChannelMask(model.get_submodule(down), size)
+        # Mode B, attention: one KV-group count for every layer ("heads" group), masked on each o_proj.
+        self.head_masks: dict[str, ChannelMask] = {}
+        self.attentions: dict[str, Attention] = {}
+        for g in groups:
+            if g.kind != "heads":
+                continue
+            self.attentions = {a.o: a for a in attentions(model)}
+            for o in g.modules:
+                att = self.attentions.get(o)
+                if att is None:
+                    raise ValueError(f"head group {g.name}: {o} is not the output projection of an attention")
+                if max(g.widths) > att.num_kv_heads:
+                    raise ValueError(
+                        f"head group {g.name}: KV-group counts {list(g.widths)} exceed {att.name}'s "
+                        f"{att.num_kv_heads} KV heads"
+                    )
+                if self.kind is AdapterKind.QA_SPARSEPEFT:
+                    _check_whole_groups(g, o, quantized, step=att.channels_per_group)
+                self.head_masks[o] = ChannelMask(
+                    model.get_submodule(o), att.num_kv_heads * att.channels_per_group
+                )
 
     # ------------------------------------------------------------------ construction
 
@@ -107,6 +129,7 @@ class ElasticLoraSuperNet:
         adapter_kind: AdapterKind | str = AdapterKind.LORA,
         quantized: dict[str, QuantizedWeight] | None = None,
         channels: Any = None,
+        heads: Any = None,
     ) -> ElasticLoraSuperNet:
         """Freeze ``model`` and wrap every target linear with an elastic adapter of rank ``max_rank``.
 
@@ -116,7 +139,9 @@ class ElasticLoraSuperNet:
         (``{module name: QuantizedWeight}`` of the INT4 base, covering every target), checked
         against the model's weights before anything is modified. ``channels`` (a
         :class:`~nncf_elastic_lora.config.ChannelElasticityConfig`, Mode B) adds one group per decoder
-        layer whose choices are that MLP's intermediate widths.
+        layer whose choices are that MLP's intermediate widths; ``heads`` (a
+        :class:`~nncf_elastic_lora.config.HeadElasticityConfig`) one group for every layer's attention whose
+        choices are the number of KV groups kept.
         """
         kind = AdapterKind.parse(adapter_kind)
         default_widths = default_widths or [max_rank]
@@ -132,6 +157,18 @@ class ElasticLoraSuperNet:
                       "channels")
                 for m in gated_mlps(model)
             ]  # fmt: skip
+        if heads is not None:
+            atts = attentions(model)
+            layouts = {(a.num_heads, a.num_kv_heads, a.head_dim) for a in atts}
+            if len(layouts) > 1:
+                raise ValueError(
+                    f"bootstrapNAS.elasticity.heads: the layers' attentions differ ({sorted(layouts)} as "
+                    "(heads, KV heads, head dim)); one KV-group count for every layer needs one layout"
+                )
+            groups.append(
+                Group("attention_kv_groups", tuple(a.o for a in atts), tuple(heads.counts_for(atts[0].num_kv_heads)),
+                      "heads")
+            )  # fmt: skip
         if kind is AdapterKind.QA_SPARSEPEFT:
             _check_quantized_covers(targets, quantized)
         elif quantized is not None:
@@ -201,6 +238,10 @@ class ElasticLoraSuperNet:
             if group.kind == "channels":
                 self.channel_masks[group.modules[0]].set_width(width)
                 continue
+            if group.kind == "heads":
+                for o in group.modules:
+                    self.head_masks[o].set_width(width * self.attentions[o].channels_per_group)
+                continue
             for module in group.modules:
                 self.adapters[module].set_active_rank(width)
 
@@ -213,13 +254,16 @@ class ElasticLoraSuperNet:
     def activate_heuristic_subnet(self) -> None:
         self.activate_config(self.get_heuristic_config())
 
+    def _active_width(self, g: Group) -> int:
+        if g.kind == "channels":
+            return self.channel_masks[g.modules[0]].width
+        if g.kind == "heads":
+            o = g.modules[0]
+            return self.head_masks[o].width // self.attentions[o].channels_per_group
+        return self.adapters[g.modules[0]].active_rank
+
     def get_active_config(self) -> SubnetConfig:
-        return {
-            g.name: self.channel_masks[g.modules[0]].width
-            if g.kind == "channels"
-            else self.adapters[g.modules[0]].active_rank
-            for g in self.groups
-        }
+        return {g.name: self._active_width(g) for g in self.groups}
 
     def module_ranks(self, config: SubnetConfig | None = None) -> dict[str, int]:
         """``{module name: rank}`` of a configuration (default: the active one)."""
@@ -230,6 +274,15 @@ class ElasticLoraSuperNet:
         """``{down_proj name: intermediate width}`` of a configuration (Mode B; empty in Mode A)."""
         config = config or self.get_active_config()
         return {g.modules[0]: config[g.name] for g in self.groups if g.kind == "channels"}
+
+    def kv_groups(self, config: SubnetConfig | None = None) -> int | None:
+        """KV groups every attention keeps in a configuration (None without head elasticity)."""
+        config = config or self.get_active_config()
+        return next((config[g.name] for g in self.groups if g.kind == "heads"), None)
+
+    def kv_heads(self) -> int | None:
+        """The base's KV heads per layer when the heads are elastic, else None."""
+        return next(iter(self.attentions.values())).num_kv_heads if self.head_masks else None
 
     def mlp_sizes(self) -> dict[str, int]:
         """``{down_proj name: the base's intermediate size}`` of the elastic MLPs (Mode B; empty in Mode A)."""
@@ -245,6 +298,13 @@ class ElasticLoraSuperNet:
                 linear = self.model.get_submodule(name)
                 n_in, n_out = linear.in_features, linear.out_features
                 dims[name] = (width, n_out) if cut_input else (n_in, width)
+        kept = self.kv_groups(config)
+        if kept is not None:
+            for att in self.attentions.values():
+                q_width, kv_width = kept * att.channels_per_group, kept * att.head_dim
+                for name, rows in ((att.q, q_width), (att.k, kv_width), (att.v, kv_width)):
+                    dims[name] = (self.model.get_submodule(name).in_features, rows)
+                dims[att.o] = (q_width, self.model.get_submodule(att.o).out_features)
         return dims
 
     # ------------------------------------------------------------------ cost
@@ -255,7 +315,8 @@ class ElasticLoraSuperNet:
         return sum(r * sum(dims[m]) for m, r in ranks.items())
 
     def get_active_base_params(self, config: SubnetConfig | None = None) -> int:
-        """Weights of the adapted linears and, in Mode B, of every MLP projection, at the sub-network's widths."""
+        """Weights of the adapted linears and, in Mode B, of every MLP projection (and attention projection
+        when the heads are elastic), at the sub-network's widths."""
         return sum(i * o for i, o in self._dims(config).values())
 
     def get_macs_for_active_config(
@@ -294,6 +355,7 @@ class ElasticLoraSuperNet:
                 for g in self.groups
             ],
             "mlp_sizes": self.mlp_sizes() or None,
+            "kv_heads": self.kv_heads(),
         }
 
     def adapter_state_dict(
@@ -348,6 +410,8 @@ class ElasticLoraSuperNet:
             # LoNAS (Mode B): the MLP widths of this sub-network and the base's; export refuses sliced ones.
             "mlp_widths": self.mlp_widths(config) or None,
             "mlp_sizes": self.mlp_sizes() or None,
+            "kv_groups": self.kv_groups(config),
+            "kv_heads": self.kv_heads(),
         }
 
     def save_sub_adapter(
@@ -460,20 +524,31 @@ class ElasticLoraSuperNet:
         return supernet
 
 
-def _check_whole_groups(group: Group, down: str, quantized: dict[str, QuantizedWeight] | None) -> None:
-    """An INT4 ``down_proj`` is sliced along its input, so every width must keep whole quantization groups."""
-    q = (quantized or {}).get(down)
+def _check_whole_groups(
+    group: Group, module: str, quantized: dict[str, QuantizedWeight] | None, step: int = 1
+) -> None:
+    """An INT4 ``down_proj`` / ``o_proj`` is sliced along its input, so every width (× ``step`` input
+    channels) must keep whole quantization groups."""
+    q = (quantized or {}).get(module)
+    what = "channel" if group.kind == "channels" else "head"
     if q is None:
         raise ValueError(
-            f"channel group {group.name}: {down} is not in the INT4 base's quantized weights; a qa_sparsepeft "
-            "super-network slices INT4 MLPs only"
+            f"{what} group {group.name}: {module} is not in the INT4 base's quantized weights; a "
+            "qa_sparsepeft super-network slices INT4 layers only"
         )
-    off = [w for w in group.widths if w % q.group_size]
+    off = [w for w in group.widths if (w * step) % q.group_size]
     if off:
+        if group.kind == "channels":
+            raise ValueError(
+                f"channel group {group.name}: widths {off} are not multiples of {module}'s INT4 group size "
+                f"{q.group_size}, so slicing would cut through quantization groups; choose widths in multiples "
+                f"of {q.group_size} (bootstrapNAS.elasticity.channels) or quantize with a smaller group_size"
+            )
         raise ValueError(
-            f"channel group {group.name}: widths {off} are not multiples of {down}'s INT4 group size "
-            f"{q.group_size}, so slicing would cut through quantization groups; choose widths in multiples of "
-            f"{q.group_size} (bootstrapNAS.elasticity.channels) or quantize with a smaller group_size"
+            f"head group {group.name}: {off} KV groups keep {[w * step for w in off]} of {module}'s input "
+            f"channels, not multiples of its INT4 group size {q.group_size}, so slicing would cut through "
+            "quantization groups; quantize with a group_size that divides one KV group's channels "
+            f"({step})"
         )
 
 

@@ -53,7 +53,7 @@ class SubnetObjectives:
             return self.latency_model.predict_ms(self.supernet.mlp_widths(config))
         if self.cost_kind == "params":
             params = self.supernet.get_active_params(config)
-            if self.supernet.channel_masks:  # Mode B: the widths shrink the base, which dominates
+            if self.supernet.channel_masks or self.supernet.head_masks:  # Mode B: the base shrinks too
                 params += self.supernet.get_active_base_params(config)
             return float(params)
         return float(

@@ -1,0 +1,200 @@
+"""LoNAS Mode B, attention: whole key-value groups of every decoder layer, scored, ordered, masked, sliced.
+
+With grouped-query attention, key-value head ``k`` serves query heads ``k·g … k·g + g - 1`` (``g`` =
+query heads per KV head; transformers' ``repeat_kv``). A **KV group** is one KV head with its ``g``
+query heads: rows ``k·g·d …`` of ``q_proj`` (``d`` = head dim), rows ``k·d …`` of ``k_proj`` and
+``v_proj``, columns ``k·g·d …`` of ``o_proj``. Dropping whole groups keeps GQA valid (every kept query
+head keeps its KV head) and never splits one: the unit of everything here is the group.
+
+- **Ordering** (:func:`order_kv_groups`): groups are permuted most important first, the same permutation
+  on q/k/v rows and o columns, so the layer computes the same function (RoPE and attention act per
+  head alike). Importance of a group: Wanda's score summed over its ``o_proj`` input columns,
+  ``Σ_j Σ_i |W_o[i, j]| · ‖a_j‖₂`` (``a`` = the attention output, ``o_proj``'s input).
+- **Elastic count in the super-network**: a :class:`~nncf_elastic_lora.elastic.channels.ChannelMask`
+  on ``o_proj`` zeroes the columns of the dropped groups, which is exactly the sliced attention.
+- **Extraction** (:func:`set_kv_groups`): the kept groups as smaller q/k/v/o linears and a config with
+  ``num_attention_heads``, ``num_key_value_heads`` and an explicit ``head_dim``. The count is one for
+  every layer: a plain Hugging Face config, and one KV-cache shape, which optimum-intel's export and
+  GenAI's stateful pipeline assume for all layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .channels import (
+    OrderingReport,
+    _linear,
+    _permute_columns,
+    _permute_rows,
+    _sliced,
+    input_sq_sums,
+    layer_modules,
+)
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")  # LLaMA, Mistral, Qwen, Gemma style
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Module names and head layout of one decoder layer's attention."""
+
+    layer: int
+    name: str
+    q: str
+    k: str
+    v: str
+    o: str
+    head_dim: int
+    num_heads: int
+    num_kv_heads: int
+
+    @property
+    def queries_per_group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def channels_per_group(self) -> int:
+        """``o_proj`` input columns (= ``q_proj`` output rows) of one KV group."""
+        return self.queries_per_group * self.head_dim
+
+    def q_rows(self, groups: torch.Tensor | list[int]) -> torch.Tensor:
+        """``q_proj`` rows (``o_proj`` columns) of these KV groups, in their order."""
+        return _blocks(groups, self.channels_per_group)
+
+    def kv_rows(self, groups: torch.Tensor | list[int]) -> torch.Tensor:
+        """``k_proj`` / ``v_proj`` rows of these KV groups, in their order."""
+        return _blocks(groups, self.head_dim)
+
+
+def _blocks(groups: torch.Tensor | list[int], size: int) -> torch.Tensor:
+    groups = torch.as_tensor(groups, dtype=torch.long)
+    return (groups[:, None] * size + torch.arange(size)[None, :]).reshape(-1)
+
+
+def attentions(model: nn.Module) -> list[Attention]:
+    """Every decoder layer's attention, in layer order.
+
+    Raises:
+        ValueError: a layer has no module with ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``
+            linears, or its head layout cannot be read (naming the layer).
+    """
+    config = getattr(model, "config", None)
+    found = []
+    layers = layer_modules(
+        model,
+        ATTENTION_PROJECTIONS,
+        what="attention with separate projections",
+        hint="Head elasticity (bootstrapNAS.elasticity.heads) needs LLaMA-style attention",
+    )
+    for i, prefix, module in layers:
+        head_dim = getattr(module, "head_dim", None) or getattr(config, "head_dim", None)
+        q, k = (_linear(getattr(module, p)) for p in ("q_proj", "k_proj"))
+        if not head_dim or q.out_features % head_dim or k.out_features % head_dim:
+            raise ValueError(
+                f"decoder layer {i}: cannot read its head layout (head_dim {head_dim}, q_proj "
+                f"{q.out_features} and k_proj {k.out_features} outputs)"
+            )
+        heads, kv = q.out_features // head_dim, k.out_features // head_dim
+        if heads % kv:
+            raise ValueError(f"decoder layer {i}: {heads} query heads do not divide into {kv} KV groups")
+        found.append(
+            Attention(i, prefix, *(f"{prefix}.{p}" for p in ATTENTION_PROJECTIONS), head_dim, heads, kv)
+        )
+    return found
+
+
+# ---------------------------------------------------------------------- importance and order
+
+
+def kv_group_importance(o_weight: torch.Tensor, input_sq_sum: torch.Tensor, att: Attention) -> torch.Tensor:
+    """Wanda's score of ``o_proj``'s input columns summed per KV group (``input_sq_sum``: ``Σ_t a_tj²``)."""
+    per_column = o_weight.abs().float().sum(0) * input_sq_sum.float().sqrt()
+    return per_column.reshape(att.num_kv_heads, att.channels_per_group).sum(1)
+
+
+@torch.no_grad()
+def permute_kv_groups(model: nn.Module, att: Attention, order: torch.Tensor | list[int]) -> None:
+    """Reorder an attention's KV groups (each with its query heads); the layer computes the same function."""
+    if any(hasattr(model.get_submodule(n), "scale") for n in (att.q, att.k, att.v, att.o)):
+        raise ValueError(
+            f"{att.name}: an INT4 (qa_sparsepeft) layer's quantization groups run along its input channels; "
+            "order the heads before quantizing the base"
+        )
+    order = torch.as_tensor(order, dtype=torch.long)
+    if sorted(order.tolist()) != list(range(att.num_kv_heads)):
+        raise ValueError(
+            f"{att.name}: {order.tolist()} is not a permutation of its {att.num_kv_heads} KV groups"
+        )
+    device = _linear(model.get_submodule(att.o)).weight.device
+    q_rows, kv_rows = att.q_rows(order).to(device), att.kv_rows(order).to(device)
+    _permute_rows(model.get_submodule(att.q), q_rows)
+    _permute_rows(model.get_submodule(att.k), kv_rows)
+    _permute_rows(model.get_submodule(att.v), kv_rows)
+    _permute_columns(model.get_submodule(att.o), q_rows)
+
+
+@torch.no_grad()
+def order_kv_groups(model: nn.Module, batches: list[torch.Tensor], kept: tuple[int, ...]) -> OrderingReport:
+    """Score every attention's KV groups on ``batches`` and permute them most important first (in place).
+
+    The report gives, per kept count in ``kept``, the share of the total importance the first groups
+    keep (mean over layers), ordered and in the checkpoint's order; its ``fractions`` are ``kept``
+    over the layers' KV groups.
+    """
+    atts = attentions(model)
+    sums = input_sq_sums(model, [a.o for a in atts], batches)  # o_proj's input: the attention output
+    ordered: list[list[float]] = [[] for _ in kept]
+    original: list[list[float]] = [[] for _ in kept]
+    for a, sq in zip(atts, sums, strict=True):
+        score = kv_group_importance(_linear(model.get_submodule(a.o)).weight, sq, a)
+        order = torch.argsort(score, descending=True, stable=True)
+        total = float(score.sum()) or 1.0
+        for n, count in enumerate(kept):
+            ordered[n].append(float(score[order[:count]].sum()) / total)
+            original[n].append(float(score[:count].sum()) / total)
+        permute_kv_groups(model, a, order)
+    size = atts[0].num_kv_heads
+    return OrderingReport(
+        [c / size for c in kept],
+        [sum(v) / len(v) for v in ordered],
+        [sum(v) / len(v) for v in original],
+    )
+
+
+# ---------------------------------------------------------------------- slicing
+
+
+@torch.no_grad()
+def slice_attention(model: nn.Module, att: Attention, kv_groups: int) -> None:
+    """Replace an attention's (plain, merged) linears by its first ``kv_groups`` KV groups."""
+    parent = model.get_submodule(att.name)
+    q, k, v, o = (model.get_submodule(n) for n in (att.q, att.k, att.v, att.o))
+    for module in (q, k, v, o):
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"{att.name}: merge the adapters before slicing (found {type(module).__name__})")
+    if not 0 < kv_groups <= att.num_kv_heads:
+        raise ValueError(f"{att.name}: {kv_groups} KV groups is outside [1, {att.num_kv_heads}]")
+    width = kv_groups * att.channels_per_group
+    parent.q_proj = _sliced(q, rows=width)
+    parent.k_proj = _sliced(k, rows=kv_groups * att.head_dim)
+    parent.v_proj = _sliced(v, rows=kv_groups * att.head_dim)
+    parent.o_proj = _sliced(o, cols=width)
+    for attr, value in (("num_heads", kv_groups * att.queries_per_group), ("num_key_value_heads", kv_groups)):
+        if isinstance(getattr(parent, attr, None), int):  # older attention classes keep the counts
+            setattr(parent, attr, value)
+
+
+def set_kv_groups(model: nn.Module, kv_groups: int) -> None:
+    """Keep the first ``kv_groups`` KV groups of every layer's attention and record the counts in its config."""
+    atts = attentions(model)
+    for att in atts:
+        slice_attention(model, att, kv_groups)
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.head_dim = atts[0].head_dim  # no longer hidden_size / num_attention_heads
+        config.num_attention_heads = kv_groups * atts[0].queries_per_group
+        config.num_key_value_heads = kv_groups

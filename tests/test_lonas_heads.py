@@ -1,0 +1,229 @@
+"""LoNAS Mode B, attention: whole KV groups ordered, masked, extracted; GQA is never split."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nncf_elastic_lora.config import (
+    ChannelElasticityConfig,
+    HeadElasticityConfig,
+    ModelConfig,
+    TinyModelConfig,
+)
+from nncf_elastic_lora.elastic.heads import attentions, order_kv_groups, permute_kv_groups, set_kv_groups
+from nncf_elastic_lora.models import build_tiny_llama
+
+from .test_lonas import _calibration, _logits, assert_export_matches_torch
+
+# 6 query heads sharing 3 KV heads (2 per group), head dim 8.
+GQA = ModelConfig(
+    name_or_path="tiny-random-llama",
+    tiny=TinyModelConfig(hidden_size=48, intermediate_size=64, num_attention_heads=6, num_key_value_heads=3),
+)
+
+
+def _model():
+    return build_tiny_llama(GQA).eval()
+
+
+def test_attentions_read_the_gqa_layout():
+    atts = attentions(_model())
+    assert len(atts) == 2
+    a = atts[0]
+    assert (a.num_heads, a.num_kv_heads, a.head_dim, a.queries_per_group, a.channels_per_group) == (
+        6,
+        3,
+        8,
+        2,
+        16,
+    )
+    assert a.q_rows([2]).tolist() == list(range(32, 48)) and a.kv_rows([2]).tolist() == list(range(16, 24))
+
+
+def test_kv_group_permutation_leaves_the_logits_unchanged():
+    model = _model()
+    before = _logits(model)
+    for a, order in zip(attentions(model), ([2, 0, 1], [1, 2, 0]), strict=True):
+        permute_kv_groups(model, a, order)
+    torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=0)
+
+
+def test_a_permutation_that_is_not_one_of_whole_groups_is_refused():
+    model = _model()
+    with pytest.raises(ValueError, match=r"\[0, 0, 1\] is not a permutation of its 3 KV groups"):
+        permute_kv_groups(model, attentions(model)[0], [0, 0, 1])
+
+
+def test_importance_ordering_of_kv_groups_keeps_the_function():
+    model = _model()
+    before = _logits(model)
+    report = order_kv_groups(model, _calibration(), (2, 1))
+    torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=0)
+    assert report.fractions == [2 / 3, 1 / 3]
+    for ordered, original in zip(report.kept_ordered, report.kept_original, strict=True):
+        assert ordered >= original - 1e-12
+
+
+def _supernet(model=None, kv_groups=(3, 2, 1), channels=None):
+    from nncf_elastic_lora.elastic import ElasticLoraSuperNet
+
+    sn = ElasticLoraSuperNet.attach(
+        model or _model(),
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+        max_rank=8,
+        alpha=16,
+        overwrite_groups_widths=None,
+        default_widths=[8, 6, 4],
+        channels=channels or ChannelElasticityConfig(),
+        heads=HeadElasticityConfig(kv_groups=list(kv_groups)),
+    )
+    gen = torch.Generator().manual_seed(0)
+    for a in sn.adapters.values():  # non-zero B so every rank, width and head count changes the output
+        a.lora_B.weight.data = torch.randn(a.lora_B.weight.shape, generator=gen) * 0.05
+    return sn
+
+
+def _with(sn, *, kv, widths=(40, 56), rank=6):
+    """The configuration with ``kv`` KV groups, these MLP widths and one rank everywhere."""
+    widths, config = list(widths), {}
+    for g in sn.groups:
+        config[g.name] = {"heads": kv, "channels": widths.pop(0) if g.kind == "channels" else None}.get(
+            g.kind, rank
+        )
+    return config
+
+
+def test_heads_are_one_group_over_every_layer_and_change_the_output():
+    sn = _supernet()
+    (group,) = [g for g in sn.groups if g.kind == "heads"]
+    assert group.name == "attention_kv_groups" and group.widths == (3, 2, 1)
+    assert group.modules == ("model.layers.0.self_attn.o_proj", "model.layers.1.self_attn.o_proj")
+    outputs = []
+    for kv in (3, 2, 1):
+        sn.activate_config(_with(sn, kv=kv))
+        assert sn.kv_groups() == kv == sn.get_active_config()["attention_kv_groups"]
+        outputs.append(_logits(sn.model))
+    assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[1], outputs[2])
+    costs = [sn.get_active_base_params(_with(sn, kv=kv)) for kv in (3, 2, 1)]
+    # one KV group of both layers: q (16 rows) + k, v (8 rows each) of 48 inputs, o (16 columns) of 48 outputs
+    assert costs[0] - costs[1] == costs[1] - costs[2] == 2 * 48 * (16 + 8 + 8 + 16)
+
+
+@pytest.mark.parametrize("kv", [3, 2, 1])
+def test_extraction_keeps_whole_kv_groups_and_equals_the_super_network(kv, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from nncf_elastic_lora.extract import extract_subnet
+
+    sn = _supernet()
+    merged = {n: m.merged_weight(6).detach().clone() for n, m in sn.adapters.items()}
+    config = _with(sn, kv=kv, widths=(48, 48))
+    sn.activate_config(config)
+    expected = _logits(sn.model)
+    small = extract_subnet(sn, config)
+    torch.testing.assert_close(_logits(small), expected, atol=1e-5, rtol=0)
+    assert (small.config.num_attention_heads, small.config.num_key_value_heads, small.config.head_dim) == (
+        2 * kv,
+        kv,
+        8,
+    )
+    for a in attentions(small):  # every kept query head keeps its KV head: the first kv groups, whole
+        assert (a.num_heads, a.num_kv_heads) == (2 * kv, kv)
+        q_rows, kv_rows = torch.arange(16 * kv), torch.arange(8 * kv)
+        torch.testing.assert_close(small.get_submodule(a.q).weight, merged[a.q][q_rows])
+        torch.testing.assert_close(small.get_submodule(a.k).weight, merged[a.k][kv_rows])
+        torch.testing.assert_close(small.get_submodule(a.o).weight, merged[a.o][:, q_rows])
+    small.save_pretrained(tmp_path / "small")  # a plain config: stock transformers reloads it
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()
+    torch.testing.assert_close(_logits(plain), expected, atol=1e-5, rtol=0)
+
+
+def test_set_kv_groups_outside_the_layout_is_refused():
+    model = _model()
+    with pytest.raises(ValueError, match=r"4 KV groups is outside \[1, 3\]"):
+        set_kv_groups(model, 4)
+
+
+def test_head_group_round_trips_with_the_super_adapter(tmp_path):
+    from nncf_elastic_lora.elastic import ElasticLoraSuperNet
+
+    sn = _supernet()
+    config = _with(sn, kv=2)
+    sn.activate_config(config)
+    expected = _logits(sn.model)
+    sn.save_super_adapter(tmp_path / "super")
+    sn.save_sub_adapter(tmp_path / "sub", config)
+    loaded = ElasticLoraSuperNet.load_super_adapter(_model(), tmp_path / "super")
+    assert loaded.get_search_space() == sn.get_search_space()
+    loaded.activate_config(config)
+    torch.testing.assert_close(_logits(loaded.model), expected, atol=1e-6, rtol=0)
+    record = json.loads((tmp_path / "sub" / "elastic_lora_sub.json").read_text())
+    assert (record["kv_groups"], record["kv_heads"]) == (2, 3)
+    from nncf_elastic_lora.merge import MergeError, check_not_channel_sliced
+
+    with pytest.raises(MergeError, match="keeps 2 of 3 KV groups per attention"):
+        check_not_channel_sliced(tmp_path / "sub")
+
+
+@pytest.mark.parametrize(
+    ("kv_groups", "message"),
+    [
+        ([3, 4], r"kv_groups: \[4\] exceed the model's 3 key-value heads per layer"),
+        ([3, 0], r"must be a non-empty list of distinct positive ints"),
+        ([2, 2], r"must be a non-empty list of distinct positive ints"),
+    ],
+)
+def test_bad_kv_group_counts_fail_naming_them(kv_groups, message):
+    from pydantic import ValidationError
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises((ValueError, ValidationError), match=message):
+        _supernet(model, kv_groups)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not any(hasattr(m, "lora_A") for m in model.modules())
+
+
+def test_heads_need_mode_b():
+    from nncf_elastic_lora.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"elasticity.heads is set but mode is 'rank'"):
+        parse_config({"bootstrapNAS": {"elasticity": {"mode": "rank", "heads": {"kv_groups": [2, 1]}}}})
+
+
+def test_verbs_reorder_train_extract_export_with_elastic_heads(tmp_path):
+    """The CLI on the tiny LoNAS config with heads elastic: ordered, trained, extracted with 1 of 2 KV groups,
+    reloaded by stock transformers, exported, and the IR matches torch."""
+    from transformers import AutoModelForCausalLM
+
+    from nncf_elastic_lora.cli import main
+
+    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
+    common = [
+        "--config",
+        config,
+        "--no-progress",
+        "--set",
+        'bootstrapNAS.elasticity.heads={"kv_groups": [2, 1]}',
+    ]
+    assert main(["reorder", *common, "--output", str(tmp_path / "ordered")]) == 0
+    report = json.loads((tmp_path / "ordered" / "report.json").read_text())
+    assert report["max_logit_change"] < 1e-4 and report["head_ordering"]["fractions"] == [0.5]
+    assert report["head_ordering"]["kept_ordered"][0] >= report["head_ordering"]["kept_original"][0]
+    base = ["--model", str(tmp_path / "ordered")]
+    assert main(["train", *common, *base, "--output", str(tmp_path / "nls")]) == 0
+    subnet = json.loads((tmp_path / "nls" / "sub_adapter_heuristic" / "subnet_config.json").read_text())
+    assert subnet["attention_kv_groups"] == 1  # the middle of [2, 1]
+    extract = ["extract", *common, *base, "--super-adapter", str(tmp_path / "nls" / "super_adapter")]
+    assert main([*extract, "--output", str(tmp_path / "small")]) == 0
+    small = json.loads((tmp_path / "small" / "extract_report.json").read_text())
+    assert (small["kv_groups"], small["kv_heads"]) == (1, 2) and small["params"] < small["params_before"]
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "small")
+    assert (plain.config.num_attention_heads, plain.config.num_key_value_heads) == (2, 1)
+    assert plain.model.layers[0].self_attn.k_proj.out_features == plain.config.head_dim == 16
+    adapter = ["--adapter", str(tmp_path / "nls" / "sub_adapter_heuristic")]
+    assert main(["export", *common, *base, *adapter, "--output", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+    assert_export_matches_torch(common, tmp_path / "small", tmp_path / "ir")
