@@ -67,6 +67,8 @@ def check_config_against_model(
             if t.adapter_kind == "qa_sparsepeft" and config.quantization.weight_format == "int4":
                 problems += _qa_targets_quantized(model, config, adapted)
                 problems += _channel_widths_keep_int4_groups(model, config)
+                problems += _kv_groups_keep_int4_groups(model, config)
+            problems += _kv_groups_fit(model, config)
             default = width.default_widths or [t.lora_r]
             if max(default) > t.lora_r:
                 problems.append(
@@ -147,6 +149,52 @@ def _channel_widths_keep_int4_groups(model: Any, config: PipelineConfig) -> list
                 f"bootstrapNAS.elasticity.channels: widths {off} of {mlp.down} are not multiples of its INT4 group "
                 f"size {group}, so slicing would cut through quantization groups; choose widths in multiples of "
                 f"{group} or a smaller quantization.group_size"
+            ]
+    return []
+
+
+def _kv_groups_fit(model: Any, config: PipelineConfig) -> list[str]:
+    """Elastic heads: the model's attentions share one layout and have at least the configured KV groups."""
+    from .elastic.heads import attentions
+
+    heads = config.bootstrapNAS.elasticity.head_spec()
+    if heads is None:
+        return []
+    try:
+        atts = attentions(model)
+        heads.counts_for(min(a.num_kv_heads for a in atts))
+    except ValueError as exc:
+        return [f"bootstrapNAS.elasticity.heads: {exc}" if "bootstrapNAS" not in str(exc) else str(exc)]
+    return []
+
+
+def _kv_groups_keep_int4_groups(model: Any, config: PipelineConfig) -> list[str]:
+    """Elastic heads on an INT4 base slice o_proj's input by whole KV groups: each must be whole quantization groups."""
+    from .elastic.heads import attentions
+    from .int4 import plan_group_sizes
+
+    heads = config.bootstrapNAS.elasticity.head_spec()
+    if heads is None:
+        return []
+    q = config.quantization
+    try:
+        plan = plan_group_sizes(find_linears(model, q.target_modules), q.group_size, q.group_size_fallback)
+        atts = attentions(model)
+    except ValueError:
+        return []  # reported elsewhere
+    for a in atts:
+        group = plan.get(a.o)
+        if group is None:
+            return [
+                f"quantization.target_modules: LoNAS heads with 'qa_sparsepeft' slice INT4 attentions, but {a.o} is "
+                "left in full precision: quantize every attention projection"
+            ]
+        off = [c for c in heads.kv_groups if (c * a.channels_per_group) % group]
+        if off:
+            return [
+                f"bootstrapNAS.elasticity.heads.kv_groups: {off} KV groups keep {[c * a.channels_per_group for c in off]}"
+                f" of {a.o}'s input channels, not multiples of its INT4 group size {group}, so slicing would cut "
+                f"through quantization groups; choose a quantization.group_size that divides {a.channels_per_group}"
             ]
     return []
 

@@ -227,3 +227,65 @@ def test_verbs_reorder_train_extract_export_with_elastic_heads(tmp_path):
     assert main(["export", *common, *base, *adapter, "--output", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
     assert_export_matches_torch(common, tmp_path / "small", tmp_path / "ir")
+
+
+def test_heads_on_an_int4_base_extract_whole_quantization_groups(tmp_path):
+    """LoNAS heads + QA-SparsePEFT: the extracted INT4 model keeps whole KV groups and whole quantization
+    groups, its logits are the super-network's, and its IR holds exactly its codes."""
+    from nncf_elastic_lora.cli import main
+    from nncf_elastic_lora.extract import slice_quantized
+    from nncf_elastic_lora.int4 import check_ir_codes, load_quantized_weights
+    from nncf_elastic_lora.models import load_model
+    from nncf_elastic_lora.pipeline import load_supernet
+
+    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
+    common = [
+        "--config",
+        config,
+        "--no-progress",
+        "--set",
+        'bootstrapNAS.elasticity.heads={"kv_groups": [2, 1]}',
+    ]
+    common += ["--set", "quantization.weight_format=int4", "--set", "quantization.group_size=32"]
+    common += [
+        "--set",
+        "bootstrapNAS.training.adapter_kind=qa_sparsepeft",
+        "--set",
+        "export.weight_format=int4",
+    ]
+    common += ["--set", 'bootstrapNAS.elasticity.channels={"channels": [128, 64], "channel_step": 32}']
+    assert main(["quantize", *common, "--output", str(tmp_path / "int4")]) == 0
+    base = ["--model", str(tmp_path / "int4")]
+    assert main(["train", *common, *base, "--output", str(tmp_path / "nls")]) == 0
+    super_adapter = tmp_path / "nls" / "super_adapter"
+    assert (
+        main(
+            [
+                "extract",
+                *common,
+                *base,
+                "--super-adapter",
+                str(super_adapter),
+                "--output",
+                str(tmp_path / "small"),
+            ]
+        )
+        == 0
+    )
+    codes, before = load_quantized_weights(tmp_path / "small"), load_quantized_weights(tmp_path / "int4")
+    o, k = "model.layers.0.self_attn.o_proj", "model.layers.0.self_attn.k_proj"
+    assert (
+        codes[o].codes.shape == (64, 32)
+        and codes[o].scale.shape == (64, 1)
+        and codes[k].codes.shape == (16, 64)
+    )
+    assert torch.equal(codes[o].scale, slice_quantized(before[o], cols=32).scale)  # the base's grid, sliced
+    supernet, _ = load_supernet(ModelConfig(name_or_path=str(tmp_path / "int4")), super_adapter)
+    supernet.activate_heuristic_subnet()
+    small, _ = load_model(ModelConfig(name_or_path=str(tmp_path / "small")))
+    assert small.config.num_key_value_heads == 1
+    torch.testing.assert_close(_logits(small), _logits(supernet.model), atol=1e-5, rtol=0)
+    assert (
+        main(["export", *common, "--model", str(tmp_path / "small"), "--output", str(tmp_path / "ir")]) == 0
+    )
+    check_ir_codes(tmp_path / "ir" / "openvino_model.xml", codes)  # raises on any differing code
