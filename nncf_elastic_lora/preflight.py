@@ -66,8 +66,7 @@ def check_config_against_model(
         else:
             if t.adapter_kind == "qa_sparsepeft" and config.quantization.weight_format == "int4":
                 problems += _qa_targets_quantized(model, config, adapted)
-                problems += _channel_widths_keep_int4_groups(model, config)
-                problems += _kv_groups_keep_int4_groups(model, config)
+                problems += _elastic_slices_keep_int4_groups(model, config)
             problems += _kv_groups_fit(model, config)
             default = width.default_widths or [t.lora_r]
             if max(default) > t.lora_r:
@@ -118,37 +117,39 @@ def check_data(
             load_examples(config.data, task)
 
 
-def _channel_widths_keep_int4_groups(model: Any, config: PipelineConfig) -> list[str]:
-    """LoNAS on an INT4 base slices down_proj's input: every width must be whole quantization groups."""
+def _elastic_slices_keep_int4_groups(model: Any, config: PipelineConfig) -> list[str]:
+    """LoNAS on an INT4 base slices down_proj's input by MLP widths and o_proj's by KV groups: every slice
+    must keep whole quantization groups."""
     from .elastic.channels import gated_mlps, intermediate_size
+    from .elastic.heads import attentions
     from .int4 import plan_group_sizes
 
-    spec = config.bootstrapNAS.elasticity.channel_spec()
+    spec, heads = config.bootstrapNAS.elasticity.channel_spec(), config.bootstrapNAS.elasticity.head_spec()
     if spec is None:
         return []
     q = config.quantization
     try:
         plan = plan_group_sizes(find_linears(model, q.target_modules), q.group_size, q.group_size_fallback)
-        mlps = gated_mlps(model)
-    except ValueError:
-        return []  # reported elsewhere
-    for mlp in mlps:
-        group = plan.get(mlp.down)
+        slices = [(m.down, spec.widths_for(intermediate_size(model, m)), 1) for m in gated_mlps(model)]
+        if heads is not None:
+            slices += [(a.o, heads.kv_groups, a.channels_per_group) for a in attentions(model)]
+    except ValueError as exc:
+        return [str(exc)] if "bootstrapNAS" in str(exc) else []  # the rest is reported elsewhere
+    for module, widths, step in slices:
+        key = "channels" if step == 1 else "heads.kv_groups"
+        group = plan.get(module)
         if group is None:
             return [
-                f"quantization.target_modules: LoNAS with 'qa_sparsepeft' slices INT4 MLPs, but {mlp.down} is left "
-                "in full precision: quantize every MLP projection"
+                f"quantization.target_modules: LoNAS with 'qa_sparsepeft' slices INT4 layers, but {module} is left "
+                "in full precision: quantize every MLP (and, with elastic heads, attention) projection"
             ]
-        try:
-            widths = spec.widths_for(intermediate_size(model, mlp))
-        except ValueError as exc:
-            return [str(exc)]
-        off = [w for w in widths if w % group]
+        off = [w for w in widths if (w * step) % group]
         if off:
+            cut = f"widths {off}" if step == 1 else f"{off} KV groups ({[w * step for w in off]} input channels)"
             return [
-                f"bootstrapNAS.elasticity.channels: widths {off} of {mlp.down} are not multiples of its INT4 group "
-                f"size {group}, so slicing would cut through quantization groups; choose widths in multiples of "
-                f"{group} or a smaller quantization.group_size"
+                f"bootstrapNAS.elasticity.{key}: {cut} of {module} are not multiples of its INT4 group size {group}, "
+                "so slicing would cut through quantization groups; choose widths that keep whole groups or a "
+                "smaller quantization.group_size"
             ]
     return []
 
@@ -165,37 +166,6 @@ def _kv_groups_fit(model: Any, config: PipelineConfig) -> list[str]:
         heads.counts_for(min(a.num_kv_heads for a in atts))
     except ValueError as exc:
         return [f"bootstrapNAS.elasticity.heads: {exc}" if "bootstrapNAS" not in str(exc) else str(exc)]
-    return []
-
-
-def _kv_groups_keep_int4_groups(model: Any, config: PipelineConfig) -> list[str]:
-    """Elastic heads on an INT4 base slice o_proj's input by whole KV groups: each must be whole quantization groups."""
-    from .elastic.heads import attentions
-    from .int4 import plan_group_sizes
-
-    heads = config.bootstrapNAS.elasticity.head_spec()
-    if heads is None:
-        return []
-    q = config.quantization
-    try:
-        plan = plan_group_sizes(find_linears(model, q.target_modules), q.group_size, q.group_size_fallback)
-        atts = attentions(model)
-    except ValueError:
-        return []  # reported elsewhere
-    for a in atts:
-        group = plan.get(a.o)
-        if group is None:
-            return [
-                f"quantization.target_modules: LoNAS heads with 'qa_sparsepeft' slice INT4 attentions, but {a.o} is "
-                "left in full precision: quantize every attention projection"
-            ]
-        off = [c for c in heads.kv_groups if (c * a.channels_per_group) % group]
-        if off:
-            return [
-                f"bootstrapNAS.elasticity.heads.kv_groups: {off} KV groups keep {[c * a.channels_per_group for c in off]}"
-                f" of {a.o}'s input channels, not multiples of its INT4 group size {group}, so slicing would cut "
-                f"through quantization groups; choose a quantization.group_size that divides {a.channels_per_group}"
-            ]
     return []
 
 

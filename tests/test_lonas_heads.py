@@ -17,6 +17,12 @@ from nncf_elastic_lora.models import build_tiny_llama
 
 from .test_lonas import _calibration, _logits, assert_export_matches_torch
 
+# The tiny LoNAS config (4 query heads, 2 KV heads of 16 dims) with its heads elastic.
+TINY_LONAS_HEADS = (
+    *("--config", str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json"), "--no-progress"),
+    *("--set", 'bootstrapNAS.elasticity.heads={"kv_groups": [2, 1]}'),
+)
+
 # 6 query heads sharing 3 KV heads (2 per group), head dim 8.
 GQA = ModelConfig(
     name_or_path="tiny-random-llama",
@@ -200,14 +206,7 @@ def test_verbs_reorder_train_extract_export_with_elastic_heads(tmp_path):
 
     from nncf_elastic_lora.cli import main
 
-    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
-    common = [
-        "--config",
-        config,
-        "--no-progress",
-        "--set",
-        'bootstrapNAS.elasticity.heads={"kv_groups": [2, 1]}',
-    ]
+    common = list(TINY_LONAS_HEADS)
     assert main(["reorder", *common, "--output", str(tmp_path / "ordered")]) == 0
     report = json.loads((tmp_path / "ordered" / "report.json").read_text())
     assert report["max_logit_change"] < 1e-4 and report["head_ordering"]["fractions"] == [0.5]
@@ -238,14 +237,7 @@ def test_heads_on_an_int4_base_extract_whole_quantization_groups(tmp_path):
     from nncf_elastic_lora.models import load_model
     from nncf_elastic_lora.pipeline import load_supernet
 
-    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
-    common = [
-        "--config",
-        config,
-        "--no-progress",
-        "--set",
-        'bootstrapNAS.elasticity.heads={"kv_groups": [2, 1]}',
-    ]
+    common = list(TINY_LONAS_HEADS)
     common += ["--set", "quantization.weight_format=int4", "--set", "quantization.group_size=32"]
     common += [
         "--set",
