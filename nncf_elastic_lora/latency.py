@@ -1,17 +1,20 @@
 """A latency model of this machine's OpenVINO runtime for LoNAS sub-networks (search cost ``latency``).
 
 Decoding at small batch reads every weight once per token, so its time per token is close to linear
-in the bytes the model holds, and a sub-network differs from the base only in its MLP widths. The
-model is therefore ``ms per token = intercept + slope × (MLP weights kept, in millions)``, fitted by
-least squares on sub-networks that are really built and measured:
+in the bytes the model holds, and a sub-network differs from the base only in its MLP widths (and,
+with elastic heads, its KV-group count). The model is therefore ``ms per token = intercept + slope ×
+(elastic weights kept, in millions)``, the elastic weights being the MLP projections' (plus, with
+elastic heads, the attention projections'), fitted by least squares on sub-networks that are really
+built and measured:
 
-- **fit points**: the same width in every layer, one point per configured width;
-- **held-out points**: random per-layer widths (seeded), never used in the fit, whose measured
-  latency the fitted model predicts: their error is the model's error on the configurations a
-  search actually visits. The leave-one-out error of the fit points is reported too.
+- **fit points**: the same width in every layer, one point per configured width, at every KV group;
+  with elastic heads, one more point per smaller KV-group count at full MLP width;
+- **held-out points**: random per-layer widths (and KV-group counts; seeded), never used in the fit,
+  whose measured latency the fitted model predicts: their error is the model's error on the
+  configurations a search actually visits. The leave-one-out error of the fit points is reported too.
 
-Each point is the base with its MLPs sliced (the adapters merged or not makes no difference to the
-shapes), exported through optimum-intel at the export's weight format and measured by GenAI's
+Each point is the base with its MLPs (and attentions) sliced (the adapters merged or not makes no
+difference to the shapes), exported through optimum-intel at the export's weight format and measured by GenAI's
 ``LLMPipeline`` on the export's device, in its own process
 (:func:`nncf_elastic_lora.benchmark.benchmark_models`).
 
@@ -37,6 +40,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .elastic.channels import gated_mlps, intermediate_size
+from .elastic.heads import attentions
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +49,16 @@ FILE = "latency_model.json"
 
 @dataclass
 class LatencyPoint:
-    """One measured sub-network: its per-layer MLP widths and decode time per token."""
+    """One measured sub-network: its per-layer MLP widths (and KV groups) and decode time per token."""
 
     role: str  # "fit" or "holdout"
     widths: list[int]
-    mlp_params: int
+    weights: (
+        int  # elastic weights kept: the MLP projections' (+ the attention projections' with elastic heads)
+    )
     measured_ms: float
     predicted_ms: float | None = None  # held-out: by the fitted model; fit: leave-one-out
+    kv_groups: int | None = None  # with elastic heads
 
     @property
     def error(self) -> float | None:
@@ -60,7 +67,11 @@ class LatencyPoint:
 
 @dataclass
 class LatencyModel:
-    """``ms per decode step = intercept_ms + ms_per_mparam × MLP parameters / 1e6`` at ``batch_size``."""
+    """``ms per decode step = intercept_ms + ms_per_mparam × elastic weights / 1e6`` at ``batch_size``.
+
+    The elastic weights are the MLP projections' and, when ``kv_heads`` is set (fitted with elastic
+    heads), the attention projections' of the KV groups kept (``params_per_kv_group`` each, all layers).
+    """
 
     intercept_ms: float
     ms_per_mparam: float
@@ -71,6 +82,8 @@ class LatencyModel:
     params_per_channel: list[int]  # weights one intermediate channel holds (gate row + up row + down column)
     points: list[LatencyPoint] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
+    kv_heads: int | None = None  # the base's KV heads per layer, when fitted with elastic heads
+    params_per_kv_group: int = 0  # weights one KV group holds over all layers (q, k, v rows + o columns)
 
     def mlp_params(self, widths: list[int] | dict[str, int]) -> int:
         if isinstance(widths, dict):
@@ -84,9 +97,18 @@ class LatencyModel:
             raise ValueError(f"{len(widths)} widths for a latency model of {len(self.layers)} MLPs")
         return sum(w * p for w, p in zip(widths, self.params_per_channel, strict=True))
 
-    def predict_ms(self, widths: list[int] | dict[str, int]) -> float:
-        """Predicted decode milliseconds per step of the sub-network with these MLP widths."""
-        return on_line((self.intercept_ms, self.ms_per_mparam), self.mlp_params(widths))
+    def weights(self, widths: list[int] | dict[str, int], kv_groups: int | None = None) -> int:
+        """The elastic weights a sub-network keeps (``kv_groups``: None = every KV group)."""
+        if self.kv_heads is None:
+            return self.mlp_params(widths)
+        kept = self.kv_heads if kv_groups is None else kv_groups
+        if not 0 < kept <= self.kv_heads:
+            raise ValueError(f"{kept} KV groups is outside [1, {self.kv_heads}] for this latency model")
+        return self.mlp_params(widths) + kept * self.params_per_kv_group
+
+    def predict_ms(self, widths: list[int] | dict[str, int], kv_groups: int | None = None) -> float:
+        """Predicted decode milliseconds per step of the sub-network with these MLP widths (and KV groups)."""
+        return on_line((self.intercept_ms, self.ms_per_mparam), self.weights(widths, kv_groups))
 
     def errors(self, role: str) -> dict[str, float | None]:
         errs = [abs(p.error) for p in self.points if p.role == role and p.error is not None]
@@ -94,9 +116,16 @@ class LatencyModel:
             return {"mean_abs": None, "max_abs": None}
         return {"mean_abs": float(np.mean(errs)), "max_abs": float(np.max(errs))}
 
-    def check_fits(self, mlp_sizes: dict[str, int]) -> None:
-        """Refuse a super-network whose MLPs are not the ones this model was measured on."""
+    def check_fits(self, mlp_sizes: dict[str, int], kv_heads: int | None = None) -> None:
+        """Refuse a super-network whose MLPs (or elastic heads) are not the ones this model was measured on."""
         check_slope(self.ms_per_mparam, self.points)
+        if kv_heads != self.kv_heads:
+            measured = f"with {self.kv_heads} elastic KV groups" if self.kv_heads else "without elastic heads"
+            given = f"{kv_heads} elastic KV groups" if kv_heads else "no elastic heads"
+            raise ValueError(
+                f"the latency model was measured {measured}, this super-network has {given}; fit it with the "
+                "same bootstrapNAS.elasticity.heads"
+            )
         if mlp_sizes != dict(zip(self.layers, self.sizes, strict=True)):
             raise ValueError(
                 "the latency model was measured on MLPs of other names or sizes than this super-network's "
@@ -130,13 +159,21 @@ class LatencyModel:
         try:
             data = json.loads(path.read_text())
             data = {k: v for k, v in data.items() if k not in ("fit_error", "holdout_error")}
-            points = [LatencyPoint(**p) for p in data.pop("points", [])]
+            points = [LatencyPoint(**_renamed(p)) for p in data.pop("points", [])]
             model = cls(**data, points=points)
             if not len(model.layers) == len(model.sizes) == len(model.params_per_channel) > 0:
                 raise TypeError("layers, sizes and params_per_channel differ in length")
             return model
         except (ValueError, AttributeError, TypeError) as err:  # JSON and Unicode errors are ValueErrors
             raise ValueError(f"{path} is not a latency model written by this package ({err})") from None
+
+
+def _renamed(point: dict[str, Any]) -> dict[str, Any]:
+    """A point as written before heads were elastic named its weights ``mlp_params``."""
+    if isinstance(point, dict) and "mlp_params" in point and "weights" not in point:
+        point = {**point, "weights": point["mlp_params"]}
+        del point["mlp_params"]
+    return point
 
 
 def fit_line(params: list[int], ms: list[float]) -> tuple[float, float]:
@@ -148,7 +185,7 @@ def fit_line(params: list[int], ms: list[float]) -> tuple[float, float]:
 
 
 def on_line(line: tuple[float, float], params: int) -> float:
-    """Milliseconds at ``params`` MLP weights on ``(intercept, slope per million)``."""
+    """Milliseconds at ``params`` elastic weights on ``(intercept, slope per million)``."""
     return line[0] + line[1] * params / 1e6
 
 
@@ -156,11 +193,9 @@ def check_slope(slope: float, points: list[LatencyPoint]) -> None:
     """Refuse a fit in which decode time does not grow with the weights (noise swamped the widths)."""
     if slope > 0:
         return
-    measured = ", ".join(
-        f"{p.mlp_params:,} weights: {p.measured_ms:.2f} ms" for p in points if p.role == "fit"
-    )
+    measured = ", ".join(f"{p.weights:,} weights: {p.measured_ms:.2f} ms" for p in points if p.role == "fit")
     raise ValueError(
-        f"the fitted decode time does not grow with the MLP weights (slope {slope:.4g} ms per million; measured "
+        f"the fitted decode time does not grow with the elastic weights (slope {slope:.4g} ms per million; measured "
         f"{measured}): the measurements are noise; measure on a quiet machine, or raise "
         "bootstrapNAS.search.latency.repeats and new_tokens"
     )
@@ -175,6 +210,18 @@ def mlp_layout(model: nn.Module) -> tuple[list[str], list[int], list[int]]:
         sizes.append(intermediate_size(model, mlp))
         per_channel.append(gate.in_features + up.in_features + down.out_features)
     return names, sizes, per_channel
+
+
+def attention_layout(model: nn.Module) -> tuple[int, int]:
+    """``(KV heads per layer, weights one KV group holds over all layers)``: q, k, v rows and o columns."""
+    atts = attentions(model)
+    per_group = 0
+    for a in atts:
+        hidden = model.get_submodule(a.q).in_features
+        per_group += hidden * (a.channels_per_group + 2 * a.head_dim) + model.get_submodule(
+            a.o
+        ).out_features * (a.channels_per_group)
+    return atts[0].num_kv_heads, per_group
 
 
 def sample_widths(choices: list[list[int]], count: int, seed: int, avoid: list[list[int]]) -> list[list[int]]:
@@ -202,6 +249,7 @@ def fit_latency_model(
     model: ModelConfig,
     *,
     widths: list[list[int]],
+    kv_groups: list[int] | None = None,
     holdout: int = 2,
     batch_size: int = 1,
     weight_format: str = "fp32",
@@ -222,6 +270,8 @@ def fit_latency_model(
 
     ``widths``: the per-layer width choices (one list per decoder layer, largest first). Every layer at
     its i-th choice is a fit point; ``holdout`` random mixes are measured to report the error.
+    ``kv_groups``: the KV-group counts when the heads are elastic (largest first); each smaller count
+    adds a fit point at full MLP width, and the held-out mixes draw a count too.
     ``work_dir``: where each sub-network's checkpoint and IR are written while it is measured (a
     temporary folder inside it; default the system's).
     """
@@ -231,6 +281,7 @@ def fit_latency_model(
         )
     from tqdm.auto import tqdm
 
+    from .elastic.heads import set_kv_groups
     from .exporting import export_openvino
     from .extract import set_mlp_widths
     from .models import load_model
@@ -238,6 +289,7 @@ def fit_latency_model(
 
     base, tokenizer = load_model(model)  # read once; each point slices a copy
     layers, sizes, per_channel = mlp_layout(base)
+    kv_heads, per_kv_group = attention_layout(base) if kv_groups else (None, 0)
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     if len(widths) != len(layers):
@@ -245,13 +297,19 @@ def fit_latency_model(
     levels = min(len(c) for c in widths)
     fit = [[c[i] for c in widths] for i in range(levels)]
     held = sample_widths(widths, holdout, seed, avoid=fit)
-    configs = [("fit", w) for w in fit] + [("holdout", w) for w in held]
-    measured: list[tuple[str, list[int], float]] = []
-    for role, config in tqdm(configs, desc="latency model: measure sub-networks", disable=not progress):
+    full = max(kv_groups) if kv_groups else None
+    configs = [("fit", w, full) for w in fit]
+    configs += [("fit", fit[0], c) for c in sorted(kv_groups or [], reverse=True) if c != full]
+    rng = random.Random(seed)
+    configs += [("holdout", w, rng.choice(kv_groups) if kv_groups else None) for w in held]
+    measured: list[tuple[str, list[int], int | None, float]] = []
+    for role, config, kept in tqdm(configs, desc="latency model: measure sub-networks", disable=not progress):
         with tempfile.TemporaryDirectory(prefix=".nel-latency-", dir=work_dir) as tmp:
             sliced, ir = Path(tmp) / "sliced", Path(tmp) / "ir"
             sub = copy.deepcopy(base)
             set_mlp_widths(sub, config)
+            if kept is not None:
+                set_kv_groups(sub, kept)
             sub.save_pretrained(sliced)
             tokenizer.save_pretrained(sliced)
             del sub
@@ -267,7 +325,7 @@ def fit_latency_model(
             )
             ms = measure_decode_ms(
                 ir,
-                label=f"{role} {sorted(set(config))}",
+                label=f"{role} {sorted(set(config))}" + (f" kv {kept}" if kept else ""),
                 device=device,
                 properties=properties or {},
                 batch_size=batch_size,
@@ -275,23 +333,26 @@ def fit_latency_model(
                 new_tokens=new_tokens,
                 repeats=repeats,
             )
-        measured.append((role, config, ms))
+        measured.append((role, config, kept, ms))
     del base
-    params = [sum(w * p for w, p in zip(c, per_channel, strict=True)) for _, c, _ in measured]
-    fit_idx = [i for i, (role, _, _) in enumerate(measured) if role == "fit"]
-    intercept, slope = fit_line([params[i] for i in fit_idx], [measured[i][2] for i in fit_idx])
+    params = [
+        sum(w * p for w, p in zip(c, per_channel, strict=True)) + (kept or 0) * per_kv_group
+        for _, c, kept, _ in measured
+    ]
+    fit_idx = [i for i, m in enumerate(measured) if m[0] == "fit"]
+    intercept, slope = fit_line([params[i] for i in fit_idx], [measured[i][3] for i in fit_idx])
     points = []
-    for i, (role, config, ms) in enumerate(measured):
+    for i, (role, config, kept, ms) in enumerate(measured):
         if role == "fit":  # leave-one-out: predicted by a line through the other fit points
             others = [j for j in fit_idx if j != i]
             if len({params[j] for j in others}) >= 2:
-                line = fit_line([params[j] for j in others], [measured[j][2] for j in others])
+                line = fit_line([params[j] for j in others], [measured[j][3] for j in others])
                 predicted = on_line(line, params[i])
             else:
                 predicted = None
         else:
             predicted = on_line((intercept, slope), params[i])
-        points.append(LatencyPoint(role, config, params[i], ms, predicted))
+        points.append(LatencyPoint(role, config, params[i], ms, predicted, kept))
     check_slope(slope, points)
     fitted = LatencyModel(
         intercept_ms=intercept,
@@ -303,9 +364,11 @@ def fit_latency_model(
         params_per_channel=per_channel,
         points=points,
         machine=machine_info(),
+        kv_heads=kv_heads,
+        params_per_kv_group=per_kv_group,
     )
     log.info(
-        "latency model: %.3f ms + %.4f ms per million MLP weights; held-out error %s",
+        "latency model: %.3f ms + %.4f ms per million elastic weights; held-out error %s",
         intercept,
         slope,
         fitted.errors("holdout"),
@@ -314,7 +377,7 @@ def fit_latency_model(
 
 
 def plot_latency_model(model: LatencyModel, path: str | Path) -> Path:
-    """Measured decode time against MLP weights, the fitted line, held-out points marked."""
+    """Measured decode time against the elastic weights, the fitted line, held-out points marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,13 +387,13 @@ def plot_latency_model(model: LatencyModel, path: str | Path) -> Path:
     for role, marker, colour in (("fit", "o", "#1f6feb"), ("holdout", "s", "#cf222e")):
         pts = [p for p in model.points if p.role == role]
         ax.scatter(
-            [p.mlp_params / 1e6 for p in pts],
+            [p.weights / 1e6 for p in pts],
             [p.measured_ms for p in pts],
             marker=marker,
             c=colour,
             label=role,
         )
-    xs = np.array([min(p.mlp_params for p in model.points), max(p.mlp_params for p in model.points)]) / 1e6
+    xs = np.array([min(p.weights for p in model.points), max(p.weights for p in model.points)]) / 1e6
     ax.plot(xs, model.intercept_ms + model.ms_per_mparam * xs, "--", c="#57606a", label="fitted")
     held, loo = model.errors("holdout")["mean_abs"], model.errors("fit")["mean_abs"]
     suffix = "".join(
@@ -339,7 +402,9 @@ def plot_latency_model(model: LatencyModel, path: str | Path) -> Path:
         if err
     )
     ax.set_title(f"decode latency, batch {model.batch_size}, {model.weight_format}{suffix}", fontsize=10)
-    ax.set_xlabel("MLP weights kept (millions)")
+    ax.set_xlabel(
+        "MLP + attention weights kept (millions)" if model.kv_heads else "MLP weights kept (millions)"
+    )
     ax.set_ylabel("ms per decode step")
     ax.legend(fontsize=8)
     fig.tight_layout()

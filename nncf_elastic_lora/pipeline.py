@@ -239,11 +239,12 @@ def fit_latency(config: PipelineConfig, output: str | Path, progress: bool = Tru
     """LoNAS: measure sub-networks of ``config.model`` on this machine and fit the latency model.
 
     The sub-networks take the configured channel widths (the same in every layer: the fit points;
-    ``bootstrapNAS.search.latency.holdout`` random mixes: the reported prediction error), exported at
+    ``bootstrapNAS.search.latency.holdout`` random mixes: the reported prediction error) and, with
+    elastic heads, the configured KV-group counts, exported at
     ``search.latency.weight_format`` (default ``export.weight_format``). Writes ``latency_model.json``
     and ``latency_model.png`` under ``output`` (atomically); search takes the JSON for cost 'latency'.
     """
-    from .latency import FILE, fit_latency_model, mlp_layout, plot_latency_model
+    from .latency import FILE, attention_layout, fit_latency_model, mlp_layout, plot_latency_model
 
     spec = config.bootstrapNAS.elasticity.channel_spec()
     if spec is None:
@@ -255,8 +256,11 @@ def fit_latency(config: PipelineConfig, output: str | Path, progress: bool = Tru
     from .models import meta_model
 
     lat, ex = config.bootstrapNAS.search.latency, config.export
-    _, sizes, _ = mlp_layout(meta_model(config.model))
+    meta = meta_model(config.model)
+    _, sizes, _ = mlp_layout(meta)
     widths = [spec.widths_for(size) for size in sizes]
+    heads = config.bootstrapNAS.elasticity.head_spec()
+    kv_groups = heads.counts_for(attention_layout(meta)[0]) if heads else None
     fmt, group_size, sym = lat.weight_format or ex.weight_format, ex.group_size, ex.sym
     base_dir = Path(resolve_model_dir(config.model))
     if is_quantized_base(base_dir):  # the IR will ship the base's INT4 codes: measure INT4 of that layout
@@ -266,6 +270,7 @@ def fit_latency(config: PipelineConfig, output: str | Path, progress: bool = Tru
     fitted = fit_latency_model(
         config.model,
         widths=widths,
+        kv_groups=kv_groups,
         holdout=lat.holdout,
         batch_size=lat.batch_size,
         weight_format=fmt,
@@ -532,7 +537,7 @@ def evaluate_subnets(
 def latency_predictor(config: PipelineConfig, latency_model: str | Path | None) -> Any:
     """The :class:`~nncf_elastic_lora.latency.LatencyModel` the configured search needs (None unless cost
     'latency'), loaded and checked against ``config.model``'s MLPs (no weights read)."""
-    from .latency import LatencyModel, mlp_layout
+    from .latency import LatencyModel, attention_layout, mlp_layout
     from .models import meta_model
 
     cost = config.bootstrapNAS.search.cost
@@ -550,8 +555,10 @@ def latency_predictor(config: PipelineConfig, latency_model: str | Path | None) 
     if latency_model is None:
         return None
     predictor = LatencyModel.load(latency_model)
-    names, sizes, _ = mlp_layout(meta_model(config.model))
-    predictor.check_fits(dict(zip(names, sizes, strict=True)))
+    meta = meta_model(config.model)
+    names, sizes, _ = mlp_layout(meta)
+    kv_heads = attention_layout(meta)[0] if config.bootstrapNAS.elasticity.head_spec() else None
+    predictor.check_fits(dict(zip(names, sizes, strict=True)), kv_heads)
     return predictor
 
 
@@ -797,7 +804,17 @@ def run_report(run: RunState, stage_names: list[str]) -> dict[str, Any]:
         "merge": res.get("merge"),
         "extract": _pick(
             res.get("extract"),
-            ("subnet", "config", "mlp_widths", "params", "params_before", "macs", "precision"),
+            (
+                "subnet",
+                "config",
+                "mlp_widths",
+                "kv_groups",
+                "kv_heads",
+                "params",
+                "params_before",
+                "macs",
+                "precision",
+            ),
         ),
         "export": _pick(
             res.get("export"), ("weight_format", "adapter", "ir_sparsity", "size_bytes", "parity", "export_s")
@@ -852,7 +869,11 @@ def _extract_section(report: dict[str, Any]) -> str:
     widths = ", ".join(str(w) for w in x["mlp_widths"]) or "unchanged"
     share = f"{x['params'] / x['params_before']:.1%} of {x['params_before']:,}"
     where = report["artifacts"].get("extracted_model")
-    return f"\n## Extracted sub-network (LoNAS)\n\n{where}: {x['params']:,} parameters ({share}); MLP widths per layer: {widths}\n"
+    heads = f"; KV groups per attention: {x['kv_groups']} of {x['kv_heads']}" if x.get("kv_groups") else ""
+    return (
+        f"\n## Extracted sub-network (LoNAS)\n\n{where}: {x['params']:,} parameters ({share}); MLP widths per "
+        f"layer: {widths}{heads}\n"
+    )
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
@@ -992,6 +1013,8 @@ def print_summary(report: dict[str, Any]) -> None:
             ],
             ["extracted MLP widths", ", ".join(str(w) for w in x["mlp_widths"]) or "unchanged"],
         ]
+        if x.get("kv_groups"):
+            facts.append(["extracted KV groups per attention", f"{x['kv_groups']} of {x['kv_heads']}"])
     if report.get("export"):
         facts += export_facts(report["export"])
     if facts:

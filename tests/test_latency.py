@@ -62,7 +62,7 @@ def test_errors_and_round_trip(tmp_path):
 
 def test_a_fit_in_which_time_falls_with_the_weights_is_refused(tmp_path):
     points = [LatencyPoint("fit", [64, 64], 12288, 8.0), LatencyPoint("fit", [32, 32], 6144, 9.0)]
-    with pytest.raises(ValueError, match=r"does not grow with the MLP weights .*12,288 weights: 8.00 ms"):
+    with pytest.raises(ValueError, match=r"does not grow with the elastic weights .*12,288 weights: 8.00 ms"):
         _model(ms_per_mparam=-0.2, points=points).check_fits(dict(zip(LAYERS, [64, 64], strict=True)))
     (tmp_path / "damaged.json").write_text(json.dumps({**_model().to_dict(), "sizes": [64]}))
     with pytest.raises(ValueError, match="is not a latency model written by this package"):
@@ -79,3 +79,33 @@ def test_held_out_widths_are_distinct_and_never_fit_points():
     assert not {tuple(m) for m in mixes} & {tuple(f) for f in fit}
     only = sample_widths([[64, 32], [64, 32]], 9, seed=0, avoid=fit)  # just two mixes exist
     assert sorted(only) == [[32, 64], [64, 32]]
+
+
+def test_with_elastic_heads_the_kept_kv_groups_count_and_other_heads_are_refused():
+    model = _model(kv_heads=3, params_per_kv_group=1000)
+    assert model.weights([64, 64]) == model.weights([64, 64], 3) == 2 * 64 * 96 + 3 * 1000
+    assert model.predict_ms([64, 64], 3) - model.predict_ms([64, 64], 2) == pytest.approx(500.0 * 1000 / 1e6)
+    with pytest.raises(ValueError, match=r"4 KV groups is outside \[1, 3\]"):
+        model.predict_ms([64, 64], 4)
+    sizes = dict(zip(LAYERS, [64, 64], strict=True))
+    model.check_fits(sizes, 3)
+    with pytest.raises(
+        ValueError, match="measured with 3 elastic KV groups, this super-network has no elastic heads"
+    ):
+        model.check_fits(sizes)
+    with pytest.raises(
+        ValueError, match="measured without elastic heads, this super-network has 2 elastic KV"
+    ):
+        _model().check_fits(sizes, 2)
+
+
+def test_a_latency_model_written_before_heads_were_elastic_loads(tmp_path):
+    old = {
+        **_model().to_dict(),
+        "points": [{"role": "fit", "widths": [64, 64], "mlp_params": 12288, "measured_ms": 8.0}],
+    }
+    for key in ("kv_heads", "params_per_kv_group"):
+        del old[key]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = LatencyModel.load(tmp_path / "old.json")
+    assert loaded.points[0].weights == 12288 and loaded.kv_heads is None

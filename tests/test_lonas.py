@@ -244,9 +244,11 @@ def assert_export_matches_torch(common: list[str], model: Path, output: Path) ->
     assert parity["greedy_identical_genai"] == parity["prompts"] == parity["greedy_identical_optimum"]
 
 
-def test_run_chains_lonas_to_an_ir_of_the_extracted_model(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("heads", [False, True], ids=["mlp", "mlp_and_heads"])
+def test_run_chains_lonas_to_an_ir_of_the_extracted_model(heads, tmp_path, capsys, monkeypatch):
     """`run` on the tiny config, searching with NSGA-II at cost 'latency': the latency model is fitted on
     exported sub-networks and the search's costs are its predictions; the extracted model is exported.
+    With elastic heads the latency model measures a sub-network with fewer KV groups too.
 
     A tiny model's decode time is all overhead and noise, so the measurement is replaced by one that
     grows with the exported IR's weight bytes (the real measurement is GenAI's, tested in test_benchmark)."""
@@ -275,6 +277,8 @@ def test_run_chains_lonas_to_an_ir_of_the_extracted_model(tmp_path, capsys, monk
         "--set",
         'bootstrapNAS.search.latency={"holdout": 1, "repeats": 1, "new_tokens": 4, "prompt_tokens": 8}',
     ]
+    if heads:
+        argv += ["--set", 'bootstrapNAS.elasticity.heads={"kv_groups": [2, 1]}']
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     names = report["stages"]
@@ -283,25 +287,32 @@ def test_run_chains_lonas_to_an_ir_of_the_extracted_model(tmp_path, capsys, monk
     )
     assert names.index("search") < names.index("extract") < names.index("export")
     latency = LatencyModel.load(out / "latency_model")
-    assert [p.role for p in latency.points] == ["fit", "fit", "holdout"]
+    fits = ["fit", "fit", "fit"] if heads else ["fit", "fit"]
+    assert [p.role for p in latency.points] == [*fits, "holdout"]
     assert [p.widths for p in latency.points[:2]] == [[128, 128], [64, 64]]
     assert (
-        latency.weight_format == "int8" and len(measured) == 3 and measured[0] > measured[1]
+        latency.weight_format == "int8" and len(measured) == len(fits) + 1 and measured[0] > measured[1]
     )  # IRs exported
+    if heads:  # the third fit point: full MLPs, one KV group of two
+        assert latency.kv_heads == 2 and [p.kv_groups for p in latency.points[:3]] == [2, 2, 1]
+        assert latency.points[2].widths == [128, 128] and measured[0] > measured[2]
     assert latency.ms_per_mparam > 0 and all(p.measured_ms > 1 for p in latency.points)
     assert (
-        latency.points[2].predicted_ms is not None and (out / "latency_model" / "latency_model.png").is_file()
+        latency.points[-1].predicted_ms is not None
+        and (out / "latency_model" / "latency_model.png").is_file()
     )
     entries = [json.loads(line) for line in (out / "search" / "evaluations.jsonl").read_text().splitlines()]
     entries = [e for e in entries if "config" in e]
     assert len(entries) >= 3
     for e in entries:
         widths = [e["config"][f"mlp_channels[{i}]"] for i in range(2)]
-        assert e["cost"] == pytest.approx(latency.predict_ms(widths))
+        kv = e["config"].get("attention_kv_groups")
+        assert (kv is not None) == heads and e["cost"] == pytest.approx(latency.predict_ms(widths, kv))
     searched = json.loads((out / "search" / "search_report.json").read_text())
     assert searched["details"]["cost"] == "latency"
     extracted = report["extract"]  # the searched sub-network, at its widths
     assert extracted["mlp_widths"] == [searched["chosen"][f"mlp_channels[{i}]"] for i in range(2)]
+    assert extracted["kv_groups"] == searched["chosen"].get("attention_kv_groups")
     assert extracted["params"] <= extracted["params_before"]
     assert report["export"]["adapter"] is None  # the IR is the extracted model itself
     assert any("extracted" in label for label in report["evaluation"])

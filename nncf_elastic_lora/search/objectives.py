@@ -44,13 +44,15 @@ class SubnetObjectives:
         if cost == "latency":
             if latency_model is None:
                 raise ValueError("cost 'latency' needs a latency model (`nncf-elastic-lora latency`)")
-            latency_model.check_fits(supernet.mlp_sizes())
+            latency_model.check_fits(supernet.mlp_sizes(), supernet.kv_heads())
         self.latency_model = latency_model
         self.lm = CausalLM(supernet.model, tokenizer)
 
     def cost(self, config: dict[str, int]) -> float:
         if self.cost_kind == "latency":
-            return self.latency_model.predict_ms(self.supernet.mlp_widths(config))
+            return self.latency_model.predict_ms(
+                self.supernet.mlp_widths(config), self.supernet.kv_groups(config)
+            )
         if self.cost_kind == "params":
             params = self.supernet.get_active_params(config)
             if self.supernet.channel_masks or self.supernet.head_masks:  # Mode B: the base shrinks too
