@@ -159,10 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ro = sub.add_parser(
         "reorder",
-        help="LoNAS: order every MLP's channels most important first (same function)",
+        help="LoNAS: order every MLP's channels (and KV groups) most important first (same function)",
         description="Score the MLP intermediate channels of --model on calibration windows "
         "(bootstrapNAS.elasticity.channels.calibration) and permute them most important first, so that every "
-        "elastic width keeps the most important ones; writes a checkpoint with the same function and report.json.",
+        "elastic width keeps the most important ones (with bootstrapNAS.elasticity.heads, the attention's KV groups "
+        "too); writes a checkpoint with the same function and report.json.",
     )
     _add_common(ro)
 
