@@ -1,4 +1,4 @@
-"""Benchmark: what ordering the MLP channels by importance buys at the same width (LoNAS, no training).
+"""Benchmark: what ordering the MLP channels (and KV groups) by importance buys at the same width (LoNAS, no training).
 
 SmolLM2's MLPs are sliced to each width twice, keeping the first channels in the checkpoint's order
 and after :func:`~nncf_elastic_lora.elastic.channels.order_mlp_channels` (calibration windows of the
@@ -6,7 +6,12 @@ task's train split); both are scored on the task's held-out test split: multiple
 the mean log-likelihood per gold answer token. No adapter is trained, so the figures isolate the
 choice of channels.
 
+``--kv-groups 2`` does the same for the attention heads: every attention keeps that many whole KV groups
+(full MLPs), in the checkpoint's order and after :func:`~nncf_elastic_lora.elastic.heads.order_kv_groups`;
+written to ``lonas_order_heads.md`` (``--fractions ''`` skips the MLP part).
+
     .venv/bin/python bench/lonas_order.py [--task basic_arithmetic] [--limit 200] [--fractions 0.875,0.75,0.625,0.5]
+                                          [--kv-groups 2]
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--fractions", default="0.875,0.75,0.625,0.5")
     parser.add_argument("--calibration-samples", type=int, default=64)
+    parser.add_argument("--kv-groups", default="", help="KV-group counts to compare, e.g. 2 (SmolLM2 has 3)")
     args = parser.parse_args()
+    fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
+    kv_counts = [int(x) for x in args.kv_groups.split(",") if x.strip()]
 
     import torch
 
     from nncf_elastic_lora.config import DataConfig, ModelConfig
     from nncf_elastic_lora.data import load_task
     from nncf_elastic_lora.elastic.channels import gated_mlps, intermediate_size, order_mlp_channels
+    from nncf_elastic_lora.elastic.heads import order_kv_groups, set_kv_groups
     from nncf_elastic_lora.evaluation import CausalLM, mean_token_loglik, multiple_choice
     from nncf_elastic_lora.extract import set_mlp_widths
     from nncf_elastic_lora.models import load_model
@@ -49,9 +58,8 @@ def main() -> None:
     test = task.test[: args.limit]
     original, tokenizer = load_model(ModelConfig(name_or_path="smollm2-135m"))
     size = intermediate_size(original, gated_mlps(original)[0])
-    ordered = copy.deepcopy(original)
     batches = calibration_batches(task.train, tokenizer, args.calibration_samples, 128, 0)
-    report = order_mlp_channels(ordered, batches)
+    machine = machine_info()["cpu"]
 
     def score(model) -> dict[str, float]:
         lm = CausalLM(model, tokenizer)
@@ -59,8 +67,57 @@ def main() -> None:
         loglik = mean_token_loglik(lm, [(e.prompt, e.target) for e in test], 16)
         return {"acc": acc, "answer_loglik_per_token": loglik}
 
-    rows = [{"fraction": 1.0, "width": size, "original": score(original), "ordered": None}]
-    for f in [float(x) for x in args.fractions.split(",")]:
+    full = score(original)
+    if kv_counts:
+        heads_ordered = copy.deepcopy(original)
+        heads_report = order_kv_groups(heads_ordered, batches, tuple(kv_counts))
+        kv_heads = original.config.num_key_value_heads
+        head_rows = [{"kv_groups": kv_heads, "original": full, "ordered": None}]
+        for kv in kv_counts:
+            row = {"kv_groups": kv}
+            for label, model in (("original", original), ("ordered", heads_ordered)):
+                sliced = copy.deepcopy(model)
+                set_kv_groups(sliced, kv)
+                row[label] = score(sliced)
+            head_rows.append(row)
+            print(json.dumps(row))
+        del heads_ordered
+        lines = [
+            "# LoNAS: KV-group order at the same head count (SmolLM2-135M, no training)\n",
+            f"Command: `.venv/bin/python bench/lonas_order.py --task {args.task} --limit {args.limit} --fractions '' "
+            f"--kv-groups {args.kv_groups}`; machine: {machine}.\n",
+            f"Every attention keeps that many whole KV groups (a KV head with its {original.config.num_attention_heads // kv_heads} "
+            f"query heads), MLPs at full width; test split of {args.task} ({len(test)} examples). Importance kept "
+            "by the ordered groups (mean over layers): "
+            + ", ".join(
+                f"{kv} of {kv_heads}: {o:.1%} vs {u:.1%} unordered"
+                for kv, o, u in zip(
+                    kv_counts, heads_report.kept_ordered, heads_report.kept_original, strict=True
+                )
+            )
+            + ".\n",
+            "| KV groups | acc, checkpoint order | acc, importance order | answer log-lik/token, checkpoint order | "
+            "importance order |",
+            "|---|---|---|---|---|",
+        ]
+        for r in head_rows:
+            o, d = r["original"], r["ordered"] or r["original"]
+            lines.append(
+                f"| {r['kv_groups']} of {kv_heads} | {o['acc']:.3f} | {d['acc']:.3f} | "
+                f"{o['answer_loglik_per_token']:.3f} | {d['answer_loglik_per_token']:.3f} |"
+            )
+        text = "\n".join(lines) + "\n"
+        (OUT / "lonas_order_heads.md").write_text(text)
+        (OUT / "lonas_order_heads.json").write_text(
+            json.dumps({"rows": head_rows, "ordering": heads_report.to_dict()}, indent=1)
+        )
+        print(text)
+    if not fractions:
+        return
+    ordered = copy.deepcopy(original)
+    report = order_mlp_channels(ordered, batches)
+    rows = [{"fraction": 1.0, "width": size, "original": full, "ordered": None}]
+    for f in fractions:
         width = round(f * size)
         row = {"fraction": f, "width": width}
         for label, model in (("original", original), ("ordered", ordered)):
@@ -73,7 +130,7 @@ def main() -> None:
     lines = [
         "# LoNAS: channel order at the same MLP width (SmolLM2-135M, no training)\n",
         f"Command: `.venv/bin/python bench/lonas_order.py --task {args.task} --limit {args.limit} --fractions "
-        f"{args.fractions}`; machine: {machine_info()['cpu']}; {(time.time() - start) / 60:.0f} min.\n",
+        f"{args.fractions}`; machine: {machine}; {(time.time() - start) / 60:.0f} min.\n",
         f"Every decoder layer's MLP sliced to the width; test split of {args.task} ({len(test)} examples). "
         "Importance kept by the ordered prefixes (mean over layers): "
         + ", ".join(

@@ -281,3 +281,20 @@ def test_heads_on_an_int4_base_extract_whole_quantization_groups(tmp_path):
         main(["export", *common, "--model", str(tmp_path / "small"), "--output", str(tmp_path / "ir")]) == 0
     )
     check_ir_codes(tmp_path / "ir" / "openvino_model.xml", codes)  # raises on any differing code
+
+
+def test_an_architecture_that_ignores_head_dim_is_refused(monkeypatch):
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_config
+
+    def ignoring_head_dim(config, **kwargs):  # as an architecture computing hidden_size / num_attention_heads
+        config = copy.deepcopy(config)
+        config.head_dim = config.hidden_size // config.num_attention_heads
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", ignoring_head_dim)
+    with pytest.raises(ValueError, match=r"does not read head_dim from its config"):
+        set_kv_groups(_model(), 2)

@@ -198,3 +198,26 @@ def set_kv_groups(model: nn.Module, kv_groups: int) -> None:
         config.head_dim = atts[0].head_dim  # no longer hidden_size / num_attention_heads
         config.num_attention_heads = kv_groups * atts[0].queries_per_group
         config.num_key_value_heads = kv_groups
+        _check_config_rebuilds(model, atts)
+
+
+def _check_config_rebuilds(model: nn.Module, atts: list[Attention]) -> None:
+    """The saved config must rebuild the sliced attentions: an architecture that ignores ``head_dim`` would not."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            rebuilt = AutoModelForCausalLM.from_config(model.config)
+    except Exception:  # remote code or an architecture transformers lacks: loading will tell
+        return
+    for a in atts:
+        for name in (a.q, a.k, a.o):
+            want = tuple(model.get_submodule(name).weight.shape)
+            got = tuple(rebuilt.get_submodule(name).weight.shape)
+            if want != got:
+                raise ValueError(
+                    f"{type(model).__name__} builds {name} as {got} from a config with num_attention_heads="
+                    f"{model.config.num_attention_heads}, num_key_value_heads={model.config.num_key_value_heads}, "
+                    f"head_dim={model.config.head_dim}, not the sliced {want}: this architecture does not read "
+                    "head_dim from its config, so its heads cannot be elastic (drop bootstrapNAS.elasticity.heads)"
+                )
