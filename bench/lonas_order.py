@@ -96,22 +96,9 @@ def main() -> None:
                 )
             )
             + ".\n",
-            "| KV groups | acc, checkpoint order | acc, importance order | answer log-lik/token, checkpoint order | "
-            "importance order |",
-            "|---|---|---|---|---|",
         ]
-        for r in head_rows:
-            o, d = r["original"], r["ordered"] or r["original"]
-            lines.append(
-                f"| {r['kv_groups']} of {kv_heads} | {o['acc']:.3f} | {d['acc']:.3f} | "
-                f"{o['answer_loglik_per_token']:.3f} | {d['answer_loglik_per_token']:.3f} |"
-            )
-        text = "\n".join(lines) + "\n"
-        (OUT / "lonas_order_heads.md").write_text(text)
-        (OUT / "lonas_order_heads.json").write_text(
-            json.dumps({"rows": head_rows, "ordering": heads_report.to_dict()}, indent=1)
-        )
-        print(text)
+        text = "\n".join(lines + table("KV groups", head_rows, lambda r: f"{r['kv_groups']} of {kv_heads}"))
+        write("lonas_order_heads", text, {"rows": head_rows, "ordering": heads_report.to_dict()})
     if not fractions:
         return
     ordered = copy.deepcopy(original)
@@ -138,19 +125,30 @@ def main() -> None:
             for f, o, u in zip(report.fractions, report.kept_ordered, report.kept_original, strict=True)
         )
         + ".\n",
-        "| width | acc, checkpoint order | acc, importance order | answer log-lik/token, checkpoint order | "
+    ]
+    text = "\n".join(lines + table("width", rows, lambda r: f"{r['width']} ({r['fraction']:.1%})"))
+    write("lonas_order", text, {"rows": rows, "ordering": report.to_dict()})
+
+
+def table(what: str, rows: list[dict], label) -> list[str]:
+    """Markdown rows: each size in the checkpoint's order against the importance order."""
+    lines = [
+        f"| {what} | acc, checkpoint order | acc, importance order | answer log-lik/token, checkpoint order | "
         "importance order |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         o, d = r["original"], r["ordered"] or r["original"]
         lines.append(
-            f"| {r['width']} ({r['fraction']:.1%}) | {o['acc']:.3f} | {d['acc']:.3f} | "
+            f"| {label(r)} | {o['acc']:.3f} | {d['acc']:.3f} | "
             f"{o['answer_loglik_per_token']:.3f} | {d['answer_loglik_per_token']:.3f} |"
         )
-    text = "\n".join(lines) + "\n"
-    (OUT / "lonas_order.md").write_text(text)
-    (OUT / "lonas_order.json").write_text(json.dumps({"rows": rows, "ordering": report.to_dict()}, indent=1))
+    return lines
+
+
+def write(name: str, text: str, data: dict) -> None:
+    (OUT / f"{name}.md").write_text(text + "\n")
+    (OUT / f"{name}.json").write_text(json.dumps(data, indent=1))
     print(text)
 
 
