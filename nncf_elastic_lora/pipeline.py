@@ -126,7 +126,7 @@ def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -
     permutation caused on a calibration window (float rounding only).
     """
     from .elastic.channels import order_mlp_channels
-    from .elastic.heads import order_kv_groups
+    from .elastic.heads import attentions, order_kv_groups
 
     spec = config.bootstrapNAS.elasticity.channels or ChannelElasticityConfig()
     heads = config.bootstrapNAS.elasticity.heads
@@ -144,7 +144,8 @@ def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -
     )
     head_ordering = None
     if order_heads:
-        kept = sorted((c for c in heads.kv_groups if c < model.config.num_key_value_heads), reverse=True)
+        kv_heads = attentions(model)[0].num_kv_heads
+        kept = sorted((c for c in heads.counts_for(kv_heads) if c < kv_heads), reverse=True)
         head_ordering = order_kv_groups(model, batches, tuple(kept or [1]))
     with torch.no_grad():
         change = float((model(input_ids=batches[0]).logits - before).abs().max())

@@ -103,8 +103,10 @@ def check_data(
         tasks.add(config.sparsity.calibration.task)
     if evaluate:
         tasks.update(config.evaluation.tasks or [config.data.task])
-    if export and config.export.enabled and (
-        config.export.data_aware or config.export.awq or config.export.scale_estimation
+    if (
+        export
+        and config.export.enabled
+        and (config.export.data_aware or config.export.awq or config.export.scale_estimation)
     ):
         tasks.add(config.export.calibration.task)
     q = config.quantization
@@ -145,7 +147,11 @@ def _elastic_slices_keep_int4_groups(model: Any, config: PipelineConfig) -> list
             ]
         off = [w for w in widths if (w * step) % group]
         if off:
-            cut = f"widths {off}" if step == 1 else f"{off} KV groups ({[w * step for w in off]} input channels)"
+            cut = (
+                f"widths {off}"
+                if step == 1
+                else f"{off} KV groups ({[w * step for w in off]} input channels)"
+            )
             return [
                 f"bootstrapNAS.elasticity.{key}: {cut} of {module} are not multiples of its INT4 group size {group}, "
                 "so slicing would cut through quantization groups; choose widths that keep whole groups or a "
@@ -155,15 +161,23 @@ def _elastic_slices_keep_int4_groups(model: Any, config: PipelineConfig) -> list
 
 
 def _kv_groups_fit(model: Any, config: PipelineConfig) -> list[str]:
-    """Elastic heads: the model's attentions share one layout and have at least the configured KV groups."""
-    from .elastic.heads import attentions
+    """Elastic heads: the attentions hold only their projections, share one layout, have at least the
+    configured KV groups, and the architecture rebuilds the sliced attention from its config."""
+    from .elastic.heads import attentions, check_config_rebuilds
 
     heads = config.bootstrapNAS.elasticity.head_spec()
     if heads is None:
         return []
     try:
         atts = attentions(model)
-        heads.counts_for(min(a.num_kv_heads for a in atts))
+        layouts = {(a.num_heads, a.num_kv_heads, a.head_dim) for a in atts}
+        if len(layouts) > 1:
+            raise ValueError(
+                f"the layers' attentions differ ({sorted(layouts)} as (heads, KV heads, head dim)); one KV-group "
+                "count for every layer needs one layout"
+            )
+        heads.counts_for(atts[0].num_kv_heads)
+        check_config_rebuilds(model, min(heads.kv_groups))
     except ValueError as exc:
         return [f"bootstrapNAS.elasticity.heads: {exc}" if "bootstrapNAS" not in str(exc) else str(exc)]
     return []

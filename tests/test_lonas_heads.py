@@ -12,7 +12,14 @@ from nncf_elastic_lora.config import (
     ModelConfig,
     TinyModelConfig,
 )
-from nncf_elastic_lora.elastic.heads import attentions, order_kv_groups, permute_kv_groups, set_kv_groups
+from nncf_elastic_lora.elastic.channels import input_sq_sums
+from nncf_elastic_lora.elastic.heads import (
+    attentions,
+    kv_group_importance,
+    order_kv_groups,
+    permute_kv_groups,
+    set_kv_groups,
+)
 from nncf_elastic_lora.models import build_tiny_llama
 
 from .test_lonas import _calibration, _logits, assert_export_matches_torch
@@ -68,8 +75,25 @@ def test_importance_ordering_of_kv_groups_keeps_the_function():
     report = order_kv_groups(model, _calibration(), (2, 1))
     torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=0)
     assert report.fractions == [2 / 3, 1 / 3]
-    for ordered, original in zip(report.kept_ordered, report.kept_original, strict=True):
-        assert ordered >= original - 1e-12
+    # Scored again, every layer's groups now come most important first (and they did not before).
+    atts = attentions(model)
+    sums = input_sq_sums(model, [a.o for a in atts], _calibration())
+    for a, sq in zip(atts, sums, strict=True):
+        score = kv_group_importance(model.get_submodule(a.o).weight, sq, a)
+        assert torch.all(score[:-1] >= score[1:] * (1 - 1e-6)), score
+    assert report.kept_original != report.kept_ordered  # the checkpoint's order was not already sorted
+
+
+def test_an_attention_with_weights_spanning_its_heads_is_refused():
+    model = _model()
+    attn = model.model.layers[1].self_attn
+    attn.q_norm = torch.nn.LayerNorm(8)  # shared by every head (Qwen3): permutations and slices keep it valid
+    assert len(attentions(model)) == 2
+    attn.k_norm = torch.nn.LayerNorm(24)  # over all 3 KV heads (OLMo-2): a slice would leave it full size
+    with pytest.raises(
+        ValueError, match=r"model.layers.1.self_attn.k_norm.weight \(\(24,\)\) spans the attention's heads"
+    ):
+        attentions(model)
 
 
 def _supernet(model=None, kv_groups=(3, 2, 1), channels=None):
@@ -173,23 +197,31 @@ def test_head_group_round_trips_with_the_super_adapter(tmp_path):
         check_not_channel_sliced(tmp_path / "sub")
 
 
-@pytest.mark.parametrize(
-    ("kv_groups", "message"),
-    [
-        ([3, 4], r"kv_groups: \[4\] exceed the model's 3 key-value heads per layer"),
-        ([3, 0], r"must be a non-empty list of distinct positive ints"),
-        ([2, 2], r"must be a non-empty list of distinct positive ints"),
-    ],
-)
-def test_bad_kv_group_counts_fail_naming_them(kv_groups, message):
-    from pydantic import ValidationError
-
+def test_kv_groups_above_the_model_fail_and_leave_it_untouched():
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises((ValueError, ValidationError), match=message):
-        _supernet(model, kv_groups)
+    with pytest.raises(ValueError, match=r"kv_groups: \[4\] exceed the model's 3 key-value heads per layer"):
+        _supernet(model, (3, 4))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not any(hasattr(m, "lora_A") for m in model.modules())
+
+
+@pytest.mark.parametrize("kv_groups", [[3, 0], [2, 2], []])
+def test_kv_group_lists_must_be_distinct_positive_counts(kv_groups):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"must be a non-empty list of distinct positive ints"):
+        HeadElasticityConfig(kv_groups=kv_groups)
+
+
+def test_a_super_adapter_on_a_base_with_other_kv_heads_is_refused(tmp_path):
+    from nncf_elastic_lora.elastic import ElasticLoraSuperNet
+
+    _supernet().save_super_adapter(tmp_path / "super")
+    spec_file = tmp_path / "super" / "elastic_lora.json"
+    spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "kv_heads": 6}))
+    with pytest.raises(ValueError, match="trained with 6 KV heads per attention, this base has 3"):
+        ElasticLoraSuperNet.load_super_adapter(_model(), tmp_path / "super")
 
 
 def test_heads_need_mode_b():

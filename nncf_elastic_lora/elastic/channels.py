@@ -225,7 +225,7 @@ class ChannelMask:
 
     def set_width(self, width: int) -> None:
         if not 0 < width <= self.size:
-            raise ValueError(f"width {width} is outside [1, {self.size}] for this MLP")
+            raise ValueError(f"width {width} is outside [1, {self.size}] for this layer's input channels")
         self.width = width
 
     def _hook(self, _module: nn.Module, args: tuple) -> tuple | None:

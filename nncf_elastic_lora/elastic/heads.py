@@ -21,6 +21,7 @@ head keeps its KV head) and never splits one: the unit of everything here is the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,10 +102,26 @@ def attentions(model: nn.Module) -> list[Attention]:
         heads, kv = q.out_features // head_dim, k.out_features // head_dim
         if heads % kv:
             raise ValueError(f"decoder layer {i}: {heads} query heads do not divide into {kv} KV groups")
+        _check_no_per_head_parameters(prefix, module, head_dim)
         found.append(
             Attention(i, prefix, *(f"{prefix}.{p}" for p in ATTENTION_PROJECTIONS), head_dim, heads, kv)
         )
     return found
+
+
+def _check_no_per_head_parameters(name: str, module: nn.Module, head_dim: int) -> None:
+    """Refuse an attention holding weights other than the projections' that span its heads (OLMo-2's q/k
+    norms over all heads, Cohere's per-head norms): they would not follow a permutation or a slice.
+    A norm shared by every head (Qwen3's ``q_norm`` of ``head_dim``) is fine."""
+    projections = tuple(f"{p}." for p in ATTENTION_PROJECTIONS)
+    for pname, param in module.named_parameters():
+        if pname.startswith(projections) or tuple(param.shape) == (head_dim,):
+            continue
+        raise ValueError(
+            f"{name}.{pname} ({tuple(param.shape)}) spans the attention's heads beside its projections; "
+            "ordering or slicing KV groups would not carry it along, so this architecture's heads cannot be "
+            "elastic (drop bootstrapNAS.elasticity.heads)"
+        )
 
 
 # ---------------------------------------------------------------------- importance and order
@@ -195,29 +212,41 @@ def set_kv_groups(model: nn.Module, kv_groups: int) -> None:
         slice_attention(model, att, kv_groups)
     config = getattr(model, "config", None)
     if config is not None:
-        config.head_dim = atts[0].head_dim  # no longer hidden_size / num_attention_heads
-        config.num_attention_heads = kv_groups * atts[0].queries_per_group
-        config.num_key_value_heads = kv_groups
-        _check_config_rebuilds(model, atts)
+        check_config_rebuilds(model, kv_groups)  # before the config is changed: nothing half-written
+        record_kv_groups(config, atts[0], kv_groups)
 
 
-def _check_config_rebuilds(model: nn.Module, atts: list[Attention]) -> None:
-    """The saved config must rebuild the sliced attentions: an architecture that ignores ``head_dim`` would not."""
+def record_kv_groups(config: Any, att: Attention, kv_groups: int) -> None:
+    """Write the head counts of ``kv_groups`` KV groups into a Hugging Face config."""
+    config.head_dim = att.head_dim  # no longer hidden_size / num_attention_heads
+    config.num_attention_heads = kv_groups * att.queries_per_group
+    config.num_key_value_heads = kv_groups
+
+
+def check_config_rebuilds(model: nn.Module, kv_groups: int) -> None:
+    """The config recording ``kv_groups`` must rebuild the sliced attentions: an architecture that ignores
+    ``head_dim`` (computing ``hidden_size / num_attention_heads``) would not. Needs only a meta model."""
+    import copy
+
     from transformers import AutoModelForCausalLM
 
+    atts = attentions(model)
+    config = copy.deepcopy(model.config)
+    record_kv_groups(config, atts[0], kv_groups)
     try:
         with torch.device("meta"):
-            rebuilt = AutoModelForCausalLM.from_config(model.config)
+            rebuilt = AutoModelForCausalLM.from_config(config)
     except Exception:  # remote code or an architecture transformers lacks: loading will tell
         return
     for a in atts:
-        for name in (a.q, a.k, a.o):
-            want = tuple(model.get_submodule(name).weight.shape)
+        hidden = _linear(model.get_submodule(a.q)).in_features
+        width, kv_width = kv_groups * a.channels_per_group, kv_groups * a.head_dim
+        for name, want in ((a.q, (width, hidden)), (a.k, (kv_width, hidden)), (a.o, (hidden, width))):
             got = tuple(rebuilt.get_submodule(name).weight.shape)
             if want != got:
                 raise ValueError(
                     f"{type(model).__name__} builds {name} as {got} from a config with num_attention_heads="
-                    f"{model.config.num_attention_heads}, num_key_value_heads={model.config.num_key_value_heads}, "
-                    f"head_dim={model.config.head_dim}, not the sliced {want}: this architecture does not read "
+                    f"{config.num_attention_heads}, num_key_value_heads={config.num_key_value_heads}, "
+                    f"head_dim={config.head_dim}, not the sliced {want}: this architecture does not read "
                     "head_dim from its config, so its heads cannot be elastic (drop bootstrapNAS.elasticity.heads)"
                 )

@@ -513,6 +513,11 @@ class ElasticLoraSuperNet:
             quantized=quantized if kind is AdapterKind.QA_SPARSEPEFT else None,
         )
         supernet = cls(model, supernet.adapters, groups, supernet.quantized)
+        if spec.get("kv_heads") and spec["kv_heads"] != supernet.kv_heads():
+            raise ValueError(
+                f"super-adapter {directory.resolve()} was trained with {spec['kv_heads']} KV heads per attention, "
+                f"this base has {supernet.kv_heads()}; load it on its own base"
+            )
         sizes = supernet.mlp_sizes()
         if spec.get("mlp_sizes") and spec["mlp_sizes"] != sizes:
             other = next(d for d in sizes if spec["mlp_sizes"].get(d) != sizes[d])
