@@ -121,9 +121,7 @@ def extract_int4_subnet(
     model, quantized = merge_qa(supernet=supernet, config=config, inplace=True)
     if kv_groups is not None:
         for a in attentions(model):
-            rows, kv_rows = kv_groups * a.channels_per_group, kv_groups * a.head_dim
-            for name, cut in ((a.q, {"rows": rows}), (a.k, {"rows": kv_rows}), (a.v, {"rows": kv_rows}),
-                              (a.o, {"cols": rows})):  # fmt: skip
+            for name, cut in a.cuts(kv_groups).items():
                 if name in quantized:
                     quantized[name] = slice_quantized(quantized[name], **cut)
         set_kv_groups(model, kv_groups)

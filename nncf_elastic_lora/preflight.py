@@ -163,19 +163,13 @@ def _elastic_slices_keep_int4_groups(model: Any, config: PipelineConfig) -> list
 def _kv_groups_fit(model: Any, config: PipelineConfig) -> list[str]:
     """Elastic heads: the attentions hold only their projections, share one layout, have at least the
     configured KV groups, and the architecture rebuilds the sliced attention from its config."""
-    from .elastic.heads import attentions, check_config_rebuilds
+    from .elastic.heads import check_config_rebuilds, uniform_attentions
 
     heads = config.bootstrapNAS.elasticity.head_spec()
     if heads is None:
         return []
     try:
-        atts = attentions(model)
-        layouts = {(a.num_heads, a.num_kv_heads, a.head_dim) for a in atts}
-        if len(layouts) > 1:
-            raise ValueError(
-                f"the layers' attentions differ ({sorted(layouts)} as (heads, KV heads, head dim)); one KV-group "
-                "count for every layer needs one layout"
-            )
+        atts = uniform_attentions(model)
         heads.counts_for(atts[0].num_kv_heads)
         check_config_rebuilds(model, min(heads.kv_groups))
     except ValueError as exc:

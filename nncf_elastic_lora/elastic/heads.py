@@ -66,6 +66,16 @@ class Attention:
         """``q_proj`` rows (``o_proj`` columns) of these KV groups, in their order."""
         return _blocks(groups, self.channels_per_group)
 
+    def cuts(self, kv_groups: int) -> dict[str, dict[str, int]]:
+        """What keeping the first ``kv_groups`` groups keeps of each projection: ``{name: {"rows"|"cols": n}}``."""
+        width, kv_width = kv_groups * self.channels_per_group, kv_groups * self.head_dim
+        return {
+            self.q: {"rows": width},
+            self.k: {"rows": kv_width},
+            self.v: {"rows": kv_width},
+            self.o: {"cols": width},
+        }
+
     def kv_rows(self, groups: torch.Tensor | list[int]) -> torch.Tensor:
         """``k_proj`` / ``v_proj`` rows of these KV groups, in their order."""
         return _blocks(groups, self.head_dim)
@@ -122,6 +132,18 @@ def _check_no_per_head_parameters(name: str, module: nn.Module, head_dim: int) -
             "ordering or slicing KV groups would not carry it along, so this architecture's heads cannot be "
             "elastic (drop bootstrapNAS.elasticity.heads)"
         )
+
+
+def uniform_attentions(model: nn.Module) -> list[Attention]:
+    """:func:`attentions`, refusing layers of different layouts (one KV-group count must fit every layer)."""
+    atts = attentions(model)
+    layouts = {(a.num_heads, a.num_kv_heads, a.head_dim) for a in atts}
+    if len(layouts) > 1:
+        raise ValueError(
+            f"bootstrapNAS.elasticity.heads: the layers' attentions differ ({sorted(layouts)} as (heads, KV heads, "
+            "head dim)); one KV-group count for every layer needs one layout"
+        )
+    return atts
 
 
 # ---------------------------------------------------------------------- importance and order
@@ -189,17 +211,13 @@ def order_kv_groups(model: nn.Module, batches: list[torch.Tensor], kept: tuple[i
 def slice_attention(model: nn.Module, att: Attention, kv_groups: int) -> None:
     """Replace an attention's (plain, merged) linears by its first ``kv_groups`` KV groups."""
     parent = model.get_submodule(att.name)
-    q, k, v, o = (model.get_submodule(n) for n in (att.q, att.k, att.v, att.o))
-    for module in (q, k, v, o):
+    for module in (model.get_submodule(n) for n in (att.q, att.k, att.v, att.o)):
         if not isinstance(module, nn.Linear):
             raise ValueError(f"{att.name}: merge the adapters before slicing (found {type(module).__name__})")
     if not 0 < kv_groups <= att.num_kv_heads:
         raise ValueError(f"{att.name}: {kv_groups} KV groups is outside [1, {att.num_kv_heads}]")
-    width = kv_groups * att.channels_per_group
-    parent.q_proj = _sliced(q, rows=width)
-    parent.k_proj = _sliced(k, rows=kv_groups * att.head_dim)
-    parent.v_proj = _sliced(v, rows=kv_groups * att.head_dim)
-    parent.o_proj = _sliced(o, cols=width)
+    for name, cut in att.cuts(kv_groups).items():
+        setattr(parent, name.rpartition(".")[2], _sliced(model.get_submodule(name), **cut))
     for attr, value in (("num_heads", kv_groups * att.queries_per_group), ("num_key_value_heads", kv_groups)):
         if isinstance(getattr(parent, attr, None), int):  # older attention classes keep the counts
             setattr(parent, attr, value)
@@ -208,11 +226,12 @@ def slice_attention(model: nn.Module, att: Attention, kv_groups: int) -> None:
 def set_kv_groups(model: nn.Module, kv_groups: int) -> None:
     """Keep the first ``kv_groups`` KV groups of every layer's attention and record the counts in its config."""
     atts = attentions(model)
-    for att in atts:
-        slice_attention(model, att, kv_groups)
     config = getattr(model, "config", None)
     if config is not None:
-        check_config_rebuilds(model, kv_groups)  # before the config is changed: nothing half-written
+        check_config_rebuilds(model, kv_groups)  # before anything is sliced: a refusal changes nothing
+    for att in atts:
+        slice_attention(model, att, kv_groups)
+    if config is not None:
         record_kv_groups(config, atts[0], kv_groups)
 
 
@@ -239,9 +258,9 @@ def check_config_rebuilds(model: nn.Module, kv_groups: int) -> None:
     except Exception:  # remote code or an architecture transformers lacks: loading will tell
         return
     for a in atts:
-        hidden = _linear(model.get_submodule(a.q)).in_features
-        width, kv_width = kv_groups * a.channels_per_group, kv_groups * a.head_dim
-        for name, want in ((a.q, (width, hidden)), (a.k, (kv_width, hidden)), (a.o, (hidden, width))):
+        for name, cut in a.cuts(kv_groups).items():
+            shape = tuple(_linear(model.get_submodule(name)).weight.shape)
+            want = (cut["rows"], shape[1]) if "rows" in cut else (shape[0], cut["cols"])
             got = tuple(rebuilt.get_submodule(name).weight.shape)
             if want != got:
                 raise ValueError(

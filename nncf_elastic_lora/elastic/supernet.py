@@ -34,7 +34,7 @@ from ..patterns import find_linears
 from ..quantization import QuantizedWeight
 from ..reports import atomic_directory, write_json
 from .channels import ChannelMask, GatedMLP, gated_mlps, intermediate_size
-from .heads import Attention, attentions
+from .heads import Attention, attentions, uniform_attentions
 from .lora import AdapterKind, ElasticLoraLinear, create_adapter_layer
 from .search_space import Group, build_groups
 
@@ -158,13 +158,7 @@ class ElasticLoraSuperNet:
                 for m in gated_mlps(model)
             ]  # fmt: skip
         if heads is not None:
-            atts = attentions(model)
-            layouts = {(a.num_heads, a.num_kv_heads, a.head_dim) for a in atts}
-            if len(layouts) > 1:
-                raise ValueError(
-                    f"bootstrapNAS.elasticity.heads: the layers' attentions differ ({sorted(layouts)} as "
-                    "(heads, KV heads, head dim)); one KV-group count for every layer needs one layout"
-                )
+            atts = uniform_attentions(model)
             groups.append(
                 Group("attention_kv_groups", tuple(a.o for a in atts), tuple(heads.counts_for(atts[0].num_kv_heads)),
                       "heads")
