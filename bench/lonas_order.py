@@ -26,6 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
 
 
+def positive_counts(text: str) -> str:
+    """``--kv-groups``: empty, or comma-separated positive integers."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not all(x.isdigit() and int(x) > 0 for x in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive integers")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -34,7 +42,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--fractions", default="0.875,0.75,0.625,0.5")
     parser.add_argument("--calibration-samples", type=int, default=64)
-    parser.add_argument("--kv-groups", default="", help="KV-group counts to compare, e.g. 2 (SmolLM2 has 3)")
+    parser.add_argument(
+        "--kv-groups",
+        default="",
+        type=positive_counts,
+        help="KV-group counts to compare, e.g. 2,1 (SmolLM2 has 3)",
+    )
     args = parser.parse_args()
     fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
     kv_counts = [int(x) for x in args.kv_groups.split(",") if x.strip()]

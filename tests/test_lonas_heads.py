@@ -330,3 +330,23 @@ def test_an_architecture_that_ignores_head_dim_is_refused(monkeypatch):
     monkeypatch.setattr(AutoModelForCausalLM, "from_config", ignoring_head_dim)
     with pytest.raises(ValueError, match=r"does not read head_dim from its config"):
         set_kv_groups(_model(), 2)
+
+
+def test_bench_lonas_order_refuses_bad_kv_group_counts():
+    """`bench/lonas_order.py --kv-groups`: a bad list is one argparse error line, before any model is read."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent.parent / "bench" / "lonas_order.py"
+    results = script.parent / "results"
+    before = {p: p.stat().st_mtime_ns for p in results.glob("lonas_order*")}
+    done = subprocess.run(
+        [sys.executable, str(script), "--kv-groups", "2,x"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("argument --kv-groups: '2,x' is not a comma-separated list of positive integers")
+    )
+    assert {p: p.stat().st_mtime_ns for p in results.glob("lonas_order*")} == before
