@@ -59,11 +59,16 @@ def main() -> None:
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
-    from nncf_elastic_lora.benchmark import bandwidth_fraction, benchmark_models, measure_memory_bandwidth
     from nncf_elastic_lora.config import PipelineConfig
+    from nncf_elastic_lora.deploy.benchmark import (
+        bandwidth_fraction,
+        benchmark_models,
+        measure_memory_bandwidth,
+    )
     from nncf_elastic_lora.models import bundled_smollm2_dir, cache_dir, load_model
+    from nncf_elastic_lora.outputs import write_json, write_text
     from nncf_elastic_lora.pipeline import evaluate_ir, evaluate_model, export, sparsify
-    from nncf_elastic_lora.reports import markdown_table, write_json, write_text
+    from nncf_elastic_lora.report.tables import markdown_table
     from nncf_elastic_lora.runtime import machine_info
 
     start = time.perf_counter()

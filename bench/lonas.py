@@ -271,7 +271,7 @@ def main() -> None:
     speeds: dict[str, dict] = {}
     machine = None
     if not args.no_benchmark:
-        from nncf_elastic_lora.benchmark import benchmark_models
+        from nncf_elastic_lora.deploy.benchmark import benchmark_models
         from nncf_elastic_lora.runtime import machine_info
 
         # The dense and heuristic IRs have the same shapes in every task: the first task's stand for them.

@@ -56,10 +56,14 @@ def main() -> None:
 
     from nncf_elastic_lora.config import DataConfig, ModelConfig
     from nncf_elastic_lora.data import load_task
-    from nncf_elastic_lora.elastic.channels import gated_mlps, intermediate_size, order_mlp_channels
+    from nncf_elastic_lora.elastic.channels import (
+        gated_mlps,
+        intermediate_size,
+        order_mlp_channels,
+        set_mlp_widths,
+    )
     from nncf_elastic_lora.elastic.heads import order_kv_groups, set_kv_groups
     from nncf_elastic_lora.evaluation import CausalLM, mean_token_loglik, multiple_choice
-    from nncf_elastic_lora.extract import set_mlp_widths
     from nncf_elastic_lora.models import load_model
     from nncf_elastic_lora.runtime import machine_info
     from nncf_elastic_lora.sparsity import calibration_batches

@@ -351,7 +351,7 @@ def main() -> None:
         speeds, machine = previous["speeds"], previous["machine"]
         measured_at, reused = previous.get("speeds_measured_at"), True
     elif not args.no_benchmark:
-        from nncf_elastic_lora.benchmark import benchmark_models
+        from nncf_elastic_lora.deploy.benchmark import benchmark_models
         from nncf_elastic_lora.runtime import machine_info
 
         models = [("dense FP32 IR", refs[tasks[0]]["path"], "genai")]

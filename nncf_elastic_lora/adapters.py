@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 

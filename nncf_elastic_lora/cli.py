@@ -329,9 +329,8 @@ def _resumable_output(args: argparse.Namespace, config, verb: str, config_name: 
     On resume the config must equal the one the output was started with (checked first, so the
     error names the changed keys), and the model and data must be the same (their fingerprints).
     """
-    from .outputs import claim_output
+    from .outputs import check_same_config, claim_output, write_json
     from .provenance import input_fingerprints, local_inputs
-    from .reports import check_same_config, write_json
 
     output, data = Path(args.output), config.model_dump(mode="json")
     if args.resume:
@@ -370,12 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # import-time noise of optional torchao kernels and torch's pytree registry
         for name in ("torchao", "torch.utils._pytree"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    from .benchmark import BenchmarkError
     from .config import ConfigError
     from .data import DatasetNotFoundError
-    from .exporting import ExportError
+    from .deploy.benchmark import BenchmarkError
+    from .deploy.export import ExportError
     from .models import ModelNotFoundError
-    from .reports import OutputExistsError
+    from .outputs import OutputExistsError
 
     try:
         return _dispatch(args)
@@ -412,8 +411,7 @@ def _print_error(exc: BaseException) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "schema":
         from .config import json_schema
-        from .outputs import check_writable_location
-        from .reports import write_text
+        from .outputs import check_writable_location, write_text
 
         text = json.dumps(json_schema(), indent=2)
         if args.output:
@@ -612,7 +610,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "export":
         from .pipeline import evaluate_ir, export, export_facts, write_eval
-        from .reports import print_table
+        from .report.tables import print_table
 
         inputs = local_inputs(config, args.config, args.adapter)
         # An existing output is refused unless --overwrite; then replaced once the new one is complete.
@@ -629,10 +627,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         from .evaluation import results_table
-        from .exporting import is_openvino_dir
+        from .formats import is_openvino_dir
         from .models import load_model, load_openvino_model
         from .pipeline import evaluate_model, write_eval
-        from .reports import print_table
+        from .report.tables import print_table
 
         check_data(config, evaluate=True)
         with main_first(
@@ -706,9 +704,9 @@ def check_launchable(command: str) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import benchmark_models, results_table
-    from .outputs import claim_output
-    from .reports import markdown_table, print_table, write_json, write_text
+    from .deploy.benchmark import benchmark_models, results_table
+    from .outputs import claim_output, write_json, write_text
+    from .report.tables import markdown_table, print_table
     from .runtime import check_properties, machine_info, parse_properties
 
     try:

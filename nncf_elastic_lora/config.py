@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .formats import is_quantized_base
+
 # Every linear layer inside the decoder blocks (LLaMA, Mistral, Qwen, Phi-3 naming).
 DEFAULT_DECODER_LINEARS = ["{re}(.*\\.)?layers\\.\\d+\\..+"]
 
@@ -610,12 +612,6 @@ def int4_base_export_conflicts(
     return used + (["ratio"] if ratio != 1.0 else [])
 
 
-def _is_int4_checkpoint(model: ModelConfig) -> bool:
-    from pathlib import Path
-
-    return (Path(model.name_or_path).expanduser() / "quantized_weights.safetensors").is_file()
-
-
 def check_method(config: PipelineConfig) -> None:
     """Refuse a `run` whose stages cannot work together (base precision, adapter kind, export).
 
@@ -626,7 +622,7 @@ def check_method(config: PipelineConfig) -> None:
     problems = []
     kind = t.adapter_kind
     trains = config.bootstrapNAS.enabled
-    given_int4 = _is_int4_checkpoint(config.model)  # --model is already an INT4 checkpoint
+    given_int4 = is_quantized_base(config.model.name_or_path)  # --model is already an INT4 checkpoint
     int4_base = config.quantization.weight_format == "int4" or given_int4
     if given_int4 and config.quantization.weight_format == "int4":
         problems.append(

@@ -26,33 +26,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .elastic.channels import gated_mlps, slice_mlp
+from .elastic.channels import gated_mlps, set_mlp_widths
 from .elastic.heads import attentions, set_kv_groups
 from .elastic.lora import AdapterKind
 from .elastic.supernet import ElasticLoraSuperNet, SubnetConfig
 from .merge import check_finite, merge_qa, plain_model
 from .quantization import QuantizedWeight
-
-PER_LAYER_KEY = "intermediate_size_per_layer"
-
-
-def set_mlp_widths(model: nn.Module, widths: list[int]) -> None:
-    """Slice every gated MLP of ``model`` to its width (one per decoder layer) and record them in its config."""
-    mlps = gated_mlps(model)
-    if len(widths) != len(mlps):
-        raise ValueError(f"{len(widths)} MLP widths given for a model with {len(mlps)} decoder layers")
-    for mlp, width in zip(mlps, widths, strict=True):
-        slice_mlp(model, mlp, width)
-    config = getattr(model, "config", None)
-    if config is None:
-        return
-    if len(set(widths)) == 1:
-        config.intermediate_size = widths[0]
-        if hasattr(config, PER_LAYER_KEY):
-            delattr(config, PER_LAYER_KEY)
-    else:
-        config.intermediate_size = max(widths)
-        setattr(config, PER_LAYER_KEY, list(widths))
 
 
 def extract_subnet(supernet: ElasticLoraSuperNet, config: SubnetConfig | None = None) -> nn.Module:

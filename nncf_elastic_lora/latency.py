@@ -16,7 +16,7 @@ built and measured:
 Each point is the base with its MLPs (and attentions) sliced (the adapters merged or not makes no
 difference to the shapes), exported through optimum-intel at the export's weight format and measured by GenAI's
 ``LLMPipeline`` on the export's device, in its own process
-(:func:`nncf_elastic_lora.benchmark.benchmark_models`).
+(:func:`nncf_elastic_lora.deploy.benchmark.benchmark_models`).
 
 A line in the weights ranks sub-networks as their weights do, so NSGA-II's choice is the one a
 weights cost would make; what the model adds is the unit (milliseconds on this machine, for R-NSGA-II
@@ -39,12 +39,17 @@ import numpy as np
 from torch import nn
 
 from .config import ModelConfig
-from .elastic.channels import gated_mlps, intermediate_size
+from .deploy.benchmark import benchmark_models
+from .deploy.export import export_openvino
+from .elastic.channels import gated_mlps, intermediate_size, set_mlp_widths
 from .elastic.heads import attentions
+from .formats import LATENCY_MODEL
+from .models import load_model
+from .outputs import write_json
 
 log = logging.getLogger(__name__)
 
-FILE = "latency_model.json"
+FILE = LATENCY_MODEL  # the name search and run look for
 
 
 @dataclass
@@ -141,8 +146,6 @@ class LatencyModel:
         }
 
     def save(self, path: str | Path) -> Path:
-        from .reports import write_json
-
         path = Path(path)
         write_json(path, self.to_dict())
         return path
@@ -239,8 +242,6 @@ def sample_widths(choices: list[list[int]], count: int, seed: int, avoid: list[l
 
 def measure_decode_ms(ir: Path, *, label: str, batch_size: int, **settings: Any) -> float:
     """GenAI decode milliseconds per step of the IR at ``ir`` (its own process; median of the repeats)."""
-    from .benchmark import benchmark_models
-
     result = benchmark_models([(label, ir, "genai")], batch_sizes=[batch_size], **settings)[0]
     return float(result["batches"][0]["decode_ms_per_step"])
 
@@ -282,9 +283,6 @@ def fit_latency_model(
     from tqdm.auto import tqdm
 
     from .elastic.heads import set_kv_groups
-    from .exporting import export_openvino
-    from .extract import set_mlp_widths
-    from .models import load_model
     from .runtime import machine_info
 
     base, tokenizer = load_model(model)  # read once; each point slices a copy

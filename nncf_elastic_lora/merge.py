@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_fits
+from .adapters import check_adapter_fits
 from .elastic.lora import (
     AdapterKind,
     ElasticLoraLinear,
@@ -43,10 +43,10 @@ from .elastic.supernet import (
     SubnetConfig,
     check_adapter_provenance,
 )
+from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_REPORT
+from .outputs import atomic_directory, write_json
 from .quantization import QuantizedWeight, dequantize
-from .reports import atomic_directory, write_json
 
-MERGE_REPORT = "merge_report.json"
 _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 

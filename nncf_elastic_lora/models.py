@@ -25,6 +25,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from .config import ModelConfig
+from .elastic.channels import set_mlp_widths
+from .formats import OV_MODEL, QUANTIZED_WEIGHTS, per_layer_mlp_widths
+from .runtime import PIPELINE_PROPERTIES, check_properties
 
 log = logging.getLogger(__name__)
 
@@ -241,32 +244,14 @@ def load_tokenizer(config: ModelConfig):
     )
 
 
-def per_layer_mlp_widths(model_dir: Path) -> list[int] | None:
-    """The per-layer MLP widths a LoNAS extraction recorded in ``config.json`` (None: uniform widths)."""
-    from .extract import PER_LAYER_KEY
-
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        widths = json.loads(path.read_text()).get(PER_LAYER_KEY)
-    except ValueError:
-        return None  # from_pretrained names the broken file
-    return [int(w) for w in widths] if widths else None
-
-
 def _load_with_mlp_widths(model_dir: Path, widths: list[int], config: ModelConfig) -> PreTrainedModel:
     """A checkpoint whose MLPs have per-layer widths: built with those widths, then its weights read."""
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from .extract import set_mlp_widths
-
     arch = AutoConfig.from_pretrained(model_dir, trust_remote_code=config.trust_remote_code)
     model = AutoModelForCausalLM.from_config(arch, trust_remote_code=config.trust_remote_code)
     set_mlp_widths(model, widths)
-    from .int4 import QUANTIZED_WEIGHTS
-
     files = sorted(f for f in Path(model_dir).glob("*.safetensors") if f.name != QUANTIZED_WEIGHTS)
     if not files:
         raise FileNotFoundError(f"{model_dir} has no *.safetensors weights")
@@ -354,9 +339,6 @@ def load_openvino_model(
     checked first so that a bad one fails with its name.
     """
     from optimum.intel import OVModelForCausalLM
-
-    from .exporting import OV_MODEL
-    from .runtime import PIPELINE_PROPERTIES, check_properties
 
     path = Path(path)
     if not (path / OV_MODEL).is_file():

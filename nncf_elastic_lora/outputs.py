@@ -21,8 +21,9 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,6 @@ def read_marker(path: str | Path) -> dict[str, Any] | None:
 
 def write_marker(path: str | Path, verb: str, inputs: Mapping[str, Any] | None = None, **extra: Any) -> None:
     from importlib.metadata import PackageNotFoundError, version
-
-    from .reports import write_json
 
     try:
         tool_version = version("nncf-elastic-lora")
@@ -295,3 +294,103 @@ def claim_output(
             raise
         if create and path.is_dir():
             write_marker(path, verb, fingerprints, entries=_entries(path))
+
+
+# ------------------------------------------------------------------ atomic files and directories
+
+
+def check_same_config(path: str | Path, config: dict[str, Any]) -> None:
+    """On resume: refuse when ``path`` (a saved config) differs from ``config``; name what changed."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+
+    def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [] if a == b else [prefix.rstrip(".")]
+
+    changed = diff(saved, config)
+    if changed:
+        raise OutputExistsError(
+            f"cannot resume in {path.parent}: the config differs from the one it was started with "
+            f"({', '.join(changed[:8])}); use a new --output or --overwrite"
+        )
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (a temporary file renamed over the target)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are meant to be read by others
+    os.replace(tmp, path)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+@contextmanager
+def atomic_directory(target: str | Path, verb: str = "stage"):
+    """Yield a temporary directory beside ``target``; on success it replaces ``target`` in one rename.
+
+    An interrupted stage leaves no half-written ``target`` behind, so "does the output exist"
+    is a safe resume test. The result carries the ownership marker (:data:`MARKER`); an existing
+    ``target`` is replaced only when it carries one too.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and read_marker(target) is None and (target.is_file() or any(target.iterdir())):
+        raise OutputExistsError(
+            f"refusing to replace {target.resolve()}: it was not written by nncf-elastic-lora (no {MARKER})"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        if not (tmp / MARKER).is_file():
+            write_marker(tmp, verb, entries=sorted(p.name for p in tmp.iterdir()))
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(
+    target: str | Path,
+    model: Any,
+    tokenizer: Any,
+    *,
+    verb: str,
+    reports: Mapping[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a Hugging Face checkpoint (model + tokenizer) and its JSON ``reports`` atomically.
+
+    ``reports`` maps file names to JSON-able data; ``extra`` writes anything else into the temporary
+    directory before it replaces ``target`` (the INT4 codes, say). Returns ``target``.
+    """
+    with atomic_directory(target, verb=verb) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            extra(tmp)
+        for name, data in (reports or {}).items():
+            write_json(tmp / name, data)
+    return Path(target)

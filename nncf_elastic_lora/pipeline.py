@@ -22,8 +22,9 @@ from .data import TaskData, eval_only_sizes, load_examples, load_task, split_exa
 from .elastic import ElasticLoraSuperNet
 from .evaluation import CausalLM, TaskResult, evaluate_task, results_table
 from .models import load_model, resolve_model_dir
+from .outputs import atomic_directory, write_json, write_text
 from .provenance import model_fingerprint
-from .reports import atomic_directory, markdown_table, print_table, write_json, write_text
+from .report.tables import markdown_table, print_table
 from .sparsity import calibration_batches, sparsify_model
 from .stages import RunState, cached_stage, execute, method_stages
 from .training import train_super_adapter
@@ -253,7 +254,8 @@ def fit_latency(config: PipelineConfig, output: str | Path, progress: bool = Tru
             "the latency model predicts from the MLP widths: set bootstrapNAS.elasticity.mode to "
             "'rank_and_channels' (LoNAS)"
         )
-    from .int4 import is_quantized_base, read_quantization_info
+    from .formats import is_quantized_base
+    from .int4 import read_quantization_info
     from .models import meta_model
 
     lat, ex = config.bootstrapNAS.search.latency, config.export
@@ -319,8 +321,8 @@ def quantize(config: PipelineConfig, output: str | Path, progress: bool = True) 
     the INT4 model's) plus the codes, scales and zero points (``quantized_weights.safetensors``) that
     QA-SparsePEFT trains through and export ships. Every zero of a sparse base stays zero.
     """
-    from .exporting import linear_sparsity
     from .int4 import quantize_base, save_quantized_weights
+    from .sparsity import linear_sparsity
 
     q = config.quantization
     start = time.perf_counter()
@@ -374,7 +376,8 @@ def quantize(config: PipelineConfig, output: str | Path, progress: bool = True) 
 
 def base_quantized_weights(model_config: ModelConfig) -> dict[str, Any] | None:
     """The INT4 codes, scales and zero points beside a quantized base checkpoint (None otherwise)."""
-    from .int4 import is_quantized_base, load_quantized_weights
+    from .formats import is_quantized_base
+    from .int4 import load_quantized_weights
 
     base = Path(resolve_model_dir(model_config))
     return load_quantized_weights(base) if is_quantized_base(base) else None
@@ -384,7 +387,7 @@ def check_trainable_base(config: PipelineConfig) -> None:
     """QA-SparsePEFT trains through the INT4 codes beside its base: refuse a base without them."""
     if config.bootstrapNAS.training.adapter_kind != "qa_sparsepeft":
         return
-    from .int4 import is_quantized_base
+    from .formats import is_quantized_base
 
     base = resolve_model_dir(config.model)
     if not is_quantized_base(base):
@@ -427,9 +430,9 @@ def merge(
     which ``export`` ships as an INT4 IR. Refused, writing nothing: an adapter trained on another base
     or through other scales. Writes ``merge_report.json``; returns it.
     """
-    from .exporting import linear_sparsity
     from .int4 import save_quantized_weights
     from .merge import merge_to_directory, read_sub_adapter_record
+    from .sparsity import linear_sparsity
 
     start = time.perf_counter()
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
@@ -632,7 +635,7 @@ def export(
     Calibration texts come from ``export.calibration`` (train split), the parity prompts from the
     first test prompts of ``data.task``; the IR directory gets ``export_report.json`` and ``parity.json``.
     """
-    from .exporting import export_openvino
+    from .deploy.export import export_openvino
 
     ex = config.export
     data_aware = ex.data_aware or ex.awq or ex.scale_estimation

@@ -124,7 +124,7 @@ def _elastic_slices_keep_int4_groups(model: Any, config: PipelineConfig) -> list
     must keep whole quantization groups."""
     from .elastic.channels import gated_mlps, intermediate_size
     from .elastic.heads import attentions
-    from .int4 import plan_group_sizes
+    from .int4.quantize import plan_group_sizes
 
     spec, heads = config.bootstrapNAS.elasticity.channel_spec(), config.bootstrapNAS.elasticity.head_spec()
     if spec is None:
@@ -179,7 +179,7 @@ def _kv_groups_fit(model: Any, config: PipelineConfig) -> list[str]:
 
 def _qa_targets_quantized(model: Any, config: PipelineConfig, adapted: list[str]) -> list[str]:
     """QA-SparsePEFT trains through INT4 scales: every adapted layer must be one the base quantizes."""
-    from .int4 import plan_group_sizes
+    from .int4.quantize import plan_group_sizes
 
     q = config.quantization
     try:

@@ -29,9 +29,8 @@ from typing import Any
 
 from .config import ModelConfig, PipelineConfig
 from .data import TaskData
-from .outputs import OutputExistsError, changed_inputs, fingerprint_path
+from .outputs import OutputExistsError, changed_inputs, fingerprint_path, write_json
 from .provenance import model_fingerprint
-from .reports import write_json
 
 log = logging.getLogger(__name__)
 
@@ -495,7 +494,7 @@ class Benchmark(Stage):
         return {label: fingerprint_path(path) for label, path in self._models(run)}
 
     def compute(self, run: RunState) -> Any:
-        from .benchmark import benchmark_models
+        from .deploy.benchmark import benchmark_models
         from .runtime import machine_info
 
         b = run.config.benchmark

@@ -217,7 +217,8 @@ def test_no_block_list_is_a_clear_error():
 
 def test_exported_gpt_neox_sparsity_leaves_out_embed_out(tmp_path, tokenizer):
     """The head (GPT-NeoX's ``embed_out``, dense) counts neither in the torch nor in the IR figure."""
-    from nncf_elastic_lora.exporting import export_openvino, linear_sparsity
+    from nncf_elastic_lora.deploy.export import export_openvino
+    from nncf_elastic_lora.sparsity import linear_sparsity
 
     model = gpt_neox(vocab_size=len(tokenizer))
     sparsify_model(model, method="magnitude", ratio=0.5, target_modules=NEOX_LINEARS, progress=False)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from nncf_elastic_lora.benchmark import (
+from nncf_elastic_lora.cli import main
+from nncf_elastic_lora.deploy.benchmark import (
     BenchmarkError,
     bandwidth_fraction,
     benchmark_model,
@@ -13,8 +14,7 @@ from nncf_elastic_lora.benchmark import (
     prompt_ids,
     results_table,
 )
-from nncf_elastic_lora.cli import main
-from nncf_elastic_lora.exporting import export_openvino
+from nncf_elastic_lora.deploy.export import export_openvino
 from nncf_elastic_lora.models import build_tiny_llama
 from nncf_elastic_lora.runtime import RuntimePropertyError, check_properties, cpu_flags, parse_properties
 

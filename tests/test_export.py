@@ -14,18 +14,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from nncf_elastic_lora.cli import main
 from nncf_elastic_lora.config import PipelineConfig
+from nncf_elastic_lora.deploy.export import export_openvino, quantization_config
+from nncf_elastic_lora.deploy.parity import compare_ir_with_torch
 from nncf_elastic_lora.evaluation import CausalLM, loglikelihoods
-from nncf_elastic_lora.exporting import (
-    OV_DETOKENIZER,
-    OV_MODEL,
-    OV_TOKENIZER,
-    export_openvino,
-    linear_sparsity,
-    quantization_config,
-)
+from nncf_elastic_lora.formats import OV_DETOKENIZER, OV_MODEL, OV_TOKENIZER
 from nncf_elastic_lora.models import build_tiny_llama, load_openvino_model
-from nncf_elastic_lora.parity import compare_ir_with_torch
-from nncf_elastic_lora.sparsity import sparsify_model
+from nncf_elastic_lora.sparsity import linear_sparsity, sparsify_model
 
 from .conftest import TINY
 
@@ -172,7 +166,7 @@ def test_int4_export_of_a_tiny_model_falls_back_on_group_size(sources, tmp_path)
         if op.get_type_name() == "Constant"
     }
     assert types & {"u4", "i4"}  # the decoder's layers really are in 4 bits
-    from nncf_elastic_lora.exporting import ExportError
+    from nncf_elastic_lora.deploy.export import ExportError
 
     with pytest.raises(ExportError, match="group_size_fallback"):
         export_openvino(
@@ -191,14 +185,14 @@ def test_int8_export_keeps_zeros_and_adapter_precision(sources, tmp_path):
         report["size_bytes"]["model_bin"]
         < 0.5 * export_openvino(sparse, tmp_path / "fp32")["size_bytes"]["model_bin"]
     )
-    from nncf_elastic_lora.exporting import _weight_constant
+    from nncf_elastic_lora.deploy.ir import weight_constant
 
     ops = ov.Core().read_model(tmp_path / "ir" / OV_MODEL).get_ops()
     lora = [op for op in ops if op.get_type_name() == "MatMul" and "lora_" in op.get_friendly_name()]
     base = [op for op in ops if op.get_type_name() == "MatMul" and "q_proj" in op.get_friendly_name()]
     assert len(lora) == 2 * 2 * 2  # A and B of q_proj and v_proj in 2 layers
     kind = {
-        op.get_friendly_name(): _weight_constant(op.input_value(1).get_node())
+        op.get_friendly_name(): weight_constant(op.input_value(1).get_node())
         .get_element_type()
         .get_type_name()
         for op in lora + base
@@ -209,7 +203,7 @@ def test_int8_export_keeps_zeros_and_adapter_precision(sources, tmp_path):
 
 
 def test_existing_output_is_not_overwritten_silently(sources, tmp_path):
-    from nncf_elastic_lora.reports import OutputExistsError
+    from nncf_elastic_lora.outputs import OutputExistsError
 
     sparse, _ = sources
     (tmp_path / "ir").mkdir()

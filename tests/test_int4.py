@@ -14,14 +14,12 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from nncf_elastic_lora.config import ModelConfig, TinyModelConfig
-from nncf_elastic_lora.exporting import OV_MODEL, export_openvino
+from nncf_elastic_lora.deploy.export import export_openvino
+from nncf_elastic_lora.deploy.ir import ir_quantized_codes, unpack_4bit
+from nncf_elastic_lora.formats import OV_MODEL, QUANTIZATION_JSON, QUANTIZED_WEIGHTS, is_quantized_base
 from nncf_elastic_lora.int4 import (
-    QUANTIZATION_JSON,
-    QUANTIZED_WEIGHTS,
     QuantizedBaseError,
     check_codes_match_weights,
-    ir_quantized_codes,
-    is_quantized_base,
     load_quantized_weights,
     quantize_base,
     save_quantized_base,
@@ -359,11 +357,9 @@ def test_export_ships_exactly_the_bases_codes(bases, tmp_path, sym):
     consts = {op.get_friendly_name(): op for op in model.get_ops() if op.get_type_name() == "Constant"}
     assert consts["self.model.embed_tokens.weight"].get_element_type().get_type_name() == "f32"
     # The 4-bit unpacking agrees with OpenVINO's own reading of a u4 constant (get_vector has no i4).
-    from nncf_elastic_lora.int4 import _unpack_4bit
-
     for op in consts.values():
         if op.get_element_type().get_type_name() == "u4":
-            assert np.array_equal(_unpack_4bit(op).ravel(), np.asarray(op.get_vector()).ravel())
+            assert np.array_equal(unpack_4bit(op).ravel(), np.asarray(op.get_vector()).ravel())
 
     # Rounding: without the CPU plugin's dynamic activation quantization, the IR computes
     # (q - z) * s exactly (in f32); torch's dequantize() rounds that product to fp16, as NNCF does.

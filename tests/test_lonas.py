@@ -119,7 +119,8 @@ def test_extracted_subnet_equals_the_super_network_at_that_configuration(widths,
     from transformers import AutoModelForCausalLM
 
     from nncf_elastic_lora.config import ModelConfig
-    from nncf_elastic_lora.extract import PER_LAYER_KEY, extract_subnet
+    from nncf_elastic_lora.extract import extract_subnet
+    from nncf_elastic_lora.formats import PER_LAYER_KEY
     from nncf_elastic_lora.models import load_model
 
     sn = _mode_b()
@@ -255,8 +256,8 @@ def test_run_chains_lonas_to_an_ir_of_the_extracted_model(heads, tmp_path, capsy
     import json
 
     from nncf_elastic_lora import latency as latency_module
-    from nncf_elastic_lora.benchmark import weights_bytes
     from nncf_elastic_lora.cli import main
+    from nncf_elastic_lora.deploy.benchmark import weights_bytes
     from nncf_elastic_lora.latency import LatencyModel
 
     measured = []
@@ -344,8 +345,9 @@ def test_lonas_on_an_int4_base_extracts_the_qa_merged_codes(tmp_path):
 
     from nncf_elastic_lora.cli import main
     from nncf_elastic_lora.config import ModelConfig
+    from nncf_elastic_lora.deploy.ir import check_ir_codes
     from nncf_elastic_lora.extract import slice_quantized
-    from nncf_elastic_lora.int4 import check_ir_codes, load_quantized_weights
+    from nncf_elastic_lora.int4 import load_quantized_weights
     from nncf_elastic_lora.models import load_model
     from nncf_elastic_lora.pipeline import load_supernet
 

@@ -264,8 +264,9 @@ def test_heads_on_an_int4_base_extract_whole_quantization_groups(tmp_path):
     """LoNAS heads + QA-SparsePEFT: the extracted INT4 model keeps whole KV groups and whole quantization
     groups, its logits are the super-network's, and its IR holds exactly its codes."""
     from nncf_elastic_lora.cli import main
+    from nncf_elastic_lora.deploy.ir import check_ir_codes
     from nncf_elastic_lora.extract import slice_quantized
-    from nncf_elastic_lora.int4 import check_ir_codes, load_quantized_weights
+    from nncf_elastic_lora.int4 import load_quantized_weights
     from nncf_elastic_lora.models import load_model
     from nncf_elastic_lora.pipeline import load_supernet
 

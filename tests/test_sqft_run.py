@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from nncf_elastic_lora.cli import main
-from nncf_elastic_lora.int4 import check_ir_codes, load_quantized_weights
+from nncf_elastic_lora.deploy.ir import check_ir_codes
+from nncf_elastic_lora.int4 import load_quantized_weights
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 FAST = ["--no-progress", "--set", "evaluation.limit=8", "--set", "benchmark.enabled=false"]

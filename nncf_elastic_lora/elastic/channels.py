@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..architecture import decoder_blocks
+from ..formats import PER_LAYER_KEY
 
 GATED_MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # LLaMA, Mistral, Qwen, Gemma, Phi-3 style
 
@@ -271,3 +272,22 @@ def slice_mlp(model: nn.Module, mlp: GatedMLP, width: int) -> None:
     parent.down_proj = _sliced(down, cols=width)
     if hasattr(parent, "intermediate_size"):
         parent.intermediate_size = width
+
+
+def set_mlp_widths(model: nn.Module, widths: list[int]) -> None:
+    """Slice every gated MLP of ``model`` to its width (one per decoder layer) and record them in its config."""
+    mlps = gated_mlps(model)
+    if len(widths) != len(mlps):
+        raise ValueError(f"{len(widths)} MLP widths given for a model with {len(mlps)} decoder layers")
+    for mlp, width in zip(mlps, widths, strict=True):
+        slice_mlp(model, mlp, width)
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    if len(set(widths)) == 1:
+        config.intermediate_size = widths[0]
+        if hasattr(config, PER_LAYER_KEY):
+            delattr(config, PER_LAYER_KEY)
+    else:
+        config.intermediate_size = max(widths)
+        setattr(config, PER_LAYER_KEY, list(widths))

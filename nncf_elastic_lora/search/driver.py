@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..config import SearchConfig
 from ..elastic import ElasticLoraSuperNet
-from ..reports import write_json
+from ..outputs import write_json
 from .hill_climbing import hill_climb
 from .log import Evaluation, EvaluationLog, config_key
 from .nsga import nsga_search, pareto_front

@@ -3,7 +3,7 @@
 from .calibration import calibration_batches
 from .magnitude import magnitude_mask
 from .masks import layer_mask, n_m_mask, parse_pattern, row_mask
-from .sparsify import SparsityReport, layer_sparsity, sparsify_model
+from .sparsify import SparsityReport, layer_sparsity, linear_sparsity, sparsify_model
 from .wanda import wanda_mask, wanda_scores
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "calibration_batches",
     "layer_mask",
     "layer_sparsity",
+    "linear_sparsity",
     "magnitude_mask",
     "n_m_mask",
     "parse_pattern",

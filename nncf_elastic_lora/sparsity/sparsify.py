@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..architecture import in_head, output_head_names
 from ..patterns import find_linears
 from .calibration import BlockInputs, capture_layer_inputs, decoder_layers
 from .magnitude import magnitude_mask
@@ -140,3 +141,14 @@ def sparsify_model(
 def layer_sparsity(model: torch.nn.Module, target_modules: list[str]) -> dict[str, float]:
     """Fraction of exact zeros in each targeted linear's weight."""
     return {n: float((m.weight == 0).float().mean()) for n, m in find_linears(model, target_modules).items()}
+
+
+def linear_sparsity(model: torch.nn.Module) -> float:
+    """Fraction of zeros over the weights of every linear layer except the head and adapters."""
+    zeros = total = 0
+    heads = output_head_names(model)  # lm_head, embed_out (GPT-NeoX), ...
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name and not in_head(name, heads):
+            zeros += int((module.weight == 0).sum())
+            total += module.weight.numel()
+    return zeros / max(total, 1)

@@ -34,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from .exporting import OV_MODEL, directory_size, is_openvino_dir
+from ..formats import OV_MODEL, is_openvino_dir
+from ..models import load_openvino_model
+from ..runtime import check_properties
+from .export import directory_size
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +134,6 @@ def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any])
         )
     if runtime is Runtime.GENAI:
         return _GenAI(path, device, properties), AutoTokenizer.from_pretrained(path)
-    from .models import load_openvino_model
-
     model, tokenizer = load_openvino_model(path, device, properties)
     return _HF(model), tokenizer
 
@@ -166,8 +167,6 @@ def benchmark_model(
     properties = dict(properties or {}) if runtime is not Runtime.TORCH else {}
     checked = None
     if runtime is not Runtime.TORCH and is_openvino_dir(path):
-        from .runtime import check_properties
-
         checked = check_properties(properties, device, path / OV_MODEL)  # before the peak is reset
     rss_before = _status_mb("VmRSS")
     peak_reset = _reset_peak_rss()

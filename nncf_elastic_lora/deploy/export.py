@@ -27,16 +27,25 @@ from typing import Any
 
 import torch
 
-from .architecture import in_head, output_head_names
-from .config import ModelConfig, check_compression_options, int4_base_export_conflicts
-from .outputs import check_not_input, check_output
-from .reports import atomic_directory, write_json
+from ..adapters import check_adapter_fits
+from ..architecture import output_head_names
+from ..config import ModelConfig, check_compression_options, int4_base_export_conflicts
+from ..formats import OV_DETOKENIZER, OV_MODEL, OV_TOKENIZER, OV_WEIGHTS, QUANTIZED_WEIGHTS, is_quantized_base
+from ..int4 import (
+    check_codes_match_weights,
+    exact_int4_weights,
+    load_quantized_weights,
+    read_quantization_info,
+)
+from ..merge import check_not_channel_sliced
+from ..models import load_model
+from ..outputs import atomic_directory, check_not_input, check_output, write_json
+from ..sparsity import linear_sparsity
+from .ir import check_ir_codes, ir_weight_sparsity
+from .parity import compare_ir_with_torch
 
 log = logging.getLogger(__name__)
 
-OV_MODEL = "openvino_model.xml"
-OV_TOKENIZER = "openvino_tokenizer.xml"
-OV_DETOKENIZER = "openvino_detokenizer.xml"
 TASK = "text-generation-with-past"
 # Adapter nodes in the traced IR carry peft's module names; keep them out of weight compression.
 LORA_NODES = ".*lora_[AB].*"
@@ -63,32 +72,13 @@ class ExportError(RuntimeError):
     """The export could not produce a complete, loadable OpenVINO model directory."""
 
 
-def is_openvino_dir(path: str | Path) -> bool:
-    """Whether ``path`` holds an exported OpenVINO model (``openvino_model.xml``)."""
-    return (Path(path) / OV_MODEL).is_file()
-
-
-def linear_sparsity(model: torch.nn.Module) -> float:
-    """Fraction of zeros over the weights of every linear layer except the head and adapters."""
-    zeros = total = 0
-    heads = output_head_names(model)  # lm_head, embed_out (GPT-NeoX), ...
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and "lora_" not in name and not in_head(name, heads):
-            zeros += int((module.weight == 0).sum())
-            total += module.weight.numel()
-    return zeros / max(total, 1)
-
-
 def _attach_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool) -> tuple[torch.nn.Module, dict]:
     """The model with the peft adapter in ``adapter`` applied: merged, or kept as a branch."""
     from peft import PeftModel
 
-    from .adapters import check_adapter_fits
 
     adapter = Path(adapter)
     check_adapter_fits(model, adapter)
-    from .merge import check_not_channel_sliced
-
     check_not_channel_sliced(adapter)
     before = linear_sparsity(model)
     peft_model = PeftModel.from_pretrained(model, adapter)
@@ -247,14 +237,13 @@ def export_openvino(
         save_merged: also write the merged HF checkpoint there (``optimum-cli export openvino`` takes it).
         genai_device: load the result in ``LLMPipeline`` on this device as a final check (None: skip).
         compare_prompts: compare the IR with the torch model on these prompts (logits, greedy
-            tokens; see :mod:`nncf_elastic_lora.parity`) and write ``parity.json``.
+            tokens; see :mod:`nncf_elastic_lora.deploy.parity`) and write ``parity.json``.
         overwrite: replace an existing ``output`` (only one of ours or a model directory).
 
     The directory is written atomically, with ``export_report.json``; returns that report.
     """
     from optimum.exporters.openvino import export_from_model
 
-    from .models import load_model
 
     weight_format = WeightFormat(weight_format)
     int4_dir = _int4_base_dir(model)
@@ -302,8 +291,6 @@ def export_openvino(
     }
     qweights = None
     if int4_dir is not None:
-        from .int4 import check_codes_match_weights, load_quantized_weights
-
         qweights = load_quantized_weights(int4_dir)
         check_codes_match_weights(torch_model, qweights)  # a base modified after quantization fails here
     if adapter is not None:
@@ -340,14 +327,12 @@ def export_openvino(
         report["export_s"] = time.perf_counter() - start
         report["ir_sparsity"] = ir_weight_sparsity(tmp / OV_MODEL, output_head_names(torch_model))
         report["size_bytes"] = {
-            "model_bin": directory_size(tmp, "openvino_model.bin"),
+            "model_bin": directory_size(tmp, OV_WEIGHTS),
             "directory": directory_size(tmp),
         }
         if genai_device:
             report["genai_check"] = {"device": genai_device, "text": check_genai(tmp, genai_device)}
         if compare_prompts:
-            from .parity import compare_ir_with_torch
-
             parity = compare_ir_with_torch(
                 tmp,
                 torch_model,
@@ -365,9 +350,7 @@ def export_openvino(
 
 
 def _int4_base_dir(model: str | Path | ModelConfig) -> Path | None:
-    """The directory of ``model`` when it is an INT4 base (:func:`~nncf_elastic_lora.int4.is_quantized_base`)."""
-    from .int4 import is_quantized_base
-
+    """The directory of ``model`` when it is an INT4 base (:func:`~nncf_elastic_lora.formats.is_quantized_base`)."""
     name = model.name_or_path if isinstance(model, ModelConfig) else model
     path = Path(name).expanduser()
     return path if path.is_dir() and is_quantized_base(path) else None
@@ -411,7 +394,6 @@ def _export_int4_base(
     """Export with NNCF's INT4 decompressors holding the base's codes; check the IR holds them."""
     from optimum.exporters.openvino import export_from_model
 
-    from .int4 import QUANTIZED_WEIGHTS, check_ir_codes, exact_int4_weights, read_quantization_info
 
     with exact_int4_weights(torch_model, qweights), torch.no_grad():
         export_from_model(torch_model, target, task=TASK, preprocessors=[tokenizer])
@@ -435,78 +417,3 @@ def _export_int4_base(
             "ir_int4_sparsity": summary["int4_sparsity"],
         },
     }
-
-
-def _weight_constant(node: Any) -> Any:
-    """The Constant feeding a MatMul's weight input, through Convert/Subtract/Multiply/Reshape chains."""
-    seen = 0
-    while node.get_type_name() != "Constant" and seen < 8:
-        seen += 1
-        if node.get_type_name() in ("Convert", "Reshape", "Transpose"):
-            node = node.input_value(0).get_node()
-        elif node.get_type_name() in ("Subtract", "Multiply"):
-            node = node.input_value(0).get_node()  # the quantized tensor is the first operand
-        else:
-            return None
-    return node if node.get_type_name() == "Constant" else None
-
-
-def ir_weight_sparsity(
-    xml: str | Path, head_names: set[str] | frozenset[str] = frozenset({"lm_head"})
-) -> float | None:
-    """Fraction of zero weights over the IR's MatMul weights as stored (head and adapters excluded).
-
-    A zero weight stays zero through INT8 compression (it is stored as the zero point), so this
-    shows whether a sparse base is still sparse in the deployed IR. In an INT8 IR it also counts
-    weights smaller than half a quantization step, which round to zero (about 1 % of a dense
-    SmolLM2); in an INT4 IR a zero is a code equal to its group's zero point (0 when symmetric).
-    None for weight types it cannot read (nf4). ``head_names``: the torch module names of the output head
-    (:func:`~nncf_elastic_lora.architecture.output_head_names`).
-    """
-    import numpy as np
-    import openvino as ov
-
-    model = ov.Core().read_model(str(xml))
-    zeros = total = 0
-    for op in model.get_ops():
-        name = op.get_friendly_name()
-        # The converter names an op "__module.<torch module name>/aten::linear/MatMul".
-        module = name.split("/", 1)[0].removeprefix("__module.")
-        if op.get_type_name() != "MatMul" or in_head(module, head_names) or "lora_" in name:
-            continue
-        weight = op.input_value(1).get_node()
-        const = _weight_constant(weight)
-        if const is None:
-            continue
-        element = const.get_element_type().get_type_name()
-        if element in ("u4", "i4"):
-            from .int4 import _ir_int4_weight
-
-            int4 = _ir_int4_weight(weight)
-            if int4 is None:
-                return None
-            zp = (
-                0
-                if int4.zero_point is None
-                else np.repeat(int4.zero_point, int4.codes.shape[1] // int4.zero_point.shape[1], 1)
-            )
-            zeros += int(np.count_nonzero(int4.codes == zp))
-            total += int4.codes.size
-            continue
-        if element == "nf4":
-            return None
-        data = const.get_data()
-        if element in ("u8", "i8"):  # dequantized zero: the value equals the zero point
-            sub = weight
-            while sub.get_type_name() not in ("Subtract", "Constant"):
-                sub = sub.input_value(0).get_node()
-            if sub.get_type_name() == "Subtract":
-                zp = _weight_constant(sub.input_value(1).get_node())
-                zp_data = zp.get_data() if zp is not None else 0
-                zeros += int(np.count_nonzero(data.astype(np.int32) == np.asarray(zp_data).astype(np.int32)))
-            else:
-                zeros += int(np.count_nonzero(data == 0))
-        else:
-            zeros += int(np.count_nonzero(data == 0))
-        total += data.size
-    return zeros / total if total else None

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ..models import load_openvino_model
+
 # optimum-intel marks fp32/fp16 IRs to keep the KV cache in f16, and the CPU plugin quantizes activations
 # to int8 for int4/int8 weights even under an f32 hint (~4e-3 of logit error); a like-for-like
 # comparison turns both off.
@@ -70,8 +72,6 @@ def compare_ir_with_torch(
     genai: bool = True,
 ) -> dict[str, Any]:
     """Logit differences and greedy-generation agreement of an exported IR and its torch source."""
-    from .models import load_openvino_model
-
     ir_dir = Path(ir_dir)
     ov_model, _ = load_openvino_model(ir_dir, device, F32)
     if genai:

@@ -1,4 +1,4 @@
-"""INT4 bases through NNCF, their on-disk format, and OpenVINO IRs that hold exactly their codes.
+"""INT4 bases through NNCF: quantize a torch model's linears, and put the codes back for export.
 
 An INT4 base (SQFT's quantized base) is made by ``nncf.compress_weights`` on the torch model;
 its codes, fp16 scales and zero points are read out of NNCF's decompressors into
@@ -32,33 +32,22 @@ about 0.05 % of codes. Re-quantizing the dequantized base gives its codes back e
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .quantization import QuantizedWeight, code_range
+from ..architecture import in_head, output_head_names
+from ..patterns import find_linears
+from ..quantization import QuantizedWeight
+from .checkpoint import QuantizedBaseError, check_codes_match_weights, linear_module
 
 log = logging.getLogger(__name__)
 
-FORMAT = "nncf-elastic-lora-int4"
-FORMAT_VERSION = 1
-QUANTIZED_WEIGHTS = "quantized_weights.safetensors"
-QUANTIZATION_JSON = "quantization.json"
 MIN_ADJUSTED_GROUP_SIZE = 32  # NNCF's AdvancedCompressionParameters.min_adjusted_group_size
 FALLBACKS = ("error", "adjust", "ignore")
-_CORE_KEYS = {"format", "format_version", "bits", "group_size", "sym", "mode", "modules", "group_sizes",
-              "nncf_version", "scales_sha256"}  # fmt: skip
-
-
-class QuantizedBaseError(ValueError):
-    """An INT4 base on disk is missing a file, is corrupt, or does not match its weights."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,9 +56,6 @@ class QuantizedBaseError(ValueError):
 
 
 def _target_linears(model: torch.nn.Module, target_modules: list[str]) -> dict[str, torch.nn.Linear]:
-    from .architecture import in_head, output_head_names
-    from .patterns import find_linears
-
     if any("lora_" in name for name, _ in model.named_modules()):
         raise ValueError("quantize the base before attaching adapters: the model holds LoRA modules")
     targets = find_linears(model, target_modules)
@@ -195,21 +181,6 @@ def _make_decompressor(qw: QuantizedWeight, dtype: torch.dtype) -> tuple[Any, to
         )
         packed = dec.pack_weight(qw.codes.reshape(shape).to(torch.uint8))
     return dec, packed
-
-
-def _linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
-    """The ``nn.Linear`` called ``name`` in ``model``: peft's ``base_layer`` when an adapter wraps it."""
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base):  # a PeftModel: module names are those of the wrapped model
-        model = get_base()
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        raise QuantizedBaseError(f"the model has no module {name!r}") from None
-    module = getattr(module, "base_layer", module)
-    if not isinstance(module, torch.nn.Linear):
-        raise QuantizedBaseError(f"{name} is a {type(module).__name__}, not a linear layer")
-    return module
 
 
 def _param_name(model: torch.nn.Module, param: torch.nn.Parameter) -> str:
@@ -420,293 +391,7 @@ def quantize_base(
 
 
 # ----------------------------------------------------------------------------------------------
-# On-disk format
-# ----------------------------------------------------------------------------------------------
-
-
-def scales_fingerprint(qweights: Mapping[str, QuantizedWeight]) -> str:
-    """SHA-256 over every module's name, scales and zero points, in sorted module order."""
-    h = hashlib.sha256()
-    for name in sorted(qweights):
-        qw = qweights[name]
-        h.update(name.encode() + b"\0")
-        scale = qw.scale.detach().to(torch.float16).contiguous().cpu()
-        h.update(str(tuple(scale.shape)).encode())
-        h.update(scale.view(torch.int16).numpy().astype("<i2").tobytes())
-        if qw.zero_point is not None:
-            h.update(qw.zero_point.detach().to(torch.uint8).contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _mode(sym: bool) -> str:
-    return "int4_sym" if sym else "int4_asym"
-
-
-def save_quantized_weights(
-    directory: str | Path, qweights: Mapping[str, QuantizedWeight], meta: dict[str, Any] | None = None
-) -> None:
-    """Write ``quantized_weights.safetensors`` and ``quantization.json`` into an existing ``directory``.
-
-    The caller writes the HF checkpoint (the dequantized weights) into the same directory, e.g.
-    inside :func:`~nncf_elastic_lora.reports.atomic_directory`. ``meta`` adds fields (method,
-    awq, calibration...) to ``quantization.json``; it may not redefine the format's own fields.
-    """
-    import nncf
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory; create it (and the HF checkpoint) first")
-    if not qweights:
-        raise ValueError("no quantized weights to save")
-    clash = sorted(_CORE_KEYS & set(meta or {}))
-    if clash:
-        raise ValueError(f"meta may not redefine quantization.json's own fields: {', '.join(clash)}")
-    syms = {qw.sym for qw in qweights.values()}
-    bits = {qw.bits for qw in qweights.values()}
-    if len(syms) != 1 or bits != {4}:
-        raise ValueError("an INT4 base is all symmetric or all asymmetric, with 4-bit codes")
-    sym = syms.pop()
-    sizes = [qw.group_size for qw in qweights.values()]
-    group_size = max(set(sizes), key=sizes.count)
-    low, high = code_range(4, sym)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, qw in sorted(qweights.items()):
-        codes = qw.codes.detach().cpu()
-        if int(codes.min()) < low or int(codes.max()) > high:
-            raise ValueError(f"{name}: codes outside [{low}, {high}]")
-        _check_shapes(name, qw, QUANTIZED_WEIGHTS)
-        tensors[f"{name}.codes"] = codes.to(torch.int8 if sym else torch.uint8).contiguous()
-        tensors[f"{name}.scale"] = qw.scale.detach().cpu().to(torch.float16).contiguous()
-        if not sym:
-            tensors[f"{name}.zero_point"] = qw.zero_point.detach().cpu().to(torch.uint8).contiguous()
-    info: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "bits": 4,
-        "group_size": group_size,
-        "sym": sym,
-        "mode": _mode(sym),
-        "modules": sorted(qweights),
-        "group_sizes": {
-            n: qw.group_size for n, qw in sorted(qweights.items()) if qw.group_size != group_size
-        },
-        "nncf_version": nncf.__version__,
-        "scales_sha256": scales_fingerprint(qweights),
-        **(meta or {}),
-    }
-    save_file(tensors, str(directory / QUANTIZED_WEIGHTS), metadata={"format": FORMAT})
-    (directory / QUANTIZATION_JSON).write_text(json.dumps(info, indent=2) + "\n")
-
-
-def save_quantized_base(
-    directory: str | Path,
-    model: Any,
-    qweights: Mapping[str, QuantizedWeight],
-    tokenizer: Any = None,
-    meta: dict[str, Any] | None = None,
-) -> None:
-    """An INT4 base directory: the HF checkpoint of ``model`` (dequantized weights), ``tokenizer``,
-    and the two INT4 files; checks first that the model's weights are the codes' values."""
-    check_codes_match_weights(model, qweights)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    save_quantized_weights(directory, qweights, meta)
-
-
-def is_quantized_base(directory: str | Path) -> bool:
-    """Whether ``directory`` holds an INT4 base (``quantization.json`` or ``quantized_weights.safetensors``).
-
-    Either file is enough, so that a base missing the other one is reported by
-    :func:`load_quantized_weights` rather than taken for a float checkpoint.
-    """
-    directory = Path(directory)
-    return (directory / QUANTIZATION_JSON).is_file() or (directory / QUANTIZED_WEIGHTS).is_file()
-
-
-def read_quantization_info(directory: str | Path) -> dict[str, Any]:
-    """``quantization.json`` of an INT4 base, checked for the format's fields."""
-    path = Path(directory) / QUANTIZATION_JSON
-    if not path.is_file():
-        raise QuantizedBaseError(f"{path} is missing: {Path(directory)} is not a complete INT4 base")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QuantizedBaseError(f"{path} is not valid JSON ({exc}); re-create the INT4 base") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        got = info.get("format") if isinstance(info, dict) else type(info).__name__
-        raise QuantizedBaseError(f"{path}: format is {got!r}, expected {FORMAT!r}")
-    problems = []
-    if info.get("bits") != 4:
-        problems.append(f"bits is {info.get('bits')!r}, expected 4")
-    if not isinstance(info.get("sym"), bool):
-        problems.append(f"sym is {info.get('sym')!r}, expected true or false")
-    if not isinstance(info.get("group_size"), int) or info["group_size"] <= 0:
-        problems.append(f"group_size is {info.get('group_size')!r}, expected a positive integer")
-    modules = info.get("modules")
-    if not isinstance(modules, list) or not modules or not all(isinstance(m, str) for m in modules):
-        problems.append("modules must be a non-empty list of module names")
-    if not isinstance(info.get("group_sizes", {}), dict):
-        problems.append("group_sizes must map module names to group sizes")
-    if problems:
-        raise QuantizedBaseError(f"{path} is inconsistent: " + "; ".join(problems))
-    return info
-
-
-def _check_shapes(name: str, qw: QuantizedWeight, where: str) -> None:
-    out, width = qw.codes.shape if qw.codes.dim() == 2 else (None, None)
-    problems = []
-    if out is None:
-        problems.append(f"codes have shape {list(qw.codes.shape)}, expected [out, in]")
-    elif qw.group_size <= 0 or width % qw.group_size:
-        problems.append(f"input width {width} is not a multiple of group size {qw.group_size}")
-    else:
-        want = [out, width // qw.group_size]
-        if list(qw.scale.shape) != want:
-            problems.append(f"scale has shape {list(qw.scale.shape)}, expected {want}")
-        if qw.zero_point is not None and list(qw.zero_point.shape) != want:
-            problems.append(f"zero_point has shape {list(qw.zero_point.shape)}, expected {want}")
-    if problems:
-        raise QuantizedBaseError(f"{where}: {name}: " + "; ".join(problems))
-
-
-def _config_linear_shapes(directory: Path) -> dict[str, tuple[int, int]] | None:
-    """``{module: (out, in)}`` of the linears the checkpoint's config.json describes (None: no config)."""
-    if not (directory / "config.json").is_file():
-        return None
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(directory)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except Exception as exc:  # remote code, an architecture transformers lacks: loading will tell
-        log.warning("could not check %s against %s: %s", QUANTIZED_WEIGHTS, directory / "config.json", exc)
-        return None
-    shapes = {
-        n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-    }
-    from .elastic.channels import gated_mlps
-    from .models import per_layer_mlp_widths
-
-    widths = per_layer_mlp_widths(directory)  # a LoNAS extraction with per-layer MLP widths
-    if widths:
-        mlps = gated_mlps(model)
-        if len(widths) != len(mlps):
-            raise QuantizedBaseError(
-                f"{directory / 'config.json'}: {len(widths)} per-layer MLP widths for {len(mlps)} decoder layers"
-            )
-        for mlp, width in zip(mlps, widths, strict=True):
-            shapes[mlp.gate] = (width, shapes[mlp.gate][1])
-            shapes[mlp.up] = (width, shapes[mlp.up][1])
-            shapes[mlp.down] = (shapes[mlp.down][0], width)
-    return shapes
-
-
-def load_quantized_weights(directory: str | Path, check_config: bool = True) -> dict[str, QuantizedWeight]:
-    """The INT4 codes, scales and zero points of the base in ``directory``.
-
-    Raises :class:`QuantizedBaseError` naming the file when a file is missing or corrupt, when the
-    two files disagree (modules, symmetry, group sizes, scales fingerprint), or (``check_config``)
-    when a module is not a linear of that shape in the directory's ``config.json``.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    info = read_quantization_info(directory)
-    path = directory / QUANTIZED_WEIGHTS
-    if not path.is_file():
-        raise QuantizedBaseError(f"{path} is missing: {directory} is not a complete INT4 base")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise QuantizedBaseError(f"{path} is corrupt ({exc}); re-create the INT4 base") from None
-    sym, group_size = info["sym"], info["group_size"]
-    group_sizes = info.get("group_sizes", {})
-    low, high = code_range(4, sym)
-    modules = info["modules"]
-    suffixes = ("codes", "scale") if sym else ("codes", "scale", "zero_point")
-    expected = {f"{m}.{s}" for m in modules for s in suffixes}
-    extra, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
-    if missing or extra:
-        detail = (f"missing {', '.join(missing[:4])}" if missing else "") + (
-            f"{'; ' if missing else ''}not listed in {QUANTIZATION_JSON}: {', '.join(extra[:4])}"
-            if extra
-            else ""
-        )
-        raise QuantizedBaseError(
-            f"{path} does not match {directory / QUANTIZATION_JSON} (sym={sym}): {detail}"
-        )
-    code_dtype = torch.int8 if sym else torch.uint8
-    qweights: dict[str, QuantizedWeight] = {}
-    for name in modules:
-        codes, scale = tensors[f"{name}.codes"], tensors[f"{name}.scale"]
-        zp = None if sym else tensors[f"{name}.zero_point"]
-        if (
-            codes.dtype != code_dtype
-            or scale.dtype != torch.float16
-            or (zp is not None and zp.dtype != torch.uint8)
-        ):
-            raise QuantizedBaseError(
-                f"{path}: {name}: dtypes codes {codes.dtype}, scale {scale.dtype}"
-                f"{'' if zp is None else f', zero_point {zp.dtype}'}; expected {code_dtype}, float16"
-                f"{'' if zp is None else ', uint8'}"
-            )
-        qw = QuantizedWeight(codes.to(torch.int16), scale, zp, int(group_sizes.get(name, group_size)))
-        _check_shapes(name, qw, f"{path} / {QUANTIZATION_JSON}")
-        if int(codes.min()) < low or int(codes.max()) > high:
-            raise QuantizedBaseError(f"{path}: {name}: codes outside [{low}, {high}]")
-        if zp is not None and int(zp.max()) > 15:
-            raise QuantizedBaseError(f"{path}: {name}: zero points outside [0, 15]")
-        qweights[name] = qw
-    if info.get("scales_sha256") != scales_fingerprint(qweights):
-        raise QuantizedBaseError(
-            f"the scales and zero points in {path} do not match scales_sha256 in {directory / QUANTIZATION_JSON}"
-        )
-    if check_config:
-        shapes = _config_linear_shapes(directory)
-        if shapes is not None:
-            for name, qw in qweights.items():
-                want = shapes.get(name)
-                if want != tuple(qw.codes.shape):
-                    what = "has no linear layer" if want is None else f"has shape {list(want)}"
-                    raise QuantizedBaseError(
-                        f"{path}: {name} has codes of shape {list(qw.codes.shape)}, but the model in "
-                        f"{directory / 'config.json'} {what} there"
-                    )
-    return qweights
-
-
-@torch.no_grad()
-def check_codes_match_weights(model: torch.nn.Module, qweights: Mapping[str, QuantizedWeight]) -> None:
-    """Raise :class:`QuantizedBaseError` naming the first module whose weight is not its codes' value.
-
-    The comparison is bitwise (the weight is ``dequantize(codes)`` cast to the weight's dtype), so
-    a base that someone modified after quantization (fine-tuned, merged into) is caught.
-    """
-    for name in sorted(qweights):
-        qw = qweights[name]
-        weight = _linear(model, name).weight
-        if tuple(weight.shape) != tuple(qw.codes.shape):
-            raise QuantizedBaseError(
-                f"{name}: the model's weight has shape {list(weight.shape)}, the codes {list(qw.codes.shape)}"
-            )
-        value = qw.dequantize(weight.dtype).to(weight.device)
-        if not torch.equal(value, weight):
-            differ = value != weight
-            raise QuantizedBaseError(
-                f"{name}: the model's weight is not the value of its INT4 codes ({int(differ.sum())} of "
-                f"{weight.numel()} entries differ, by up to {float((value - weight).abs().max()):.3g}); "
-                "the base was modified after quantization: re-quantize it, or merge with the QA-SparsePEFT merge"
-            )
-
-
-# ----------------------------------------------------------------------------------------------
-# Exact codes on the torch model (for export) and read back from the IR
+# Exact codes on the torch model (for export)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -729,7 +414,7 @@ def exact_int4_weights(
     with _nncf_wrapped(target):
         try:
             for name in sorted(qweights):
-                weight = _linear(target, name).weight
+                weight = linear_module(target, name).weight
                 decompressor, packed = _make_decompressor(qweights[name], weight.dtype)
                 decompressor.to(weight.device)
                 register_post_function_hook(target, _param_name(target, weight), 0, decompressor)
@@ -741,114 +426,3 @@ def exact_int4_weights(
             for weight, data, grad in saved:
                 weight.data = data
                 weight.requires_grad_(grad)
-
-
-def _unpack_4bit(const: Any) -> np.ndarray:
-    """Values of a u4/i4 Constant (two per byte, the first in the low nibble), in its shape."""
-    kind = const.get_element_type().get_type_name()
-    shape = tuple(const.get_output_shape(0))
-    packed = np.asarray(const.get_data()).view(np.uint8).ravel()
-    values = np.empty(packed.size * 2, dtype=np.int16)
-    values[0::2], values[1::2] = packed & 15, packed >> 4
-    values = values[: int(np.prod(shape))]
-    if kind == "i4":
-        values = np.where(values >= 8, values - 16, values)
-    return values.reshape(shape)
-
-
-def _through(node: Any, kinds: tuple[str, ...] = ("Convert", "Reshape", "Transpose")) -> Any:
-    while node.get_type_name() in kinds:
-        node = node.input_value(0).get_node()
-    return node
-
-
-@dataclass
-class IRQuantizedWeight:
-    """The INT4 weight of one MatMul in an IR: element type, codes, fp16 scales, zero points."""
-
-    element_type: str
-    codes: np.ndarray  # [out, in]
-    scale: np.ndarray  # [out, groups], float16
-    zero_point: np.ndarray | None  # [out, groups]
-
-
-def _ir_int4_weight(node: Any) -> IRQuantizedWeight | None:
-    mul = _through(node)
-    if mul.get_type_name() != "Multiply":
-        return None
-    a, b = (_through(mul.input_value(i).get_node(), ("Convert",)) for i in range(2))
-    scale_node, data = (b, a) if b.get_type_name() == "Constant" else (a, b)
-    if scale_node.get_type_name() != "Constant":
-        return None
-    zp = None
-    if data.get_type_name() == "Subtract":
-        data, zp = (_through(data.input_value(i).get_node(), ("Convert",)) for i in range(2))
-    if data.get_type_name() != "Constant" or data.get_element_type().get_type_name() not in ("u4", "i4"):
-        return None
-    codes = _unpack_4bit(data)
-    out = codes.shape[0]
-    scale = np.asarray(scale_node.get_data()).astype(np.float16).reshape(out, -1)
-    zero = None
-    if zp is not None:
-        if zp.get_type_name() != "Constant":
-            return None
-        is4 = zp.get_element_type().get_type_name() in ("u4", "i4")
-        zero = (_unpack_4bit(zp) if is4 else np.asarray(zp.get_data())).reshape(out, -1)
-    return IRQuantizedWeight(data.get_element_type().get_type_name(), codes.reshape(out, -1), scale, zero)
-
-
-def ir_quantized_codes(xml: str | Path) -> dict[str, IRQuantizedWeight]:
-    """``{torch module name: its INT4 weight}`` for every MatMul of the IR whose weight is u4/i4.
-
-    The converter names a linear's MatMul ``__module.<module>/aten::linear/MatMul``; peft's
-    ``.base_layer`` is dropped, so names are those of :func:`load_quantized_weights`.
-    """
-    import openvino as ov
-
-    model = ov.Core().read_model(str(xml))
-    found: dict[str, IRQuantizedWeight] = {}
-    for op in model.get_ops():
-        if op.get_type_name() != "MatMul":
-            continue
-        module = op.get_friendly_name().split("/", 1)[0].removeprefix("__module.").removesuffix(".base_layer")
-        weight = _ir_int4_weight(op.input_value(1).get_node())
-        if weight is not None:
-            found[module] = weight
-    return found
-
-
-def check_ir_codes(xml: str | Path, qweights: Mapping[str, QuantizedWeight]) -> dict[str, Any]:
-    """Raise ValueError unless the IR holds exactly ``qweights`` (codes, scales, zero points).
-
-    Returns a summary: modules checked and the fraction of zero weights (code == zero point) in them.
-    """
-    ir = ir_quantized_codes(xml)
-    missing = sorted(set(qweights) - set(ir))
-    if missing:
-        raise ValueError(f"{xml} has no INT4 weight for {', '.join(missing[:5])}")
-    extra = sorted(set(ir) - set(qweights))
-    if extra:
-        raise ValueError(
-            f"{xml} has INT4 weights for modules the base does not quantize: {', '.join(extra[:5])}"
-        )
-    zeros = total = 0
-    for name in sorted(qweights):
-        qw, got = qweights[name], ir[name]
-        if got.element_type != ("i4" if qw.sym else "u4"):
-            raise ValueError(
-                f"{name}: the IR stores {got.element_type} codes, expected {'i4' if qw.sym else 'u4'}"
-            )
-        if not np.array_equal(got.codes, qw.codes.cpu().numpy()):
-            raise ValueError(f"{name}: the IR's codes differ from the base's")
-        if not np.array_equal(
-            got.scale.view(np.int16), qw.scale.cpu().to(torch.float16).numpy().view(np.int16)
-        ):
-            raise ValueError(f"{name}: the IR's scales differ from the base's")
-        if (got.zero_point is None) != qw.sym or (
-            got.zero_point is not None and not np.array_equal(got.zero_point, qw.zero_point.cpu().numpy())
-        ):
-            raise ValueError(f"{name}: the IR's zero points differ from the base's")
-        zp = 0 if qw.zero_point is None else np.repeat(qw.zero_point.cpu().numpy(), qw.group_size, axis=1)
-        zeros += int(np.count_nonzero(got.codes == zp))
-        total += got.codes.size
-    return {"modules": len(qweights), "int4_sparsity": zeros / total if total else None}
