@@ -15,8 +15,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .formats import is_quantized_base
-
 # Every linear layer inside the decoder blocks (LLaMA, Mistral, Qwen, Phi-3 naming).
 DEFAULT_DECODER_LINEARS = ["{re}(.*\\.)?layers\\.\\d+\\..+"]
 
@@ -610,97 +608,6 @@ def int4_base_export_conflicts(
         if on
     ]
     return used + (["ratio"] if ratio != 1.0 else [])
-
-
-def check_method(config: PipelineConfig) -> None:
-    """Refuse a `run` whose stages cannot work together (base precision, adapter kind, export).
-
-    Only `run` chains these stages; a single verb (``quantize``, ``train`` on an INT4 checkpoint)
-    is checked where it runs. Raises :class:`ConfigError` naming the keys.
-    """
-    ex, t = config.export, config.bootstrapNAS.training
-    problems = []
-    kind = t.adapter_kind
-    trains = config.bootstrapNAS.enabled
-    given_int4 = is_quantized_base(config.model.name_or_path)  # --model is already an INT4 checkpoint
-    int4_base = config.quantization.weight_format == "int4" or given_int4
-    if given_int4 and config.quantization.weight_format == "int4":
-        problems.append(
-            f"quantization.weight_format: {config.model.name_or_path} is already an INT4 checkpoint; set it to "
-            "'none' to train on it as it is"
-        )
-    mode_b = config.bootstrapNAS.elasticity.mode == "rank_and_channels"
-    if mode_b and kind not in ("lora", "qa_sparsepeft"):
-        problems.append(
-            f"bootstrapNAS.training.adapter_kind: {kind!r} with mode 'rank_and_channels' (LoNAS): `run` extracts "
-            "the sub-network by merging a plain LoRA into a dense base, or a 'qa_sparsepeft' adapter into an "
-            "INT4 base; set adapter_kind to one of those"
-        )
-    if config.bootstrapNAS.elasticity.mode == "rank_and_channels" and config.sparsity.method != "none":
-        problems.append(
-            f"sparsity.method: {config.sparsity.method!r} with mode 'rank_and_channels' (LoNAS): the extracted "
-            "sub-network merges a dense LoRA, which would fill the sparse base's zeros; set sparsity.method to "
-            "'none' (LoNAS shrinks the model by its widths)"
-        )
-    if mode_b and int4_base and kind != "qa_sparsepeft":
-        problems.append(
-            f"quantization.weight_format: an INT4 base with mode 'rank_and_channels' (LoNAS) and adapter_kind "
-            f"{kind!r}: the extracted sub-network could not merge into the INT4 codes; use adapter_kind "
-            "'qa_sparsepeft', or keep the base in full precision and set export.weight_format to 'int4'"
-        )
-    if mode_b and given_int4 and config.bootstrapNAS.elasticity.channel_spec().order == "importance":
-        problems.append(
-            f"model.name_or_path: {config.model.name_or_path} is already INT4, but LoNAS orders the MLP channels "
-            "before quantizing (so that every width keeps whole INT4 groups): start from the full-precision "
-            "model with quantization.weight_format 'int4'"
-        )
-    if trains and kind == "qa_sparsepeft" and not int4_base:
-        problems.append(
-            "bootstrapNAS.training.adapter_kind: 'qa_sparsepeft' trains through an INT4 base's scales: "
-            "set quantization.weight_format to 'int4'"
-        )
-    if trains and kind == "qa_sparsepeft" and t.lora_dropout > 0:
-        problems.append(
-            f"bootstrapNAS.training.lora_dropout: {t.lora_dropout}; 'qa_sparsepeft' quantizes the update together "
-            "with the base weight, so there is no separate branch to drop out: set it to 0"
-        )
-    if trains and kind == "qa_sparsepeft" and config.model.dtype != "float32":
-        problems.append(
-            f"model.dtype: {config.model.dtype!r}; 'qa_sparsepeft' must train in float32 so that the merge (in "
-            "float32) rounds every code as training did"
-        )
-    if int4_base and ex.enabled:
-        used = int4_base_export_conflicts(
-            awq=ex.awq, scale_estimation=ex.scale_estimation, data_aware=ex.data_aware, ratio=ex.ratio
-        )
-        if used:
-            problems.append(
-                f"export.{used[0]}: the base is INT4 and the IR ships its own codes; export "
-                "compression options do not apply (use quantization.awq / quantization.scale_estimation)"
-            )
-    if given_int4 and ex.enabled and config.benchmark.enabled:
-        problems.append(
-            "benchmark.enabled: the original model is already INT4, so there is no dense model to export as "
-            "the reference; start from the full-precision model or set benchmark.enabled to false"
-        )
-    if trains and kind == "sparsepeft" and int4_base:
-        problems.append(
-            "bootstrapNAS.training.adapter_kind: 'sparsepeft' merges into full precision, which would undo "
-            "the INT4 base (quantization.weight_format 'int4'): use 'qa_sparsepeft', or 'lora' to ship the "
-            "adapter unmerged"
-        )
-    if int4_base and ex.enabled and ex.weight_format != "int4":
-        problems.append(
-            f"export.weight_format: {ex.weight_format!r} but the base is INT4 (quantization.weight_format "
-            "'int4'): the IR ships the base's own INT4 codes; set export.weight_format to 'int4'"
-        )
-    if int4_base and ex.enabled and trains and kind == "lora" and ex.merge_adapter:
-        problems.append(
-            "export.merge_adapter: with an INT4 base it would merge a dense update into INT4 weights; "
-            "use adapter_kind 'qa_sparsepeft' (merges into INT4 exactly) or ship the adapter unmerged"
-        )
-    if problems:
-        raise ConfigError("(these stages do not work together)", problems)
 
 
 class ConfigError(ValueError):

@@ -355,6 +355,13 @@ def load_task(config: DataConfig, task: str | None = None, sizes: SplitSizes | N
     return split_examples(load_examples(config, name), sizes or config.splits, config.seed, name)
 
 
+def train_texts(config: DataConfig, task: str | None, num_samples: int) -> list[str]:
+    """Train-split texts (prompt + answer) of a task, seeded and shuffled: calibration data."""
+    texts = [e.text for e in load_task(config, task).train]
+    random.Random(config.seed).shuffle(texts)
+    return texts[:num_samples]
+
+
 def eval_only_sizes(n_test: int, available: int | None = None) -> SplitSizes:
     """Sizes for a task that is only evaluated: the same test rows it would have if trained on,
     and as many validation rows after them as there are left (up to ``n_test``)."""

@@ -12,6 +12,8 @@ base stays sparse through quantisation.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -95,3 +97,17 @@ def fake_quantize(
 ) -> torch.Tensor:
     """``dequantize(quantize(w))`` with a straight-through gradient to ``w``; scales stay frozen."""
     return _FakeQuantize.apply(w, scale, zero_point, group_size, bits)
+
+
+def scales_fingerprint(qweights: Mapping[str, QuantizedWeight]) -> str:
+    """SHA-256 over every module's name, scales and zero points, in sorted module order."""
+    h = hashlib.sha256()
+    for name in sorted(qweights):
+        qw = qweights[name]
+        h.update(name.encode() + b"\0")
+        scale = qw.scale.detach().to(torch.float16).contiguous().cpu()
+        h.update(str(tuple(scale.shape)).encode())
+        h.update(scale.view(torch.int16).numpy().astype("<i2").tobytes())
+        if qw.zero_point is not None:
+            h.update(qw.zero_point.detach().to(torch.uint8).contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -19,7 +19,7 @@ from nncf_elastic_lora.outputs import (
     output_lock,
     read_marker,
 )
-from nncf_elastic_lora.pipeline import _stage
+from nncf_elastic_lora.stages.engine import cached_stage
 
 from .conftest import TINY
 
@@ -106,10 +106,10 @@ def test_a_failed_verb_leaves_no_output_but_keeps_completed_work(tmp_path):
 
 def test_a_cached_stage_of_other_inputs_is_refused(tmp_path):
     calls = []
-    assert _stage(tmp_path, "s", lambda: calls.append(1) or 1, False, {"base": "x"})[0] == 1
-    assert _stage(tmp_path, "s", lambda: calls.append(1) or 2, True, {"base": "x"})[0] == 1
+    assert cached_stage(tmp_path, "s", lambda: calls.append(1) or 1, False, {"base": "x"})[0] == 1
+    assert cached_stage(tmp_path, "s", lambda: calls.append(1) or 2, True, {"base": "x"})[0] == 1
     with pytest.raises(OutputExistsError, match=r"inputs changed since it ran \(base\)"):
-        _stage(tmp_path, "s", lambda: 3, True, {"base": "y"})
+        cached_stage(tmp_path, "s", lambda: 3, True, {"base": "y"})
     assert calls == [1]
 
 

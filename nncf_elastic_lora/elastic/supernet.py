@@ -29,10 +29,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..adapters import check_adapter_fits
-from ..int4.checkpoint import scales_fingerprint
 from ..outputs import atomic_directory, write_json
 from ..patterns import find_linears
-from ..quantization import QuantizedWeight
+from ..quantization import QuantizedWeight, scales_fingerprint
 from .channels import ChannelMask, GatedMLP, gated_mlps, intermediate_size
 from .heads import Attention, attentions, uniform_attentions
 from .lora import AdapterKind, ElasticLoraLinear, create_adapter_layer

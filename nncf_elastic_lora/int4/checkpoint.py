@@ -10,7 +10,6 @@ the codes) in :mod:`.quantize`; the IR's side (reading codes back) in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from ..elastic.channels import gated_mlps
 from ..formats import INT4_FORMAT as FORMAT
 from ..formats import INT4_FORMAT_VERSION as FORMAT_VERSION
 from ..formats import QUANTIZATION_JSON, QUANTIZED_WEIGHTS, per_layer_mlp_widths
-from ..quantization import QuantizedWeight, code_range
+from ..quantization import QuantizedWeight, code_range, scales_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +48,6 @@ def linear_module(model: torch.nn.Module, name: str) -> torch.nn.Linear:
         raise QuantizedBaseError(f"{name} is a {type(module).__name__}, not a linear layer")
     return module
 
-
-
-def scales_fingerprint(qweights: Mapping[str, QuantizedWeight]) -> str:
-    """SHA-256 over every module's name, scales and zero points, in sorted module order."""
-    h = hashlib.sha256()
-    for name in sorted(qweights):
-        qw = qweights[name]
-        h.update(name.encode() + b"\0")
-        scale = qw.scale.detach().to(torch.float16).contiguous().cpu()
-        h.update(str(tuple(scale.shape)).encode())
-        h.update(scale.view(torch.int16).numpy().astype("<i2").tobytes())
-        if qw.zero_point is not None:
-            h.update(qw.zero_point.detach().to(torch.uint8).contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _mode(sym: bool) -> str:

@@ -12,9 +12,13 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _md_cell(value: Any) -> str:
+    return _cell(value).replace("|", "\\|")  # a bare pipe would end the cell
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,123 @@
+"""Evaluation stages: score a torch model or an exported IR on every configured task's split.
+
+One-call functions (:func:`evaluate_model`, :func:`evaluate_ir`, :func:`write_eval`) and the stages
+that score the current base (:class:`EvaluateBase`) and the merged or extracted model
+(:class:`EvaluateMerged`). The shipped IR's evaluation is a shipping stage (:mod:`.ship`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelConfig, PipelineConfig
+from ..data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
+from ..evaluation import CausalLM, TaskResult, evaluate_task, results_table
+from ..models import load_model, load_openvino_model
+from ..outputs import fingerprint_path, write_json, write_text
+from ..report.tables import markdown_table
+from .engine import RunState, Stage
+
+
+def eval_splits(config: PipelineConfig) -> dict[str, TaskData]:
+    """The data each evaluated task is scored on; the training task keeps its own splits."""
+    out = {}
+    for task in config.evaluation.tasks or [config.data.task]:
+        if task == config.data.task:
+            out[task] = load_task(config.data)
+        else:
+            examples = load_examples(config.data, task)
+            # Never more than splits.test: the rows after those may be another run's calibration or training rows.
+            n = min(
+                config.evaluation.limit or config.data.splits.test, config.data.splits.test, len(examples)
+            )
+            out[task] = split_examples(examples, eval_only_sizes(n, len(examples)), config.data.seed, task)
+    return out
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    config: PipelineConfig,
+    tasks: dict[str, TaskData] | None = None,
+    progress: bool = True,
+) -> list[TaskResult]:
+    """Score a model on every configured task's evaluation split."""
+    ev = config.evaluation
+    tasks = tasks if tasks is not None else eval_splits(config)
+    lm = CausalLM(model, tokenizer)
+    results = []
+    for name, data in tasks.items():
+        examples = data.split(ev.split)[: ev.limit] if ev.limit else data.split(ev.split)
+        if not examples:
+            raise ValueError(f"task {name!r} has an empty {ev.split} split; raise data.splits.{ev.split}")
+        results.append(
+            evaluate_task(
+                lm,
+                name,
+                examples,
+                split=ev.split,
+                batch_size=ev.batch_size,
+                max_new_tokens=ev.max_new_tokens,
+                with_perplexity=ev.perplexity,
+                progress=progress,
+            )
+        )
+    return results
+
+
+def evaluate_ir(
+    config: PipelineConfig,
+    ir_dir: str | Path,
+    tasks: dict[str, TaskData] | None = None,
+    progress: bool = True,
+) -> list[TaskResult]:
+    """Score an exported OpenVINO directory with ``export.device`` and ``export.runtime_properties``."""
+    model, tokenizer = load_openvino_model(ir_dir, config.export.device, config.export.runtime_properties)
+    return evaluate_model(model, tokenizer, config, tasks, progress)
+
+
+def write_eval(
+    output: Path, label: str, results: list[TaskResult], extra: dict[str, Any] | None = None
+) -> None:
+    """``eval.json``, ``eval.md`` and ``predictions.jsonl`` of one evaluated model in ``output``."""
+    headers, rows = results_table({label: results})
+    write_json(output / "eval.json", {**(extra or {}), "results": [r.to_dict() for r in results]})
+    write_text(output / "eval.md", markdown_table(headers, rows))
+    lines = [json.dumps({"task": r.task, **p}) for r in results for p in r.predictions]
+    write_text(output / "predictions.jsonl", "".join(line + "\n" for line in lines))
+
+
+def evaluate_torch(run: RunState, model_config: ModelConfig) -> list[dict[str, Any]]:
+    """A torch checkpoint scored on the run's tasks, as JSON-able results."""
+    model, tokenizer = load_model(model_config)
+    return [r.to_dict() for r in evaluate_model(model, tokenizer, run.config, run.tasks, run.progress)]
+
+
+class EvaluateBase(Stage):
+    """Score the current base (dense, sparse, INT4) on the evaluation tasks."""
+
+    def __init__(self, name: str, title: str):
+        self.name, self.title = name, title
+
+    def compute(self, run: RunState) -> Any:
+        return evaluate_torch(run, run.base)
+
+    def apply(self, run: RunState, result: Any) -> None:
+        run.evaluation[run.base_label] = result
+
+
+class EvaluateMerged(Stage):
+    """Score the merged (SparsePEFT, QA-SparsePEFT) or extracted (LoNAS) checkpoint."""
+
+    name, title = "eval_merged", "evaluate merged"
+
+    def inputs(self, run: RunState) -> dict[str, str | None]:
+        return {"merged": fingerprint_path(run.merged)}
+
+    def compute(self, run: RunState) -> Any:
+        return evaluate_torch(run, run.model_at(run.merged))
+
+    def apply(self, run: RunState, result: Any) -> None:
+        run.evaluation[f"{run.method_label} ({run.adapter_label}, {run.merged_label})"] = result
