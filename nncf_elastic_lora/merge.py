@@ -44,7 +44,7 @@ from .elastic.supernet import (
     check_adapter_provenance,
 )
 from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_REPORT
-from .outputs import atomic_directory, write_json
+from .outputs import save_checkpoint
 from .quantization import QuantizedWeight, dequantize
 
 _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
@@ -418,15 +418,16 @@ def merge_to_directory(
     )
     if result.quantized is not None and write_quantized is None:
         raise ValueError("a qa_sparsepeft merge needs write_quantized= to store its INT4 codes")
-    with atomic_directory(output, verb="merge") as tmp:
-        result.model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if result.quantized is not None:
-            write_quantized(tmp, result.quantized)
-        if describe is not None:  # the caller's facts go into the same atomic write as the merge
-            result.report.update(describe(result))
-        write_json(tmp / MERGE_REPORT, result.report)
+    if describe is not None:  # the caller's facts go into the same atomic write as the merge
+        result.report.update(describe(result))
+    save_checkpoint(
+        output,
+        result.model,
+        tokenizer,
+        verb="merge",
+        reports={MERGE_REPORT: result.report},
+        extra=None if result.quantized is None else lambda tmp: write_quantized(tmp, result.quantized),
+    )
     return result
 
 

@@ -38,7 +38,7 @@ class GatedMLP:
     down: str
 
 
-def _linear(module: nn.Module) -> nn.Linear:
+def base_linear(module: nn.Module) -> nn.Linear:
     """The frozen base linear of a plain linear or of an adapter wrapping one (``base_layer``)."""
     base = getattr(module, "base_layer", module)
     if not isinstance(base, nn.Linear):
@@ -93,7 +93,7 @@ def layer_modules(
 
 
 def intermediate_size(model: nn.Module, mlp: GatedMLP) -> int:
-    return _linear(model.get_submodule(mlp.down)).in_features
+    return base_linear(model.get_submodule(mlp.down)).in_features
 
 
 # ---------------------------------------------------------------------- importance and order
@@ -112,7 +112,7 @@ def importance_order(importance: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def input_sq_sums(model: nn.Module, modules: list[str], batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """``Σ_t x_tj²`` of every named linear's input over the calibration tokens."""
-    sums = [torch.zeros(_linear(model.get_submodule(n)).in_features, dtype=torch.float64) for n in modules]
+    sums = [torch.zeros(base_linear(model.get_submodule(n)).in_features, dtype=torch.float64) for n in modules]
     handles = []
     for k, name in enumerate(modules):
 
@@ -138,9 +138,9 @@ def down_input_sq_sums(
     return input_sq_sums(model, [m.down for m in mlps], batches)
 
 
-def _permute_rows(module: nn.Module, order: torch.Tensor) -> None:
+def permute_rows(module: nn.Module, order: torch.Tensor) -> None:
     """Reorder output channels: the base rows (and bias), a LoRA ``B``'s rows, a SparsePEFT mask's rows."""
-    base = _linear(module)
+    base = base_linear(module)
     base.weight.data = base.weight.data[order].contiguous()
     if base.bias is not None:
         base.bias.data = base.bias.data[order].contiguous()
@@ -150,9 +150,9 @@ def _permute_rows(module: nn.Module, order: torch.Tensor) -> None:
         module.mask = module.mask[order].contiguous()
 
 
-def _permute_columns(module: nn.Module, order: torch.Tensor) -> None:
+def permute_columns(module: nn.Module, order: torch.Tensor) -> None:
     """Reorder input channels: the base columns, a LoRA ``A``'s columns, a SparsePEFT mask's columns."""
-    base = _linear(module)
+    base = base_linear(module)
     base.weight.data = base.weight.data[:, order].contiguous()
     if hasattr(module, "lora_A"):
         module.lora_A.weight.data = module.lora_A.weight.data[:, order].contiguous()
@@ -168,10 +168,10 @@ def permute_mlp(model: nn.Module, mlp: GatedMLP, order: torch.Tensor) -> None:
             f"{mlp.name}: an INT4 (qa_sparsepeft) layer's quantization groups run along its input channels; "
             "order the channels before quantizing the base"
         )
-    order = order.to(_linear(model.get_submodule(mlp.down)).weight.device)
-    _permute_rows(model.get_submodule(mlp.gate), order)
-    _permute_rows(model.get_submodule(mlp.up), order)
-    _permute_columns(model.get_submodule(mlp.down), order)
+    order = order.to(base_linear(model.get_submodule(mlp.down)).weight.device)
+    permute_rows(model.get_submodule(mlp.gate), order)
+    permute_rows(model.get_submodule(mlp.up), order)
+    permute_columns(model.get_submodule(mlp.down), order)
 
 
 @dataclass
@@ -200,7 +200,7 @@ def order_mlp_channels(
     ordered: list[list[float]] = [[] for _ in fractions]
     original: list[list[float]] = [[] for _ in fractions]
     for m, sq in zip(mlps, sums, strict=True):
-        score = channel_importance(_linear(model.get_submodule(m.down)).weight, sq)
+        score = channel_importance(base_linear(model.get_submodule(m.down)).weight, sq)
         order = importance_order(score)
         total = float(score.sum()) or 1.0
         for k, f in enumerate(fractions):
@@ -245,7 +245,8 @@ class ChannelMask:
         self._handle.remove()
 
 
-def _sliced(linear: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
+def sliced_linear(linear: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
+    """A new linear holding the first ``rows`` output and ``cols`` input channels of ``linear``."""
     w = linear.weight.data
     w = w[:rows] if rows is not None else w
     w = w[:, :cols] if cols is not None else w
@@ -267,9 +268,9 @@ def slice_mlp(model: nn.Module, mlp: GatedMLP, width: int) -> None:
             raise ValueError(f"{mlp.name}: merge the adapters before slicing (found {type(module).__name__})")
     if not 0 < width <= down.in_features:
         raise ValueError(f"{mlp.name}: width {width} is outside [1, {down.in_features}]")
-    parent.gate_proj = _sliced(gate, rows=width)
-    parent.up_proj = _sliced(up, rows=width)
-    parent.down_proj = _sliced(down, cols=width)
+    parent.gate_proj = sliced_linear(gate, rows=width)
+    parent.up_proj = sliced_linear(up, rows=width)
+    parent.down_proj = sliced_linear(down, cols=width)
     if hasattr(parent, "intermediate_size"):
         parent.intermediate_size = width
 

@@ -28,12 +28,12 @@ from torch import nn
 
 from .channels import (
     OrderingReport,
-    _linear,
-    _permute_columns,
-    _permute_rows,
-    _sliced,
+    base_linear,
     input_sq_sums,
     layer_modules,
+    permute_columns,
+    permute_rows,
+    sliced_linear,
 )
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")  # LLaMA, Mistral, Qwen, Gemma style
@@ -103,7 +103,7 @@ def attentions(model: nn.Module) -> list[Attention]:
     )
     for i, prefix, module in layers:
         head_dim = getattr(module, "head_dim", None) or getattr(config, "head_dim", None)
-        q, k = (_linear(getattr(module, p)) for p in ("q_proj", "k_proj"))
+        q, k = (base_linear(getattr(module, p)) for p in ("q_proj", "k_proj"))
         if not head_dim or q.out_features % head_dim or k.out_features % head_dim:
             raise ValueError(
                 f"decoder layer {i}: cannot read its head layout (head_dim {head_dim}, q_proj "
@@ -168,12 +168,12 @@ def permute_kv_groups(model: nn.Module, att: Attention, order: torch.Tensor | li
         raise ValueError(
             f"{att.name}: {order.tolist()} is not a permutation of its {att.num_kv_heads} KV groups"
         )
-    device = _linear(model.get_submodule(att.o)).weight.device
+    device = base_linear(model.get_submodule(att.o)).weight.device
     q_rows, kv_rows = att.q_rows(order).to(device), att.kv_rows(order).to(device)
-    _permute_rows(model.get_submodule(att.q), q_rows)
-    _permute_rows(model.get_submodule(att.k), kv_rows)
-    _permute_rows(model.get_submodule(att.v), kv_rows)
-    _permute_columns(model.get_submodule(att.o), q_rows)
+    permute_rows(model.get_submodule(att.q), q_rows)
+    permute_rows(model.get_submodule(att.k), kv_rows)
+    permute_rows(model.get_submodule(att.v), kv_rows)
+    permute_columns(model.get_submodule(att.o), q_rows)
 
 
 @torch.no_grad()
@@ -189,7 +189,7 @@ def order_kv_groups(model: nn.Module, batches: list[torch.Tensor], kept: tuple[i
     ordered: list[list[float]] = [[] for _ in kept]
     original: list[list[float]] = [[] for _ in kept]
     for a, sq in zip(atts, sums, strict=True):
-        score = kv_group_importance(_linear(model.get_submodule(a.o)).weight, sq, a)
+        score = kv_group_importance(base_linear(model.get_submodule(a.o)).weight, sq, a)
         order = torch.argsort(score, descending=True, stable=True)
         total = float(score.sum()) or 1.0
         for n, count in enumerate(kept):
@@ -217,7 +217,7 @@ def slice_attention(model: nn.Module, att: Attention, kv_groups: int) -> None:
     if not 0 < kv_groups <= att.num_kv_heads:
         raise ValueError(f"{att.name}: {kv_groups} KV groups is outside [1, {att.num_kv_heads}]")
     for name, cut in att.cuts(kv_groups).items():
-        setattr(parent, name.rpartition(".")[2], _sliced(model.get_submodule(name), **cut))
+        setattr(parent, name.rpartition(".")[2], sliced_linear(model.get_submodule(name), **cut))
     for attr, value in (("num_heads", kv_groups * att.queries_per_group), ("num_key_value_heads", kv_groups)):
         if isinstance(getattr(parent, attr, None), int):  # older attention classes keep the counts
             setattr(parent, attr, value)
@@ -259,7 +259,7 @@ def check_config_rebuilds(model: nn.Module, kv_groups: int) -> None:
         return
     for a in atts:
         for name, cut in a.cuts(kv_groups).items():
-            shape = tuple(_linear(model.get_submodule(name)).weight.shape)
+            shape = tuple(base_linear(model.get_submodule(name)).weight.shape)
             want = (cut["rows"], shape[1]) if "rows" in cut else (shape[0], cut["cols"])
             got = tuple(rebuilt.get_submodule(name).weight.shape)
             if want != got:
