@@ -219,7 +219,7 @@ class ChannelElasticityConfig(_Section):
 
     def fractions_below_full(self, model: Any) -> list[float]:
         """The configured widths below 100 %, as fractions of the first MLP's size (for the ordering report)."""
-        from .elastic.channels import gated_mlps, intermediate_size
+        from .elastic.channels import gated_mlps, intermediate_size  # lazy: the schema loads without torch
 
         size = intermediate_size(model, gated_mlps(model)[0])
         return [w / size for w in self.widths_for(size) if w < size] or [0.5]

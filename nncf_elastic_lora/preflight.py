@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from .config import ConfigError, PipelineConfig
+from .data import load_examples, load_task
+from .elastic.channels import gated_mlps, intermediate_size
+from .elastic.heads import attentions, check_config_rebuilds, uniform_attentions
 from .elastic.search_space import build_groups
+from .int4.quantize import plan_group_sizes
+from .models import meta_model
 from .patterns import find_linears
 
 
@@ -34,8 +39,6 @@ def check_config_against_model(
     if not (sparsify or quantize or train):
         return
     if model is None:
-        from .models import meta_model
-
         model = meta_model(config.model)
     problems: list[str] = []
     for on, key, patterns in (
@@ -94,8 +97,6 @@ def check_data(
 ) -> None:
     """Load every task the selected stages will read, so a missing or malformed dataset (or split
     sizes it cannot give) fails before the first stage instead of after the stages before it."""
-    from .data import load_examples, load_task
-
     tasks: set[str | None] = set()
     if train:
         load_task(config.data)  # also checks that the splits fit
@@ -122,10 +123,6 @@ def check_data(
 def _elastic_slices_keep_int4_groups(model: Any, config: PipelineConfig) -> list[str]:
     """LoNAS on an INT4 base slices down_proj's input by MLP widths and o_proj's by KV groups: every slice
     must keep whole quantization groups."""
-    from .elastic.channels import gated_mlps, intermediate_size
-    from .elastic.heads import attentions
-    from .int4.quantize import plan_group_sizes
-
     spec, heads = config.bootstrapNAS.elasticity.channel_spec(), config.bootstrapNAS.elasticity.head_spec()
     if spec is None:
         return []
@@ -163,8 +160,6 @@ def _elastic_slices_keep_int4_groups(model: Any, config: PipelineConfig) -> list
 def _kv_groups_fit(model: Any, config: PipelineConfig) -> list[str]:
     """Elastic heads: the attentions hold only their projections, share one layout, have at least the
     configured KV groups, and the architecture rebuilds the sliced attention from its config."""
-    from .elastic.heads import check_config_rebuilds, uniform_attentions
-
     heads = config.bootstrapNAS.elasticity.head_spec()
     if heads is None:
         return []
@@ -179,8 +174,6 @@ def _kv_groups_fit(model: Any, config: PipelineConfig) -> list[str]:
 
 def _qa_targets_quantized(model: Any, config: PipelineConfig, adapted: list[str]) -> list[str]:
     """QA-SparsePEFT trains through INT4 scales: every adapted layer must be one the base quantizes."""
-    from .int4.quantize import plan_group_sizes
-
     q = config.quantization
     try:
         plan = plan_group_sizes(find_linears(model, q.target_modules), q.group_size, q.group_size_fallback)

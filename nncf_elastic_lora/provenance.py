@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DataConfig, ModelConfig, PipelineConfig
+from .models import BUNDLED, TINY, resolve_model_dir
 from .outputs import fingerprint_path
 
 
@@ -23,8 +24,6 @@ def _digest(data: Any) -> str:
 
 def model_fingerprint(config: ModelConfig) -> str:
     """The weights and architecture of the model ``config`` loads (a hub id: the id itself)."""
-    from .models import TINY, resolve_model_dir
-
     if config.name_or_path == TINY:
         return "tiny:" + _digest([config.tiny.model_dump(), config.dtype])
     source = Path(resolve_model_dir(config)).expanduser()
@@ -56,8 +55,6 @@ def input_fingerprints(config: PipelineConfig, **paths: str | Path | None) -> di
 
 def local_inputs(config: PipelineConfig, *extra: str | Path | None) -> list[str | Path]:
     """The local paths a verb reads (its output may not be, contain or lie inside any of them)."""
-    from .models import BUNDLED
-
     items: list[str | Path | None] = [*extra]
     if config.model.name_or_path not in BUNDLED:
         items.append(config.model.name_or_path)

@@ -42,7 +42,7 @@ from .adapters import tensor_shapes
 from .config import NLSTrainingConfig
 from .data import Example
 from .elastic import ElasticLoraSuperNet
-from .elastic.supernet import PEFT_WEIGHTS
+from .formats import ADAPTER_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -308,15 +308,15 @@ def checkpoint_problem(
             f"{directory} was written by {written_by} training process(es), this run has {world_size}: resume "
             f"with {written_by} (the data order and random states are per process), or train into a new output"
         )
-    for name in (PEFT_WEIGHTS, TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, *rng):
+    for name in (ADAPTER_WEIGHTS, TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, *rng):
         if not (directory / name).is_file():
             return f"{name} is missing"
-    adapter = directory / PEFT_WEIGHTS
+    adapter = directory / ADAPTER_WEIGHTS
     try:
         # Reading the header checks that the file covers every tensor it lists, so truncation shows here.
         shapes = tensor_shapes(adapter)
     except (SafetensorError, OSError) as err:
-        return f"{PEFT_WEIGHTS} is unreadable ({err})"
+        return f"{ADAPTER_WEIGHTS} is unreadable ({err})"
     if shapes != adapter_shapes:
         raise ValueError(
             f"{adapter} does not hold the adapters this run trains ({_adapter_mismatch(shapes, adapter_shapes)}): "
@@ -383,7 +383,7 @@ class AdapterTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         save_file(
             self.supernet.adapter_state_dict(),
-            os.path.join(output_dir, PEFT_WEIGHTS),
+            os.path.join(output_dir, ADAPTER_WEIGHTS),
             metadata={"format": "pt"},
         )
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -425,7 +425,7 @@ class AdapterTrainer(Trainer):
     def _load_from_checkpoint(
         self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
     ) -> None:
-        path = os.path.join(resume_from_checkpoint, PEFT_WEIGHTS)
+        path = os.path.join(resume_from_checkpoint, ADAPTER_WEIGHTS)
         with _resume_errors(path, "adapter weights"):
             self.supernet.load_adapter_weights(load_file(path))
 

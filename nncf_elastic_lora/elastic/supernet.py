@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..adapters import check_adapter_fits
+from ..formats import ADAPTER_WEIGHTS
 from ..outputs import atomic_directory, write_json
 from ..patterns import find_linears
 from ..quantization import QuantizedWeight, scales_fingerprint
@@ -41,7 +42,7 @@ SubnetConfig = dict[str, int]
 SEARCH_SPACE_FILE = "elastic_lora.json"
 SUB_ADAPTER_FILE = "elastic_lora_sub.json"
 SUBNET_CONFIG_FILE = "subnet_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_WEIGHTS = ADAPTER_WEIGHTS  # the peft folder's weights file
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -1,0 +1,148 @@
+"""``benchmark``: time and size IRs and checkpoints on runtimes. Flag-driven: it reads no config."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .common import OUTPUT, OVERWRITE
+from .registry import Call, Flag, verb
+
+RUNTIMES = ("genai", "optimum", "torch")
+
+
+def _runtimes_and_batch_sizes(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """Parse ``--runtime`` and ``--batch-sizes`` and check every number flag against its least value."""
+    try:
+        runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}"
+        ) from None
+    for flag, value, least in (
+        ("--batch-sizes", min(batch_sizes, default=0), 1),
+        ("--prompt-tokens", args.prompt_tokens, 1),
+        ("--new-tokens", args.new_tokens, 2),  # decode latency needs a token after the first
+        ("--repeats", args.repeats, 1),
+        ("--warmup", args.warmup, 0),
+    ):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if not runtimes:
+        raise ValueError(f"--runtime is empty; choose from {', '.join(RUNTIMES)}")
+    for r in runtimes:
+        if r not in RUNTIMES:
+            raise ValueError(f"--runtime {r!r} is not one of {', '.join(RUNTIMES)}")
+    return runtimes, batch_sizes
+
+
+def _models(items: list[str], runtimes: list[str]) -> list[tuple[str, str, str]]:
+    """``(label, path, runtime)`` for every ``--model [LABEL=]DIR`` on every runtime, each checked."""
+    models, labels = [], set()
+    for item in items:
+        label, sep, path = item.partition("=")
+        path = path if sep else label
+        label = label if sep else Path(path).name
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"--model {path}: no such directory ({Path(path).resolve()})")
+        if label in labels:
+            raise ValueError(f"--model label {label!r} is given twice; name them with LABEL=DIR")
+        labels.add(label)
+        for r in runtimes:
+            needs = "config.json" if r == "torch" else "openvino_model.xml"
+            if not (Path(path) / needs).is_file():
+                kind = "a Hugging Face checkpoint" if r == "torch" else "an OpenVINO IR directory"
+                raise FileNotFoundError(
+                    f"--model {path}: runtime {r!r} needs {kind}, but {Path(path).resolve() / needs} is missing"
+                )
+        models += [(label, path, r) for r in runtimes]
+    return models
+
+
+def _write_report(out: Path, report: dict[str, Any], headers: list, rows: list) -> None:
+    from ..outputs import write_json, write_text
+    from ..report.tables import markdown_table
+
+    write_json(out / "benchmark.json", report)
+    text = markdown_table(headers, rows)
+    if report["notes"]:
+        text += "\nNotes:\n" + "".join(f"- {n}\n" for n in report["notes"])
+    write_text(out / "benchmark.md", text)
+
+
+# benchmark reads no config: its flags are all it takes
+BENCHMARK_FLAGS = (
+    Flag(("--model",), action="append", required=True, metavar="[LABEL=]DIR", help="repeatable"),
+    OUTPUT,
+    OVERWRITE,
+    Flag(("--runtime",), default="genai", help="comma-separated: genai, optimum, torch (default genai)"),
+    Flag(("--device",), default="CPU", help="OpenVINO device (CPU, GPU)"),
+    Flag(("--prompt-tokens",), type=int, default=128),
+    Flag(("--new-tokens",), type=int, default=64),
+    Flag(("--batch-sizes",), default="1,4", help="comma-separated (default 1,4)"),
+    Flag(("--repeats",), type=int, default=3),
+    Flag(("--warmup",), type=int, default=1),
+    Flag(
+        ("--property",),
+        dest="properties",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runtime property",
+    ),
+    Flag(("--properties-file",), help="JSON object of runtime properties (see export/runtime/)"),
+    Flag(("--no-isolate",), action="store_true", help="run everything in this process"),
+)
+
+
+@verb(
+    "benchmark",
+    help="measure inference speed and memory (OpenVINO GenAI, optimum-intel, torch)",
+    description="Time to first token, decode latency and tokens/s at each batch size, compile time, "
+    "size on disk and peak memory of each --model on each --runtime; medians over --repeats after "
+    "--warmup; every model and runtime in its own process. Writes benchmark.json and benchmark.md.",
+    flags=BENCHMARK_FLAGS,
+    prepare="launch",
+)
+def benchmark(call: Call) -> int:
+    """Measure every ``--model`` on every ``--runtime`` and write benchmark.json and benchmark.md."""
+    from ..deploy.benchmark import benchmark_models, results_table
+    from ..outputs import claim_output
+    from ..report.tables import print_table
+    from ..runtime import check_properties, machine_info, parse_properties
+
+    args = call.args
+    runtimes, batch_sizes = _runtimes_and_batch_sizes(args)
+    models = _models(args.model, runtimes)
+    properties = parse_properties(args.properties, args.properties_file)
+    check_properties(properties, args.device)  # names and values, before any output or model work
+    inputs = [path for _, path, _ in models] + [args.properties_file]
+    claim = claim_output(args.output, verb="benchmark", inputs=inputs, overwrite=args.overwrite)
+    settings = dict(
+        device=args.device,
+        properties=properties,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        batch_sizes=batch_sizes,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    out = Path(args.output)
+    with claim:
+        results = benchmark_models(models, isolate=not args.no_isolate, **settings)
+        headers, rows = results_table(results)
+        notes = sorted({n for r in results for n in r["property_notes"]})
+        report = {
+            "machine": machine_info(args.device),
+            "settings": settings,
+            "notes": notes,
+            "results": results,
+        }
+        _write_report(out, report, headers, rows)
+    print_table(f"benchmark ({report['machine']['cpu']}, {args.device})", headers, rows)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {out / 'benchmark.json'}, {out / 'benchmark.md'}")
+    return 0

@@ -1,0 +1,246 @@
+"""Verbs that ship and score a model: ``merge``, ``export``, ``eval``, and ``run`` (the whole pipeline)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .common import claim, claim_outputs, common_flags, local_inputs, resumable_output
+from .registry import Call, Flag, verb
+
+if TYPE_CHECKING:
+    from ..config import PipelineConfig
+
+
+@verb(
+    "run",
+    help="the whole pipeline from one config",
+    description="Run every configured stage: evaluate dense, sparsify, evaluate sparse, NLS-train "
+    "elastic adapters, evaluate sub-adapters; writes report.json and report.md.",
+    flags=(
+        *common_flags(config_positional=True),
+        Flag(("--resume",), action="store_true", help="continue an interrupted run in --output"),
+    ),
+)
+def run(call: Call) -> int:
+    """Run every stage the config selects under one output."""
+    from ..pipeline import check_method, print_summary, run_pipeline
+    from ..preflight import check_config_against_model, check_data
+
+    config = call.config
+    check_method(config)
+    check_config_against_model(config, sparsify=True, quantize=True, train=True)
+    check_data(
+        config,
+        sparsify=True,
+        train=config.bootstrapNAS.enabled,
+        evaluate=True,
+        export=config.export.enabled,
+        quantize=True,
+    )
+    with resumable_output(call, "run", "config.json"):
+        report = run_pipeline(config, call.output, resume=call.args.resume, progress=call.progress)
+    print_summary(report)
+    print(f"report: {call.output / 'report.json'}, {call.output / 'report.md'}")
+    return 0
+
+
+@verb(
+    "merge",
+    help="merge a SparsePEFT / QA-SparsePEFT sub-adapter into its base, keeping zeros and INT4",
+    description="Merge --adapter (a sub-adapter written by train or search) into --model, the base it "
+    "was trained on. SparsePEFT: a Hugging Face checkpoint whose zeros are the base's; QA-SparsePEFT: an "
+    "INT4 checkpoint whose codes are those the trained forward computed. Refused, writing nothing, for "
+    "an adapter trained on another base or through other scales. --export-to also ships the merged "
+    "model as an OpenVINO IR (an INT4 merge as an INT4 IR holding exactly those codes).",
+    flags=(
+        *common_flags(),
+        Flag(("--adapter",), required=True, help="a sub_adapter/ folder from train or search"),
+        Flag(("--export-to",), help="also export the merged model to this IR directory"),
+    ),
+)
+def merge(call: Call) -> int:
+    """Merge a sub-adapter into its base (and, with ``--export-to``, export the result)."""
+    from ..pipeline import merge
+    from ..preflight import check_data
+
+    args, config, output = call.args, call.config, call.output
+    inputs = local_inputs(call, args.adapter)
+    with claim_outputs(((output, "merge"), (args.export_to, "export")), inputs, call.claim_options):
+        if args.export_to:  # the export's calibration texts and parity prompts, before merging
+            check_data(
+                config.model_copy(update={"export": config.export.model_copy(update={"enabled": True})}),
+                train=True,
+                export=True,
+            )
+        report = merge(config, output, args.adapter, call.progress)
+        ir = _export_merged(call, report) if args.export_to else None
+    print(
+        f"merged {report['adapter_kind']} sub-adapter ({report['modules_merged']} modules) into "
+        f"{report['precision']} weights: wrote {output}; zeros {100 * report['sparsity']:.2f}% "
+        f"(base {100 * report['base_sparsity']:.2f}%; every zero of the base kept, {report['new_zeros']:,} new)"
+    )
+    if ir is not None:
+        print(
+            f"exported {args.export_to}: {ir['weight_format']} weights, {ir['size_bytes']['model_bin'] / 2**20:.1f} MiB"
+        )
+    return 0
+
+
+def _export_merged(call: Call, merged: dict[str, Any]) -> dict[str, Any]:
+    """Export the checkpoint ``merge`` just wrote to ``--export-to``; an INT4 merge as an INT4 IR."""
+    from ..pipeline import export
+
+    config: PipelineConfig = call.config
+    exported = config.model.model_copy(update={"name_or_path": str(call.output)})
+    ex = config.export.model_copy(update={"merge_adapter": False})
+    if merged["precision"] == "int4":
+        ex = ex.model_copy(update={"weight_format": "int4"})
+    return export(
+        config.model_copy(update={"model": exported, "export": ex}),
+        call.args.export_to,
+        overwrite=call.args.overwrite,
+    )
+
+
+@verb(
+    "eval",
+    help="evaluate a model on tasks",
+    description="Score a model (--model or model.name_or_path) on evaluation.tasks; "
+    "writes eval.json, eval.md and predictions.jsonl.",
+    flags=(
+        *common_flags(),
+        Flag(
+            ("--tasks",),
+            key="evaluation.tasks",
+            to_config=lambda tasks: tasks.split(",") if tasks else None,
+            help="comma-separated tasks; overrides evaluation.tasks",
+        ),
+        Flag(("--limit",), key="evaluation.limit", type=int, help="at most N examples per task"),
+        Flag(
+            ("--split",),
+            key="evaluation.split",
+            choices=("validation", "test"),
+            help="override evaluation.split",
+        ),
+    ),
+)
+def evaluate(call: Call) -> int:
+    """Score a checkpoint or an OpenVINO IR on the configured tasks (one or several processes)."""
+    from .. import distributed
+    from ..evaluation import results_table
+    from ..formats import is_openvino_dir
+    from ..models import load_model, load_openvino_model
+    from ..pipeline import evaluate_model, write_eval
+    from ..preflight import check_data
+    from ..report.tables import print_table
+
+    config = call.config
+    name = config.model.name_or_path
+    check_data(config, evaluate=True)
+    with distributed.main_process_first(claim(call, "eval")):
+        ex, extra = config.export, {"model": name}
+        if is_openvino_dir(name):
+            model, tokenizer = load_openvino_model(name, ex.device, ex.runtime_properties)
+            extra["openvino"] = {"device": ex.device, "runtime_properties": ex.runtime_properties}
+        else:
+            model, tokenizer = load_model(config.model)
+        results = evaluate_model(model, tokenizer, config, progress=call.progress)
+        extra["processes"] = distributed.world_size()
+        if distributed.is_main_process():
+            write_eval(call.output, name, results, extra)
+    if distributed.is_main_process():
+        print_table("evaluation", *results_table({name: results}))
+    return 0
+
+
+# export's flags: the adapter, and NNCF's weight compression options (export.*)
+EXPORT_FLAGS = (
+    *common_flags(),
+    Flag(("--adapter",), help="a PEFT LoRA folder (sub_adapter/ from train or search)"),
+    Flag(
+        ("--merge",),
+        key="export.merge_adapter",
+        to_config=lambda merge: True if merge else None,  # no --merge: the config's value stands
+        action="store_true",
+        help="merge the adapter (export.merge_adapter)",
+    ),
+    Flag(("--save-merged",), help="with --merge: also write the merged HF checkpoint here"),
+    Flag(
+        ("--weight-format",),
+        key="export.weight_format",
+        choices=("fp32", "fp16", "int8", "int4"),
+        help="export.weight_format",
+    ),
+    Flag(
+        ("--group-size",),
+        key="export.group_size",
+        type=int,
+        help="export.group_size (int4)",
+    ),
+    Flag(
+        ("--ratio",),
+        dest="int4_ratio",
+        key="export.ratio",
+        type=float,
+        help="export.ratio: fraction of layers in int4",
+    ),
+    Flag(
+        ("--sym",),
+        key="export.sym",
+        action="store_true",
+        default=None,
+        help="symmetric quantization (export.sym)",
+    ),
+    Flag(("--awq",), key="export.awq", action="store_true", default=None, help="data-aware AWQ (int4)"),
+    Flag(
+        ("--scale-estimation",),
+        key="export.scale_estimation",
+        action="store_true",
+        default=None,
+        help="int4",
+    ),
+    Flag(
+        ("--data-aware",),
+        key="export.data_aware",
+        action="store_true",
+        default=None,
+        help="calibrate on export.calibration",
+    ),
+    Flag(
+        ("--group-size-fallback",),
+        key="export.group_size_fallback",
+        choices=("error", "adjust", "ignore"),
+        help="int4",
+    ),
+    Flag(("--eval",), dest="eval_ir", action="store_true", help="also evaluate the IR on evaluation.tasks"),
+)
+
+
+@verb(
+    "export",
+    help="export to OpenVINO IR (optionally with an adapter, INT8/INT4 weights)",
+    description="Convert --model (an HF checkpoint: dense, sparse or merged) and optionally a PEFT "
+    "--adapter to an OpenVINO model directory through optimum-intel, with openvino_tokenizer/"
+    "detokenizer IRs, weight compression by NNCF (export.*), a load check in OpenVINO GenAI, a "
+    "comparison with torch on test prompts (parity.json) and export_report.json.",
+    flags=EXPORT_FLAGS,
+)
+def export(call: Call) -> int:
+    """Export to an OpenVINO IR (and, with ``--eval``, score the IR)."""
+    from ..pipeline import evaluate_ir, export, export_facts, write_eval
+    from ..report.tables import print_table
+
+    args, config, output = call.args, call.config, call.output
+    inputs = local_inputs(call, args.adapter)
+    # An existing output is refused unless --overwrite; then replaced once the new one is complete.
+    with claim_outputs(((output, "export"), (args.save_merged, "merge")), inputs, call.claim_options):
+        report = export(config, output, args.adapter, args.save_merged, overwrite=args.overwrite)
+    facts = [*export_facts(report), ["export time (s)", f"{report['export_s']:.1f}"]]
+    print_table(f"exported {output}", ["", "value"], facts)
+    if args.eval_ir:
+        from ..evaluation import results_table
+
+        results = evaluate_ir(config, output, progress=call.progress)
+        write_eval(output / "eval", str(output), results, {"model": str(output), "export": report})
+        print_table("evaluation of the IR", *results_table({str(output): results}))
+    return 0
