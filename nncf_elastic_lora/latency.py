@@ -246,6 +246,125 @@ def measure_decode_ms(ir: Path, *, label: str, batch_size: int, **settings: Any)
     return float(result["batches"][0]["decode_ms_per_step"])
 
 
+def _base_layout(base: nn.Module, elastic_heads: bool) -> dict[str, Any]:
+    """The base's shapes as :class:`LatencyModel` fields: MLP names, sizes, weights per channel, KV groups."""
+    layers, sizes, per_channel = mlp_layout(base)
+    kv_heads, per_kv_group = attention_layout(base) if elastic_heads else (None, 0)
+    return {
+        "layers": layers,
+        "sizes": sizes,
+        "params_per_channel": per_channel,
+        "kv_heads": kv_heads,
+        "params_per_kv_group": per_kv_group,
+    }
+
+
+def _latency_configs(
+    widths: list[list[int]], kv_groups: list[int] | None, holdout: int, seed: int
+) -> list[tuple[str, list[int], int | None]]:
+    """``(role, per-layer widths, KV groups kept)`` of each sub-network to measure: fit, then held out."""
+    levels = min(len(c) for c in widths)
+    fit = [[c[i] for c in widths] for i in range(levels)]
+    held = sample_widths(widths, holdout, seed, avoid=fit)
+    full = max(kv_groups) if kv_groups else None
+    configs = [("fit", w, full) for w in fit]
+    configs += [("fit", fit[0], c) for c in sorted(kv_groups or [], reverse=True) if c != full]
+    rng = random.Random(seed)
+    configs += [("holdout", w, rng.choice(kv_groups) if kv_groups else None) for w in held]
+    return configs
+
+
+def _measure_subnetwork(
+    base: nn.Module,
+    tokenizer: Any,
+    model: ModelConfig,
+    role: str,
+    config: list[int],
+    kept: int | None,
+    work_dir: str | Path | None,
+    export_options: dict[str, Any],
+    benchmark_options: dict[str, Any],
+) -> float:
+    """Slice a copy of ``base`` to ``config`` (and ``kept`` KV groups), export it, measure its decode ms."""
+    from .elastic.heads import set_kv_groups
+
+    with tempfile.TemporaryDirectory(prefix=".nel-latency-", dir=work_dir) as tmp:
+        sliced, ir = Path(tmp) / "sliced", Path(tmp) / "ir"
+        sub = copy.deepcopy(base)
+        set_mlp_widths(sub, config)
+        if kept is not None:
+            set_kv_groups(sub, kept)
+        sub.save_pretrained(sliced)
+        tokenizer.save_pretrained(sliced)
+        del sub
+        export_openvino(
+            model.model_copy(update={"name_or_path": str(sliced)}), ir, **export_options, genai_device=None
+        )
+        return measure_decode_ms(
+            ir,
+            label=f"{role} {sorted(set(config))}" + (f" kv {kept}" if kept else ""),
+            **benchmark_options,
+        )
+
+
+def _fit_points(
+    measured: list[tuple[str, list[int], int | None, float]], per_channel: list[int], per_kv_group: int
+) -> tuple[float, float, list[LatencyPoint]]:
+    """``(intercept, slope, points)``: the line through the fit points, each point with its prediction
+    (held out: by that line; fit: leave-one-out)."""
+    params = [
+        sum(w * p for w, p in zip(c, per_channel, strict=True)) + (kept or 0) * per_kv_group
+        for _, c, kept, _ in measured
+    ]
+    fit_idx = [i for i, m in enumerate(measured) if m[0] == "fit"]
+    intercept, slope = fit_line([params[i] for i in fit_idx], [measured[i][3] for i in fit_idx])
+    points = []
+    for i, (role, config, kept, ms) in enumerate(measured):
+        if role == "fit":  # leave-one-out: predicted by a line through the other fit points
+            others = [j for j in fit_idx if j != i]
+            if len({params[j] for j in others}) >= 2:
+                line = fit_line([params[j] for j in others], [measured[j][3] for j in others])
+                predicted = on_line(line, params[i])
+            else:
+                predicted = None
+        else:
+            predicted = on_line((intercept, slope), params[i])
+        points.append(LatencyPoint(role, config, params[i], ms, predicted, kept))
+    return intercept, slope, points
+
+
+def _fitted_model(
+    measured: list[tuple[str, list[int], int | None, float]],
+    layout: dict[str, Any],
+    *,
+    batch_size: int,
+    weight_format: str,
+) -> LatencyModel:
+    """The latency model fitted on ``measured`` (refused when time does not grow with the weights); logged."""
+    from .runtime import machine_info
+
+    intercept, slope, points = _fit_points(
+        measured, layout["params_per_channel"], layout["params_per_kv_group"]
+    )
+    check_slope(slope, points)
+    fitted = LatencyModel(
+        intercept_ms=intercept,
+        ms_per_mparam=slope,
+        batch_size=batch_size,
+        weight_format=weight_format,
+        points=points,
+        machine=machine_info(),
+        **layout,
+    )
+    log.info(
+        "latency model: %.3f ms + %.4f ms per million elastic weights; held-out error %s",
+        intercept,
+        slope,
+        fitted.errors("holdout"),
+    )
+    return fitted
+
+
 def fit_latency_model(
     model: ModelConfig,
     *,
@@ -282,96 +401,36 @@ def fit_latency_model(
         )
     from tqdm.auto import tqdm
 
-    from .elastic.heads import set_kv_groups
-    from .runtime import machine_info
-
     base, tokenizer = load_model(model)  # read once; each point slices a copy
-    layers, sizes, per_channel = mlp_layout(base)
-    kv_heads, per_kv_group = attention_layout(base) if kv_groups else (None, 0)
+    layout = _base_layout(base, elastic_heads=bool(kv_groups))
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-    if len(widths) != len(layers):
-        raise ValueError(f"{len(widths)} lists of widths for a model with {len(layers)} gated MLPs")
-    levels = min(len(c) for c in widths)
-    fit = [[c[i] for c in widths] for i in range(levels)]
-    held = sample_widths(widths, holdout, seed, avoid=fit)
-    full = max(kv_groups) if kv_groups else None
-    configs = [("fit", w, full) for w in fit]
-    configs += [("fit", fit[0], c) for c in sorted(kv_groups or [], reverse=True) if c != full]
-    rng = random.Random(seed)
-    configs += [("holdout", w, rng.choice(kv_groups) if kv_groups else None) for w in held]
+    if len(widths) != len(layout["layers"]):
+        raise ValueError(f"{len(widths)} lists of widths for a model with {len(layout['layers'])} gated MLPs")
+    configs = _latency_configs(widths, kv_groups, holdout, seed)
+    export_options = dict(
+        weight_format=weight_format,
+        group_size=group_size,
+        sym=sym,
+        ratio=ratio,
+        group_size_fallback=group_size_fallback,
+    )
+    benchmark_options = dict(
+        device=device,
+        properties=properties or {},
+        batch_size=batch_size,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        repeats=repeats,
+    )
     measured: list[tuple[str, list[int], int | None, float]] = []
     for role, config, kept in tqdm(configs, desc="latency model: measure sub-networks", disable=not progress):
-        with tempfile.TemporaryDirectory(prefix=".nel-latency-", dir=work_dir) as tmp:
-            sliced, ir = Path(tmp) / "sliced", Path(tmp) / "ir"
-            sub = copy.deepcopy(base)
-            set_mlp_widths(sub, config)
-            if kept is not None:
-                set_kv_groups(sub, kept)
-            sub.save_pretrained(sliced)
-            tokenizer.save_pretrained(sliced)
-            del sub
-            export_openvino(
-                model.model_copy(update={"name_or_path": str(sliced)}),
-                ir,
-                weight_format=weight_format,
-                group_size=group_size,
-                sym=sym,
-                ratio=ratio,
-                group_size_fallback=group_size_fallback,
-                genai_device=None,
-            )
-            ms = measure_decode_ms(
-                ir,
-                label=f"{role} {sorted(set(config))}" + (f" kv {kept}" if kept else ""),
-                device=device,
-                properties=properties or {},
-                batch_size=batch_size,
-                prompt_tokens=prompt_tokens,
-                new_tokens=new_tokens,
-                repeats=repeats,
-            )
+        ms = _measure_subnetwork(
+            base, tokenizer, model, role, config, kept, work_dir, export_options, benchmark_options
+        )
         measured.append((role, config, kept, ms))
     del base
-    params = [
-        sum(w * p for w, p in zip(c, per_channel, strict=True)) + (kept or 0) * per_kv_group
-        for _, c, kept, _ in measured
-    ]
-    fit_idx = [i for i, m in enumerate(measured) if m[0] == "fit"]
-    intercept, slope = fit_line([params[i] for i in fit_idx], [measured[i][3] for i in fit_idx])
-    points = []
-    for i, (role, config, kept, ms) in enumerate(measured):
-        if role == "fit":  # leave-one-out: predicted by a line through the other fit points
-            others = [j for j in fit_idx if j != i]
-            if len({params[j] for j in others}) >= 2:
-                line = fit_line([params[j] for j in others], [measured[j][3] for j in others])
-                predicted = on_line(line, params[i])
-            else:
-                predicted = None
-        else:
-            predicted = on_line((intercept, slope), params[i])
-        points.append(LatencyPoint(role, config, params[i], ms, predicted, kept))
-    check_slope(slope, points)
-    fitted = LatencyModel(
-        intercept_ms=intercept,
-        ms_per_mparam=slope,
-        batch_size=batch_size,
-        weight_format=weight_format,
-        layers=layers,
-        sizes=sizes,
-        params_per_channel=per_channel,
-        points=points,
-        machine=machine_info(),
-        kv_heads=kv_heads,
-        params_per_kv_group=per_kv_group,
-    )
-    log.info(
-        "latency model: %.3f ms + %.4f ms per million elastic weights; held-out error %s",
-        intercept,
-        slope,
-        fitted.errors("holdout"),
-    )
-    return fitted
+    return _fitted_model(measured, layout, batch_size=batch_size, weight_format=weight_format)
 
 
 def plot_latency_model(model: LatencyModel, path: str | Path) -> Path:

@@ -5,6 +5,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+
+pytest.register_assert_rewrite("tests.helpers")  # its asserts explain their failures as a test's do
+
 import torch  # noqa: E402
 
 from nncf_elastic_lora.config import ModelConfig, TinyModelConfig  # noqa: E402

@@ -10,32 +10,7 @@ from nncf_elastic_lora.models import build_tiny_llama
 from nncf_elastic_lora.pipeline import build_supernet
 
 from .conftest import TINY
-
-QKV_UP_DOWN = [
-    [
-        "model.layers.{*}.self_attn.q_proj",
-        "model.layers.{*}.self_attn.k_proj",
-        "model.layers.{*}.self_attn.v_proj",
-    ],
-    ["model.layers.{*}.mlp.up_proj"],
-    ["model.layers.{*}.mlp.down_proj"],
-]
-TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
-
-
-def _supernet(model, widths=(8, 6, 4), max_rank=8):
-    sn = ElasticLoraSuperNet.attach(
-        model,
-        target_modules=TARGETS,
-        max_rank=max_rank,
-        alpha=16,
-        overwrite_groups=QKV_UP_DOWN,
-        overwrite_groups_widths=[list(widths)] * 3,
-    )
-    gen = torch.Generator().manual_seed(0)
-    for a in sn.adapters.values():  # non-zero B so every rank changes the output
-        a.lora_B.weight.data = torch.randn(a.lora_B.weight.shape, generator=gen) * 0.05
-    return sn
+from .helpers import QKV_UP_DOWN, TARGETS, make_supernet
 
 
 @pytest.mark.parametrize("rank", [1, 3, 8])
@@ -92,7 +67,7 @@ def test_rank_zero_and_out_of_range():
 
 
 def test_groups_one_per_layer_index_and_controller():
-    sn = _supernet(build_tiny_llama(TINY))
+    sn = make_supernet(build_tiny_llama(TINY))
     space = sn.get_search_space()
     assert list(space) == ["group0[0]", "group1[0]", "group2[0]", "group0[1]", "group1[1]", "group2[1]"]
     assert sn.space_size() == 3**6
@@ -109,7 +84,7 @@ def test_groups_one_per_layer_index_and_controller():
 
 
 def test_params_and_macs():
-    sn = _supernet(build_tiny_llama(TINY))
+    sn = make_supernet(build_tiny_llama(TINY))
     sn.activate_maximal_subnet()
     a = sn.adapters["model.layers.0.mlp.up_proj"]
     assert a.in_features == 32 and a.out_features == 64
@@ -165,7 +140,7 @@ def test_legacy_nncf_scope_config_builds_the_same_groups(tmp_path):
 
 @pytest.mark.parametrize("which", ["sample", "heuristic", "minimal"])
 def test_sub_adapter_loads_in_stock_peft_with_same_logits(tmp_path, which):
-    sn = _supernet(build_tiny_llama(TINY))
+    sn = make_supernet(build_tiny_llama(TINY))
     config = {
         "sample": sn.sample_config(random.Random(1)),
         "heuristic": sn.get_heuristic_config(),
@@ -186,7 +161,7 @@ def test_sub_adapter_loads_in_stock_peft_with_same_logits(tmp_path, which):
 
 
 def test_super_adapter_round_trip(tmp_path):
-    sn = _supernet(build_tiny_llama(TINY))
+    sn = make_supernet(build_tiny_llama(TINY))
     sn.save_super_adapter(tmp_path / "super")
     loaded = ElasticLoraSuperNet.load_super_adapter(build_tiny_llama(TINY), tmp_path / "super")
     assert loaded.get_search_space() == sn.get_search_space()

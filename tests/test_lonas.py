@@ -15,33 +15,30 @@ from nncf_elastic_lora.elastic.channels import (
 from nncf_elastic_lora.models import build_tiny_llama
 
 from .conftest import TINY
-
-IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29], [2, 4, 6, 8, 10, 12, 14, 16]])
-
-
-def _logits(model, ids=IDS):
-    with torch.no_grad():
-        return model(input_ids=ids).logits
-
-
-def _calibration():
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, 200, (1, 16), generator=g) for _ in range(4)]
+from .helpers import (
+    EXAMPLES,
+    QKV_UP_DOWN,
+    TARGETS,
+    assert_export_matches_torch,
+    calibration_ids,
+    model_logits,
+    training_config,
+)
 
 
 def test_channel_permutation_leaves_the_logits_unchanged():
     model = build_tiny_llama(TINY).eval()
-    before = _logits(model)
+    before = model_logits(model)
     for m in gated_mlps(model):
         permute_mlp(model, m, torch.randperm(64, generator=torch.Generator().manual_seed(m.layer)))
-    torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model_logits(model), before, atol=1e-5, rtol=0)
 
 
 def test_importance_ordering_keeps_the_function_and_puts_important_channels_first():
     model = build_tiny_llama(TINY).eval()
-    before = _logits(model)
-    report = order_mlp_channels(model, _calibration())
-    torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=0)
+    before = model_logits(model)
+    report = order_mlp_channels(model, calibration_ids())
+    torch.testing.assert_close(model_logits(model), before, atol=1e-5, rtol=0)
     # Every prefix keeps at least the importance of the same prefix in the original order.
     for ordered, original in zip(report.kept_ordered, report.kept_original, strict=True):
         assert ordered >= original
@@ -57,7 +54,7 @@ def test_masked_width_equals_the_sliced_mlp():
     for m, w in zip(gated_mlps(sliced), widths, strict=True):
         slice_mlp(sliced, m, w)
     assert [sliced.get_submodule(m.down).in_features for m in gated_mlps(sliced)] == widths
-    torch.testing.assert_close(_logits(sliced), _logits(masked), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model_logits(sliced), model_logits(masked), atol=1e-5, rtol=0)
     assert sum(p.numel() for p in sliced.parameters()) < sum(p.numel() for p in masked.parameters())
 
 
@@ -74,8 +71,6 @@ def test_mask_width_outside_the_mlp_is_refused():
 def _mode_b(model=None, channels=None):
     from nncf_elastic_lora.config import ChannelElasticityConfig
     from nncf_elastic_lora.elastic import ElasticLoraSuperNet
-
-    from .test_elastic import QKV_UP_DOWN, TARGETS
 
     sn = ElasticLoraSuperNet.attach(
         model or build_tiny_llama(TINY).eval(),
@@ -126,18 +121,18 @@ def test_extracted_subnet_equals_the_super_network_at_that_configuration(widths,
     sn = _mode_b()
     config = _config(sn, ranks, list(widths))
     sn.activate_config(config)
-    expected = _logits(sn.model)
+    expected = model_logits(sn.model)
     small = extract_subnet(sn, config)
-    torch.testing.assert_close(_logits(small), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model_logits(small), expected, atol=1e-5, rtol=0)
     assert [small.get_submodule(m.down).in_features for m in gated_mlps(small)] == widths
     small.save_pretrained(tmp_path / "small")
     reloaded, _ = load_model(ModelConfig(name_or_path=str(tmp_path / "small")))
-    torch.testing.assert_close(_logits(reloaded), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model_logits(reloaded), expected, atol=1e-5, rtol=0)
     per_layer = getattr(reloaded.config, PER_LAYER_KEY, None)
     if len(set(widths)) == 1:  # a plain checkpoint: stock transformers loads it
         assert per_layer is None and reloaded.config.intermediate_size == widths[0]
         plain = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()
-        torch.testing.assert_close(_logits(plain), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model_logits(plain), expected, atol=1e-5, rtol=0)
     else:
         assert per_layer == widths and reloaded.config.intermediate_size == max(widths)
 
@@ -148,12 +143,12 @@ def test_mode_b_super_adapter_round_trip_keeps_the_channel_groups(tmp_path):
     sn = _mode_b()
     config = _config(sn, 6, [40, 56])
     sn.activate_config(config)
-    expected = _logits(sn.model)
+    expected = model_logits(sn.model)
     sn.save_super_adapter(tmp_path / "super")
     loaded = ElasticLoraSuperNet.load_super_adapter(build_tiny_llama(TINY).eval(), tmp_path / "super")
     assert loaded.get_search_space() == sn.get_search_space()
     loaded.activate_config(config)
-    torch.testing.assert_close(_logits(loaded.model), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model_logits(loaded.model), expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -181,11 +176,11 @@ def test_bad_channel_widths_fail_naming_them(kwargs, message):
 def test_nls_trains_mode_b_sampling_widths_and_ranks(tmp_path, tokenizer):
     from nncf_elastic_lora.training import train_super_adapter
 
-    from .test_training import EXAMPLES, _cfg
-
     sn = _mode_b()
     before = {k: v.clone() for k, v in sn.adapter_state_dict().items()}
-    result, nls = train_super_adapter(sn, tokenizer, EXAMPLES, _cfg(max_steps=6), tmp_path, progress=False)
+    result, nls = train_super_adapter(
+        sn, tokenizer, EXAMPLES, training_config(max_steps=6), tmp_path, progress=False
+    )
     assert result.steps == 6 and all(loss == loss for loss in result.losses)
     channel_slots = [i for i, g in enumerate(sn.groups) if g.kind == "channels"]
     sampled = {tuple(widths[i] for i in channel_slots) for _, widths in nls.steps}
@@ -230,19 +225,6 @@ def test_verbs_reorder_train_extract_export_a_smaller_model(tmp_path):
     assert main(["merge", *common, *base, *adapter, "--output", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
     assert_export_matches_torch(common, tmp_path / "small", tmp_path / "ir")
-
-
-def assert_export_matches_torch(common: list[str], model: Path, output: Path) -> None:
-    """`export --model <extracted>` as FP32: the IR's logits and greedy tokens match torch's."""
-    import json
-
-    from nncf_elastic_lora.cli import main
-
-    export = ["export", *common, "--model", str(model), "--set", 'export.weight_format="fp32"']
-    assert main([*export, "--output", str(output)]) == 0
-    parity = json.loads((output / "parity.json").read_text())["summary"]
-    assert parity["logits_max_abs_diff"] < 1e-3
-    assert parity["greedy_identical_genai"] == parity["prompts"] == parity["greedy_identical_optimum"]
 
 
 @pytest.mark.parametrize("heads", [False, True], ids=["mlp", "mlp_and_heads"])
@@ -394,7 +376,7 @@ def test_lonas_on_an_int4_base_extracts_the_qa_merged_codes(tmp_path):
     )
     supernet.activate_heuristic_subnet()
     small, _ = load_model(ModelConfig(name_or_path=str(out / "extracted_model")))
-    torch.testing.assert_close(_logits(small), _logits(supernet.model), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model_logits(small), model_logits(supernet.model), atol=1e-5, rtol=0)
     # Per-layer widths: the INT4 checkpoint records them, reloads, and exports with exactly its codes.
     subnet = supernet.get_heuristic_config() | {"mlp_channels[0]": 128, "mlp_channels[1]": 64}
     (tmp_path / "subnet.json").write_text(json.dumps(subnet))

@@ -22,7 +22,7 @@ from nncf_elastic_lora.elastic.heads import (
 )
 from nncf_elastic_lora.models import build_tiny_llama
 
-from .test_lonas import _calibration, _logits, assert_export_matches_torch
+from .helpers import assert_export_matches_torch, calibration_ids, model_logits
 
 # The tiny LoNAS config (4 query heads, 2 KV heads of 16 dims) with its heads elastic.
 TINY_LONAS_HEADS = (
@@ -57,10 +57,10 @@ def test_attentions_read_the_gqa_layout():
 
 def test_kv_group_permutation_leaves_the_logits_unchanged():
     model = _model()
-    before = _logits(model)
+    before = model_logits(model)
     for a, order in zip(attentions(model), ([2, 0, 1], [1, 2, 0]), strict=True):
         permute_kv_groups(model, a, order)
-    torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model_logits(model), before, atol=1e-5, rtol=0)
 
 
 def test_a_permutation_that_is_not_one_of_whole_groups_is_refused():
@@ -71,13 +71,13 @@ def test_a_permutation_that_is_not_one_of_whole_groups_is_refused():
 
 def test_importance_ordering_of_kv_groups_keeps_the_function():
     model = _model()
-    before = _logits(model)
-    report = order_kv_groups(model, _calibration(), (2, 1))
-    torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=0)
+    before = model_logits(model)
+    report = order_kv_groups(model, calibration_ids(), (2, 1))
+    torch.testing.assert_close(model_logits(model), before, atol=1e-5, rtol=0)
     assert report.fractions == [2 / 3, 1 / 3]
     # Scored again, every layer's groups now come most important first (and they did not before).
     atts = attentions(model)
-    sums = input_sq_sums(model, [a.o for a in atts], _calibration())
+    sums = input_sq_sums(model, [a.o for a in atts], calibration_ids())
     for a, sq in zip(atts, sums, strict=True):
         score = kv_group_importance(model.get_submodule(a.o).weight, sq, a)
         assert torch.all(score[:-1] >= score[1:] * (1 - 1e-6)), score
@@ -134,7 +134,7 @@ def test_heads_are_one_group_over_every_layer_and_change_the_output():
     for kv in (3, 2, 1):
         sn.activate_config(_with(sn, kv=kv))
         assert sn.kv_groups() == kv == sn.get_active_config()["attention_kv_groups"]
-        outputs.append(_logits(sn.model))
+        outputs.append(model_logits(sn.model))
     assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[1], outputs[2])
     costs = [sn.get_active_base_params(_with(sn, kv=kv)) for kv in (3, 2, 1)]
     # one KV group of both layers: q (16 rows) + k, v (8 rows each) of 48 inputs, o (16 columns) of 48 outputs
@@ -151,9 +151,9 @@ def test_extraction_keeps_whole_kv_groups_and_equals_the_super_network(kv, tmp_p
     merged = {n: m.merged_weight(6).detach().clone() for n, m in sn.adapters.items()}
     config = _with(sn, kv=kv, widths=(48, 48))
     sn.activate_config(config)
-    expected = _logits(sn.model)
+    expected = model_logits(sn.model)
     small = extract_subnet(sn, config)
-    torch.testing.assert_close(_logits(small), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model_logits(small), expected, atol=1e-5, rtol=0)
     assert (small.config.num_attention_heads, small.config.num_key_value_heads, small.config.head_dim) == (
         2 * kv,
         kv,
@@ -167,7 +167,7 @@ def test_extraction_keeps_whole_kv_groups_and_equals_the_super_network(kv, tmp_p
         torch.testing.assert_close(small.get_submodule(a.o).weight, merged[a.o][:, q_rows])
     small.save_pretrained(tmp_path / "small")  # a plain config: stock transformers reloads it
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()
-    torch.testing.assert_close(_logits(plain), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model_logits(plain), expected, atol=1e-5, rtol=0)
 
 
 def test_set_kv_groups_outside_the_layout_is_refused():
@@ -182,13 +182,13 @@ def test_head_group_round_trips_with_the_super_adapter(tmp_path):
     sn = _supernet()
     config = _with(sn, kv=2)
     sn.activate_config(config)
-    expected = _logits(sn.model)
+    expected = model_logits(sn.model)
     sn.save_super_adapter(tmp_path / "super")
     sn.save_sub_adapter(tmp_path / "sub", config)
     loaded = ElasticLoraSuperNet.load_super_adapter(_model(), tmp_path / "super")
     assert loaded.get_search_space() == sn.get_search_space()
     loaded.activate_config(config)
-    torch.testing.assert_close(_logits(loaded.model), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model_logits(loaded.model), expected, atol=1e-6, rtol=0)
     record = json.loads((tmp_path / "sub" / "elastic_lora_sub.json").read_text())
     assert (record["kv_groups"], record["kv_heads"]) == (2, 3)
     from nncf_elastic_lora.merge import MergeError, check_not_channel_sliced
@@ -309,7 +309,7 @@ def test_heads_on_an_int4_base_extract_whole_quantization_groups(tmp_path):
     supernet.activate_heuristic_subnet()
     small, _ = load_model(ModelConfig(name_or_path=str(tmp_path / "small")))
     assert small.config.num_key_value_heads == 1
-    torch.testing.assert_close(_logits(small), _logits(supernet.model), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model_logits(small), model_logits(supernet.model), atol=1e-5, rtol=0)
     assert (
         main(["export", *common, "--model", str(tmp_path / "small"), "--output", str(tmp_path / "ir")]) == 0
     )

@@ -17,6 +17,7 @@ from nncf_elastic_lora.search import (
 )
 
 from .conftest import TINY
+from .helpers import make_supernet
 
 CHOICES = [[16, 24, 32]] * 4
 
@@ -116,8 +117,6 @@ def test_killed_and_restarted_search_does_not_reevaluate(tmp_path, tokenizer):
     """A real (tiny) super-adapter: kill the search mid-way, restart, count the measurements."""
     from nncf_elastic_lora.data import Example
 
-    from .test_elastic import _supernet
-
     examples = [
         Example(
             id=str(i),
@@ -128,7 +127,7 @@ def test_killed_and_restarted_search_does_not_reevaluate(tmp_path, tokenizer):
         )
         for i in range(6)
     ]
-    supernet = _supernet(build_tiny_llama(TINY))
+    supernet = make_supernet(build_tiny_llama(TINY))
     cfg = SearchConfig(algorithm="hill_climbing", num_evals=12, patience=1)
     measured = []
 
@@ -167,10 +166,8 @@ def test_killed_and_restarted_search_does_not_reevaluate(tmp_path, tokenizer):
 def test_nsga_search_on_a_tiny_supernet(tmp_path, tokenizer):
     from nncf_elastic_lora.data import Example
 
-    from .test_elastic import _supernet
-
     examples = [Example(id=str(i), prompt=f"Q{i}", target=f" {i}") for i in range(4)]
-    supernet = _supernet(build_tiny_llama(TINY))
+    supernet = make_supernet(build_tiny_llama(TINY))
     cfg = SearchConfig(algorithm="NSGA2", num_evals=16, population=6, seed=3)
     result = search_subadapter(
         supernet,

@@ -4,7 +4,6 @@ import shutil
 import pytest
 import torch
 
-from nncf_elastic_lora.config import NLSTrainingConfig
 from nncf_elastic_lora.data import Example
 from nncf_elastic_lora.models import build_tiny_llama
 from nncf_elastic_lora.training import (
@@ -16,25 +15,7 @@ from nncf_elastic_lora.training import (
 )
 
 from .conftest import TINY
-from .test_elastic import _supernet
-
-EXAMPLES = [
-    Example(id=str(i), prompt=f"Question: Calculate {i} + {i % 7} =\nAnswer:", target=f" {i + i % 7}")
-    for i in range(40)
-]
-
-
-def _cfg(**kw):
-    base = dict(
-        max_steps=4,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_steps=0,
-        seed=7,
-    )
-    return NLSTrainingConfig(**{**base, **kw})
+from .helpers import EXAMPLES, adapter_weights, make_supernet, training_config
 
 
 def _record_forwards(supernet):
@@ -43,10 +24,6 @@ def _record_forwards(supernet):
     adapter = supernet.adapters["model.layers.0.self_attn.q_proj"]
     adapter.register_forward_pre_hook(lambda m, a: seen.append(supernet.get_active_config()))
     return seen
-
-
-def _adapter_weights(supernet):
-    return {k: v.clone() for k, v in supernet.adapter_state_dict().items()}
 
 
 def test_tokenized_examples_learn_only_the_target(tokenizer):
@@ -100,9 +77,9 @@ def test_no_example_fitting_is_a_clear_error(tokenizer):
 
 
 def test_train_report_records_what_max_length_cut(tmp_path, tokenizer):
-    supernet = _supernet(build_tiny_llama(TINY))
+    supernet = make_supernet(build_tiny_llama(TINY))
     result, _ = train_super_adapter(
-        supernet, tokenizer, FIT_OR_CUT, _cfg(max_steps=1), tmp_path, max_length=16, progress=False
+        supernet, tokenizer, FIT_OR_CUT, training_config(max_steps=1), tmp_path, max_length=16, progress=False
     )
     report = result.to_dict()
     assert (report["max_length"], report["examples"]) == (16, 4)
@@ -111,10 +88,15 @@ def test_train_report_records_what_max_length_cut(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_one_sub_adapter_per_optimizer_step(tmp_path, tokenizer, checkpointing):
-    supernet = _supernet(build_tiny_llama(TINY))
+    supernet = make_supernet(build_tiny_llama(TINY))
     seen = _record_forwards(supernet)
     result, nls = train_super_adapter(
-        supernet, tokenizer, EXAMPLES, _cfg(gradient_checkpointing=checkpointing), tmp_path, progress=False
+        supernet,
+        tokenizer,
+        EXAMPLES,
+        training_config(gradient_checkpointing=checkpointing),
+        tmp_path,
+        progress=False,
     )
     assert result.steps == 4
     assert (result.max_length, result.examples_dropped, result.examples_target_truncated) == (256, 0, 0)
@@ -129,10 +111,15 @@ def test_one_sub_adapter_per_optimizer_step(tmp_path, tokenizer, checkpointing):
 
 
 def test_lora_mode_keeps_the_maximal_adapter(tmp_path, tokenizer):
-    supernet = _supernet(build_tiny_llama(TINY))
+    supernet = make_supernet(build_tiny_llama(TINY))
     seen = _record_forwards(supernet)
     train_super_adapter(
-        supernet, tokenizer, EXAMPLES, _cfg(algorithm="lora", max_steps=2), tmp_path, progress=False
+        supernet,
+        tokenizer,
+        EXAMPLES,
+        training_config(algorithm="lora", max_steps=2),
+        tmp_path,
+        progress=False,
     )
     assert seen and all(c == supernet.get_maximal_config() for c in seen)
 
@@ -141,12 +128,12 @@ def test_training_is_seeded_and_changes_the_adapters(tmp_path, tokenizer):
     runs = []
     for i in range(2):
         torch.manual_seed(1000 + i)  # the global RNG must not matter: attach and training are seeded
-        supernet = _supernet(build_tiny_llama(TINY))
-        before = _adapter_weights(supernet)
+        supernet = make_supernet(build_tiny_llama(TINY))
+        before = adapter_weights(supernet)
         result, _ = train_super_adapter(
-            supernet, tokenizer, EXAMPLES, _cfg(), tmp_path / str(i), progress=False
+            supernet, tokenizer, EXAMPLES, training_config(), tmp_path / str(i), progress=False
         )
-        after = _adapter_weights(supernet)
+        after = adapter_weights(supernet)
         assert any(not torch.equal(before[k], after[k]) for k in before)
         assert result.losses and all(torch.isfinite(torch.tensor(result.losses)))
         runs.append(after)
@@ -155,16 +142,26 @@ def test_training_is_seeded_and_changes_the_adapters(tmp_path, tokenizer):
 
 
 def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
-    straight = _supernet(build_tiny_llama(TINY))
-    train_super_adapter(straight, tokenizer, EXAMPLES, _cfg(save_steps=2), tmp_path / "a", progress=False)
+    straight = make_supernet(build_tiny_llama(TINY))
+    train_super_adapter(
+        straight, tokenizer, EXAMPLES, training_config(save_steps=2), tmp_path / "a", progress=False
+    )
     # an interrupted run: the same training, killed after its step-2 checkpoint
-    interrupted = _supernet(build_tiny_llama(TINY))
-    train_super_adapter(interrupted, tokenizer, EXAMPLES, _cfg(save_steps=2), tmp_path / "b", progress=False)
+    interrupted = make_supernet(build_tiny_llama(TINY))
+    train_super_adapter(
+        interrupted, tokenizer, EXAMPLES, training_config(save_steps=2), tmp_path / "b", progress=False
+    )
     shutil.rmtree(tmp_path / "b" / "checkpoint-4")
-    resumed = _supernet(build_tiny_llama(TINY))
+    resumed = make_supernet(build_tiny_llama(TINY))
     result, _ = train_super_adapter(
-        resumed, tokenizer, EXAMPLES, _cfg(save_steps=2), tmp_path / "b", resume=True, progress=False
+        resumed,
+        tokenizer,
+        EXAMPLES,
+        training_config(save_steps=2),
+        tmp_path / "b",
+        resume=True,
+        progress=False,
     )
     assert result.resumed_from.endswith("checkpoint-2") and result.skipped_checkpoints == []
-    for k, v in _adapter_weights(straight).items():
-        torch.testing.assert_close(_adapter_weights(resumed)[k], v)
+    for k, v in adapter_weights(straight).items():
+        torch.testing.assert_close(adapter_weights(resumed)[k], v)

@@ -12,14 +12,13 @@ from nncf_elastic_lora.models import build_tiny_llama
 from nncf_elastic_lora.training import AdapterTrainer, checkpoint_problem, train_super_adapter
 
 from .conftest import TINY
-from .test_elastic import _supernet
-from .test_training import EXAMPLES, _adapter_weights, _cfg
+from .helpers import EXAMPLES, adapter_weights, make_supernet, training_config
 
 
 def _train(tokenizer, out, **kw):
-    supernet = _supernet(build_tiny_llama(TINY))
+    supernet = make_supernet(build_tiny_llama(TINY))
     result, _ = train_super_adapter(
-        supernet, tokenizer, EXAMPLES, _cfg(save_steps=2), out, progress=False, **kw
+        supernet, tokenizer, EXAMPLES, training_config(save_steps=2), out, progress=False, **kw
     )
     return supernet, result
 
@@ -33,7 +32,7 @@ def finished(tmp_path_factory, tokenizer):
     """A finished 4-step run with checkpoints at steps 2 and 4, and its final adapter weights."""
     out = tmp_path_factory.mktemp("finished")
     supernet, _ = _train(tokenizer, out)
-    return out, _adapter_weights(supernet), _shapes(supernet)
+    return out, adapter_weights(supernet), _shapes(supernet)
 
 
 @pytest.fixture
@@ -44,13 +43,15 @@ def run_dir(tmp_path, finished):
 
 
 def _assert_same_adapter(supernet, reference):
-    for k, v in _adapter_weights(supernet).items():
+    for k, v in adapter_weights(supernet).items():
         torch.testing.assert_close(v, reference[k])
 
 
 def test_saves_leave_only_complete_rotated_checkpoints(tmp_path, tokenizer, finished):
-    supernet = _supernet(build_tiny_llama(TINY))
-    train_super_adapter(supernet, tokenizer, EXAMPLES, _cfg(save_steps=1), tmp_path, progress=False)
+    supernet = make_supernet(build_tiny_llama(TINY))
+    train_super_adapter(
+        supernet, tokenizer, EXAMPLES, training_config(save_steps=1), tmp_path, progress=False
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoint-3",
         "checkpoint-4",

@@ -28,13 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..formats import OV_MODEL, is_openvino_dir
+from ..formats import OV_MODEL, OV_WEIGHTS, is_openvino_dir
 from ..models import load_openvino_model
 from ..runtime import check_properties
 from .export import directory_size
@@ -142,8 +143,54 @@ def weights_bytes(path: str | Path) -> int:
     """Bytes of weights on disk: the IR's .bin, or the checkpoint's safetensors/bin files."""
     path = Path(path)
     if is_openvino_dir(path):
-        return directory_size(path, "openvino_model.bin")
+        return directory_size(path, OV_WEIGHTS)
     return directory_size(path, "*.safetensors") or directory_size(path, "pytorch_model*.bin")
+
+
+def _timed_runs(
+    runner: Any,
+    fresh: Callable[[], np.ndarray],
+    runtime: Runtime,
+    *,
+    new_tokens: int,
+    repeats: int,
+    warmup: int,
+) -> tuple[list[float], list[float]]:
+    """Seconds of each one-token generation and each ``new_tokens`` generation, after ``warmup`` of each."""
+    for _ in range(warmup):
+        runner.generate(fresh(), 1)
+        runner.generate(fresh(), new_tokens)
+    firsts, fulls = [], []
+    for _ in range(repeats):
+        ids = fresh()
+        t = time.perf_counter()
+        runner.generate(ids, 1)
+        firsts.append(time.perf_counter() - t)
+        ids = fresh()
+        t = time.perf_counter()
+        produced = runner.generate(ids, new_tokens)
+        fulls.append(time.perf_counter() - t)
+        if produced != new_tokens:
+            raise BenchmarkError(
+                f"{runtime.value} generated {produced} tokens, asked for exactly {new_tokens}"
+            )
+    return firsts, fulls
+
+
+def _batch_figures(batch: int, firsts: list[float], fulls: list[float], new_tokens: int) -> dict[str, Any]:
+    """TTFT, decode latency and throughputs of one batch size, from the medians of its runs."""
+    ttft, full = statistics.median(firsts), statistics.median(fulls)
+    step = max(full - ttft, 1e-9) / (new_tokens - 1)
+    return {
+        "batch_size": batch,
+        "ttft_ms": 1000 * ttft,
+        "decode_ms_per_step": 1000 * step,
+        "decode_tokens_per_s": batch / step,
+        "e2e_tokens_per_s": batch * new_tokens / full,
+        "generate_s": full,
+        "ttft_runs_s": firsts,
+        "generate_runs_s": fulls,
+    }
 
 
 def benchmark_model(
@@ -180,38 +227,18 @@ def benchmark_model(
         def fresh(batch: int = batch) -> np.ndarray:
             return prompt_ids(tokenizer, prompt_tokens, batch, rng)
 
-        for _ in range(warmup):
-            runner.generate(fresh(), 1)
-            runner.generate(fresh(), new_tokens)
-        firsts, fulls = [], []
-        for _ in range(repeats):
-            ids = fresh()
-            t = time.perf_counter()
-            runner.generate(ids, 1)
-            firsts.append(time.perf_counter() - t)
-            ids = fresh()
-            t = time.perf_counter()
-            produced = runner.generate(ids, new_tokens)
-            fulls.append(time.perf_counter() - t)
-            if produced != new_tokens:
-                raise BenchmarkError(
-                    f"{runtime.value} generated {produced} tokens, asked for exactly {new_tokens}"
-                )
-        ttft, full = statistics.median(firsts), statistics.median(fulls)
-        step = max(full - ttft, 1e-9) / (new_tokens - 1)
-        batches.append(
-            {
-                "batch_size": batch,
-                "ttft_ms": 1000 * ttft,
-                "decode_ms_per_step": 1000 * step,
-                "decode_tokens_per_s": batch / step,
-                "e2e_tokens_per_s": batch * new_tokens / full,
-                "generate_s": full,
-                "ttft_runs_s": firsts,
-                "generate_runs_s": fulls,
-            }
+        firsts, fulls = _timed_runs(
+            runner, fresh, runtime, new_tokens=new_tokens, repeats=repeats, warmup=warmup
         )
-        log.info("%s %s batch %d: %.1f decode tok/s", path.name, runtime.value, batch, batch / step)
+        figures = _batch_figures(batch, firsts, fulls, new_tokens)
+        batches.append(figures)
+        log.info(
+            "%s %s batch %d: %.1f decode tok/s",
+            path.name,
+            runtime.value,
+            batch,
+            figures["decode_tokens_per_s"],
+        )
     peak = _status_mb("VmHWM")
     return {
         "label": label or path.name,

@@ -39,7 +39,7 @@ from ..int4 import (
 )
 from ..merge import check_not_channel_sliced
 from ..models import load_model
-from ..outputs import atomic_directory, check_not_input, check_output, write_json
+from ..outputs import atomic_directory, check_not_input, check_output, save_checkpoint, write_json
 from ..sparsity import linear_sparsity
 from .ir import check_ir_codes, ir_weight_sparsity
 from .parity import compare_ir_with_torch
@@ -75,7 +75,6 @@ class ExportError(RuntimeError):
 def _attach_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool) -> tuple[torch.nn.Module, dict]:
     """The model with the peft adapter in ``adapter`` applied: merged, or kept as a branch."""
     from peft import PeftModel
-
 
     adapter = Path(adapter)
     check_adapter_fits(model, adapter)
@@ -242,16 +241,7 @@ def export_openvino(
 
     The directory is written atomically, with ``export_report.json``; returns that report.
     """
-    from optimum.exporters.openvino import export_from_model
-
-
-    weight_format = WeightFormat(weight_format)
-    int4_dir = _int4_base_dir(model)
-    if int4_dir is not None:
-        _check_int4_base_options(
-            int4_dir, weight_format, adapter, merge_adapter, ratio, awq, scale_estimation, calibration
-        )
-        weight_format = WeightFormat.INT4
+    unmerged = adapter is not None and not merge_adapter
     qconfig_args = dict(
         group_size=group_size,
         ratio=ratio,
@@ -260,11 +250,70 @@ def export_openvino(
         scale_estimation=scale_estimation,
         calibration=calibration,
         group_size_fallback=group_size_fallback,
-        unmerged_adapter=adapter is not None and not merge_adapter,
-        keep_adapter_precision=keep_adapter_precision and adapter is not None and not merge_adapter,
+        unmerged_adapter=unmerged,
+        keep_adapter_precision=keep_adapter_precision and unmerged,
     )
-    if int4_dir is None:
-        quantization_config(weight_format, **qconfig_args)  # fail on bad options before loading anything
+    weight_format, int4_dir = _checked_weight_format(
+        model, weight_format, adapter, merge_adapter, qconfig_args
+    )
+    _check_outputs(model, output, adapter, merge_adapter, save_merged, overwrite)
+    model_config = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=str(model))
+    model_config = model_config.model_copy(update={"dtype": "float32"})
+    output = Path(output)
+    start = time.perf_counter()
+    torch_model, tokenizer, qweights, report = _load_for_export(
+        model_config, weight_format, int4_dir, adapter, merge_adapter
+    )
+    if save_merged is not None:
+        save_checkpoint(save_merged, torch_model, tokenizer, verb="merge")
+    with atomic_directory(output, verb="export") as tmp:
+        if qweights is not None:  # the base's own INT4 codes, not a re-quantization
+            report.update(_export_int4_base(torch_model, tokenizer, tmp, int4_dir, qweights))
+        else:
+            report.update(_export_and_compress(torch_model, tokenizer, tmp, weight_format, qconfig_args))
+        report["export_s"] = time.perf_counter() - start
+        report.update(_ir_facts(tmp, torch_model, tokenizer, genai_device, compare_prompts, compare_tokens))
+        write_json(tmp / "export_report.json", report)
+    log.info("exported %s to %s (%s)", model_config.name_or_path, output, weight_format.value)
+    return report
+
+
+def _checked_weight_format(
+    model: str | Path | ModelConfig,
+    weight_format: WeightFormat | str,
+    adapter: str | Path | None,
+    merge_adapter: bool,
+    qconfig_args: dict[str, Any],
+) -> tuple[WeightFormat, Path | None]:
+    """The IR's weight format and the INT4 base's directory (None: not one); bad options fail here,
+    before anything is loaded."""
+    weight_format = WeightFormat(weight_format)
+    int4_dir = _int4_base_dir(model)
+    if int4_dir is not None:
+        _check_int4_base_options(
+            int4_dir,
+            weight_format,
+            adapter,
+            merge_adapter,
+            qconfig_args["ratio"],
+            qconfig_args["awq"],
+            qconfig_args["scale_estimation"],
+            qconfig_args["calibration"],
+        )
+        return WeightFormat.INT4, int4_dir
+    quantization_config(weight_format, **qconfig_args)
+    return weight_format, None
+
+
+def _check_outputs(
+    model: str | Path | ModelConfig,
+    output: str | Path,
+    adapter: str | Path | None,
+    merge_adapter: bool,
+    save_merged: str | Path | None,
+    overwrite: bool,
+) -> None:
+    """Refuse an output (or ``save_merged``) that is an input, exists without ``overwrite``, or clashes."""
     sources = [p for p in (model, adapter) if isinstance(p, str | Path)]
     if isinstance(model, ModelConfig):
         sources.append(model.name_or_path)
@@ -278,10 +327,16 @@ def export_openvino(
         )
     if save_merged is not None and not (adapter is not None and merge_adapter):
         raise ValueError("save_merged needs an adapter and merge_adapter=True")
-    model_config = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=str(model))
-    model_config = model_config.model_copy(update={"dtype": "float32"})
-    output = Path(output)
-    start = time.perf_counter()
+
+
+def _load_for_export(
+    model_config: ModelConfig,
+    weight_format: WeightFormat,
+    int4_dir: Path | None,
+    adapter: str | Path | None,
+    merge_adapter: bool,
+) -> tuple[Any, Any, dict[str, Any] | None, dict[str, Any]]:
+    """``(torch model with the adapter applied, tokenizer, INT4 base's codes or None, report so far)``."""
     torch_model, tokenizer = load_model(model_config)
     report: dict[str, Any] = {
         "model": model_config.name_or_path,
@@ -295,58 +350,68 @@ def export_openvino(
         check_codes_match_weights(torch_model, qweights)  # a base modified after quantization fails here
     if adapter is not None:
         torch_model, report["adapter"] = _attach_adapter(torch_model, adapter, merge_adapter)
-    if save_merged is not None:
-        with atomic_directory(save_merged, verb="merge") as tmp:
-            torch_model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-    with atomic_directory(output, verb="export") as tmp:
-        if qweights is not None:  # the base's own INT4 codes, not a re-quantization
-            report.update(_export_int4_base(torch_model, tokenizer, tmp, int4_dir, qweights))
-        else:
-            fp_dir = tmp / "fp" if weight_format in (WeightFormat.INT8, WeightFormat.INT4) else tmp
-            from optimum.intel import OVConfig
+    return torch_model, tokenizer, qweights, report
 
-            ov_config = OVConfig(dtype="fp16") if weight_format is WeightFormat.FP16 else None
-            with torch.no_grad():
-                export_from_model(
-                    torch_model, fp_dir, task=TASK, ov_config=ov_config, preprocessors=[tokenizer]
-                )
-            _export_tokenizer(tokenizer, fp_dir)
-            qconfig = quantization_config(weight_format, tokenizer_dir=fp_dir, **qconfig_args)
-            if qconfig is not None:
-                compressed = tmp / "compressed"
-                _compress(fp_dir, compressed, qconfig)
-                shutil.rmtree(fp_dir)
-                for item in compressed.iterdir():
-                    item.rename(tmp / item.name)
-                compressed.rmdir()
-                report["compression"] = {
-                    k: v for k, v in qconfig.to_dict().items() if k not in ("dataset", "tokenizer")
-                }
-                report["compression"]["calibration_samples"] = len(calibration or [])
-        report["export_s"] = time.perf_counter() - start
-        report["ir_sparsity"] = ir_weight_sparsity(tmp / OV_MODEL, output_head_names(torch_model))
-        report["size_bytes"] = {
-            "model_bin": directory_size(tmp, OV_WEIGHTS),
-            "directory": directory_size(tmp),
-        }
-        if genai_device:
-            report["genai_check"] = {"device": genai_device, "text": check_genai(tmp, genai_device)}
-        if compare_prompts:
-            parity = compare_ir_with_torch(
-                tmp,
-                torch_model,
-                tokenizer,
-                list(compare_prompts),
-                max_new_tokens=compare_tokens,
-                device=genai_device or "CPU",
-                genai=genai_device is not None,
-            )
-            write_json(tmp / "parity.json", parity)
-            report["parity"] = parity["summary"]
-        write_json(tmp / "export_report.json", report)
-    log.info("exported %s to %s (%s)", model_config.name_or_path, output, weight_format.value)
-    return report
+
+def _export_and_compress(
+    torch_model: Any, tokenizer: Any, target: Path, weight_format: WeightFormat, qconfig_args: dict[str, Any]
+) -> dict[str, Any]:
+    """The float IR (and tokenizers) into ``target``; for int8/int4 compressed by NNCF from a float IR.
+
+    Returns the report's ``compression`` entry (nothing for fp32/fp16)."""
+    from optimum.exporters.openvino import export_from_model
+    from optimum.intel import OVConfig
+
+    fp_dir = target / "fp" if weight_format in (WeightFormat.INT8, WeightFormat.INT4) else target
+    ov_config = OVConfig(dtype="fp16") if weight_format is WeightFormat.FP16 else None
+    with torch.no_grad():
+        export_from_model(torch_model, fp_dir, task=TASK, ov_config=ov_config, preprocessors=[tokenizer])
+    _export_tokenizer(tokenizer, fp_dir)
+    qconfig = quantization_config(weight_format, tokenizer_dir=fp_dir, **qconfig_args)
+    if qconfig is None:
+        return {}
+    compressed = target / "compressed"
+    _compress(fp_dir, compressed, qconfig)
+    shutil.rmtree(fp_dir)
+    for item in compressed.iterdir():
+        item.rename(target / item.name)
+    compressed.rmdir()
+    compression = {k: v for k, v in qconfig.to_dict().items() if k not in ("dataset", "tokenizer")}
+    compression["calibration_samples"] = len(qconfig_args["calibration"] or [])
+    return {"compression": compression}
+
+
+def _ir_facts(
+    target: Path,
+    torch_model: Any,
+    tokenizer: Any,
+    genai_device: str | None,
+    compare_prompts: list[str] | tuple[str, ...] | None,
+    compare_tokens: int,
+) -> dict[str, Any]:
+    """The exported directory's sparsity and sizes, its GenAI check and torch parity (``parity.json``)."""
+    facts: dict[str, Any] = {
+        "ir_sparsity": ir_weight_sparsity(target / OV_MODEL, output_head_names(torch_model)),
+        "size_bytes": {
+            "model_bin": directory_size(target, OV_WEIGHTS),
+            "directory": directory_size(target),
+        },
+    }
+    if genai_device:
+        facts["genai_check"] = {"device": genai_device, "text": check_genai(target, genai_device)}
+    if compare_prompts:
+        parity = compare_ir_with_torch(
+            target,
+            torch_model,
+            tokenizer,
+            list(compare_prompts),
+            max_new_tokens=compare_tokens,
+            device=genai_device or "CPU",
+            genai=genai_device is not None,
+        )
+        write_json(target / "parity.json", parity)
+        facts["parity"] = parity["summary"]
+    return facts
 
 
 def _int4_base_dir(model: str | Path | ModelConfig) -> Path | None:
@@ -393,7 +458,6 @@ def _export_int4_base(
 ) -> dict[str, Any]:
     """Export with NNCF's INT4 decompressors holding the base's codes; check the IR holds them."""
     from optimum.exporters.openvino import export_from_model
-
 
     with exact_int4_weights(torch_model, qweights), torch.no_grad():
         export_from_model(torch_model, target, task=TASK, preprocessors=[tokenizer])

@@ -49,7 +49,6 @@ def linear_module(model: torch.nn.Module, name: str) -> torch.nn.Linear:
     return module
 
 
-
 def _mode(sym: bool) -> str:
     return "int4_sym" if sym else "int4_asym"
 
@@ -205,29 +204,25 @@ def _config_linear_shapes(directory: Path) -> dict[str, tuple[int, int]] | None:
     return shapes
 
 
-def load_quantized_weights(directory: str | Path, check_config: bool = True) -> dict[str, QuantizedWeight]:
-    """The INT4 codes, scales and zero points of the base in ``directory``.
-
-    Raises :class:`QuantizedBaseError` naming the file when a file is missing or corrupt, when the
-    two files disagree (modules, symmetry, group sizes, scales fingerprint), or (``check_config``)
-    when a module is not a linear of that shape in the directory's ``config.json``.
-    """
+def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``quantized_weights.safetensors`` in ``directory`` (missing or corrupt: an error)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = Path(directory)
-    info = read_quantization_info(directory)
     path = directory / QUANTIZED_WEIGHTS
     if not path.is_file():
         raise QuantizedBaseError(f"{path} is missing: {directory} is not a complete INT4 base")
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise QuantizedBaseError(f"{path} is corrupt ({exc}); re-create the INT4 base") from None
-    sym, group_size = info["sym"], info["group_size"]
-    group_sizes = info.get("group_sizes", {})
-    low, high = code_range(4, sym)
-    modules = info["modules"]
+
+
+def _check_tensor_names(
+    tensors: Mapping[str, torch.Tensor], modules: list[str], sym: bool, directory: Path
+) -> None:
+    """Refuse a tensor file whose names are not the listed modules' codes and scales (and zero points)."""
+    path = directory / QUANTIZED_WEIGHTS
     suffixes = ("codes", "scale") if sym else ("codes", "scale", "zero_point")
     expected = {f"{m}.{s}" for m in modules for s in suffixes}
     extra, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
@@ -240,43 +235,75 @@ def load_quantized_weights(directory: str | Path, check_config: bool = True) -> 
         raise QuantizedBaseError(
             f"{path} does not match {directory / QUANTIZATION_JSON} (sym={sym}): {detail}"
         )
+
+
+def _module_weight(
+    name: str, tensors: Mapping[str, torch.Tensor], sym: bool, group_size: int, path: Path
+) -> QuantizedWeight:
+    """Module ``name``'s codes, scales and zero points, checked for dtypes, shapes and ranges."""
+    low, high = code_range(4, sym)
     code_dtype = torch.int8 if sym else torch.uint8
-    qweights: dict[str, QuantizedWeight] = {}
-    for name in modules:
-        codes, scale = tensors[f"{name}.codes"], tensors[f"{name}.scale"]
-        zp = None if sym else tensors[f"{name}.zero_point"]
-        if (
-            codes.dtype != code_dtype
-            or scale.dtype != torch.float16
-            or (zp is not None and zp.dtype != torch.uint8)
-        ):
+    codes, scale = tensors[f"{name}.codes"], tensors[f"{name}.scale"]
+    zp = None if sym else tensors[f"{name}.zero_point"]
+    if (
+        codes.dtype != code_dtype
+        or scale.dtype != torch.float16
+        or (zp is not None and zp.dtype != torch.uint8)
+    ):
+        raise QuantizedBaseError(
+            f"{path}: {name}: dtypes codes {codes.dtype}, scale {scale.dtype}"
+            f"{'' if zp is None else f', zero_point {zp.dtype}'}; expected {code_dtype}, float16"
+            f"{'' if zp is None else ', uint8'}"
+        )
+    qw = QuantizedWeight(codes.to(torch.int16), scale, zp, group_size)
+    _check_shapes(name, qw, f"{path} / {QUANTIZATION_JSON}")
+    if int(codes.min()) < low or int(codes.max()) > high:
+        raise QuantizedBaseError(f"{path}: {name}: codes outside [{low}, {high}]")
+    if zp is not None and int(zp.max()) > 15:
+        raise QuantizedBaseError(f"{path}: {name}: zero points outside [0, 15]")
+    return qw
+
+
+def _check_against_config(directory: Path, qweights: Mapping[str, QuantizedWeight]) -> None:
+    """Refuse codes whose module is not a linear of that shape in the directory's ``config.json``."""
+    shapes = _config_linear_shapes(directory)
+    if shapes is None:
+        return
+    for name, qw in qweights.items():
+        want = shapes.get(name)
+        if want != tuple(qw.codes.shape):
+            what = "has no linear layer" if want is None else f"has shape {list(want)}"
             raise QuantizedBaseError(
-                f"{path}: {name}: dtypes codes {codes.dtype}, scale {scale.dtype}"
-                f"{'' if zp is None else f', zero_point {zp.dtype}'}; expected {code_dtype}, float16"
-                f"{'' if zp is None else ', uint8'}"
+                f"{directory / QUANTIZED_WEIGHTS}: {name} has codes of shape {list(qw.codes.shape)}, but the "
+                f"model in {directory / 'config.json'} {what} there"
             )
-        qw = QuantizedWeight(codes.to(torch.int16), scale, zp, int(group_sizes.get(name, group_size)))
-        _check_shapes(name, qw, f"{path} / {QUANTIZATION_JSON}")
-        if int(codes.min()) < low or int(codes.max()) > high:
-            raise QuantizedBaseError(f"{path}: {name}: codes outside [{low}, {high}]")
-        if zp is not None and int(zp.max()) > 15:
-            raise QuantizedBaseError(f"{path}: {name}: zero points outside [0, 15]")
-        qweights[name] = qw
+
+
+def load_quantized_weights(directory: str | Path, check_config: bool = True) -> dict[str, QuantizedWeight]:
+    """The INT4 codes, scales and zero points of the base in ``directory``.
+
+    Raises :class:`QuantizedBaseError` naming the file when a file is missing or corrupt, when the
+    two files disagree (modules, symmetry, group sizes, scales fingerprint), or (``check_config``)
+    when a module is not a linear of that shape in the directory's ``config.json``.
+    """
+    directory = Path(directory)
+    info = read_quantization_info(directory)
+    path = directory / QUANTIZED_WEIGHTS
+    tensors = _read_tensors(directory)
+    sym, group_size = info["sym"], info["group_size"]
+    group_sizes = info.get("group_sizes", {})
+    modules = info["modules"]
+    _check_tensor_names(tensors, modules, sym, directory)
+    qweights = {
+        name: _module_weight(name, tensors, sym, int(group_sizes.get(name, group_size)), path)
+        for name in modules
+    }
     if info.get("scales_sha256") != scales_fingerprint(qweights):
         raise QuantizedBaseError(
             f"the scales and zero points in {path} do not match scales_sha256 in {directory / QUANTIZATION_JSON}"
         )
     if check_config:
-        shapes = _config_linear_shapes(directory)
-        if shapes is not None:
-            for name, qw in qweights.items():
-                want = shapes.get(name)
-                if want != tuple(qw.codes.shape):
-                    what = "has no linear layer" if want is None else f"has shape {list(want)}"
-                    raise QuantizedBaseError(
-                        f"{path}: {name} has codes of shape {list(qw.codes.shape)}, but the model in "
-                        f"{directory / 'config.json'} {what} there"
-                    )
+        _check_against_config(directory, qweights)
     return qweights
 
 

@@ -238,6 +238,149 @@ def _nncf_quiet(quiet: bool) -> Iterator[None]:
         nncf_logger.setLevel(level)
 
 
+def _check_quantize_args(
+    *, gptq: bool, awq: bool, scale_estimation: bool, calibration: list[str] | None, tokenizer: Any
+) -> None:
+    """Refuse option combinations NNCF's torch backend cannot run, before the model is touched."""
+    if gptq:
+        raise ValueError(
+            "GPTQ is not available for torch models in NNCF 3.4 (its torch backend rejects gptq and "
+            "lora_correction; they run on OpenVINO models only): use awq and/or scale_estimation"
+        )
+    if scale_estimation and not calibration:
+        raise ValueError("scale_estimation is data-aware: give calibration texts (and their tokenizer)")
+    if calibration and not (awq or scale_estimation):
+        raise ValueError(
+            "calibration texts are used only by awq or scale_estimation; enable one or drop them"
+        )
+    if calibration and tokenizer is None:
+        raise ValueError("calibration texts need the tokenizer to turn them into model inputs")
+
+
+def _quantizable(plan: Mapping[str, int | None], group_size: int, group_size_fallback: str) -> set[str]:
+    """The planned targets that get a group size; logs those left unquantized."""
+    left_out = sorted(n for n, g in plan.items() if g is None)
+    if left_out:
+        log.warning(
+            "%d target layer(s) stay unquantized: their input width has no valid group size (group_size %d, "
+            "fallback %s): %s",
+            len(left_out), group_size, group_size_fallback, ", ".join(left_out),
+        )  # fmt: skip
+    return {n for n, g in plan.items() if g is not None}
+
+
+def _calibration_inputs(
+    calibration: list[str] | None, tokenizer: Any, device: torch.device, max_length: int
+) -> tuple[dict, Any]:
+    """``(example input for tracing, nncf.Dataset or None)``: the first calibration text, or a few ids."""
+    import nncf
+
+    if calibration:
+        items = _calibration_dataset(list(calibration), tokenizer, device, max_length)
+        return items[0], nncf.Dataset(items)
+    return {"input_ids": torch.tensor([[1, 2, 3, 4]], device=device)}, None
+
+
+def _compress_wrapped(
+    model: torch.nn.Module,
+    to_quantize: set[str],
+    *,
+    example: dict,
+    dataset: Any,
+    sym: bool,
+    group_size: int,
+    group_size_fallback: str,
+    calibration: list[str] | None,
+    awq: bool,
+    scale_estimation: bool,
+    progress: bool,
+) -> None:
+    """Run ``nncf.compress_weights`` on the (NNCF-wrapped) ``model``: only ``to_quantize`` is compressed."""
+    import nncf
+    from nncf.torch import wrap_model as nncf_wrap_model
+
+    wrapper = nncf_wrap_model(model, example_input=example, trace_parameters=True)
+    ignored, found = _ignored_nodes(wrapper.get_graph(), to_quantize)
+    missing = sorted(to_quantize - found)
+    if missing:
+        raise ValueError(f"target module(s) not used in the model's forward pass: {', '.join(missing)}")
+    fallback_mode = {
+        "error": nncf.GroupSizeFallbackMode.ERROR,
+        "adjust": nncf.GroupSizeFallbackMode.ADJUST,
+        "ignore": nncf.GroupSizeFallbackMode.IGNORE,
+    }[group_size_fallback]
+    with _nncf_quiet(not progress):
+        nncf.compress_weights(
+            wrapper,
+            mode=nncf.CompressWeightsMode.INT4_SYM if sym else nncf.CompressWeightsMode.INT4_ASYM,
+            ratio=1.0,
+            group_size=group_size,
+            all_layers=True,  # heads and embeddings are in the ignored scope, never compressed
+            backup_mode=nncf.BackupMode.NONE,  # a layer without a valid group size stays float
+            ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+            dataset=dataset,
+            subset_size=len(calibration) if calibration else 128,
+            awq=awq or None,
+            scale_estimation=scale_estimation or None,
+            advanced_parameters=nncf.AdvancedCompressionParameters(
+                group_size_fallback_mode=fallback_mode, min_adjusted_group_size=MIN_ADJUSTED_GROUP_SIZE
+            ),
+        )
+
+
+def _verified_weight(
+    module: str, decompressor: Any, param: torch.nn.Parameter, zero_mask: np.ndarray, planned: int | None
+) -> QuantizedWeight:
+    """``module``'s codes from its decompressor, checked: NNCF's value, zeros kept, the planned group size."""
+    qw = _decompressor_weights(decompressor, param.data)
+    nncf_value = decompressor(param.data)
+    ours = qw.dequantize(nncf_value.dtype)
+    if not torch.equal(ours, nncf_value):
+        raise RuntimeError(f"{module}: dequantized codes differ from NNCF's decompressed weight")
+    zeros = torch.from_numpy(np.unpackbits(zero_mask)[: ours.numel()].astype(bool))
+    zeros = zeros.reshape(ours.shape).to(ours.device)
+    if bool((ours[zeros] != 0).any()):
+        raise RuntimeError(f"{module}: a weight that was exactly zero is not zero after quantization")
+    if planned != qw.group_size:
+        raise RuntimeError(f"{module}: NNCF chose group size {qw.group_size}, expected {planned}")
+    param.data = ours
+    return qw
+
+
+def _read_back_decompressors(
+    model: torch.nn.Module,
+    to_quantize: set[str],
+    plan: Mapping[str, int | None],
+    zero_masks: Mapping[str, np.ndarray],
+) -> dict[str, QuantizedWeight]:
+    """Each compressed target's codes (its weight set to their value), then NNCF's hooks removed."""
+    from nncf.torch.function_hook.hook_storage import decode_hook_name
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import BaseWeightsDecompressor
+
+    storage = get_hook_storage(model)
+    hooks = list(storage.named_hooks())
+    strangers = [n for n, h in hooks if not isinstance(h, BaseWeightsDecompressor)]
+    if strangers:
+        raise QuantizedBaseError(
+            "NNCF inserted operations a plain checkpoint cannot hold (AWQ's activation scales, say): "
+            f"{', '.join(strangers)}; quantize without awq or leave those layers out"
+        )
+    params = dict(model.named_parameters())
+    qweights: dict[str, QuantizedWeight] = {}
+    for hook_name, decompressor in hooks:
+        _, op_name, _ = decode_hook_name(hook_name)
+        module = op_name.removesuffix(".weight")
+        if module not in to_quantize:
+            raise RuntimeError(f"NNCF compressed {op_name}, which is not a target")
+        qweights[module] = _verified_weight(
+            module, decompressor, params[op_name], zero_masks[module], plan[module]
+        )
+    for hook_name, _ in hooks:
+        storage.delete_hook(hook_name)
+    return qweights
+
+
 @torch.no_grad()
 def quantize_base(
     model: torch.nn.Module,
@@ -272,35 +415,12 @@ def quantize_base(
     silences NNCF's log tables (its rich progress bars have no switch). ``max_length`` truncates
     each calibration text.
     """
-    import nncf
-    from nncf.torch import wrap_model as nncf_wrap_model
-    from nncf.torch.function_hook.hook_storage import decode_hook_name
-    from nncf.torch.function_hook.wrapper import get_hook_storage
-    from nncf.torch.quantization.layers import BaseWeightsDecompressor
-
-    if gptq:
-        raise ValueError(
-            "GPTQ is not available for torch models in NNCF 3.4 (its torch backend rejects gptq and "
-            "lora_correction; they run on OpenVINO models only): use awq and/or scale_estimation"
-        )
-    if scale_estimation and not calibration:
-        raise ValueError("scale_estimation is data-aware: give calibration texts (and their tokenizer)")
-    if calibration and not (awq or scale_estimation):
-        raise ValueError(
-            "calibration texts are used only by awq or scale_estimation; enable one or drop them"
-        )
-    if calibration and tokenizer is None:
-        raise ValueError("calibration texts need the tokenizer to turn them into model inputs")
+    _check_quantize_args(
+        gptq=gptq, awq=awq, scale_estimation=scale_estimation, calibration=calibration, tokenizer=tokenizer
+    )
     targets = _target_linears(model, target_modules)
     plan = plan_group_sizes(targets, group_size, group_size_fallback)
-    left_out = sorted(n for n, g in plan.items() if g is None)
-    if left_out:
-        log.warning(
-            "%d target layer(s) stay unquantized: their input width has no valid group size (group_size %d, "
-            "fallback %s): %s",
-            len(left_out), group_size, group_size_fallback, ", ".join(left_out),
-        )  # fmt: skip
-    to_quantize = {n for n, g in plan.items() if g is not None}
+    to_quantize = _quantizable(plan, group_size, group_size_fallback)
     if not to_quantize:
         log.warning("no target layer can be quantized; the model is unchanged")
         return {}
@@ -309,75 +429,22 @@ def quantize_base(
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     model.eval()
-    dataset = None
-    if calibration:
-        items = _calibration_dataset(list(calibration), tokenizer, device, max_length)
-        example = items[0]
-        dataset = nncf.Dataset(items)
-    else:
-        example = {"input_ids": torch.tensor([[1, 2, 3, 4]], device=device)}
-
+    example, dataset = _calibration_inputs(calibration, tokenizer, device, max_length)
     with _nncf_wrapped(model):
-        wrapper = nncf_wrap_model(model, example_input=example, trace_parameters=True)
-        ignored, found = _ignored_nodes(wrapper.get_graph(), to_quantize)
-        missing = sorted(to_quantize - found)
-        if missing:
-            raise ValueError(f"target module(s) not used in the model's forward pass: {', '.join(missing)}")
-        fallback_mode = {
-            "error": nncf.GroupSizeFallbackMode.ERROR,
-            "adjust": nncf.GroupSizeFallbackMode.ADJUST,
-            "ignore": nncf.GroupSizeFallbackMode.IGNORE,
-        }[group_size_fallback]
-        with _nncf_quiet(not progress):
-            nncf.compress_weights(
-                wrapper,
-                mode=nncf.CompressWeightsMode.INT4_SYM if sym else nncf.CompressWeightsMode.INT4_ASYM,
-                ratio=1.0,
-                group_size=group_size,
-                all_layers=True,  # heads and embeddings are in the ignored scope, never compressed
-                backup_mode=nncf.BackupMode.NONE,  # a layer without a valid group size stays float
-                ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-                dataset=dataset,
-                subset_size=len(calibration) if calibration else 128,
-                awq=awq or None,
-                scale_estimation=scale_estimation or None,
-                advanced_parameters=nncf.AdvancedCompressionParameters(
-                    group_size_fallback_mode=fallback_mode, min_adjusted_group_size=MIN_ADJUSTED_GROUP_SIZE
-                ),
-            )
-        storage = get_hook_storage(model)
-        hooks = list(storage.named_hooks())
-        strangers = [n for n, h in hooks if not isinstance(h, BaseWeightsDecompressor)]
-        if strangers:
-            raise QuantizedBaseError(
-                "NNCF inserted operations a plain checkpoint cannot hold (AWQ's activation scales, say): "
-                f"{', '.join(strangers)}; quantize without awq or leave those layers out"
-            )
-        params = dict(model.named_parameters())
-        qweights: dict[str, QuantizedWeight] = {}
-        for hook_name, decompressor in hooks:
-            _, op_name, _ = decode_hook_name(hook_name)
-            module = op_name.removesuffix(".weight")
-            if module not in to_quantize:
-                raise RuntimeError(f"NNCF compressed {op_name}, which is not a target")
-            param = params[op_name]
-            qw = _decompressor_weights(decompressor, param.data)
-            nncf_value = decompressor(param.data)
-            ours = qw.dequantize(nncf_value.dtype)
-            if not torch.equal(ours, nncf_value):
-                raise RuntimeError(f"{module}: dequantized codes differ from NNCF's decompressed weight")
-            zeros = torch.from_numpy(np.unpackbits(zero_masks[module])[: ours.numel()].astype(bool))
-            zeros = zeros.reshape(ours.shape).to(ours.device)
-            if bool((ours[zeros] != 0).any()):
-                raise RuntimeError(f"{module}: a weight that was exactly zero is not zero after quantization")
-            if plan[module] != qw.group_size:
-                raise RuntimeError(
-                    f"{module}: NNCF chose group size {qw.group_size}, expected {plan[module]}"
-                )
-            param.data = ours
-            qweights[module] = qw
-        for hook_name, _ in hooks:
-            storage.delete_hook(hook_name)
+        _compress_wrapped(
+            model,
+            to_quantize,
+            example=example,
+            dataset=dataset,
+            sym=sym,
+            group_size=group_size,
+            group_size_fallback=group_size_fallback,
+            calibration=calibration,
+            awq=awq,
+            scale_estimation=scale_estimation,
+            progress=progress,
+        )
+        qweights = _read_back_decompressors(model, to_quantize, plan, zero_masks)
     for name, p in model.named_parameters():
         p.requires_grad_(requires_grad.get(name, p.requires_grad))
     model.train(was_training)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,100 @@ def _open_log(out: Path, current: dict[str, Any], writer: bool = True) -> Evalua
     return log
 
 
+def _run_algorithm(
+    cfg: SearchConfig,
+    choices: list[list[int]],
+    references: dict[str, tuple[int, ...]],
+    measure: Callable[[tuple[int, ...], str], Evaluation],
+) -> tuple[tuple[int, ...] | None, int, dict[str, Any]]:
+    """Run ``cfg.algorithm``: ``(chosen point, evaluations used, details)``; NSGA-II chooses later (None)."""
+    heuristic = references["heuristic"]
+    if cfg.algorithm == "heuristic":
+        return heuristic, 1, {}
+    if cfg.algorithm == "hill_climbing":
+        # The budget covers every configuration this search measures, the maximal and minimal references included.
+        budget = max(1, cfg.num_evals - len({references["maximal"], references["minimal"]} - {heuristic}))
+        hc = hill_climb(
+            choices, heuristic, lambda p: measure(p, "hill_climbing").quality, budget, cfg.patience
+        )
+        return hc.best, hc.evaluations, {"path": [config_key(p) for p in hc.path], "stopped": hc.stopped}
+    population = min(cfg.population, cfg.num_evals)
+    generations = cfg.generations or max(1, cfg.num_evals // population)
+
+    def score(p: tuple[int, ...]) -> tuple[float, float]:
+        e = measure(p, cfg.algorithm)
+        return e.quality, e.cost
+
+    res = nsga_search(
+        choices,
+        score,
+        population=population,
+        generations=generations,
+        seed=cfg.seed,
+        ref_points=cfg.ref_points if cfg.algorithm == "RNSGA2" else None,
+        initial=list(dict.fromkeys(references.values())),
+    )
+    details = {
+        "generations": res.generations,
+        "population": population,
+        "algorithm_front": [config_key(p) for p in res.front],
+    }
+    return None, res.evaluations, details
+
+
+def _pareto_points(log: EvaluationLog, names: list[str]) -> list[tuple[int, ...]]:
+    """The Pareto front (quality against cost) of every configuration in the log."""
+    entries = list(log.entries.values())
+    return pareto_front(
+        [tuple(e.config[n] for n in names) for e in entries],
+        [e.quality for e in entries],
+        [e.cost for e in entries],
+    )
+
+
+def _choose_on_front(
+    cfg: SearchConfig, log: EvaluationLog, front: list[tuple[int, ...]], heuristic_quality: float
+) -> Evaluation:
+    """NSGA-II's choice on the front: the cheapest at the heuristic's quality or above, or the best."""
+    on_front = [log.entries[config_key(p)] for p in front]
+    if cfg.select == "cheapest_above_heuristic":
+        return min((e for e in on_front if e.quality >= heuristic_quality), key=lambda e: e.cost)
+    return max(on_front, key=lambda e: (e.quality, -e.cost))
+
+
+def _search_result(
+    cfg: SearchConfig,
+    objectives: SubnetObjectives,
+    log: EvaluationLog,
+    chosen: tuple[int, ...],
+    used: int,
+    details: dict[str, Any],
+    reference: dict[str, dict[str, Any]],
+    front: list[tuple[int, ...]],
+    start: float,
+) -> SearchResult:
+    """The search's result: the chosen configuration's measurement, the references, the front."""
+    chosen_entry = log.entries[config_key(chosen)]
+    return SearchResult(
+        algorithm=cfg.algorithm,
+        chosen=dict(chosen_entry.config),
+        chosen_quality=chosen_entry.quality,
+        chosen_cost=chosen_entry.cost,
+        evaluations_used=used,
+        new_evaluations=log.new_evaluations,
+        not_reused=log.other_context,
+        wall_s=time.perf_counter() - start,
+        reference=reference,
+        front=[asdict(log.entries[config_key(p)]) for p in front],
+        details={
+            **details,
+            "metric": objectives.metric,
+            "cost": objectives.cost_kind,
+            "validation_examples": len(objectives.examples),
+        },
+    )
+
+
 def search_subadapter(
     supernet: ElasticLoraSuperNet,
     objectives: SubnetObjectives,
@@ -203,81 +298,18 @@ def search_subadapter(
     def point_of(config: dict[str, int]) -> tuple[int, ...]:
         return tuple(config[n] for n in names)
 
-    heuristic = point_of(supernet.get_heuristic_config())
     references = {
-        "heuristic": heuristic,
+        "heuristic": point_of(supernet.get_heuristic_config()),
         "maximal": point_of(supernet.get_maximal_config()),
         "minimal": point_of(supernet.get_minimal_config()),
     }
     reference = {name: asdict(measure(p, name)) for name, p in references.items()}
-    choices = [g.widths for g in groups]
-    details: dict[str, Any] = {}
-    if cfg.algorithm == "heuristic":
-        chosen, used = heuristic, 1
-    elif cfg.algorithm == "hill_climbing":
-        # The budget covers every configuration this search measures, the maximal and minimal references included.
-        budget = max(1, cfg.num_evals - len({references["maximal"], references["minimal"]} - {heuristic}))
-        hc = hill_climb(
-            choices, heuristic, lambda p: measure(p, "hill_climbing").quality, budget, cfg.patience
-        )
-        chosen, used = hc.best, hc.evaluations
-        details = {"path": [config_key(p) for p in hc.path], "stopped": hc.stopped}
-    else:
-        population = min(cfg.population, cfg.num_evals)
-        generations = cfg.generations or max(1, cfg.num_evals // population)
-
-        def score(p: tuple[int, ...]) -> tuple[float, float]:
-            e = measure(p, cfg.algorithm)
-            return e.quality, e.cost
-
-        res = nsga_search(
-            choices,
-            score,
-            population=population,
-            generations=generations,
-            seed=cfg.seed,
-            ref_points=cfg.ref_points if cfg.algorithm == "RNSGA2" else None,
-            initial=list(dict.fromkeys(references.values())),
-        )
-        used = res.evaluations
-        details = {
-            "generations": res.generations,
-            "population": population,
-            "algorithm_front": [config_key(p) for p in res.front],
-        }
+    chosen, used, details = _run_algorithm(cfg, [g.widths for g in groups], references, measure)
     bar.close()
-    entries = list(log.entries.values())
-    front = pareto_front(
-        [tuple(e.config[n] for n in names) for e in entries],
-        [e.quality for e in entries],
-        [e.cost for e in entries],
-    )
+    front = _pareto_points(log, names)
     if cfg.algorithm in ("NSGA2", "RNSGA2"):
-        on_front = [log.entries[config_key(p)] for p in front]
-        if cfg.select == "cheapest_above_heuristic":
-            floor = reference["heuristic"]["quality"]
-            chosen = point_of(min((e for e in on_front if e.quality >= floor), key=lambda e: e.cost).config)
-        else:
-            chosen = point_of(max(on_front, key=lambda e: (e.quality, -e.cost)).config)
-    chosen_entry = log.entries[config_key(chosen)]
-    result = SearchResult(
-        algorithm=cfg.algorithm,
-        chosen=dict(chosen_entry.config),
-        chosen_quality=chosen_entry.quality,
-        chosen_cost=chosen_entry.cost,
-        evaluations_used=used,
-        new_evaluations=log.new_evaluations,
-        not_reused=log.other_context,
-        wall_s=time.perf_counter() - start,
-        reference=reference,
-        front=[asdict(log.entries[config_key(p)]) for p in front],
-        details={
-            **details,
-            "metric": objectives.metric,
-            "cost": objectives.cost_kind,
-            "validation_examples": len(objectives.examples),
-        },
-    )
+        chosen = point_of(_choose_on_front(cfg, log, front, reference["heuristic"]["quality"]).config)
+    result = _search_result(cfg, objectives, log, chosen, used, details, reference, front, start)
     if writer:
         _write_outputs(out, log, result, objectives.metric, objectives.cost_kind)
         supernet.save_sub_adapter(
