@@ -8,7 +8,7 @@ Peers, all built here from the bundled SmolLM2-135M:
   on every IR, and PyTorch eager ``generate`` on the dense and sparse checkpoints.
 
 For each: TTFT, decode latency and tokens/s at batch 1 and 4 (medians of --repeats after a warm-up,
-each model and runtime in its own process; method in ``nncf_elastic_lora/benchmark.py``), compile
+each model and runtime in its own process; method in ``nncf_elastic_lora/deploy/benchmark.py``), compile
 time, weights on disk, peak RSS; ratios against the dense FP32 IR on GenAI; the IR's agreement with
 torch (greedy tokens, f32 hint) and its basic_arithmetic test accuracy from our evaluation on the
 IR itself. The physical limit: this machine's memory bandwidth (numpy, threaded read) over the

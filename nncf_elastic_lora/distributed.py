@@ -56,7 +56,7 @@ def check_training_launch() -> None:
                 "checkpoints and the super-adapter are written from. Launch with DDP instead: "
                 "`accelerate launch --multi_gpu --num_processes N -m nncf_elastic_lora train ...` (also on CPU, "
                 "where it uses gloo) or `torchrun --nproc_per_node N -m nncf_elastic_lora train ...`; only the "
-                'adapters train, so each process holds one frozen copy of the base (README, "Many processes")'
+                'adapters train, so each process holds one frozen copy of the base (docs/cli.md, "Many processes")'
             )
 
 

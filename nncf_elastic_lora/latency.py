@@ -49,7 +49,6 @@ from .outputs import write_json
 
 log = logging.getLogger(__name__)
 
-FILE = LATENCY_MODEL  # the name search and run look for
 
 
 @dataclass
@@ -154,7 +153,7 @@ class LatencyModel:
     def load(cls, path: str | Path) -> LatencyModel:
         path = Path(path)
         if path.is_dir():
-            path = path / FILE
+            path = path / LATENCY_MODEL
         if not path.is_file():
             raise FileNotFoundError(
                 f"no latency model at {path} (write one with `nncf-elastic-lora latency`)"

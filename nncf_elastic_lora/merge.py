@@ -418,16 +418,14 @@ def merge_to_directory(
     )
     if result.quantized is not None and write_quantized is None:
         raise ValueError("a qa_sparsepeft merge needs write_quantized= to store its INT4 codes")
-    if describe is not None:  # the caller's facts go into the same atomic write as the merge
-        result.report.update(describe(result))
-    save_checkpoint(
-        output,
-        result.model,
-        tokenizer,
-        verb="merge",
-        reports={MERGE_REPORT: result.report},
-        extra=None if result.quantized is None else lambda tmp: write_quantized(tmp, result.quantized),
-    )
+
+    def finish(tmp: Path) -> None:  # after the model is saved, before the report is written
+        if result.quantized is not None:
+            write_quantized(tmp, result.quantized)
+        if describe is not None:  # the caller's facts go into the same atomic write as the merge
+            result.report.update(describe(result))
+
+    save_checkpoint(output, result.model, tokenizer, verb="merge", reports={MERGE_REPORT: result.report}, extra=finish)
     return result
 
 

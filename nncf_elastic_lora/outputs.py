@@ -299,6 +299,11 @@ def claim_output(
 # ------------------------------------------------------------------ atomic files and directories
 
 
+def directory_size(path: str | Path, pattern: str = "*") -> int:
+    """Bytes of the files in ``path`` (not recursive) whose names match ``pattern``."""
+    return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file())
+
+
 def check_same_config(path: str | Path, config: dict[str, Any]) -> None:
     """On resume: refuse when ``path`` (a saved config) differs from ``config``; name what changed."""
     path = Path(path)

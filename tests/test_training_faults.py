@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from nncf_elastic_lora.elastic.supernet import PEFT_WEIGHTS
+from nncf_elastic_lora.formats import ADAPTER_WEIGHTS
 from nncf_elastic_lora.models import build_tiny_llama
 from nncf_elastic_lora.training import AdapterTrainer, checkpoint_problem, train_super_adapter
 
@@ -65,7 +65,7 @@ def _truncate(path):
 
 
 DAMAGE = {
-    "adapter truncated": (lambda d: _truncate(d / PEFT_WEIGHTS), PEFT_WEIGHTS),
+    "adapter truncated": (lambda d: _truncate(d / ADAPTER_WEIGHTS), ADAPTER_WEIGHTS),
     "trainer state missing": (lambda d: (d / "trainer_state.json").unlink(), "trainer_state.json"),
     "trainer state cut": (lambda d: _truncate(d / "trainer_state.json"), "trainer_state.json"),
     "optimizer truncated": (lambda d: _truncate(d / "optimizer.pt"), "optimizer.pt"),
@@ -93,7 +93,7 @@ def test_incomplete_newest_checkpoint_is_skipped(run_dir, tokenizer, finished, c
 
 def test_no_complete_checkpoint_starts_from_step_0(run_dir, tokenizer, finished, caplog):
     (run_dir / "checkpoint-4" / "optimizer.pt").unlink()
-    _truncate(run_dir / "checkpoint-2" / PEFT_WEIGHTS)
+    _truncate(run_dir / "checkpoint-2" / ADAPTER_WEIGHTS)
     with caplog.at_level(logging.WARNING, logger="nncf_elastic_lora.training"):
         resumed, result = _train(tokenizer, run_dir, resume=True)
     assert result.resumed_from is None
@@ -139,7 +139,7 @@ def test_staged_checkpoints_are_ignored_and_only_ours_removed(run_dir, tokenizer
 
 
 def test_adapter_of_another_configuration_is_a_clear_error(run_dir, tokenizer):
-    save_file({"other.lora_A.weight": torch.zeros(2, 2)}, str(run_dir / "checkpoint-4" / PEFT_WEIGHTS))
+    save_file({"other.lora_A.weight": torch.zeros(2, 2)}, str(run_dir / "checkpoint-4" / ADAPTER_WEIGHTS))
     with pytest.raises(
         ValueError, match=r"checkpoint-4/adapter_model.safetensors .*another LoRA configuration"
     ):

@@ -119,7 +119,7 @@ def check_launchable(command: str) -> None:
             "--output O/nls`; `accelerate launch ... search --config C --model O/sparse --super-adapter "
             "O/nls/super_adapter --output O/search`; `nncf-elastic-lora export --config C --model O/sparse "
             "--adapter O/search/sub_adapter --output O/ir`; `accelerate launch ... eval --model O/ir "
-            '--output O/eval` (README, section "Many processes")'
+            '--output O/eval` (docs/cli.md, section "Many processes")'
         )
     raise ValueError(
         f"`{command}` is single-process: run it without torchrun / accelerate launch "

@@ -36,9 +36,8 @@ from typing import Any
 import numpy as np
 
 from ..formats import OV_MODEL, OV_WEIGHTS, is_openvino_dir
-from ..models import load_openvino_model
+from ..outputs import directory_size
 from ..runtime import check_properties
-from .export import directory_size
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +134,9 @@ def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any])
         )
     if runtime is Runtime.GENAI:
         return _GenAI(path, device, properties), AutoTokenizer.from_pretrained(path)
+    # Imported here: the benchmark worker reads its memory baseline before loading transformers.
+    from ..models import load_openvino_model
+
     model, tokenizer = load_openvino_model(path, device, properties)
     return _HF(model), tokenizer
 

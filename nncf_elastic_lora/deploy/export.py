@@ -39,7 +39,14 @@ from ..int4 import (
 )
 from ..merge import check_not_channel_sliced
 from ..models import load_model
-from ..outputs import atomic_directory, check_not_input, check_output, save_checkpoint, write_json
+from ..outputs import (
+    atomic_directory,
+    check_not_input,
+    check_output,
+    directory_size,
+    save_checkpoint,
+    write_json,
+)
 from ..sparsity import linear_sparsity
 from .ir import check_ir_codes, ir_weight_sparsity
 from .parity import compare_ir_with_torch
@@ -196,11 +203,6 @@ def check_genai(
         return str(pipe.generate(prompt, openvino_genai.GenerationConfig(max_new_tokens=max_new_tokens)))
     except Exception as exc:
         raise ExportError(f"{path} does not load or generate in openvino_genai.LLMPipeline: {exc}") from exc
-
-
-def directory_size(path: str | Path, pattern: str = "*") -> int:
-    """Bytes of the files in ``path`` (not recursive) whose names match ``pattern``."""
-    return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file())
 
 
 def export_openvino(

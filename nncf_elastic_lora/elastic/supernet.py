@@ -42,7 +42,6 @@ SubnetConfig = dict[str, int]
 SEARCH_SPACE_FILE = "elastic_lora.json"
 SUB_ADAPTER_FILE = "elastic_lora_sub.json"
 SUBNET_CONFIG_FILE = "subnet_config.json"
-PEFT_WEIGHTS = ADAPTER_WEIGHTS  # the peft folder's weights file
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -427,7 +426,7 @@ class ElasticLoraSuperNet:
             self._peft_config(ranks, base_model).save_pretrained(tmp)
             weights = self.adapter_state_dict(config)
             save_file(
-                {k: v for k, v in weights.items() if v.numel()}, tmp / PEFT_WEIGHTS, metadata={"format": "pt"}
+                {k: v for k, v in weights.items() if v.numel()}, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"}
             )
             write_json(tmp / SUBNET_CONFIG_FILE, config)
             write_json(tmp / SUB_ADAPTER_FILE, self.sub_adapter_record(config, base_fingerprint))
@@ -440,7 +439,7 @@ class ElasticLoraSuperNet:
         ranks = {m: a.max_rank for m, a in self.adapters.items()}
         with atomic_directory(directory) as tmp:
             self._peft_config(ranks, base_model).save_pretrained(tmp)
-            save_file(self.adapter_state_dict(), tmp / PEFT_WEIGHTS, metadata={"format": "pt"})
+            save_file(self.adapter_state_dict(), tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
             write_json(tmp / SEARCH_SPACE_FILE, {**self.describe(), "base_fingerprint": base_fingerprint})
         return Path(directory)
 
@@ -519,7 +518,7 @@ class ElasticLoraSuperNet:
                 f"super-adapter {directory.resolve()} was trained on MLPs of other sizes ({other}: "
                 f"{spec['mlp_sizes'].get(other)} channels, this base {sizes[other]}); load it on its own base"
             )
-        supernet.load_adapter_weights(load_file(directory / PEFT_WEIGHTS))
+        supernet.load_adapter_weights(load_file(directory / ADAPTER_WEIGHTS))
         return supernet
 
 

@@ -219,6 +219,8 @@ def print_summary(report: dict[str, Any]) -> None:
         if block.facts:
             print_table(block.title, ["", "value"], block.facts)
         if block.table is not None:
-            print_table(block.title if not block.facts else "", *block.table)
+            headers, rows = block.table
+            plain = [[v.replace("**", "") if isinstance(v, str) else v for v in row] for row in rows]
+            print_table(block.title if not block.facts else "", headers, plain)
         if block.note:
             print(block.note)
