@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import Example
 from ..elastic import ElasticLoraSuperNet
 from ..evaluation import CausalLM, mean_token_loglik, multiple_choice
-from ..latency import LatencyModel
+
+if TYPE_CHECKING:  # only a type here: importing the search must not load the export stack
+    from ..latency import LatencyModel
 
 
 class SubnetObjectives:
