@@ -48,6 +48,25 @@ class ModelLoadError(ValueError):
     """A local model directory is there but cannot be loaded (invalid config, cut or corrupt weights)."""
 
 
+class NonFiniteWeightsError(ModelLoadError):
+    """A model's weights hold NaN or inf: every result computed from them would be silently wrong."""
+
+
+@torch.no_grad()
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first tensor (parameter or buffer) holding NaN or inf."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    bad = [(name, t) for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        name, t = bad[0]
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        others = f"; {len(bad) - 1} more tensor(s) likewise" if len(bad) > 1 else ""
+        raise NonFiniteWeightsError(
+            f"{source}: {name} holds {nan} NaN and {inf} inf of its {t.numel()} values{others}; the checkpoint "
+            "is corrupt or came from a diverged run: re-create it (nothing was computed from it)"
+        )
+
+
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
 
 
@@ -308,6 +327,7 @@ def load_model(config: ModelConfig):
                 + "\n  - ".join(tried)
                 + f"\nbundled models: {', '.join(BUNDLED)}"
             ) from None
+    check_finite_weights(model, name)  # before any stage computes, trains or writes from them
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

@@ -125,6 +125,13 @@ def ws(tmp_path_factory) -> Path:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
     garbage = shutil.copytree(model, root / "model_garbage")
     (garbage / "model.safetensors").write_bytes(b"\x00" * 64)
+    from safetensors.torch import load_file, save_file
+
+    for kind, value in (("nan", float("nan")), ("inf", float("inf"))):  # weights a diverged run could leave
+        broken = shutil.copytree(model, root / f"model_{kind}")
+        state = load_file(broken / "model.safetensors")
+        state["model.layers.1.mlp.down_proj.weight"][0, :2] = value
+        save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
     no_weights = shutil.copytree(model, root / "model_no_weights")
     (no_weights / "model.safetensors").unlink()
     ir = root / "ir_no_xml"  # an OpenVINO directory that lost its .xml
@@ -196,6 +203,14 @@ CASES = [
     Case("model-truncated", [*SPARSIFY, "--model", "{ws}/model_truncated"], "truncated or corrupt"),
     Case("model-garbage", [*TRAIN[:3], "--model", "{ws}/model_garbage"], "truncated or corrupt"),
     Case("model-no-weights", [*EVAL, "--model", "{ws}/model_no_weights"], "no weights"),
+    # non-finite weights: refused on load by every verb, naming the tensor and the count
+    Case("model-nan-sparsify", [*SPARSIFY, "--model", "{ws}/model_nan"], "down_proj.weight holds 2 NaN and 0 inf"),
+    Case("model-nan-train", [*TRAIN[:3], "--model", "{ws}/model_nan"], "down_proj.weight holds 2 NaN"),
+    Case("model-inf-eval", [*EVAL, "--model", "{ws}/model_inf"], "down_proj.weight holds 0 NaN and 2 inf"),
+    Case("model-nan-quantize", [*QUANTIZE[:3], "--model", "{ws}/model_nan"], "holds 2 NaN"),
+    Case("model-inf-export", [*EXPORT[:3], "--model", "{ws}/model_inf"], "holds 0 NaN and 2 inf"),
+    Case("model-nan-reorder", [*REORDER, "--model", "{ws}/model_nan"], "holds 2 NaN"),
+    Case("model-nan-run", [*RUN, "--model", "{ws}/model_nan"], "holds 2 NaN"),
     Case("eval-ir-without-xml", [*EVAL, "--model", "{ws}/ir_no_xml"], "openvino_model.xml"),
     Case("model-is-a-file", [*EVAL, "--model", "{ws}/plainfile"], "plainfile"),
     # outputs that are, contain or lie inside an input

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nncf_elastic_lora.config import ModelConfig
-from nncf_elastic_lora.models import ModelNotFoundError, build_tiny_llama, load_model
+from nncf_elastic_lora.models import ModelNotFoundError, NonFiniteWeightsError, build_tiny_llama, load_model
 
 from .conftest import TINY
 
@@ -41,3 +41,13 @@ def test_saved_checkpoint_round_trips(tmp_path, tiny_model, tokenizer):
         model.model.layers[0].self_attn.q_proj.weight, tiny_model.model.layers[0].self_attn.q_proj.weight
     )
     assert tok.eos_token_id == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("value, counts", [(float("nan"), "3 NaN and 0 inf"), (float("inf"), "0 NaN and 3 inf")])
+def test_a_checkpoint_with_non_finite_weights_is_refused_on_load(tmp_path, tiny_model, tokenizer, value, counts):
+    with torch.no_grad():
+        tiny_model.model.layers[1].mlp.down_proj.weight[0, :3] = value
+    tiny_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(NonFiniteWeightsError, match=rf"model\.layers\.1\.mlp\.down_proj\.weight holds {counts}"):
+        load_model(ModelConfig(name_or_path=str(tmp_path)))
