@@ -26,6 +26,7 @@ class Block:
     table: Table | None = None
     note: str = ""
     console: bool = True  # also printed on the terminal (the data splits are for the file only)
+    marked: int | None = None  # the table row that is what the run ships: bold in markdown
 
 
 def _pct(x: float) -> str:
@@ -142,7 +143,7 @@ def benchmark_block(bench: dict[str, Any], report: dict[str, Any]) -> Block:
     headers += [h for b in sizes for h in (f"decode tok/s b{b}", f"x {ref} b{b}")]
     table = [
         [
-            ("**shipped** " if r["shipped"] else "") + r["label"],
+            ("shipped " if r["shipped"] else "") + r["label"],
             r["weights_bytes"] / 2**20,
             r["score"],
             *(v for b in sizes for v in (r["decode_tokens_per_s"].get(b), r["speedup"].get(b))),
@@ -164,7 +165,9 @@ def benchmark_block(bench: dict[str, Any], report: dict[str, Any]) -> Block:
         f"{verdict}OpenVINO GenAI LLMPipeline, medians, measured in this run on {cpu} "
         f"(OpenVINO {m.get('openvino')}). Compare speeds only within one run. Plot: accuracy_vs_speed.png"
     )
-    return Block("Speed: the shipped IR against dense exports of the original model", table=(headers, table), note=note)
+    marked = next((i for i, r in enumerate(rows) if r["shipped"]), None)
+    title = "Speed: the shipped IR against dense exports of the original model"
+    return Block(title, table=(headers, table), note=note, marked=marked)
 
 
 def _times_block(report: dict[str, Any]) -> Block:
@@ -205,7 +208,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         if block.facts:
             text += markdown_table(["", "value"], block.facts)
         if block.table is not None:
-            text += ("\n" if block.facts else "") + markdown_table(*block.table)
+            headers, rows = block.table
+            if block.marked is not None:  # "shipped X" -> "**shipped** X"
+                first, *rest = rows[block.marked]
+                word, _, label = str(first).partition(" ")
+                rows = [*rows[: block.marked], [f"**{word}** {label}", *rest], *rows[block.marked + 1 :]]
+            text += ("\n" if block.facts else "") + markdown_table(headers, rows)
         if block.note:
             text += f"\n{block.note}\n"
     return text
@@ -219,8 +227,6 @@ def print_summary(report: dict[str, Any]) -> None:
         if block.facts:
             print_table(block.title, ["", "value"], block.facts)
         if block.table is not None:
-            headers, rows = block.table
-            plain = [[v.replace("**", "") if isinstance(v, str) else v for v in row] for row in rows]
-            print_table(block.title if not block.facts else "", headers, plain)
+            print_table(block.title if not block.facts else "", *block.table)
         if block.note:
             print(block.note)
