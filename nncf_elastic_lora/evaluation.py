@@ -27,13 +27,45 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from . import distributed
 from .data import Example, extract_number, truncate_generation
 
 
+class NonFiniteLogitsError(ValueError):
+    """The model computed NaN or inf logits: its scores would be garbage, so none are reported."""
+
+
+def check_finite_logits(logits: torch.Tensor, what: str) -> None:
+    """Refuse ``logits`` (of real tokens, not padding) holding NaN or inf, counting them."""
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return
+    nan, inf = int(torch.isnan(logits).sum()), int(torch.isinf(logits).sum())
+    raise NonFiniteLogitsError(
+        f"{what} hold {nan} NaN and {inf} inf values (of {logits.numel()}): its "
+        "activations overflow or its weights are damaged, so nothing computed from them would mean anything; "
+        "run it in float32, or check what wrote the model"
+    )
+
+
+class _FiniteLogits(LogitsProcessor):
+    """Refuses NaN or +inf logits at each generation step.
+
+    It runs after the generation config's own processors, which may set banned tokens to -inf, so only
+    -inf across a whole row (no token left to choose) counts as broken.
+    """
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores_f = scores.float()
+        if bool(torch.isnan(scores_f).any() | torch.isposinf(scores_f).any() | torch.isneginf(scores_f).all(-1).any()):
+            check_finite_logits(scores_f, f"the model's logits at generated position {input_ids.shape[1]}")
+        return scores
+
+
 class CausalLM:
-    """A model with the HF causal-LM call convention plus its tokenizer."""
+    """A model with the HF causal-LM call convention plus its tokenizer; NaN or inf logits are refused."""
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int = 1024):
         self.model = model
@@ -49,7 +81,9 @@ class CausalLM:
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
-        return torch.as_tensor(out.logits).float().cpu()
+        logits = torch.as_tensor(out.logits).float().cpu()
+        check_finite_logits(logits[attention_mask.bool()], "the model's logits of the scored text")
+        return logits
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -65,6 +99,7 @@ class CausalLM:
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tok.pad_token_id,
+            logits_processor=LogitsProcessorList([_FiniteLogits()]),
         )
         return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 

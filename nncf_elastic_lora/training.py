@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -323,6 +324,9 @@ def checkpoint_problem(
             "it was written with another LoRA configuration; resume with that configuration, or train into a "
             "new output directory"
         )
+    non_finite = [k for k, v in load_file(adapter).items() if not torch.isfinite(v).all()]
+    if non_finite:  # a diverged step saved by a version without the divergence check
+        return f"{ADAPTER_WEIGHTS} holds NaN or inf in {len(non_finite)} tensor(s), first {non_finite[0]}"
     try:
         TrainerState.load_from_json(str(directory / TRAINER_STATE_NAME))
     except (OSError, ValueError, TypeError) as err:  # bad JSON: ValueError; unknown keys: TypeError
@@ -371,12 +375,54 @@ def _resume_errors(path: str | Path, what: str) -> Iterator[None]:
         ) from err
 
 
+class TrainingDivergedError(ValueError):
+    """A loss or gradient norm that is NaN or inf: training stopped before the optimizer step applied it."""
+
+
+def divergence_message(step: int, losses: list[float], grad_norm: float, output_dir: str | Path) -> str:
+    """The error for optimizer step ``step`` whose micro-batch ``losses`` or ``grad_norm`` are not finite."""
+    bad = [x for x in losses if not math.isfinite(x)]
+    loss = f"loss {bad[0]}" if bad else f"loss {max(losses, default=float('nan')):.4g}"
+    checkpoints = sorted(Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"))
+    kept = f"; the checkpoints in {output_dir} come from the finite steps before it" if checkpoints else ""
+    return (
+        f"training diverged at optimizer step {step}: {loss}, gradient norm {grad_norm}; the step was not "
+        f"applied and no adapter was written{kept}. Lower bootstrapNAS.training.learning_rate (or use "
+        "float32 instead of bfloat16, or check the data), then train again with --overwrite"
+    )
+
+
 class AdapterTrainer(Trainer):
     """Checkpoints hold the adapter weights only (the base is frozen and already on disk); each is written
-    into a staging directory and renamed into place when complete, so a kill mid-save leaves no half checkpoint."""
+    into a staging directory and renamed into place when complete, so a kill mid-save leaves no half checkpoint.
+
+    Every optimizer step checks its losses and gradient norm before the step is applied: the first NaN
+    or inf stops training (:class:`TrainingDivergedError`), so no adapter that learnt from it exists.
+    """
 
     supernet: ElasticLoraSuperNet
     _staging: str | None = None
+    _step_losses: list[torch.Tensor]
+
+    def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not hasattr(self, "_step_losses"):
+            self._step_losses = []
+        self._step_losses.append(loss.detach())
+        return loss
+
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        losses, self._step_losses = [float(x) for x in getattr(self, "_step_losses", [])], []
+        norm = float(grad_norm) if grad_norm is not None else 0.0
+        bad = torch.tensor(float(not math.isfinite(norm) or not all(map(math.isfinite, losses))))
+        if self.args.world_size > 1:  # a NaN loss in one process only: every process stops, not just it
+            bad = self.accelerator.reduce(bad.to(self.args.device), reduction="sum").cpu()
+        if bad.item():
+            raise TrainingDivergedError(
+                divergence_message(self.state.global_step + 1, losses, norm, self.args.output_dir)
+            )
+        return grad_norm
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
@@ -499,6 +545,8 @@ def training_arguments(
         # The buffers (SparsePEFT masks, INT4 scales) are constant and equal everywhere: no per-step copy.
         ddp_broadcast_buffers=False,
         report_to="none",
+        # The Trainer would log a NaN loss as the mean of the previous ones; ours stops at it instead.
+        logging_nan_inf_filter=False,
         remove_unused_columns=False,
         disable_tqdm=not progress,
         dataloader_num_workers=0,

@@ -132,6 +132,12 @@ def ws(tmp_path_factory) -> Path:
         state = load_file(broken / "model.safetensors")
         state["model.layers.1.mlp.down_proj.weight"][0, :2] = value
         save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    overflow = shutil.copytree(model, root / "model_overflow")  # finite weights, NaN logits
+    state = load_file(overflow / "model.safetensors")
+    state["model.norm.weight"][:] = 3e38
+    save_file(state, overflow / "model.safetensors", metadata={"format": "pt"})
+    assert main(["export", "--config", str(root / "tiny.json"), "--model", str(overflow), "--weight-format", "fp32",
+                 "--output", str(root / "ir_overflow"), "--no-progress", "--set", "export.parity.num_prompts=0"]) == 0  # fmt: skip
     no_weights = shutil.copytree(model, root / "model_no_weights")
     (no_weights / "model.safetensors").unlink()
     ir = root / "ir_no_xml"  # an OpenVINO directory that lost its .xml
@@ -211,6 +217,10 @@ CASES = [
     Case("model-inf-export", [*EXPORT[:3], "--model", "{ws}/model_inf"], "holds 0 NaN and 2 inf"),
     Case("model-nan-reorder", [*REORDER, "--model", "{ws}/model_nan"], "holds 2 NaN"),
     Case("model-nan-run", [*RUN, "--model", "{ws}/model_nan"], "holds 2 NaN"),
+    # finite weights whose activations overflow: NaN logits are refused, not scored or shipped
+    Case("model-overflow-eval", [*EVAL, "--model", "{ws}/model_overflow"], "the model's logits of the scored text hold"),
+    Case("model-overflow-export", [*EXPORT[:3], "--model", "{ws}/model_overflow", "--weight-format", "fp32"], "the torch model's logits on the parity prompt"),
+    Case("ir-overflow-eval", [*EVAL, "--model", "{ws}/ir_overflow"], "the model's logits of the scored text hold"),
     Case("eval-ir-without-xml", [*EVAL, "--model", "{ws}/ir_no_xml"], "openvino_model.xml"),
     Case("model-is-a-file", [*EVAL, "--model", "{ws}/plainfile"], "plainfile"),
     # outputs that are, contain or lie inside an input

@@ -106,3 +106,17 @@ def test_loglikelihood_matches_a_direct_computation(tiny_model, tokenizer):
         want = sum(float(logp[t - 1, full[t]]) for t in range(len(c), len(full)))
         assert got == pytest.approx(want, abs=1e-3)
     assert all(math.isfinite(v) and v < 0 for v in batched)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_logits_are_refused_in_scoring_and_in_generation(tiny_model, tokenizer, value):
+    from nncf_elastic_lora.evaluation import NonFiniteLogitsError
+
+    with torch.no_grad():
+        tiny_model.model.norm.weight[0] = value  # the hidden state's first channel, hence every logit
+    lm = CausalLM(tiny_model, tokenizer)
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(NonFiniteLogitsError, match=r"logits of the scored text hold \d+ NaN and \d+ inf"):
+        lm.logits(ids, torch.ones_like(ids))
+    with pytest.raises(NonFiniteLogitsError, match="logits at generated position"):
+        lm.generate(["1 + 2 ="], max_new_tokens=2)

@@ -2,17 +2,27 @@
 
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from nncf_elastic_lora.cli import main
 from nncf_elastic_lora.formats import ADAPTER_WEIGHTS
 from nncf_elastic_lora.models import build_tiny_llama
-from nncf_elastic_lora.training import AdapterTrainer, checkpoint_problem, train_super_adapter
+from nncf_elastic_lora.training import (
+    AdapterTrainer,
+    TrainingDivergedError,
+    checkpoint_problem,
+    train_super_adapter,
+    training_arguments,
+)
 
 from .conftest import TINY
 from .helpers import EXAMPLES, adapter_weights, make_supernet, training_config
+
+TINY_CONFIG = Path(__file__).parent.parent / "configs" / "tiny_shears.json"
 
 
 def _train(tokenizer, out, **kw):
@@ -64,8 +74,16 @@ def _truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _poison(path):
+    """A NaN in the first adapter tensor, as a diverged step saved by an older version leaves it."""
+    state = load_file(path)
+    next(iter(state.values())).view(-1)[0] = float("nan")
+    save_file(state, path)
+
+
 DAMAGE = {
     "adapter truncated": (lambda d: _truncate(d / ADAPTER_WEIGHTS), ADAPTER_WEIGHTS),
+    "adapter holds NaN": (lambda d: _poison(d / ADAPTER_WEIGHTS), "holds NaN or inf in 1 tensor"),
     "trainer state missing": (lambda d: (d / "trainer_state.json").unlink(), "trainer_state.json"),
     "trainer state cut": (lambda d: _truncate(d / "trainer_state.json"), "trainer_state.json"),
     "optimizer truncated": (lambda d: _truncate(d / "optimizer.pt"), "optimizer.pt"),
@@ -151,3 +169,32 @@ def test_unloadable_optimizer_state_is_a_clear_error(run_dir, tokenizer):
     torch.save({"state": {}, "param_groups": []}, run_dir / "checkpoint-4" / "optimizer.pt")
     with pytest.raises(ValueError, match=r"cannot resume from .*checkpoint-4: loading the optimizer"):
         _train(tokenizer, run_dir, resume=True)
+
+
+def test_divergence_stops_before_the_step_is_applied(tmp_path, tokenizer, finished):
+    # lr 1e20: steps 1-2 are finite, step 3's loss and gradients are NaN
+    supernet = make_supernet(build_tiny_llama(TINY))
+    with pytest.raises(TrainingDivergedError, match=r"diverged at optimizer step 3: loss nan, gradient norm nan"):
+        train_super_adapter(
+            supernet, tokenizer, EXAMPLES, training_config(learning_rate=1e20, save_steps=1), tmp_path, progress=False
+        )
+    assert all(torch.isfinite(v).all() for v in adapter_weights(supernet).values())  # step 3 not applied
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert all(checkpoint_problem(p, finished[2]) is None for p in tmp_path.iterdir())
+    # the Trainer's filter would log a NaN loss as the mean of the earlier ones
+    assert training_arguments(training_config(), tmp_path).logging_nan_inf_filter is False
+
+
+def test_diverged_train_writes_no_adapter_and_resume_diverges_again(tmp_path, capsys):
+    out = tmp_path / "nls"
+    argv = ["train", "--config", str(TINY_CONFIG), "--output", str(out), "--no-progress"]
+    argv += ["--set", "bootstrapNAS.training.learning_rate=1e20"]
+    for extra in ([], ["--resume"]):
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert [line for line in err.splitlines() if line.startswith("error:")] == [
+            line for line in err.splitlines() if "diverged at optimizer step" in line
+        ]
+        assert "Traceback" not in err and "no adapter was written" in err
+        assert not (out / "super_adapter").exists() and not (out / "sub_adapter_heuristic").exists()
+        assert not (out / "train_report.json").exists()

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..evaluation import check_finite_logits
 from ..models import load_openvino_model
 
 # optimum-intel marks fp32/fp16 IRs to keep the KV cache in f16, and the CPU plugin quantizes activations
@@ -89,7 +90,9 @@ def compare_ir_with_torch(
         x = torch.tensor([ids])
         mask = torch.ones_like(x)
         ref = torch_model(input_ids=x, attention_mask=mask).logits.float()
+        check_finite_logits(ref, f"the torch model's logits on the parity prompt {prompt!r}")
         got = torch.as_tensor(ov_model(input_ids=x, attention_mask=mask).logits).float()
+        check_finite_logits(got, f"the exported IR's logits on the parity prompt {prompt!r}")
         diff = (ref - got).abs()
         gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
         torch_out = torch_model.generate(input_ids=x, attention_mask=mask, **gen)[0, len(ids) :].tolist()
