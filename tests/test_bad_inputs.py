@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,8 +152,16 @@ def ws(tmp_path_factory) -> Path:
     (bad_space / "elastic_lora.json").write_text("{")
     (root / "not_adapter").mkdir()
     _save_sqft_inputs(root)
+    assert main(["merge", "--config", str(root / "tiny.json"), "--model", str(root / "sparse_int4"), "--adapter",
+                 str(root / "qa_sparsepeft_sub"), "--output", str(root / "merged_int4"), "--no-progress"]) == 0  # fmt: skip
     corrupt_int4 = shutil.copytree(root / "sparse_int4", root / "int4_corrupt")
     (corrupt_int4 / "quantized_weights.safetensors").write_bytes(b"\x00" * 64)
+    no_record = shutil.copytree(root / "sparsepeft_sub", root / "sparsepeft_no_base_record")
+    record = json.loads((no_record / "elastic_lora_sub.json").read_text())
+    (no_record / "elastic_lora_sub.json").write_text(json.dumps({**record, "base_fingerprint": None}))
+    other = shutil.copytree(root / "super", root / "super_other_base")  # records a base that is not ours
+    space = json.loads((other / "elastic_lora.json").read_text())
+    (other / "elastic_lora.json").write_text(json.dumps({**space, "base_fingerprint": "0123456789abcdef0123"}))
     bad_record = shutil.copytree(root / "sparsepeft_sub", root / "sub_bad_record")
     (bad_record / "elastic_lora_sub.json").write_text("{")
     # user folders that look like models or outputs
@@ -323,6 +332,20 @@ CASES = [
     Case("benchmark-new-tokens-one", [*RUN, "--set", "benchmark.new_tokens=1"], "benchmark.new_tokens"),
     Case("export-int4-codes-corrupt", [*EXPORT[:3], "--model", "{ws}/int4_corrupt", "--weight-format", "int4"], "quantized_weights.safetensors"),
     Case("merge-record-corrupt", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/sub_bad_record"], "elastic_lora_sub.json"),
+    # an adapter recorded for another base is refused wherever it meets one
+    Case("export-adapter-other-base", [*EXPORT[:3], "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_sub"], "trained on another base"),
+    Case("eval-adapter-other-base", [*EVAL, "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_sub"], "trained on another base"),
+    Case("extract-super-other-base", [*EXTRACT, "--super-adapter", "{ws}/super_other_base"], "trained on another base"),
+    Case("eval-adapter-on-ir", [*EVAL, "--model", "{ws}/ir_overflow", "--adapter", "{ws}/sparsepeft_sub"], "is an OpenVINO IR"),
+    Case("eval-adapter-missing", [*EVAL, "--model", "{ws}/sparse", "--adapter", "{ws}/no_adapter"], "no_adapter"),
+    Case("eval-adapter-wrong-shape", [*EVAL, "--model", "{ws}/model", "--adapter", "{ws}/super_wide_sub"], "does not fit the base model"),
+    Case("eval-adapter-output-is-adapter", [*EVAL, "--model", "{ws}/sparse", "--adapter", "{ws}/sparsepeft_sub", "--overwrite"], "is the input", output="sparsepeft_sub"),
+    # INT4 checkpoints are never re-quantized, pruned or reordered (their codes could not be kept)
+    Case("quantize-int4-base", [*QUANTIZE[:3], "--model", "{ws}/sparse_int4"], "is an INT4 checkpoint"),
+    Case("quantize-merged-int4", [*QUANTIZE[:3], "--model", "{ws}/merged_int4", "--group-size", "16"], "quantizing it again would round"),
+    Case("sparsify-int4-base", [*SPARSIFY, "--model", "{ws}/sparse_int4"], "pruning its dequantized weights"),
+    Case("reorder-int4-base", [*REORDER, "--model", "{ws}/merged_int4"], "across its INT4 quantization groups"),
+    Case("run-prunes-int4-base", [*RUN, "--model", "{ws}/sparse_int4", "--set", "quantization.weight_format=none", "--set", "export.weight_format=int4"], "sparsity.method: "),
     Case("quantize-group-size-zero", [*QUANTIZE, "--group-size", "0"], "quantization.group_size"),
     Case("quantize-group-size-odd", [*QUANTIZE, "--group-size", "48", "--group-size-fallback", "error"], "does not divide the input width"),
     Case("quantize-pattern-nothing", [*QUANTIZE, "--set", 'quantization.target_modules=["nope_proj"]'], "quantization.target_modules"),
@@ -342,6 +365,23 @@ CASES = [
     # schema
     Case("schema-output-below-file", ["schema"], "lies below the file", output="plainfile/schema.json"),
 ]  # fmt: skip
+
+
+# Accepted, with a WARNING naming the risk: an adapter that records no base cannot be checked against one.
+UNRECORDED = {
+    "merge": [*MERGE, "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_no_base_record"],
+    "eval": [*EVAL, "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_no_base_record"],
+    "extract": [*EXTRACT, "--super-adapter", "{ws}/super"],
+}
+
+
+@pytest.mark.parametrize("verb", UNRECORDED)
+def test_adapter_without_base_record_is_accepted_with_a_warning(verb: str, ws: Path, tmp_path, caplog):
+    argv = [a.replace("{ws}", str(ws)) for a in UNRECORDED[verb]] + ["--output", str(tmp_path / "out"), *FAST]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0
+    warned = [r.getMessage() for r in caplog.records if "records no base model" in r.getMessage()]
+    assert len(warned) == 1 and "gives a wrong model" in warned[0], caplog.text
 
 
 def _snapshot(root: Path, skip: Path | None) -> dict[str, str]:
@@ -403,3 +443,31 @@ def test_argparse_errors_are_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "error: argument --split: invalid choice" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["qa_sparsepeft", "lora"])
+def test_eval_adapter_scores_what_ships(kind: str, ws: Path, tmp_path):
+    """``eval --adapter`` scores a QA sub-adapter as ``merge`` ships it, a LoRA as the unmerged peft model."""
+    if kind == "qa_sparsepeft":
+        base, adapter = ws / "sparse_int4", ws / "qa_sparsepeft_sub"
+    else:  # the saved LoRA's B is zero (as attached): give it an update to see
+        from safetensors.torch import load_file, save_file
+
+        base, adapter = ws / "model", shutil.copytree(ws / "super_sub", tmp_path / "lora")
+        state = load_file(adapter / "adapter_model.safetensors")
+        save_file({k: v + 0.05 if "lora_B" in k else v for k, v in state.items()}, adapter / "adapter_model.safetensors")
+    runs = {"adapter": ["--model", str(base), "--adapter", str(adapter)]}
+    if kind == "qa_sparsepeft":
+        runs["shipped"] = ["--model", str(ws / "merged_int4")]
+    else:
+        runs["base"] = ["--model", str(base)]
+    logliks = {}
+    for name, extra in runs.items():
+        assert main(["eval", "--config", str(ws / "tiny.json"), *extra, "--output", str(tmp_path / name), *FAST]) == 0
+        rows = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        logliks[name] = [ll for r in rows for ll in r.get("loglik", [])]
+    assert logliks["adapter"]
+    if kind == "qa_sparsepeft":
+        assert logliks["adapter"] == pytest.approx(logliks["shipped"], abs=1e-4)
+    else:  # the adapter changes the scores (its B is random, not zero)
+        assert logliks["adapter"] != pytest.approx(logliks["base"], abs=1e-4)

@@ -105,10 +105,15 @@ def _export_merged(call: Call, merged: dict[str, Any]) -> dict[str, Any]:
 @verb(
     "eval",
     help="evaluate a model on tasks",
-    description="Score a model (--model or model.name_or_path) on evaluation.tasks; "
-    "writes eval.json, eval.md and predictions.jsonl.",
+    description="Score a model (--model or model.name_or_path, a checkpoint or an OpenVINO IR) on "
+    "evaluation.tasks, with --adapter applied as it ships; writes eval.json, eval.md and predictions.jsonl.",
     flags=(
         *common_flags(),
+        Flag(
+            ("--adapter",),
+            help="a sub-adapter (or peft LoRA) folder to apply to --model: LoRA unmerged, SparsePEFT / "
+            "QA-SparsePEFT merged as `merge` does",
+        ),
         Flag(
             ("--tasks",),
             key="evaluation.tasks",
@@ -128,22 +133,15 @@ def evaluate(call: Call) -> int:
     """Score a checkpoint or an OpenVINO IR on the configured tasks (one or several processes)."""
     from .. import distributed
     from ..evaluation import results_table
-    from ..formats import is_openvino_dir
-    from ..models import load_model, load_openvino_model
-    from ..pipeline import evaluate_model, write_eval
+    from ..pipeline import evaluate_model, load_for_eval, write_eval
     from ..preflight import check_data
     from ..report.tables import print_table
 
     config = call.config
     name = config.model.name_or_path
     check_data(config, evaluate=True)
-    with distributed.main_process_first(claim(call, "eval")):
-        ex, extra = config.export, {"model": name}
-        if is_openvino_dir(name):
-            model, tokenizer = load_openvino_model(name, ex.device, ex.runtime_properties)
-            extra["openvino"] = {"device": ex.device, "runtime_properties": ex.runtime_properties}
-        else:
-            model, tokenizer = load_model(config.model)
+    with distributed.main_process_first(claim(call, "eval", call.args.adapter)):
+        model, tokenizer, extra = load_for_eval(config, call.args.adapter)
         results = evaluate_model(model, tokenizer, config, progress=call.progress)
         extra["processes"] = distributed.world_size()
         if distributed.is_main_process():

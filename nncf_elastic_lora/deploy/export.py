@@ -30,6 +30,7 @@ import torch
 from ..adapters import check_adapter_fits
 from ..architecture import output_head_names
 from ..config import ModelConfig, check_compression_options, int4_base_export_conflicts
+from ..elastic.supernet import check_base_record
 from ..formats import OV_DETOKENIZER, OV_MODEL, OV_TOKENIZER, OV_WEIGHTS, QUANTIZED_WEIGHTS, is_quantized_base
 from ..int4 import (
     check_codes_match_weights,
@@ -37,7 +38,7 @@ from ..int4 import (
     load_quantized_weights,
     read_quantization_info,
 )
-from ..merge import check_not_channel_sliced
+from ..merge import check_not_channel_sliced, read_sub_adapter_record
 from ..models import load_model
 from ..outputs import (
     atomic_directory,
@@ -47,6 +48,7 @@ from ..outputs import (
     save_checkpoint,
     write_json,
 )
+from ..provenance import model_fingerprint
 from ..sparsity import linear_sparsity
 from .ir import check_ir_codes, ir_weight_sparsity
 from .parity import compare_ir_with_torch
@@ -79,13 +81,21 @@ class ExportError(RuntimeError):
     """The export could not produce a complete, loadable OpenVINO model directory."""
 
 
-def _attach_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool) -> tuple[torch.nn.Module, dict]:
-    """The model with the peft adapter in ``adapter`` applied: merged, or kept as a branch."""
+def attach_adapter(
+    model: torch.nn.Module, adapter: str | Path, merge: bool, base_fingerprint: str | None = None
+) -> tuple[torch.nn.Module, dict]:
+    """The model with the peft adapter in ``adapter`` applied: merged, or kept as a branch.
+
+    An adapter recorded for another base than ``base_fingerprint`` is refused; one recording none is
+    applied with a WARNING (:func:`~nncf_elastic_lora.elastic.supernet.check_base_record`).
+    """
     from peft import PeftModel
 
     adapter = Path(adapter)
     check_adapter_fits(model, adapter)
     check_not_channel_sliced(adapter)
+    record = read_sub_adapter_record(adapter) or {}
+    check_base_record(adapter.resolve(), record.get("base_fingerprint"), base_fingerprint)
     before = linear_sparsity(model)
     peft_model = PeftModel.from_pretrained(model, adapter)
     info: dict[str, Any] = {"path": str(adapter), "merged": merge, "base_sparsity": before}
@@ -351,7 +361,9 @@ def _load_for_export(
         qweights = load_quantized_weights(int4_dir)
         check_codes_match_weights(torch_model, qweights)  # a base modified after quantization fails here
     if adapter is not None:
-        torch_model, report["adapter"] = _attach_adapter(torch_model, adapter, merge_adapter)
+        torch_model, report["adapter"] = attach_adapter(
+            torch_model, adapter, merge_adapter, model_fingerprint(model_config)
+        )
     return torch_model, tokenizer, qweights, report
 
 

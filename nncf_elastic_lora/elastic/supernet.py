@@ -19,6 +19,7 @@ with this package instead.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from pathlib import Path
@@ -37,6 +38,8 @@ from .channels import ChannelMask, GatedMLP, gated_mlps, intermediate_size
 from .heads import Attention, attentions, uniform_attentions
 from .lora import AdapterKind, ElasticLoraLinear, create_adapter_layer
 from .search_space import Group, build_groups
+
+log = logging.getLogger(__name__)
 
 SubnetConfig = dict[str, int]
 SEARCH_SPACE_FILE = "elastic_lora.json"
@@ -566,6 +569,30 @@ def _check_quantized_covers(
         )
 
 
+def check_base_record(
+    where: str | Path, recorded_base: str | None, base_fingerprint: str | None, pinned: bool = False
+) -> None:
+    """Refuse an adapter recorded for another base than ``base_fingerprint``; warn when it records none.
+
+    ``pinned``: something else identifies the base (a QA adapter's INT4 scales), so no warning is needed.
+    """
+    if base_fingerprint is None:
+        return  # the caller does not know its base either: nothing to compare
+    if recorded_base and recorded_base != base_fingerprint:
+        raise ValueError(
+            f"adapter {where} was trained on another base (base fingerprint {recorded_base}, this base "
+            f"{base_fingerprint}); use it with the base it was trained on"
+        )
+    if not recorded_base and not pinned:
+        log.warning(
+            "adapter %s records no base model (no base_fingerprint: a plain peft folder, or written by an "
+            "older version), so nothing checks that it was trained on this base; on another base it applies "
+            "without an error and gives a wrong model (a SparsePEFT mask of other zeros, updates learnt for "
+            "other weights)",
+            where,
+        )
+
+
 def check_adapter_provenance(
     directory: str | Path,
     *,
@@ -575,13 +602,13 @@ def check_adapter_provenance(
     base_fingerprint: str | None,
     quantized: dict[str, QuantizedWeight] | None,
 ) -> None:
-    """Refuse an adapter trained on another base, or a qa adapter without (or with other) INT4 scales."""
+    """Refuse an adapter trained on another base, or a qa adapter without (or with other) INT4 scales.
+
+    An adapter that records neither its base nor (QA) its scales cannot be checked: it is accepted with a
+    WARNING naming the risk (:func:`check_base_record`).
+    """
     where = Path(directory).resolve()
-    if recorded_base and base_fingerprint and recorded_base != base_fingerprint:
-        raise ValueError(
-            f"adapter {where} was trained on another base (base fingerprint {recorded_base}, "
-            f"this base {base_fingerprint}); merge it into the base it was trained on"
-        )
+    check_base_record(where, recorded_base, base_fingerprint, pinned=kind is AdapterKind.QA_SPARSEPEFT and recorded_scales)
     if kind is not AdapterKind.QA_SPARSEPEFT:
         return
     if quantized is None:

@@ -15,18 +15,42 @@ import torch
 
 from ..config import PipelineConfig
 from ..data import load_task, train_texts
+from ..formats import QUANTIZATION_JSON, QUANTIZED_WEIGHTS, is_quantized_base
 from ..int4 import quantize_base, save_quantized_weights
-from ..models import load_model
+from ..models import load_model, resolve_model_dir
 from ..outputs import fingerprint_path, save_checkpoint
 from ..sparsity import calibration_batches, linear_sparsity, sparsify_model
 from .engine import RunState, Stage, completed_or, pick
 
 log = logging.getLogger(__name__)
 
+# Why each verb that rewrites weights cannot take an INT4 checkpoint (its codes, scales and zero points).
+_INT4_REWRITES = {
+    "sparsify": "pruning its dequantized weights would write a float checkpoint whose zeros its INT4 codes do "
+    "not have (SQFT prunes first, then quantizes)",
+    "quantize": "quantizing it again would round its already-rounded weights with new scales and replace the "
+    "codes and scales an adapter may have been trained through",
+    "reorder": "permuting its MLP channels would move down_proj's input columns across its INT4 quantization "
+    "groups, so its codes could not be kept",
+}
+
+
+def refuse_int4_rewrite(config: PipelineConfig, verb: str) -> None:
+    """Refuse to run ``verb`` on an INT4 checkpoint (an INT4 base or a merged exact-codes one)."""
+    base = resolve_model_dir(config.model)
+    if not is_quantized_base(base):
+        return
+    raise ValueError(
+        f"{base} is an INT4 checkpoint (it holds {QUANTIZATION_JSON} / {QUANTIZED_WEIGHTS}): `{verb}` cannot "
+        f"keep its codes: {_INT4_REWRITES[verb]}; run `{verb}` on the float model it was made from"
+        + (" (to change the group size, quantize that model with --group-size)" if verb == "quantize" else "")
+    )
+
 
 def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) -> dict[str, Any]:
     """Load the configured model, sparsify it, and write an HF checkpoint with ``report.json``."""
     sp = config.sparsity
+    refuse_int4_rewrite(config, "sparsify")
     model, tokenizer = load_model(config.model)
     calibration = None
     calib_record: dict[str, Any] = {}
@@ -64,6 +88,7 @@ def quantize(config: PipelineConfig, output: str | Path, progress: bool = True) 
     QA-SparsePEFT trains through and export ships. Every zero of a sparse base stays zero.
     """
     q = config.quantization
+    refuse_int4_rewrite(config, "quantize")
     start = time.perf_counter()
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
     zeros_before = {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

@@ -13,11 +13,23 @@ from typing import Any
 
 from ..config import ModelConfig, PipelineConfig
 from ..data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
+from ..deploy.export import attach_adapter
+from ..elastic.lora import AdapterKind
 from ..evaluation import CausalLM, TaskResult, evaluate_task, results_table
-from ..models import load_model, load_openvino_model
+from ..formats import is_openvino_dir, is_quantized_base
+from ..int4 import load_quantized_weights
+from ..merge import merge_adapter_from_dirs, read_sub_adapter_record
+from ..models import load_model, load_openvino_model, resolve_model_dir
 from ..outputs import fingerprint_path, write_json, write_text
+from ..provenance import model_fingerprint
 from ..report.tables import markdown_table
 from .engine import RunState, Stage
+
+
+def base_quantized_weights(model_config: ModelConfig) -> dict[str, Any] | None:
+    """The INT4 codes, scales and zero points beside a quantized base checkpoint (None otherwise)."""
+    base = Path(resolve_model_dir(model_config))
+    return load_quantized_weights(base) if is_quantized_base(base) else None
 
 
 def eval_splits(config: PipelineConfig) -> dict[str, TaskData]:
@@ -65,6 +77,43 @@ def evaluate_model(
             )
         )
     return results
+
+
+def load_for_eval(config: PipelineConfig, adapter: str | Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model, tokenizer, facts)`` to score: ``config.model`` (a checkpoint or an OpenVINO IR), plus ``adapter``.
+
+    The adapter is applied as it ships: a plain LoRA unmerged through peft, a SparsePEFT or QA-SparsePEFT
+    sub-adapter merged exactly as ``merge`` does (masked by the base's zeros, onto its INT4 codes); one
+    recorded for another base is refused, one recording none applied with a WARNING.
+    """
+    name, ex = config.model.name_or_path, config.export
+    facts: dict[str, Any] = {"model": name}
+    if is_openvino_dir(name):
+        if adapter is not None:
+            raise ValueError(
+                f"--adapter is given but {name} is an OpenVINO IR, whose weights are already final: export the "
+                "base with the adapter (`export --adapter`) and evaluate that IR, or evaluate the torch base"
+            )
+        model, tokenizer = load_openvino_model(name, ex.device, ex.runtime_properties)
+        return model, tokenizer, {**facts, "openvino": {"device": ex.device, "runtime_properties": ex.runtime_properties}}
+    if adapter is None:
+        model, tokenizer = load_model(config.model)
+        return model, tokenizer, facts
+    model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
+    record = read_sub_adapter_record(adapter)
+    kind = AdapterKind.parse(record["adapter_kind"]) if record else AdapterKind.LORA
+    if kind is AdapterKind.LORA:
+        model, info = attach_adapter(model, adapter, merge=False, base_fingerprint=model_fingerprint(config.model))
+    else:
+        result = merge_adapter_from_dirs(
+            model=model,
+            adapter_dir=adapter,
+            quantized=base_quantized_weights(config.model),
+            base_fingerprint=model_fingerprint(config.model),
+            inplace=True,
+        )
+        model, info = result.model, {"path": str(adapter), "merged": True}
+    return model, tokenizer, {**facts, "adapter": {**info, "kind": kind.value}}
 
 
 def evaluate_ir(

@@ -27,7 +27,7 @@ from ..latency import attention_layout, fit_latency_model, mlp_layout, plot_late
 from ..models import load_model, meta_model, resolve_model_dir
 from ..outputs import atomic_directory, fingerprint_path, save_checkpoint
 from ..sparsity import calibration_batches
-from .bases import NewBase
+from .bases import NewBase, refuse_int4_rewrite
 from .engine import RunState, Stage, completed_or, pick
 from .nls import adapter_inputs, load_supernet
 
@@ -49,6 +49,7 @@ def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -
     order_heads = heads is not None and heads.order == "importance"
     order_mlps = spec.order == "importance" or not order_heads
     cal = spec.calibration
+    refuse_int4_rewrite(config, "reorder")
     start = time.perf_counter()
     task = load_task(config.data, cal.task)
     model, tokenizer = load_model(config.model)

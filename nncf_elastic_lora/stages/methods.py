@@ -193,6 +193,12 @@ def check_method(config: PipelineConfig) -> None:
             f"quantization.weight_format: {config.model.name_or_path} is already an INT4 checkpoint; set it to "
             "'none' to train on it as it is"
         )
+    if given_int4 and config.sparsity.method != "none":
+        problems.append(
+            f"sparsity.method: {config.model.name_or_path} is already an INT4 checkpoint, and pruning it would "
+            f"write a float checkpoint whose zeros its INT4 codes do not have; set it to 'none' (SQFT prunes the "
+            "float model first, then quantizes)"
+        )
     problems += _lonas_problems(config, given_int4, int4_base)
     problems += _adapter_kind_problems(config, int4_base)
     problems += _int4_export_problems(config, given_int4, int4_base)

@@ -15,7 +15,6 @@ from ..config import BootstrapNASConfig, ModelConfig, PipelineConfig
 from ..data import TaskData, load_task
 from ..elastic import ElasticLoraSuperNet
 from ..formats import is_quantized_base
-from ..int4 import load_quantized_weights
 from ..latency import LatencyModel, attention_layout, mlp_layout
 from ..models import load_model, meta_model, resolve_model_dir
 from ..outputs import fingerprint_path, write_json
@@ -23,13 +22,7 @@ from ..provenance import model_fingerprint
 from ..search import SubnetObjectives, search_subadapter
 from ..training import train_super_adapter
 from .engine import RunState, Stage, pick
-from .evaluate import evaluate_model
-
-
-def base_quantized_weights(model_config: ModelConfig) -> dict[str, Any] | None:
-    """The INT4 codes, scales and zero points beside a quantized base checkpoint (None otherwise)."""
-    base = Path(resolve_model_dir(model_config))
-    return load_quantized_weights(base) if is_quantized_base(base) else None
+from .evaluate import base_quantized_weights, evaluate_model
 
 
 def check_trainable_base(config: PipelineConfig) -> None:
