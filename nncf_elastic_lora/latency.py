@@ -45,7 +45,7 @@ from .elastic.channels import gated_mlps, intermediate_size, set_mlp_widths
 from .elastic.heads import attentions
 from .formats import LATENCY_MODEL
 from .models import load_model
-from .outputs import write_json
+from .outputs import json_number, write_json
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,38 @@ class LatencyModel:
             model = cls(**data, points=points)
             if not len(model.layers) == len(model.sizes) == len(model.params_per_channel) > 0:
                 raise TypeError("layers, sizes and params_per_channel differ in length")
-            return model
         except (ValueError, AttributeError, TypeError) as err:  # JSON and Unicode errors are ValueErrors
             raise ValueError(f"{path} is not a latency model written by this package ({err})") from None
+        try:
+            model.check_values()
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{path} is damaged: {err}; fit it again with `nncf-elastic-lora latency`"
+            ) from None
+        return model
+
+    def check_values(self) -> None:
+        """Refuse numbers no fit writes: NaN, inf, strings, a slope <= 0, negative or zero sizes."""
+        json_number(self.intercept_ms, "intercept_ms")
+        json_number(self.ms_per_mparam, "ms_per_mparam", above=0)
+        json_number(self.batch_size, "batch_size", integer=True, minimum=1)
+        if self.weight_format not in ("fp32", "fp16", "int8", "int4"):
+            raise ValueError(f"weight_format is {self.weight_format!r}, expected fp32, fp16, int8 or int4")
+        if not all(isinstance(name, str) and name for name in self.layers):
+            raise ValueError("layers must be module names")
+        for i, (size, per) in enumerate(zip(self.sizes, self.params_per_channel, strict=True)):
+            json_number(size, f"sizes[{i}]", integer=True, minimum=1)
+            json_number(per, f"params_per_channel[{i}]", integer=True, minimum=1)
+        if self.kv_heads is not None:
+            json_number(self.kv_heads, "kv_heads", integer=True, minimum=1)
+        json_number(self.params_per_kv_group, "params_per_kv_group", integer=True, minimum=0)
+        for i, p in enumerate(self.points):
+            if p.role not in ("fit", "holdout"):
+                raise ValueError(f"points[{i}].role is {p.role!r}, expected 'fit' or 'holdout'")
+            json_number(p.weights, f"points[{i}].weights", integer=True, minimum=0)
+            json_number(p.measured_ms, f"points[{i}].measured_ms", above=0)
+            if p.predicted_ms is not None:
+                json_number(p.predicted_ms, f"points[{i}].predicted_ms")
 
 
 def _renamed(point: dict[str, Any]) -> dict[str, Any]:

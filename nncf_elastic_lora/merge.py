@@ -44,7 +44,7 @@ from .elastic.supernet import (
     check_adapter_provenance,
 )
 from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_REPORT
-from .outputs import save_checkpoint
+from .outputs import json_number, save_checkpoint
 from .quantization import QuantizedWeight, dequantize
 
 _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
@@ -237,7 +237,7 @@ def read_sub_adapter_record(adapter_dir: str | Path) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text())
         AdapterKind.parse(record["adapter_kind"])
-        float(record["scaling"])
+        json_number(record["scaling"], "scaling", above=0)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(
             f"{path.resolve()} is not a valid sub-adapter record ({exc}); re-create the adapter"

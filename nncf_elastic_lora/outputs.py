@@ -19,6 +19,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -322,6 +323,24 @@ def check_same_config(path: str | Path, config: dict[str, Any]) -> None:
             f"cannot resume in {path.parent}: the config differs from the one it was started with "
             f"({', '.join(changed[:8])}); use a new --output or --overwrite"
         )
+
+
+def json_number(
+    value: Any, name: str, *, integer: bool = False, minimum: float | None = None, above: float | None = None
+) -> float:
+    """``value`` (read back from a JSON file this tool wrote) if it is a finite number in range.
+
+    Raises ``ValueError`` naming ``name``, the value and what was expected: JSON's ``Infinity``/``NaN``
+    literals, strings, booleans and out-of-range values are all damage, never data.
+    """
+    kind = "an integer" if integer else "a finite number"
+    bound = f" >= {minimum}" if minimum is not None else f" > {above}" if above is not None else ""
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    ok = ok and (minimum is None or value >= minimum) and (above is None or value > above)
+    if not ok:
+        raise ValueError(f"{name} is {value!r}, expected {kind}{bound}")
+    return value
 
 
 def write_json(path: str | Path, data: Any) -> Path:

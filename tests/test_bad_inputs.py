@@ -82,6 +82,19 @@ def _save_sqft_inputs(root: Path) -> None:
         )
 
 
+LATENCY_DAMAGE = {
+    "slope_inf": ({"ms_per_mparam": float("inf")}, "ms_per_mparam is inf, expected a finite number > 0"),
+    "slope_string": ({"ms_per_mparam": "0.5"}, "ms_per_mparam is '0.5', expected a finite number > 0"),
+    "slope_negative": ({"ms_per_mparam": -0.5}, "ms_per_mparam is -0.5"),
+    "intercept_nan": ({"intercept_ms": float("nan")}, "intercept_ms is nan"),
+    "per_channel_negative": ({"params_per_channel": [192, -192]}, "params_per_channel[1] is -192"),
+    "sizes_float": ({"sizes": [128, 127.5]}, "sizes[1] is 127.5, expected an integer"),
+    "batch_bool": ({"batch_size": True}, "batch_size is True"),
+    "format_unknown": ({"weight_format": "int3"}, "weight_format is 'int3'"),
+    "point_negative_ms": ({"points": [{"role": "fit", "widths": [128, 128], "weights": 49152, "measured_ms": -1.0}]}, "points[0].measured_ms is -1.0"),
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """A workspace of inputs, good and bad, shared by every case (which must leave it unchanged)."""
@@ -91,12 +104,20 @@ def ws(tmp_path_factory) -> Path:
     _save_super_adapter(root / "super")
     _save_super_adapter(root / "super_wide", hidden=96)  # trained on another base: shapes do not fit
     (root / "bad.json").write_text("{ not json")
+    widths = json.loads((root / "super_sub" / "subnet_config.json").read_text())
+    first = next(iter(widths))
+    (root / "subnet_half.json").write_text(json.dumps({**widths, first: 4.5}))
+    (root / "subnet_string.json").write_text(json.dumps({**widths, first: "4"}))
+    (root / "subnet_floats.json").write_text(json.dumps({k: float(v) for k, v in widths.items()}))
     from nncf_elastic_lora.latency import LatencyModel
 
     downs = [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
     LatencyModel(2.0, 0.5, 1, "int8", downs, [96, 96], [96, 96]).save(
         root / "latency_other.json"
     )  # other MLPs
+    good = LatencyModel(2.0, 0.5, 1, "int8", downs, [128, 128], [192, 192]).to_dict()
+    for name, change in LATENCY_DAMAGE.items():  # what a hand edit or a broken disk leaves
+        (root / f"latency_{name}.json").write_text(json.dumps({**good, **change[0]}))
     (root / "unknown_key.json").write_text(json.dumps({"sparsity": {"ratoi": 0.5}}))
     cfg = json.loads(TINY_CONFIG.read_text())
     variants = {
@@ -162,6 +183,8 @@ def ws(tmp_path_factory) -> Path:
     other = shutil.copytree(root / "super", root / "super_other_base")  # records a base that is not ours
     space = json.loads((other / "elastic_lora.json").read_text())
     (other / "elastic_lora.json").write_text(json.dumps({**space, "base_fingerprint": "0123456789abcdef0123"}))
+    inf_scaling = shutil.copytree(root / "sparsepeft_sub", root / "sub_scaling_inf")
+    (inf_scaling / "elastic_lora_sub.json").write_text(json.dumps({**record, "scaling": float("inf")}))
     bad_record = shutil.copytree(root / "sparsepeft_sub", root / "sub_bad_record")
     (bad_record / "elastic_lora_sub.json").write_text("{")
     # user folders that look like models or outputs
@@ -301,6 +324,8 @@ CASES = [
     Case("extract-adapter-wrong-base", [*EXTRACT, "--super-adapter", "{ws}/super_wide"], "does not fit the base model"),
     Case("extract-subnet-unknown-name", [*EXTRACT, "--super-adapter", "{ws}/super", "--subnet", "middle"], "not 'heuristic', 'maximal' or 'minimal'"),
     Case("extract-subnet-not-a-subnet", [*EXTRACT, "--super-adapter", "{ws}/super", "--subnet", "{ws}/tiny.json"], "is not a sub-network of this super-adapter"),
+    Case("extract-subnet-half-width", [*EXTRACT, "--super-adapter", "{ws}/super", "--subnet", "{ws}/subnet_half.json"], "is 4.5, expected an integer"),
+    Case("extract-subnet-string-width", [*EXTRACT, "--super-adapter", "{ws}/super", "--subnet", "{ws}/subnet_string.json"], "is '4', expected an integer"),
     Case("latency-mode-a", ["latency", "--config", "{ws}/tiny.json", "--model", "{ws}/model"], "set bootstrapNAS.elasticity.mode to 'rank_and_channels'"),
     Case("latency-model-missing", ["latency", "--config", "{ws}/tiny.json", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--model", "{ws}/no_model"], "no_model"),
     Case("latency-cost-in-mode-a", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.search.cost=latency"], "bootstrapNAS.search.cost 'latency' needs bootstrapNAS.elasticity.mode"),
@@ -308,6 +333,10 @@ CASES = [
     Case("search-latency-model-missing", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--latency-model", "{ws}/no_latency"], "no latency model at"),
     Case("search-latency-model-not-ours", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--latency-model", "{ws}/records.json"], "is not a latency model written by this package"),
     Case("search-latency-model-other-mlps", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--latency-model", "{ws}/latency_other.json", "--overwrite"], "measured on MLPs of other names or sizes", output="project"),
+    *[
+        Case(f"search-latency-{name}", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--latency-model", f"{{ws}}/latency_{name}.json"], expect)
+        for name, (_, expect) in LATENCY_DAMAGE.items()
+    ],
     Case("latency-holdout-negative", ["latency", "--config", "{ws}/tiny.json", "--model", "{ws}/model", "--set", "bootstrapNAS.search.latency={\"holdout\": -1}"], "bootstrapNAS.search.latency.holdout"),
     Case("latency-cost-one-width", [*RUN, "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency", "--set", "bootstrapNAS.elasticity.channels={\"fractions\": [0.5]}"], "give at least two"),
     Case("search-latency-cost-without-model", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.elasticity.mode=rank_and_channels", "--set", "bootstrapNAS.search.cost=latency"], "needs a latency model"),
@@ -352,6 +381,7 @@ CASES = [
     Case("quantize-output-is-model", [*QUANTIZE, "--overwrite"], "is the input", output="model"),
     Case("quantize-model-missing", [*QUANTIZE[:3], "--model", "{ws}/no_such_model"], "no_such_model"),
     Case("train-qa-on-full-precision", [*TRAIN, "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "holds no quantized_weights.safetensors"),
+    Case("merge-record-scaling-inf", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/sub_scaling_inf"], "scaling is inf, expected a finite number > 0"),
     Case("merge-plain-lora", [*MERGE, "--model", "{ws}/model", "--adapter", "{ws}/super_sub"], "plain lora adapter"),
     Case("merge-other-base", [*MERGE, "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_sub"], "trained on another base"),
     Case("merge-qa-other-scales", [*MERGE, "--model", "{ws}/sparse_other_int4", "--adapter", "{ws}/qa_sparsepeft_sub"], "other INT4 scales"),
@@ -371,7 +401,7 @@ CASES = [
 UNRECORDED = {
     "merge": [*MERGE, "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_no_base_record"],
     "eval": [*EVAL, "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_no_base_record"],
-    "extract": [*EXTRACT, "--super-adapter", "{ws}/super"],
+    "extract": [*EXTRACT, "--super-adapter", "{ws}/super", "--subnet", "{ws}/subnet_floats.json"],  # 4.0 is 4
 }
 
 

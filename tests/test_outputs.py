@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,24 @@ def test_a_corrupt_marker_proves_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "not written by nncf-elastic-lora" in err and "Traceback" not in err
     assert (out / "results.csv").read_text() == "1"
+
+
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("{ cut", "is damaged"),
+        ("[1, 2]", "a list, not an object"),
+        ('{"result": {}, "time_s": "3"}', "time_s is '3'"),
+        ('{"result": {}, "time_s": Infinity}', "time_s is inf"),
+        ('{"time_s": 1.0}', "'result'"),
+    ],
+)
+def test_a_damaged_cached_stage_is_a_clear_error_on_resume(tmp_path, text, expect):
+    from nncf_elastic_lora.stages.engine import cached_stage
+
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "dense.json").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(expect)):
+        cached_stage(tmp_path, "dense", lambda: {"acc": 1.0}, resume=True)
+    # without resume the stage simply runs again and replaces the file
+    assert cached_stage(tmp_path, "dense", lambda: {"acc": 1.0}, resume=False)[0] == {"acc": 1.0}

@@ -1,5 +1,6 @@
 import itertools
 import json
+import re
 
 import pytest
 
@@ -107,6 +108,25 @@ def test_log_survives_a_cut_line_and_does_not_remeasure(tmp_path):
     assert len(again) == 1 and "a" in again and len(calls) == 1
     again.get_or_evaluate("b", {"g": 2}, measure)
     assert len(calls) == 2 and len(EvaluationLog(path)) == 2
+
+
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        ({"quality": float("nan")}, "quality is nan"),
+        ({"cost": float("inf")}, "cost is inf"),
+        ({"cost": -3.0}, "cost is -3.0, expected a finite number >= 0"),
+        ({"quality": "0.5"}, "quality is '0.5'"),
+        ({"config": {"g": 1.5}}, "config['g'] is 1.5, expected an integer"),
+    ],
+)
+def test_log_refuses_damaged_numbers(tmp_path, change, expect):
+    path = tmp_path / "log.jsonl"
+    EvaluationLog(path).get_or_evaluate("a", {"g": 1}, lambda c: (0.5, 10.0, 0.1))
+    entry = json.loads(path.read_text())
+    path.write_text(path.read_text() + json.dumps({**entry, "key": "b", **change}) + "\n")
+    with pytest.raises(ValueError, match=rf"log.jsonl line 2 is damaged: {re.escape(expect)}"):
+        EvaluationLog(path)
 
 
 class _Killed(Exception):

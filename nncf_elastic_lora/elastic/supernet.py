@@ -31,7 +31,7 @@ from torch import nn
 
 from ..adapters import check_adapter_fits
 from ..formats import ADAPTER_WEIGHTS
-from ..outputs import atomic_directory, write_json
+from ..outputs import atomic_directory, json_number, write_json
 from ..patterns import find_linears
 from ..quantization import QuantizedWeight, scales_fingerprint
 from .channels import ChannelMask, GatedMLP, gated_mlps, intermediate_size
@@ -334,7 +334,10 @@ class ElasticLoraSuperNet:
         return json.dumps(config or self.get_active_config(), indent=2)
 
     def config_from_json(self, text: str) -> SubnetConfig:
-        config = {k: int(v) for k, v in json.loads(text).items()}
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a sub-network is an object of widths by group name, not a {type(data).__name__}")
+        config = {k: _whole(v, k) for k, v in data.items()}
         self.validate_config(config)
         return config
 
@@ -567,6 +570,14 @@ def _check_quantized_covers(
             f"qa_sparsepeft: the quantized weights do not cover {len(missing)} target module(s), e.g. "
             f"{missing[:3]}; quantize every target linear of the base"
         )
+
+
+def _whole(value: Any, name: str) -> int:
+    """A width from JSON: an integer, or a float that is one (``4.0``, as other tools write it); nothing else."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    json_number(value, f"width of {name!r}", integer=True, minimum=0)
+    return value
 
 
 def check_base_record(

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..outputs import json_number
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -24,6 +26,19 @@ class Evaluation:
     seconds: float
     source: str = ""  # which search step asked for it first
     context: str = ""  # fingerprint of the base, super-adapter and objective it was measured with
+
+
+def check_evaluation(e: Evaluation) -> None:
+    """Refuse a logged evaluation whose numbers no measurement gives (NaN, inf, strings, negative cost)."""
+    json_number(e.quality, "quality")
+    json_number(e.cost, "cost", minimum=0)
+    json_number(e.seconds, "seconds", minimum=0)
+    if not isinstance(e.config, dict) or not e.config:
+        raise ValueError(f"config is {e.config!r}, expected the widths by group name")
+    for name, width in e.config.items():
+        json_number(width, f"config[{name!r}]", integer=True, minimum=0)
+    if not isinstance(e.key, str) or not isinstance(e.context, str):
+        raise ValueError("key and context must be strings")
 
 
 def config_key(widths: tuple[int, ...] | list[int]) -> str:
@@ -47,11 +62,18 @@ class EvaluationLog:
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text(text)
                 tmp.replace(self.path)
-            for line in text.splitlines():
+            for number, line in enumerate(text.splitlines(), 1):
                 try:
                     e = Evaluation(**json.loads(line))
                 except (json.JSONDecodeError, TypeError):
                     continue  # a line cut short by a kill: measured again
+                try:
+                    check_evaluation(e)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{self.path} line {number} is damaged: {exc}; delete that line (it is measured again "
+                        "on resume) or the file"
+                    ) from None
                 if e.context == context:
                     self.entries[e.key] = e
                 else:

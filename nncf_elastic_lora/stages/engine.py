@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import ModelConfig, PipelineConfig
 from ..data import TaskData
-from ..outputs import OutputExistsError, changed_inputs, write_json
+from ..outputs import OutputExistsError, changed_inputs, json_number, write_json
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,13 @@ def cached_stage(
     path = output / "stages" / f"{name}.json"
     inputs = inputs or {}
     if resume and path.is_file():
-        cached = json.loads(path.read_text())
-        changed = changed_inputs(cached.get("inputs", {}), inputs)
+        cached = read_reused(path)
+        try:
+            json_number(cached["time_s"], "time_s", minimum=0)
+            cached["result"]  # noqa: B018 - present, whatever the stage returned
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is damaged ({exc}); delete it to run stage {name!r} again") from None
+        changed = changed_inputs(cached.get("inputs") or {}, inputs)
         if changed:
             raise OutputExistsError(
                 f"cannot resume stage {name!r} in {output}: its inputs changed since it ran "
@@ -129,8 +134,19 @@ def cached_stage(
 def completed_or(report: Path, resume: bool, make: Callable[[], Any]) -> Any:
     """A directory stage: on resume, the report of a directory already written (atomically), else make it."""
     if resume and report.is_file():
-        return json.loads(report.read_text())
+        return read_reused(report)
     return make()
+
+
+def read_reused(path: Path) -> dict[str, Any]:
+    """A JSON object this tool wrote earlier and a resume reuses; damage is a clear error naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is damaged ({exc}); delete it (the stage runs again) or the output") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is damaged (a {type(data).__name__}, not an object); delete it (the stage runs again)")
+    return data
 
 
 def execute(stages: list[Stage], run: RunState) -> RunState:
