@@ -37,6 +37,80 @@ class OutputExistsError(FileExistsError):
     """An output cannot be written: it exists, is not ours, overlaps an input or is in use."""
 
 
+class DiskFullError(OSError):
+    """A stage ran out of disk space (or would): nothing of it was kept or claimed complete."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_free_space(directory: str | Path, needed: int, stage: str) -> None:
+    """Refuse to start ``stage`` when the disk holding ``directory`` has less than ``needed`` bytes free."""
+    free = free_bytes(directory)
+    if needed > free:
+        raise DiskFullError(
+            f"stage {stage}: {directory} needs about {_mib(needed)} but its disk has {_mib(free)} free; nothing "
+            "was written: free space or choose another --output",
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is ENOSPC, however the library that wrote wrapped it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True  # safetensors, torch.save and OpenVINO's serializer raise their own types
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextmanager
+def disk_full_as_error(stage: str, directory: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Turn running out of disk space inside the block into one :class:`DiskFullError` naming ``stage``."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        need = f"it needed about {_mib(needed)}" if needed else "it needed more"
+        raise DiskFullError(
+            f"stage {stage}: the disk holding {directory} is full ({_mib(free_bytes(directory))} free, {need}); "
+            "its temporary files were removed and nothing of it is claimed complete: free space or choose "
+            "another --output, then rerun (`run --resume` keeps the stages before it)"
+        ) from None
+
+
+def tensor_bytes(model: Any) -> int:
+    """Bytes a checkpoint of ``model``'s parameters and buffers takes on disk (tied tensors once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
 # ------------------------------------------------------------------ fingerprints
 
 _HASHES: dict[tuple, str] = {}
@@ -348,11 +422,15 @@ def write_json(path: str | Path, data: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are meant to be read by others
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are meant to be read by others
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the write failed (a full disk): no temporary left behind
+            os.unlink(tmp)
     return path
 
 
@@ -360,10 +438,14 @@ def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
@@ -409,7 +491,9 @@ def save_checkpoint(
     ``reports`` maps file names to JSON-able data; ``extra`` writes anything else into the temporary
     directory before it replaces ``target`` (the INT4 codes, say). Returns ``target``.
     """
-    with atomic_directory(target, verb=verb) as tmp:
+    needed = tensor_bytes(model) + 8 * 2**20  # the weights, plus the tokenizer and reports
+    check_free_space(target, needed, verb)
+    with disk_full_as_error(verb, target, needed), atomic_directory(target, verb=verb) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

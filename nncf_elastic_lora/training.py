@@ -44,6 +44,7 @@ from .config import NLSTrainingConfig
 from .data import Example
 from .elastic import ElasticLoraSuperNet
 from .formats import ADAPTER_WEIGHTS
+from .outputs import check_free_space, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -444,11 +445,18 @@ class AdapterTrainer(Trainer):
         staging = run_dir / f"{STAGING_PREFIX}{name}"
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)  # left by a killed save of this step
+            # The adapter, AdamW's two moments of it, and the small states beside them.
+            adapter = sum(t.numel() * t.element_size() for t in self.supernet.adapter_state_dict().values())
+            check_free_space(run_dir, 4 * adapter + 2**20, f"train ({name})")
         self.accelerator.wait_for_everyone()
         self._staging = str(staging)
         try:
             # Writes everything into staging/checkpoint-N; its rotation there finds nothing to delete.
             super()._save_checkpoint(model, trial)
+        except Exception as exc:
+            if is_disk_full(exc) and self.args.should_save:  # a kill leaves it for resume to clear; this need not
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         finally:
             self._staging = None
         self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)

@@ -74,9 +74,12 @@ def run_verb(args: argparse.Namespace) -> int:
     if distributed.is_launched():
         check_launchable(args.command)
         distributed.init_processes()
-    if verb.prepare == "launch":
-        return verb.run(Call(args))
-    return verb.run(Call(args, verb.resolve_config(args)))  # validate everything before touching the output
+    from ..outputs import disk_full_as_error
+
+    with disk_full_as_error(args.command, getattr(args, "output", None) or "."):
+        if verb.prepare == "launch":
+            return verb.run(Call(args))
+        return verb.run(Call(args, verb.resolve_config(args)))  # validate everything before touching the output
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,10 +42,13 @@ from ..merge import check_not_channel_sliced, read_sub_adapter_record
 from ..models import load_model
 from ..outputs import (
     atomic_directory,
+    check_free_space,
     check_not_input,
     check_output,
     directory_size,
+    disk_full_as_error,
     save_checkpoint,
+    tensor_bytes,
     write_json,
 )
 from ..provenance import model_fingerprint
@@ -278,7 +281,9 @@ def export_openvino(
     )
     if save_merged is not None:
         save_checkpoint(save_merged, torch_model, tokenizer, verb="merge")
-    with atomic_directory(output, verb="export") as tmp:
+    needed = export_bytes(torch_model, weight_format)
+    check_free_space(output, needed, "export")
+    with disk_full_as_error("export", output, needed), atomic_directory(output, verb="export") as tmp:
         if qweights is not None:  # the base's own INT4 codes, not a re-quantization
             report.update(_export_int4_base(torch_model, tokenizer, tmp, int4_dir, qweights))
         else:
@@ -288,6 +293,15 @@ def export_openvino(
         write_json(tmp / "export_report.json", report)
     log.info("exported %s to %s (%s)", model_config.name_or_path, output, weight_format.value)
     return report
+
+
+# Bytes per float32 weight byte of the IR a format writes (int8/int4 write the float IR first, then compress).
+_IR_BYTES = {WeightFormat.FP32: 1.0, WeightFormat.FP16: 0.5, WeightFormat.INT8: 1.25, WeightFormat.INT4: 1.13}
+
+
+def export_bytes(torch_model: Any, weight_format: WeightFormat) -> int:
+    """About the most disk an export of ``torch_model`` holds at once (float32 weights in memory)."""
+    return int(tensor_bytes(torch_model) * _IR_BYTES[weight_format]) + 16 * 2**20  # + tokenizers, reports
 
 
 def _checked_weight_format(

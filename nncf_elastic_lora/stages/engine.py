@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import ModelConfig, PipelineConfig
 from ..data import TaskData
-from ..outputs import OutputExistsError, changed_inputs, json_number, write_json
+from ..outputs import OutputExistsError, changed_inputs, disk_full_as_error, json_number, write_json
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,10 @@ def execute(stages: list[Stage], run: RunState) -> RunState:
     """Run ``stages`` in order (reusing cached ones on resume) and apply each result to ``run``."""
     for stage in stages:
         log.info("stage %s: %s", stage.name, stage.title)
-        result, seconds, _ = cached_stage(
-            run.output, stage.name, lambda s=stage: s.compute(run), run.resume, stage.inputs(run)
-        )
+        with disk_full_as_error(stage.name, run.output):
+            result, seconds, _ = cached_stage(
+                run.output, stage.name, lambda s=stage: s.compute(run), run.resume, stage.inputs(run)
+            )
         run.results[stage.name] = result
         run.times[stage.title] = seconds
         stage.apply(run, result)
