@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,7 +20,19 @@ DEFAULT_DECODER_LINEARS = ["{re}(.*\\.)?layers\\.\\d+\\..+"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    # No NaN or inf in any number; 8.0 is taken for an integer 8, but neither "8" nor true is a number.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: Any) -> Any:
+        kinds = set(get_args(cls.model_fields[info.field_name].annotation) or ())
+        kinds.add(cls.model_fields[info.field_name].annotation)
+        if kinds & {int, float} and not kinds & {str, bool} and isinstance(value, str | bool):
+            raise ValueError(f"{value!r} is a {type(value).__name__}, expected a number")
+        return value
 
 
 class TinyModelConfig(_Section):

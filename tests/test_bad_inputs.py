@@ -175,6 +175,24 @@ def ws(tmp_path_factory) -> Path:
     _save_sqft_inputs(root)
     assert main(["merge", "--config", str(root / "tiny.json"), "--model", str(root / "sparse_int4"), "--adapter",
                  str(root / "qa_sparsepeft_sub"), "--output", str(root / "merged_int4"), "--no-progress"]) == 0  # fmt: skip
+    info = json.loads((root / "sparse_int4" / "quantization.json").read_text())
+    some = info["modules"][0]
+    for name, change in {  # quantization.json edited or damaged
+        "int4_json_cut": None,
+        "int4_bits_8": {"bits": 8},
+        "int4_group_string": {"group_sizes": {some: "32"}},
+        "int4_group_inf": {"group_sizes": {some: float("inf")}},
+        "int4_scales_sha_other": {"scales_sha256": "0" * 64},
+        "int4_module_unknown": {"modules": [*info["modules"], "model.layers.9.mlp.up_proj"]},
+    }.items():
+        damaged = shutil.copytree(root / "sparse_int4", root / name)
+        text = json.dumps({**info, **change}) if change else json.dumps(info)[:40]
+        (damaged / "quantization.json").write_text(text)
+    cut_codes = shutil.copytree(root / "sparse_int4", root / "int4_codes_cut")
+    codes = cut_codes / "quantized_weights.safetensors"
+    codes.write_bytes(codes.read_bytes()[: codes.stat().st_size // 2])
+    no_json = shutil.copytree(root / "sparse_int4", root / "int4_no_json")
+    (no_json / "quantization.json").unlink()
     corrupt_int4 = shutil.copytree(root / "sparse_int4", root / "int4_corrupt")
     (corrupt_int4 / "quantized_weights.safetensors").write_bytes(b"\x00" * 64)
     no_record = shutil.copytree(root / "sparsepeft_sub", root / "sparsepeft_no_base_record")
@@ -360,6 +378,15 @@ CASES = [
     Case("quantization-calibration-task-unknown", [*RUN, "--set", "quantization.weight_format=int4", "--set", "export.weight_format=int4", "--set", "quantization.awq=true", "--set", "quantization.calibration.task=nonsense"], "nonsense"),
     Case("benchmark-new-tokens-one", [*RUN, "--set", "benchmark.new_tokens=1"], "benchmark.new_tokens"),
     Case("export-int4-codes-corrupt", [*EXPORT[:3], "--model", "{ws}/int4_corrupt", "--weight-format", "int4"], "quantized_weights.safetensors"),
+    # damaged INT4 checkpoints, wherever they are read: export, QA training, merge
+    Case("int4-json-cut-export", [*EXPORT[:3], "--model", "{ws}/int4_json_cut", "--weight-format", "int4"], "quantization.json is not valid JSON"),
+    Case("int4-bits-8-train", [*TRAIN[:3], "--model", "{ws}/int4_bits_8", "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "bits is 8, expected 4"),
+    Case("int4-group-string-merge", [*MERGE, "--model", "{ws}/int4_group_string", "--adapter", "{ws}/qa_sparsepeft_sub"], "is '32', expected a positive integer"),
+    Case("int4-group-inf-export", [*EXPORT[:3], "--model", "{ws}/int4_group_inf", "--weight-format", "int4"], "is inf, expected a positive integer"),
+    Case("int4-scales-sha-merge", [*MERGE, "--model", "{ws}/int4_scales_sha_other", "--adapter", "{ws}/qa_sparsepeft_sub"], "do not match scales_sha256"),
+    Case("int4-module-unknown-export", [*EXPORT[:3], "--model", "{ws}/int4_module_unknown", "--weight-format", "int4"], "model.layers.9.mlp.up_proj"),
+    Case("int4-codes-cut-merge", [*MERGE, "--model", "{ws}/int4_codes_cut", "--adapter", "{ws}/qa_sparsepeft_sub"], "quantized_weights.safetensors"),
+    Case("int4-json-missing-train", [*TRAIN[:3], "--model", "{ws}/int4_no_json", "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "quantization.json is missing"),
     Case("merge-record-corrupt", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/sub_bad_record"], "elastic_lora_sub.json"),
     # an adapter recorded for another base is refused wherever it meets one
     Case("export-adapter-other-base", [*EXPORT[:3], "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_sub"], "trained on another base"),
@@ -452,11 +479,16 @@ def test_bad_input(case: Case, ws: Path, capsys):
     if case.argv[0] not in ("benchmark", "schema"):
         argv += FAST
     before = _snapshot(ws, None if existed else output)
-    if case.hold_lock:
-        with output_lock(output):
+    try:
+        if case.hold_lock:
+            with output_lock(output):
+                code = main(argv)
+        else:
             code = main(argv)
-    else:
-        code = main(argv)
+    finally:
+        left = output.exists() and not existed
+        if left:  # checked below; removed so that it cannot spoil the cases after this one
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
@@ -464,7 +496,7 @@ def test_bad_input(case: Case, ws: Path, capsys):
     assert len(error_lines) == 1, err
     assert case.expect in err, err
     assert _snapshot(ws, None if existed else output) == before  # nothing outside our outputs changed
-    assert output.exists() == existed, f"{output} left behind"  # no empty output after a failure
+    assert not left, f"{output} left behind"  # no output after a failure
 
 
 def test_argparse_errors_are_one_line(capsys):

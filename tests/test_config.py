@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,28 @@ def test_schema_is_generated_from_models():
     json.dumps(schema)
     assert set(schema["properties"]) >= {"model", "data", "sparsity", "bootstrapNAS", "evaluation", "export"}
     assert schema["additionalProperties"] is False
+
+
+
+@pytest.mark.parametrize(
+    "override, accepted",
+    [
+        ("bootstrapNAS.training.lora_r=8.0", 8),  # a float that is an integer, as some tools write it
+        ("bootstrapNAS.training.lora_r=8.5", None),
+        ('bootstrapNAS.training.lora_r="8"', None),
+        ("bootstrapNAS.training.lora_r=true", None),
+        ("bootstrapNAS.training.learning_rate=Infinity", None),
+        ("sparsity.ratio=NaN", None),
+        ('bootstrapNAS.training.learning_rate="3e-4"', None),
+    ],
+)
+def test_numbers_are_finite_numbers(override, accepted):
+    from nncf_elastic_lora.config import ConfigError, apply_overrides
+
+    key = override.split("=")[0]
+    if accepted is None:
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            apply_overrides(PipelineConfig(), [override])
+    else:
+        config = apply_overrides(PipelineConfig(), [override])
+        assert config.bootstrapNAS.training.lora_r == accepted

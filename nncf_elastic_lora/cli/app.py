@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
 # Importing the verb modules registers the verbs. They import torch, the pipeline and the models
 # inside their functions, never at module level, so `--help`, `schema` and `tasks` start in a blink.
@@ -82,8 +84,27 @@ def run_verb(args: argparse.Namespace) -> int:
         return verb.run(Call(args, verb.resolve_config(args)))  # validate everything before touching the output
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or a launcher's stop), raised so that clean-up runs as for ^C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``), run the verb; 0 on success, 2 on bad input, 130 on ^C."""
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the verb; 0 on success, 2 on bad input, 130 on ^C
+    and 143 on SIGTERM (both after removing what the interrupted stage had half written)."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
@@ -119,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # missing, unreadable or unwritable files: the message names the path
         print_error(exc)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM); completed stages are kept (use --resume to continue a run)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted; completed stages are kept (use --resume to continue a run)", file=sys.stderr)
         return 130

@@ -150,8 +150,14 @@ def read_quantization_info(directory: str | Path) -> dict[str, Any]:
     modules = info.get("modules")
     if not isinstance(modules, list) or not modules or not all(isinstance(m, str) for m in modules):
         problems.append("modules must be a non-empty list of module names")
-    if not isinstance(info.get("group_sizes", {}), dict):
+    group_sizes = info.get("group_sizes", {})
+    if not isinstance(group_sizes, dict):
         problems.append("group_sizes must map module names to group sizes")
+    else:
+        bad = {k: v for k, v in group_sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v <= 0}
+        if bad:
+            name, value = next(iter(bad.items()))
+            problems.append(f"group_sizes[{name!r}] is {value!r}, expected a positive integer")
     if problems:
         raise QuantizedBaseError(f"{path} is inconsistent: " + "; ".join(problems))
     return info
@@ -259,6 +265,8 @@ def _module_weight(
     _check_shapes(name, qw, f"{path} / {QUANTIZATION_JSON}")
     if int(codes.min()) < low or int(codes.max()) > high:
         raise QuantizedBaseError(f"{path}: {name}: codes outside [{low}, {high}]")
+    if not bool(torch.isfinite(scale).all()) or bool((scale == 0).any()):
+        raise QuantizedBaseError(f"{path}: {name}: scales hold NaN, inf or zero")
     if zp is not None and int(zp.max()) > 15:
         raise QuantizedBaseError(f"{path}: {name}: zero points outside [0, 15]")
     return qw
