@@ -171,3 +171,20 @@ def test_bandwidth_and_bound():
     assert bw["read_gb_s"] > 0 and bw["copy_gb_s"] > 0
     result = {"weights_bytes": 10**8, "batches": [{"batch_size": 1, "decode_tokens_per_s": 50.0}]}
     assert bandwidth_fraction(result, 10.0) == pytest.approx(0.5)  # bound: 10 GB/s / 100 MB = 100 tok/s
+
+
+def test_benchmark_block_reads_the_same_after_a_json_round_trip():
+    """A resumed run re-renders its benchmark from JSON, where the batch sizes became strings."""
+    import json
+
+    from nncf_elastic_lora.report.render import benchmark_block
+
+    def row(label, shipped, speed):
+        return {"label": label, "shipped": shipped, "weights_bytes": 2**20, "metric": "acc", "score": 0.5,
+                "decode_tokens_per_s": {1: speed, 4: 2 * speed}, "speedup": {1: speed / 50, 4: speed / 50}}  # fmt: skip
+
+    bench = {"rows": [row("int8", True, 75.0), row("dense fp32", False, 50.0)], "machine": {"cpu": "test cpu"}}
+    fresh = benchmark_block(bench, {})
+    reread = benchmark_block(json.loads(json.dumps(bench)), {})
+    assert "At batch 1 the shipped IR decodes at 1.50x the dense fp32." in fresh.note
+    assert (reread.note, reread.table) == (fresh.note, fresh.table)

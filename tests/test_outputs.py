@@ -195,8 +195,9 @@ def test_a_corrupt_marker_proves_nothing(tmp_path, capsys):
         ("{ cut", "is damaged"),
         ("[1, 2]", "a list, not an object"),
         ('{"result": {}, "time_s": "3"}', "time_s is '3'"),
-        ('{"result": {}, "time_s": Infinity}', "time_s is inf"),
+        ('{"result": {}, "time_s": Infinity}', "time_s is not a finite number"),
         ('{"time_s": 1.0}', "'result'"),
+        ('{"result": {"rows": [{"acc": NaN}]}, "time_s": 1.0}', "result.rows.0.acc is not a finite number"),
     ],
 )
 def test_a_damaged_cached_stage_is_a_clear_error_on_resume(tmp_path, text, expect):

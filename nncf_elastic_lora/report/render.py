@@ -136,7 +136,11 @@ def export_block(e: dict[str, Any], report: dict[str, Any]) -> Block:
 
 def benchmark_block(bench: dict[str, Any], report: dict[str, Any]) -> Block:
     """The shipped IR against the dense references: size, accuracy, decode speed and its ratio."""
-    rows = bench["rows"]
+    # Batch sizes are int keys in memory and strings once the report went through JSON (a resumed run).
+    rows = [
+        {**r, **{k: {int(b): v for b, v in r[k].items()} for k in ("decode_tokens_per_s", "speedup")}}
+        for r in bench["rows"]
+    ]
     sizes = sorted({b for r in rows for b in r["decode_tokens_per_s"]})
     ref = rows[1]["label"] if len(rows) > 1 else rows[0]["label"]
     headers = ["IR", "weights (MiB)", rows[0]["metric"] or "score"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,7 +147,22 @@ def read_reused(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is damaged ({exc}); delete it (the stage runs again) or the output") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} is damaged (a {type(data).__name__}, not an object); delete it (the stage runs again)")
+    bad = _first_non_finite(data)
+    if bad is not None:  # no stage writes NaN or inf (they are refused where they arise)
+        raise ValueError(f"{path} is damaged ({bad} is not a finite number); delete it (the stage runs again)")
     return data
+
+
+def _first_non_finite(data: Any, where: str = "") -> str | None:
+    """The key path of the first NaN or inf in ``data`` (JSON's ``NaN``/``Infinity``), or None."""
+    if isinstance(data, float):
+        return None if math.isfinite(data) else where or "the value"
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def execute(stages: list[Stage], run: RunState) -> RunState:
