@@ -81,9 +81,12 @@ class CausalLM:
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
-        logits = torch.as_tensor(out.logits).float().cpu()
-        check_finite_logits(logits[attention_mask.bool()], "the model's logits of the scored text")
-        return logits
+        logits = torch.as_tensor(out.logits)
+        # Checked per position where it was computed (no copy of the logits); padding is not checked.
+        broken = (~torch.isfinite(logits)).any(-1).cpu() & attention_mask.bool()
+        if bool(broken.any()):
+            check_finite_logits(logits.float().cpu()[attention_mask.bool()], "the model's logits of the scored text")
+        return logits.float().cpu()
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:

@@ -65,7 +65,7 @@ def check_free_space(directory: str | Path, needed: int, stage: str) -> None:
     if needed > free:
         raise DiskFullError(
             f"stage {stage}: {directory} needs about {_mib(needed)} but its disk has {_mib(free)} free; nothing "
-            "was written: free space or choose another --output",
+            "of it was written: free space or write it elsewhere",
         )
 
 
@@ -95,8 +95,8 @@ def disk_full_as_error(stage: str, directory: str | Path, needed: int | None = N
         need = f"it needed about {_mib(needed)}" if needed else "it needed more"
         raise DiskFullError(
             f"stage {stage}: the disk holding {directory} is full ({_mib(free_bytes(directory))} free, {need}); "
-            "its temporary files were removed and nothing of it is claimed complete: free space or choose "
-            "another --output, then rerun (`run --resume` keeps the stages before it)"
+            "its temporary files were removed and nothing of it is claimed complete: free space or write "
+            "elsewhere, then rerun (a `run` continues with --resume, keeping the stages before it)"
         ) from None
 
 

@@ -365,3 +365,18 @@ def test_parity_reports_a_differing_model(sources, tmp_path):
     )
     assert result["summary"]["logits_max_abs_diff"] > 1e-2
     shutil.rmtree(tmp_path / "ir")
+
+
+def test_adapter_recorded_for_a_bfloat16_base_exports_onto_it(tmp_path):
+    """Export loads the base in float32; the adapter's base record (taken in the config's dtype) still matches."""
+    from nncf_elastic_lora.elastic import ElasticLoraSuperNet
+    from nncf_elastic_lora.provenance import model_fingerprint
+
+    base = TINY.model_copy(update={"dtype": "bfloat16"})
+    supernet = ElasticLoraSuperNet.attach(build_tiny_llama(TINY), target_modules=["q_proj"], max_rank=4, alpha=8)
+    supernet.save_sub_adapter(tmp_path / "sub", base_fingerprint=model_fingerprint(base))
+    other = TINY.model_copy(update={"tiny": TINY.tiny.model_copy(update={"seed": 5})})
+    with pytest.raises(ValueError, match="trained on another base"):
+        export_openvino(other, tmp_path / "ir_other", adapter=tmp_path / "sub", genai_device=None)
+    report = export_openvino(base, tmp_path / "ir", adapter=tmp_path / "sub", genai_device=None)
+    assert report["adapter"]["path"] == str(tmp_path / "sub")

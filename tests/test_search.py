@@ -115,7 +115,7 @@ def test_log_survives_a_cut_line_and_does_not_remeasure(tmp_path):
     [
         ({"quality": float("nan")}, "quality is nan"),
         ({"cost": float("inf")}, "cost is inf"),
-        ({"cost": -3.0}, "cost is -3.0, expected a finite number >= 0"),
+        ({"seconds": -3.0}, "seconds is -3.0, expected a finite number >= 0"),
         ({"quality": "0.5"}, "quality is '0.5'"),
         ({"config": {"g": 1.5}}, "config['g'] is 1.5, expected an integer"),
     ],

@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
         return _main(argv)
+    except Terminated:  # before the verb ran (during the imports): nothing to clean up
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return 143
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

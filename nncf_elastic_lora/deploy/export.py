@@ -273,15 +273,16 @@ def export_openvino(
     )
     _check_outputs(model, output, adapter, merge_adapter, save_merged, overwrite)
     model_config = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=str(model))
+    base_fingerprint = model_fingerprint(model_config)  # as training recorded it: before the dtype change
     model_config = model_config.model_copy(update={"dtype": "float32"})
     output = Path(output)
     start = time.perf_counter()
     torch_model, tokenizer, qweights, report = _load_for_export(
-        model_config, weight_format, int4_dir, adapter, merge_adapter
+        model_config, weight_format, int4_dir, adapter, merge_adapter, base_fingerprint
     )
     if save_merged is not None:
         save_checkpoint(save_merged, torch_model, tokenizer, verb="merge")
-    needed = export_bytes(torch_model, weight_format)
+    needed = export_bytes(torch_model, weight_format, int4_codes=qweights is not None)
     check_free_space(output, needed, "export")
     with disk_full_as_error("export", output, needed), atomic_directory(output, verb="export") as tmp:
         if qweights is not None:  # the base's own INT4 codes, not a re-quantization
@@ -299,9 +300,14 @@ def export_openvino(
 _IR_BYTES = {WeightFormat.FP32: 1.0, WeightFormat.FP16: 0.5, WeightFormat.INT8: 1.25, WeightFormat.INT4: 1.13}
 
 
-def export_bytes(torch_model: Any, weight_format: WeightFormat) -> int:
-    """About the most disk an export of ``torch_model`` holds at once (float32 weights in memory)."""
-    return int(tensor_bytes(torch_model) * _IR_BYTES[weight_format]) + 16 * 2**20  # + tokenizers, reports
+def export_bytes(torch_model: Any, weight_format: WeightFormat, int4_codes: bool = False) -> int:
+    """About the most disk an export of ``torch_model`` holds at once (float32 weights in memory).
+
+    ``int4_codes``: an INT4 base's codes are written directly (no float IR first), so its IR is about
+    the size of the INT4 weights themselves; the float32 total is a safe bound only for the others.
+    """
+    factor = 0.3 if int4_codes else _IR_BYTES[weight_format]  # 4-bit codes + f16 scales, f32 embeddings
+    return int(tensor_bytes(torch_model) * factor) + 16 * 2**20  # + tokenizers, reports
 
 
 def _checked_weight_format(
@@ -361,6 +367,7 @@ def _load_for_export(
     int4_dir: Path | None,
     adapter: str | Path | None,
     merge_adapter: bool,
+    base_fingerprint: str | None = None,
 ) -> tuple[Any, Any, dict[str, Any] | None, dict[str, Any]]:
     """``(torch model with the adapter applied, tokenizer, INT4 base's codes or None, report so far)``."""
     torch_model, tokenizer = load_model(model_config)
@@ -375,9 +382,7 @@ def _load_for_export(
         qweights = load_quantized_weights(int4_dir)
         check_codes_match_weights(torch_model, qweights)  # a base modified after quantization fails here
     if adapter is not None:
-        torch_model, report["adapter"] = attach_adapter(
-            torch_model, adapter, merge_adapter, model_fingerprint(model_config)
-        )
+        torch_model, report["adapter"] = attach_adapter(torch_model, adapter, merge_adapter, base_fingerprint)
     return torch_model, tokenizer, qweights, report
 
 

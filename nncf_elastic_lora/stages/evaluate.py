@@ -99,12 +99,14 @@ def load_for_eval(config: PipelineConfig, adapter: str | Path | None = None) -> 
     if adapter is None:
         model, tokenizer = load_model(config.model)
         return model, tokenizer, facts
-    model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
     record = read_sub_adapter_record(adapter)
-    kind = AdapterKind.parse(record["adapter_kind"]) if record else AdapterKind.LORA
+    # A peft folder without our record: its kind comes from the config, as `merge` takes it.
+    kind = AdapterKind.parse(record["adapter_kind"] if record else config.bootstrapNAS.training.adapter_kind)
     if kind is AdapterKind.LORA:
+        model, tokenizer = load_model(config.model)
         model, info = attach_adapter(model, adapter, merge=False, base_fingerprint=model_fingerprint(config.model))
-    else:
+    else:  # merged in float32, as `merge` writes it
+        model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
         result = merge_adapter_from_dirs(
             model=model,
             adapter_dir=adapter,
