@@ -336,6 +336,10 @@ def claim_output(
     check_not_input(path, inputs)
     fingerprints = dict(fingerprints or {})
     with output_lock(path):
+        # What a killed (kill -9) atomic write of this output left beside it; ours by name, and the lock is ours.
+        for stale in path.parent.glob(f".{path.name}{TMP_INFIX}*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         existed = _is_nonempty(path)
         if existed and resume:
             marker = read_marker(path) if path.is_dir() else None

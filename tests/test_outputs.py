@@ -209,3 +209,15 @@ def test_a_damaged_cached_stage_is_a_clear_error_on_resume(tmp_path, text, expec
         cached_stage(tmp_path, "dense", lambda: {"acc": 1.0}, resume=True)
     # without resume the stage simply runs again and replaces the file
     assert cached_stage(tmp_path, "dense", lambda: {"acc": 1.0}, resume=False)[0] == {"acc": 1.0}
+
+
+def test_claiming_an_output_removes_what_a_killed_write_left_beside_it(tmp_path):
+    from nncf_elastic_lora.outputs import claim_output
+
+    stale = tmp_path / ".ir.tmp-k1ll3d"  # atomic_directory's temporary of a process killed with -9
+    (stale / "fp").mkdir(parents=True)
+    other = tmp_path / ".notes.tmp-mine"  # another output's: not this claim's to touch
+    other.mkdir()
+    with claim_output(tmp_path / "ir", verb="export", create=False):
+        pass
+    assert not stale.exists() and other.exists()
