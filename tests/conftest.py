@@ -13,7 +13,9 @@ import torch  # noqa: E402
 from nncf_elastic_lora.config import ModelConfig, TinyModelConfig  # noqa: E402
 from nncf_elastic_lora.models import build_tiny_llama, load_tokenizer  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist (the default: one worker per core) each worker computes on one thread: the tiny models
+# gain nothing from a second one, and two workers of two threads each would fight over the two cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 TINY = ModelConfig(
     name_or_path="tiny-random-llama",
