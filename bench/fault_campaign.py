@@ -265,6 +265,9 @@ def case_ddp_kill_one():
 
 CASES = {k[5:]: v for k, v in dict(globals()).items() if k.startswith("case_")}
 if __name__ == "__main__":
+    unknown = sorted(set(ONLY or ()) - set(CASES))
+    if unknown:
+        sys.exit(f"error: unknown case(s) {', '.join(unknown)}; the cases are: {', '.join(CASES)}")
     shutil.rmtree(ROOT, ignore_errors=True)
     ROOT.mkdir(parents=True)
     for name, fn in CASES.items():

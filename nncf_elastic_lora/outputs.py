@@ -100,11 +100,11 @@ def disk_full_as_error(stage: str, directory: str | Path, needed: int | None = N
         ) from None
 
 
-def tensor_bytes(model: Any) -> int:
-    """Bytes a checkpoint of ``model``'s parameters and buffers takes on disk (tied tensors once)."""
+def tensor_bytes(tensors: Iterable[Any]) -> int:
+    """Bytes ``tensors`` take on disk, each storage once (tied weights appear twice in a state dict)."""
     seen: set[int] = set()
     total = 0
-    for t in [*model.parameters(), *model.buffers()]:
+    for t in tensors:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
@@ -495,7 +495,7 @@ def save_checkpoint(
     ``reports`` maps file names to JSON-able data; ``extra`` writes anything else into the temporary
     directory before it replaces ``target`` (the INT4 codes, say). Returns ``target``.
     """
-    needed = tensor_bytes(model) + 8 * 2**20  # the weights, plus the tokenizer and reports
+    needed = tensor_bytes(model.state_dict().values()) + 8 * 2**20  # the weights, plus the tokenizer and reports
     check_free_space(target, needed, verb)
     with disk_full_as_error(verb, target, needed), atomic_directory(target, verb=verb) as tmp:
         model.save_pretrained(tmp)

@@ -44,7 +44,7 @@ from .config import NLSTrainingConfig
 from .data import Example
 from .elastic import ElasticLoraSuperNet
 from .formats import ADAPTER_WEIGHTS
-from .outputs import check_free_space, is_disk_full
+from .outputs import check_free_space, is_disk_full, tensor_bytes
 
 log = logging.getLogger(__name__)
 
@@ -414,12 +414,16 @@ class AdapterTrainer(Trainer):
 
     def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        losses, self._step_losses = [float(x) for x in getattr(self, "_step_losses", [])], []
-        norm = float(grad_norm) if grad_norm is not None else 0.0
-        bad = torch.tensor(float(not math.isfinite(norm) or not all(map(math.isfinite, losses))))
+        step_losses, self._step_losses = getattr(self, "_step_losses", []), []
+        # One check on the device for the whole step (one sync), not one per micro-batch.
+        device = step_losses[0].device if step_losses else torch.device("cpu")
+        norm_t = torch.as_tensor(0.0 if grad_norm is None else grad_norm, device=device)
+        values = torch.stack([x.float().reshape(()) for x in [*step_losses, norm_t]])
+        bad = (~torch.isfinite(values)).any().float()
         if self.args.world_size > 1:  # a NaN loss in one process only: every process stops, not just it
-            bad = self.accelerator.reduce(bad.to(self.args.device), reduction="sum").cpu()
+            bad = self.accelerator.reduce(bad.to(self.args.device), reduction="sum")
         if bad.item():
+            losses, norm = [float(x) for x in values[:-1]], float(values[-1])
             raise TrainingDivergedError(
                 divergence_message(self.state.global_step + 1, losses, norm, self.args.output_dir)
             )
@@ -446,7 +450,7 @@ class AdapterTrainer(Trainer):
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)  # left by a killed save of this step
             # The adapter, AdamW's two moments of it, and the small states beside them.
-            adapter = sum(t.numel() * t.element_size() for t in self.supernet.adapter_state_dict().values())
+            adapter = tensor_bytes(self.supernet.adapter_state_dict().values())
             check_free_space(run_dir, 4 * adapter + 2**20, f"train ({name})")
         self.accelerator.wait_for_everyone()
         self._staging = str(staging)

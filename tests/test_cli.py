@@ -257,3 +257,14 @@ def test_schema_and_tasks(capsys):
     assert "bootstrapNAS" in schema["properties"]
     assert main(["tasks"]) == 0
     assert "basic_arithmetic" in capsys.readouterr().out
+
+
+def test_fault_campaign_refuses_an_unknown_case(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "bench" / "fault_campaign.py"
+    r = subprocess.run([sys.executable, str(script), "", "kill9_train_resume,no_such_case"], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "unknown case(s) no_such_case" in r.stderr

@@ -307,7 +307,7 @@ def export_bytes(torch_model: Any, weight_format: WeightFormat, int4_codes: bool
     the size of the INT4 weights themselves; the float32 total is a safe bound only for the others.
     """
     factor = 0.3 if int4_codes else _IR_BYTES[weight_format]  # 4-bit codes + f16 scales, f32 embeddings
-    return int(tensor_bytes(torch_model) * factor) + 16 * 2**20  # + tokenizers, reports
+    return int(tensor_bytes(torch_model.state_dict().values()) * factor) + 16 * 2**20  # + tokenizers, reports
 
 
 def _checked_weight_format(

@@ -24,8 +24,7 @@ from ..provenance import model_fingerprint
 from ..runtime import machine_info
 from ..sparsity import linear_sparsity
 from .engine import RunState, Stage, completed_or, pick
-from .evaluate import evaluate_ir
-from .nls import base_quantized_weights
+from .evaluate import base_quantized_weights, evaluate_ir
 
 
 def merge(
