@@ -10,6 +10,7 @@ models.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -17,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # Every linear layer inside the decoder blocks (LLaMA, Mistral, Qwen, Phi-3 naming).
 DEFAULT_DECODER_LINEARS = ["{re}(.*\\.)?layers\\.\\d+\\..+"]
+
+
+# model.device: checked here for its form; nncf_elastic_lora.devices checks that it is there.
+_DEVICE_SPEC = re.compile(r"^(auto|cpu|(cuda|xpu|mps)(:\d+)?)$")
 
 
 class _Section(BaseModel):
@@ -53,7 +58,16 @@ class ModelConfig(_Section):
         description="A bundled model id ('smollm2-135m', 'tiny-random-llama'), a local Hugging Face "
         "model directory, or a hub id (only when online).",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field(
+        "auto",
+        description="Torch device of every torch stage (calibration, training, evaluation, merge, extract): "
+        "'auto' (CUDA if there is one, else XPU, else CPU), or 'cpu', 'cuda', 'cuda:N', 'xpu:N', 'mps'.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights' dtype: 'auto' is bfloat16 on an accelerator and float32 on the CPU (where "
+        "bfloat16 trains about 30x slower).",
+    )
     cache_dir: str | None = Field(
         None,
         description="Where bundled models are converted once and cached. Default: "
@@ -61,6 +75,15 @@ class ModelConfig(_Section):
     )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     trust_remote_code: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_spec(cls, value: str) -> str:
+        if not _DEVICE_SPEC.match(value):
+            raise ValueError(
+                f"{value!r} is not a torch device; allowed: 'auto', 'cpu', 'cuda', 'cuda:N', 'xpu', 'xpu:N', 'mps'"
+            )
+        return value
 
 
 class SplitSizes(_Section):

@@ -26,6 +26,8 @@ OV_DETOKENIZER = "openvino_detokenizer.xml"
 INT4_FORMAT = "nncf-elastic-lora-int4"
 INT4_FORMAT_VERSION = 1
 QUANTIZED_WEIGHTS = "quantized_weights.safetensors"
+# Checkpoints are written in shards of at most this size (the hub's convention), not one file of the whole model.
+MAX_SHARD_SIZE = "5GB"
 QUANTIZATION_JSON = "quantization.json"
 
 PER_LAYER_KEY = "intermediate_size_per_layer"

@@ -429,7 +429,8 @@ def fit_latency_model(
         )
     from tqdm.auto import tqdm
 
-    base, tokenizer = load_model(model)  # read once; each point slices a copy
+    # Read once, on the CPU (each point slices a copy and exports it to OpenVINO, which traces on the CPU).
+    base, tokenizer = load_model(model.model_copy(update={"device": "cpu"}))
     layout = _base_layout(base, elastic_heads=bool(kv_groups))
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)

@@ -400,8 +400,15 @@ def merge_to_directory(
     tokenizer: Any = None,
     write_quantized: Callable[[Path, dict[str, QuantizedWeight]], None] | None = None,
     describe: Callable[[MergeResult], dict[str, Any]] | None = None,
+    inplace: bool | None = None,
+    save_dtype: torch.dtype | None = None,
 ) -> MergeResult:
     """:func:`merge_adapter_from_dirs`, then write the merged checkpoint to ``output`` in one rename.
+
+    ``inplace`` merges into ``model`` itself instead of a copy (default: only a model loaded here from
+    a path), so a caller that loaded the model for the merge holds one copy, not two. ``save_dtype``
+    writes a float merge in the base's own dtype (the merge itself runs in ``model``'s, e.g. float32);
+    an INT4 merge keeps float32, whose dequantized weights equal its codes exactly.
 
     ``write_quantized(folder, qweights)`` writes a QA merge's INT4 codes beside the checkpoint (e.g. a
     wrapper of ``nncf_elastic_lora.int4.save_quantized_weights``); it is required for QA adapters.
@@ -414,8 +421,10 @@ def merge_to_directory(
         adapter_kind=adapter_kind,
         quantized=quantized,
         base_fingerprint=base_fingerprint,
-        inplace=not isinstance(model, nn.Module),  # a model we loaded ourselves needs no copy
+        inplace=not isinstance(model, nn.Module) if inplace is None else inplace,
     )
+    if save_dtype is not None and result.quantized is None:
+        result.model.to(save_dtype)
     if result.quantized is not None and write_quantized is None:
         raise ValueError("a qa_sparsepeft merge needs write_quantized= to store its INT4 codes")
 

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from .config import ModelConfig
+from .devices import Placement, placement
 from .elastic.channels import set_mlp_widths
 from .formats import OV_MODEL, QUANTIZED_WEIGHTS, per_layer_mlp_widths
 from .runtime import PIPELINE_PROPERTIES, check_properties
@@ -37,7 +38,6 @@ BUNDLED = (SMOLLM2, TINY)
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bumped when the conversion changes, so an older cache is not reused (v2: plain byte-level decoder).
 _CACHE_VERSION = "v2"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -197,6 +197,11 @@ def bundled_smollm2_dir(root: Path) -> Path:
     return _atomic_build(root / f"{SMOLLM2}-{_CACHE_VERSION}", build)
 
 
+def model_placement(config: ModelConfig) -> Placement:
+    """Where ``config``'s model runs and its dtype (``model.device``, ``model.dtype``), checked to be here."""
+    return placement(config.device, config.dtype)
+
+
 def tiny_llama_config(config: ModelConfig) -> LlamaConfig:
     """The architecture of the bundled random LLaMA (``model.tiny``), with the bundled tokenizer's vocabulary."""
     t = config.tiny
@@ -220,7 +225,7 @@ def build_tiny_llama(config: ModelConfig) -> PreTrainedModel:
     with torch.random.fork_rng():
         torch.manual_seed(config.tiny.seed)
         model = LlamaForCausalLM(tiny_llama_config(config))
-    return model.to(_DTYPES[config.dtype])
+    return model.to(model_placement(config).dtype)
 
 
 def meta_model(config: ModelConfig) -> PreTrainedModel:
@@ -289,12 +294,18 @@ def _load_with_mlp_widths(model_dir: Path, widths: list[int], config: ModelConfi
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig.from_pretrained(model_dir)
-    return model.to(_DTYPES[config.dtype])
+    return model.to(model_placement(config).dtype)
 
 
-def load_model(config: ModelConfig):
-    """Load ``(model, tokenizer)`` as the config says; the model is in eval mode."""
+def load_model(config: ModelConfig, *, on_device: bool = True):
+    """Load ``(model, tokenizer)`` as the config says, in ``model.dtype``; the model is in eval mode.
+
+    The model is on ``model.device``; with ``on_device=False`` it stays in CPU memory, for the stages
+    that move one decoder block at a time to the device (calibration of models larger than it).
+    """
     name = config.name_or_path
+    where = model_placement(config)  # a device that is not here fails before the weights are read
+    device_map = str(where.device) if on_device and where.accelerated else None
     if name == TINY:
         model, tokenizer = build_tiny_llama(config), load_tokenizer(config)
     else:
@@ -311,7 +322,7 @@ def load_model(config: ModelConfig):
                 model = _load_with_mlp_widths(local, widths, config)
             else:
                 model = AutoModelForCausalLM.from_pretrained(
-                    source, dtype=_DTYPES[config.dtype], trust_remote_code=config.trust_remote_code
+                    source, dtype=where.dtype, device_map=device_map, trust_remote_code=config.trust_remote_code
                 )
             tokenizer = load_tokenizer(config)
         except Exception as exc:  # hub clients raise OSError, HTTP and runtime errors offline
@@ -327,6 +338,8 @@ def load_model(config: ModelConfig):
                 + "\n  - ".join(tried)
                 + f"\nbundled models: {', '.join(BUNDLED)}"
             ) from None
+    if on_device:
+        model.to(where.device)  # a no-op where from_pretrained placed it already
     check_finite_weights(model, name)  # before any stage computes, trains or writes from them
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

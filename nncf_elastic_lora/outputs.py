@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .formats import MAX_SHARD_SIZE
+
 MARKER = ".nncf-elastic-lora.json"
 TMP_INFIX = ".tmp-"  # atomic_directory and the model cache write ``.<name>.tmp-XXXX`` beside the target
 
@@ -498,7 +500,7 @@ def save_checkpoint(
     needed = tensor_bytes(model.state_dict().values()) + 8 * 2**20  # the weights, plus the tokenizer and reports
     check_free_space(target, needed, verb)
     with disk_full_as_error(verb, target, needed), atomic_directory(target, verb=verb) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, max_shard_size=MAX_SHARD_SIZE)  # in the model's own dtype
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if extra is not None:

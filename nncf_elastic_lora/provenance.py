@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DataConfig, ModelConfig, PipelineConfig
-from .models import BUNDLED, TINY, resolve_model_dir
+from .models import BUNDLED, TINY, model_placement, resolve_model_dir
 from .outputs import fingerprint_path
 
 
@@ -25,7 +25,7 @@ def _digest(data: Any) -> str:
 def model_fingerprint(config: ModelConfig) -> str:
     """The weights and architecture of the model ``config`` loads (a hub id: the id itself)."""
     if config.name_or_path == TINY:
-        return "tiny:" + _digest([config.tiny.model_dump(), config.dtype])
+        return "tiny:" + _digest([config.tiny.model_dump(), model_placement(config).dtype_name])
     source = Path(resolve_model_dir(config)).expanduser()
     if source.exists():
         return fingerprint_path(source)

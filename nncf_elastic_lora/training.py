@@ -530,10 +530,35 @@ class TrainResult:
         return asdict(self)
 
 
+@dataclass
+class PlacedTrainingArguments(TrainingArguments):
+    """Training arguments that train where the model is (``placement``, e.g. ``cuda:1``).
+
+    Alone, a single-process Trainer takes ``cuda:0`` whatever the model's device and wraps every
+    visible GPU in DataParallel; under a launcher each process keeps its ``LOCAL_RANK`` device.
+    """
+
+    placement: str = field(default="", metadata={"help": "the torch device to train on (empty: the Trainer's)"})
+
+    @functools.cached_property
+    def _setup_devices(self) -> torch.device:
+        device = TrainingArguments._setup_devices.func(self)
+        if not self.placement or distributed.is_launched():
+            return device
+        device = torch.device(self.placement)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self._n_gpu = 1 if device.type == "cuda" else 0
+        return device
+
+
 def training_arguments(
-    cfg: NLSTrainingConfig, output_dir: str | Path, progress: bool = True
+    cfg: NLSTrainingConfig, output_dir: str | Path, progress: bool = True, device: torch.device | None = None
 ) -> TrainingArguments:
-    return TrainingArguments(
+    """The Trainer's arguments for ``cfg``, training on ``device`` (default: an accelerator if any)."""
+    on_cpu = device.type == "cpu" if device is not None else not distributed.has_accelerator()
+    return PlacedTrainingArguments(
+        placement="" if device is None else str(device),
         output_dir=str(output_dir),
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
@@ -550,7 +575,7 @@ def training_arguments(
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cfg.bf16,
-        use_cpu=not distributed.has_accelerator(),
+        use_cpu=on_cpu,
         gradient_checkpointing=cfg.gradient_checkpointing,
         # Every LoRA factor takes part in every step (ranks are >= 1), so DDP need not search for unused ones.
         ddp_find_unused_parameters=False,
@@ -592,7 +617,7 @@ def train_super_adapter(
     for p in supernet.trainable_parameters():
         p.requires_grad_(True)
     nls = NLSCallback(supernet, cfg.algorithm, cfg.seed)
-    args = training_arguments(cfg, output_dir, progress)
+    args = training_arguments(cfg, output_dir, progress, device=next(model.parameters()).device)
     trainer = AdapterTrainer(
         model=model,
         args=args,

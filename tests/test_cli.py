@@ -268,3 +268,15 @@ def test_fault_campaign_refuses_an_unknown_case(tmp_path):
     r = subprocess.run([sys.executable, str(script), "", "kill9_train_resume,no_such_case"], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "unknown case(s) no_such_case" in r.stderr
+
+
+def test_scale_bench_refuses_an_unknown_shape_and_a_missing_data_file(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "bench" / "scale.py"
+    r = subprocess.run([sys.executable, str(script), "--shapes", "llama-3.2-1b,gpt-5"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown shape(s) ['gpt-5']; known: smollm2-135m" in r.stderr
+    r = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "none.json")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr

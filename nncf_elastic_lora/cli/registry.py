@@ -119,10 +119,13 @@ class Verb:
     def resolve_config(self, args: argparse.Namespace) -> PipelineConfig:
         """The config file (or the defaults) with this invocation's overrides applied."""
         from ..config import apply_overrides, load_config
+        from ..devices import placement
 
         config = load_config(getattr(args, "config", None))
         overrides = self.overrides(args)
-        return apply_overrides(config, overrides) if overrides else config
+        config = apply_overrides(config, overrides) if overrides else config
+        placement(config.model.device, config.model.dtype)  # a device that is not here: refused before any output
+        return config
 
 
 VERBS: dict[str, Verb] = {}

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..devices import reset_peak_rss, status_mib
 from ..formats import OV_MODEL, OV_WEIGHTS, is_openvino_dir
 from ..outputs import directory_size
 from ..runtime import check_properties
@@ -56,24 +57,6 @@ def prompt_ids(tokenizer: Any, prompt_tokens: int, batch_size: int, rng: np.rand
     """``[batch, prompt_tokens]`` random ordinary token ids (no special tokens), fresh at each call."""
     ordinary = np.setdiff1d(np.arange(tokenizer.vocab_size), tokenizer.all_special_ids or [])
     return rng.choice(ordinary, size=(batch_size, prompt_tokens)).astype(np.int64)
-
-
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 class _GenAI:
@@ -217,8 +200,8 @@ def benchmark_model(
     checked = None
     if runtime is not Runtime.TORCH and is_openvino_dir(path):
         checked = check_properties(properties, device, path / OV_MODEL)  # before the peak is reset
-    rss_before = _status_mb("VmRSS")
-    peak_reset = _reset_peak_rss()
+    rss_before = status_mib("VmRSS")
+    peak_reset = reset_peak_rss()
     start = time.perf_counter()
     runner, tokenizer = _load(path, runtime, device, properties)
     compile_s = time.perf_counter() - start
@@ -241,7 +224,7 @@ def benchmark_model(
             batch,
             figures["decode_tokens_per_s"],
         )
-    peak = _status_mb("VmHWM")
+    peak = status_mib("VmHWM")
     return {
         "label": label or path.name,
         "model": str(path),

@@ -274,7 +274,9 @@ def export_openvino(
     _check_outputs(model, output, adapter, merge_adapter, save_merged, overwrite)
     model_config = model if isinstance(model, ModelConfig) else ModelConfig(name_or_path=str(model))
     base_fingerprint = model_fingerprint(model_config)  # as training recorded it: before the dtype change
-    model_config = model_config.model_copy(update={"dtype": "float32"})
+    # On the CPU in float32 whatever model.device says: OpenVINO's converter traces a CPU model, and the
+    # parity check compares the IR with that very model.
+    model_config = model_config.model_copy(update={"dtype": "float32", "device": "cpu"})
     output = Path(output)
     start = time.perf_counter()
     torch_model, tokenizer, qweights, report = _load_for_export(

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..architecture import decoder_blocks
+from ..blockwise import BlockRunner
 from ..formats import PER_LAYER_KEY
 
 GATED_MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # LLaMA, Mistral, Qwen, Gemma, Phi-3 style
@@ -110,9 +111,17 @@ def importance_order(importance: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def input_sq_sums(model: nn.Module, modules: list[str], batches: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``Σ_t x_tj²`` of every named linear's input over the calibration tokens."""
+def input_sq_sums(
+    model: nn.Module, modules: list[str], batches: list[torch.Tensor], device: torch.device | str | None = None
+) -> list[torch.Tensor]:
+    """``Σ_t x_tj²`` of every named linear's input (inside the decoder blocks) over the calibration tokens.
+
+    The batches go through the blocks one block at a time on ``device`` (default: the model's), so a
+    model kept in CPU memory visits an accelerator one block at a time.
+    """
     sums = [torch.zeros(base_linear(model.get_submodule(n)).in_features, dtype=torch.float64) for n in modules]
+    runner = BlockRunner(model, batches, device)  # before the hooks: its capture forward runs the blocks too
+    runner.check_inside(modules, "channel and KV-group ordering")
     handles = []
     for k, name in enumerate(modules):
 
@@ -122,9 +131,8 @@ def input_sq_sums(model: nn.Module, modules: list[str], batches: list[torch.Tens
 
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        device = next(model.parameters()).device
-        for ids in batches:
-            model(input_ids=ids.to(device))
+        for index, _, block in runner:
+            runner.advance(runner.run(index, block))
     finally:
         for h in handles:
             h.remove()
@@ -132,10 +140,10 @@ def input_sq_sums(model: nn.Module, modules: list[str], batches: list[torch.Tens
 
 
 def down_input_sq_sums(
-    model: nn.Module, mlps: list[GatedMLP], batches: list[torch.Tensor]
+    model: nn.Module, mlps: list[GatedMLP], batches: list[torch.Tensor], device: torch.device | str | None = None
 ) -> list[torch.Tensor]:
     """``Σ_t h_tj²`` of every MLP's intermediate activation over the calibration tokens."""
-    return input_sq_sums(model, [m.down for m in mlps], batches)
+    return input_sq_sums(model, [m.down for m in mlps], batches, device)
 
 
 def permute_rows(module: nn.Module, order: torch.Tensor) -> None:
@@ -192,11 +200,14 @@ class OrderingReport:
 
 @torch.no_grad()
 def order_mlp_channels(
-    model: nn.Module, batches: list[torch.Tensor], fractions: tuple[float, ...] = (0.875, 0.75, 0.625, 0.5)
+    model: nn.Module,
+    batches: list[torch.Tensor],
+    fractions: tuple[float, ...] = (0.875, 0.75, 0.625, 0.5),
+    device: torch.device | str | None = None,
 ) -> OrderingReport:
-    """Score every MLP's channels on ``batches`` and permute them most important first (in place)."""
+    """Score every MLP's channels on ``batches`` (run on ``device``) and permute them most important first (in place)."""
     mlps = gated_mlps(model)
-    sums = down_input_sq_sums(model, mlps, batches)
+    sums = down_input_sq_sums(model, mlps, batches, device)
     ordered: list[list[float]] = [[] for _ in fractions]
     original: list[list[float]] = [[] for _ in fractions]
     for m, sq in zip(mlps, sums, strict=True):

@@ -177,7 +177,9 @@ def permute_kv_groups(model: nn.Module, att: Attention, order: torch.Tensor | li
 
 
 @torch.no_grad()
-def order_kv_groups(model: nn.Module, batches: list[torch.Tensor], kept: tuple[int, ...]) -> OrderingReport:
+def order_kv_groups(
+    model: nn.Module, batches: list[torch.Tensor], kept: tuple[int, ...], device: torch.device | str | None = None
+) -> OrderingReport:
     """Score every attention's KV groups on ``batches`` and permute them most important first (in place).
 
     The report gives, per kept count in ``kept``, the share of the total importance the first groups
@@ -185,7 +187,7 @@ def order_kv_groups(model: nn.Module, batches: list[torch.Tensor], kept: tuple[i
     over the layers' KV groups.
     """
     atts = attentions(model)
-    sums = input_sq_sums(model, [a.o for a in atts], batches)  # o_proj's input: the attention output
+    sums = input_sq_sums(model, [a.o for a in atts], batches, device)  # o_proj's input: the attention output
     ordered: list[list[float]] = [[] for _ in kept]
     original: list[list[float]] = [[] for _ in kept]
     for a, sq in zip(atts, sums, strict=True):

@@ -175,7 +175,17 @@ def benchmark_block(bench: dict[str, Any], report: dict[str, Any]) -> Block:
 
 
 def _times_block(report: dict[str, Any]) -> Block:
-    return Block("Time per stage", table=(["stage", "seconds"], [[k, v] for k, v in report["stage_time_s"].items()]))
+    resources = report.get("stage_resources") or {}
+    headers = ["stage", "seconds", "peak RSS MiB", "peak accelerator MiB", "disk written MiB"]
+    rows = []
+    for stage, seconds in report["stage_time_s"].items():
+        r = resources.get(stage) or {}
+        if r.get("reused"):
+            rows.append([stage, seconds, "reused", "reused", "reused"])
+        else:
+            rows.append([stage, seconds, r.get("peak_rss_mib"), r.get("peak_accelerator_mib"), r.get("disk_written_mib")])
+    note = "Peak RSS is this process's peak during the stage (reset at its start); accelerator memory is torch's peak allocation."
+    return Block("Time and memory per stage", table=(headers, rows), note=note if resources else "")
 
 
 def _data_block(report: dict[str, Any]) -> Block:

@@ -11,8 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..architecture import in_head, output_head_names
+from ..blockwise import BlockRunner
 from ..patterns import find_linears
-from .calibration import BlockInputs, capture_layer_inputs, decoder_layers
 from .magnitude import magnitude_mask
 from .masks import parse_pattern
 from .wanda import InputNormStat, wanda_mask
@@ -54,15 +54,30 @@ def _apply(name: str, linear: torch.nn.Linear, mask: torch.Tensor, report: Spars
     }
 
 
-def _run_layer(
-    layer: torch.nn.Module, hidden: list[torch.Tensor], extras: list[BlockInputs]
-) -> list[torch.Tensor]:
-    """The block's output hidden states per batch, each batch with the block's own other inputs."""
-    outs = []
-    for states, (args, kwargs) in zip(hidden, extras, strict=True):
-        out = layer(states, *args, **kwargs)
-        outs.append(out[0] if isinstance(out, tuple) else out)
-    return outs
+def _wanda_blocks(
+    model: torch.nn.Module,
+    targets: dict[str, torch.nn.Linear],
+    runner: BlockRunner,
+    ratio: float,
+    n_m: tuple[int, int] | None,
+    report: SparsityReport,
+    progress: bool,
+) -> None:
+    """Wanda block by block: statistics from the pruned blocks before, prune, recompute the outputs."""
+    runner.check_inside(list(targets), "Wanda (it prunes decoder-layer linears only)")
+    for index, prefix, layer in tqdm(runner, total=len(runner), desc="wanda: layers", disable=not progress):
+        in_layer = {n: m for n, m in targets.items() if n.startswith(prefix)}
+        stats = {n: InputNormStat(m.in_features) for n, m in in_layer.items()}
+        handles = [m.register_forward_hook(stats[n]) for n, m in in_layer.items()]
+        try:
+            runner.run(index, layer)
+        finally:
+            for h in handles:
+                h.remove()
+        for name, linear in in_layer.items():
+            _apply(name, linear, wanda_mask(linear.weight, stats[name].sq_sum, ratio, n_m), report)
+        # Recompute the layer's outputs with its pruned weights: the next layer calibrates on them.
+        runner.advance(runner.run(index, layer))
 
 
 @torch.no_grad()
@@ -76,12 +91,15 @@ def sparsify_model(
     calibration: list[torch.Tensor] | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> SparsityReport:
     """Zero weights of the targeted linear layers in place and report what was done.
 
     Wanda processes decoder layers in order: each layer's statistics come from the outputs of the
     already-pruned layers before it, with the layer's own attention mask and position embeddings
-    (see :func:`capture_layer_inputs`), and only one layer's activations are held at a time.
+    (see :func:`~nncf_elastic_lora.blockwise.capture_layer_inputs`), and only one layer's activations
+    are held at a time. ``device`` (default: where the model is) is where the layers run: a model
+    kept in CPU memory moves one decoder block at a time to it (:class:`~nncf_elastic_lora.blockwise.BlockRunner`).
     """
     start = time.perf_counter()
     n_m = parse_pattern(pattern)
@@ -93,34 +111,12 @@ def sparsify_model(
     elif method == "wanda":
         if not calibration:
             raise ValueError("Wanda needs calibration batches")
-        layers = decoder_layers(model)
-        prefixes = [name + "." for name, module in model.named_modules() if any(module is x for x in layers)]
-        outside = sorted(n for n in targets if not any(n.startswith(p) for p in prefixes))
-        if outside:
-            raise ValueError(f"Wanda prunes decoder-layer linears only; these targets are outside: {outside}")
         # Equal-length windows stack into batches: same statistics, far fewer layer calls.
         batches = [torch.cat(calibration[i : i + batch_size]) for i in range(0, len(calibration), batch_size)]
         was_training = model.training
         model.eval()
         try:
-            captured = capture_layer_inputs(model, batches)
-            hidden = [c.hidden_states for c in captured]
-            for index, (layer, prefix) in enumerate(
-                tqdm(list(zip(layers, prefixes, strict=True)), desc="wanda: layers", disable=not progress)
-            ):
-                extras = [c.blocks[index] for c in captured]
-                in_layer = {n: m for n, m in targets.items() if n.startswith(prefix)}
-                stats = {n: InputNormStat(m.in_features) for n, m in in_layer.items()}
-                handles = [m.register_forward_hook(stats[n]) for n, m in in_layer.items()]
-                try:
-                    _run_layer(layer, hidden, extras)
-                finally:
-                    for h in handles:
-                        h.remove()
-                for name, linear in in_layer.items():
-                    _apply(name, linear, wanda_mask(linear.weight, stats[name].sq_sum, ratio, n_m), report)
-                # Recompute the layer's outputs with its pruned weights: the next layer calibrates on them.
-                hidden = _run_layer(layer, hidden, extras)
+            _wanda_blocks(model, targets, BlockRunner(model, batches, device), ratio, n_m, report, progress)
         finally:
             model.train(was_training)
         report.calibration = {

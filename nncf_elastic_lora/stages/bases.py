@@ -17,7 +17,7 @@ from ..config import PipelineConfig
 from ..data import load_task, train_texts
 from ..formats import QUANTIZATION_JSON, QUANTIZED_WEIGHTS, is_quantized_base
 from ..int4 import quantize_base, save_quantized_weights
-from ..models import load_model, resolve_model_dir
+from ..models import load_model, model_placement, resolve_model_dir
 from ..outputs import fingerprint_path, save_checkpoint
 from ..sparsity import calibration_batches, linear_sparsity, sparsify_model
 from .engine import RunState, Stage, completed_or, pick
@@ -51,7 +51,9 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
     """Load the configured model, sparsify it, and write an HF checkpoint with ``report.json``."""
     sp = config.sparsity
     refuse_int4_rewrite(config, "sparsify")
-    model, tokenizer = load_model(config.model)
+    # Wanda moves one decoder block at a time to the device; magnitude pruning runs where the model is.
+    on_device = sp.method != "wanda"
+    model, tokenizer = load_model(config.model, on_device=on_device)
     calibration = None
     calib_record: dict[str, Any] = {}
     if sp.method == "wanda":
@@ -67,7 +69,9 @@ def sparsify(config: PipelineConfig, output: str | Path, progress: bool = True) 
         target_modules=sp.target_modules,
         calibration=calibration,
         progress=progress,
+        device=model_placement(config.model).device,
     )
+    model.to("cpu")  # saved from CPU memory, in the model's dtype
     result = {
         "model": config.model.name_or_path,
         **report.to_dict(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import Any
 
 from ..config import ModelConfig, PipelineConfig
 from ..data import TaskData
+from ..devices import ResourceMeter
+from ..models import model_placement
 from ..outputs import OutputExistsError, changed_inputs, disk_full_as_error, json_number, write_json
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ class RunState:
     evaluation: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)  # stage name -> its result
     times: dict[str, float] = field(default_factory=dict)  # stage title -> seconds
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage title -> peak memory, disk written
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def model_at(self, path: Path) -> ModelConfig:
@@ -165,14 +169,40 @@ def _first_non_finite(data: Any, where: str = "") -> str | None:
     return None
 
 
+def _disk_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (what the run has written so far)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # removed meanwhile (a temporary)
+                pass
+    return total
+
+
+def _metered(run: RunState, stage: Stage) -> Any:
+    """``stage.compute(run)`` with what it cost: wall time, peak RSS and accelerator memory, disk written."""
+    disk_before = _disk_bytes(run.output)
+    with ResourceMeter(model_placement(run.config.model).device) as meter:
+        result = stage.compute(run)
+    run.resources[stage.title] = {
+        **meter.record(),
+        "disk_written_mib": round(max(_disk_bytes(run.output) - disk_before, 0) / 2**20, 1),
+    }
+    return result
+
+
 def execute(stages: list[Stage], run: RunState) -> RunState:
     """Run ``stages`` in order (reusing cached ones on resume) and apply each result to ``run``."""
     for stage in stages:
         log.info("stage %s: %s", stage.name, stage.title)
         with disk_full_as_error(stage.name, run.output):
-            result, seconds, _ = cached_stage(
-                run.output, stage.name, lambda s=stage: s.compute(run), run.resume, stage.inputs(run)
+            result, seconds, reused = cached_stage(
+                run.output, stage.name, lambda s=stage: _metered(run, s), run.resume, stage.inputs(run)
             )
+        if reused:
+            run.resources[stage.title] = {"reused": True}
         run.results[stage.name] = result
         run.times[stage.title] = seconds
         stage.apply(run, result)
@@ -193,4 +223,5 @@ def run_report(run: RunState, stages: list[Stage]) -> dict[str, Any]:
             report[stage.section] = stage.summary(run, run.results[stage.name])
     report["artifacts"] = dict(run.artifacts)
     report["stage_time_s"] = run.times
+    report["stage_resources"] = run.resources
     return report

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ..blockwise import streamed_logits
 from ..config import ChannelElasticityConfig, PipelineConfig
 from ..data import load_task
 from ..elastic import ElasticLoraSuperNet
@@ -24,7 +23,7 @@ from ..extract import extract_int4_subnet, extract_subnet
 from ..formats import LATENCY_MODEL, is_quantized_base
 from ..int4 import check_codes_match_weights, read_quantization_info, save_quantized_weights
 from ..latency import attention_layout, fit_latency_model, mlp_layout, plot_latency_model
-from ..models import load_model, meta_model, resolve_model_dir
+from ..models import load_model, meta_model, model_placement, resolve_model_dir
 from ..outputs import atomic_directory, fingerprint_path, save_checkpoint
 from ..sparsity import calibration_batches
 from .bases import NewBase, refuse_int4_rewrite
@@ -52,20 +51,20 @@ def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -
     refuse_int4_rewrite(config, "reorder")
     start = time.perf_counter()
     task = load_task(config.data, cal.task)
-    model, tokenizer = load_model(config.model)
+    # In CPU memory, one decoder block at a time on the device: the model may be larger than the device.
+    model, tokenizer = load_model(config.model, on_device=False)
+    device = model_placement(config.model).device
     batches = calibration_batches(task.train, tokenizer, cal.num_samples, cal.seq_len, cal.seed)
-    with torch.no_grad():
-        before = model(input_ids=batches[0]).logits
+    before = streamed_logits(model, batches[0], device)
     ordering = (
-        order_mlp_channels(model, batches, tuple(spec.fractions_below_full(model))) if order_mlps else None
+        order_mlp_channels(model, batches, tuple(spec.fractions_below_full(model)), device) if order_mlps else None
     )
     head_ordering = None
     if order_heads:
         kv_heads = attentions(model)[0].num_kv_heads
         kept = sorted((c for c in heads.counts_for(kv_heads) if c < kv_heads), reverse=True)
-        head_ordering = order_kv_groups(model, batches, tuple(kept or [1]))
-    with torch.no_grad():
-        change = float((model(input_ids=batches[0]).logits - before).abs().max())
+        head_ordering = order_kv_groups(model, batches, tuple(kept or [1]), device)
+    change = float((streamed_logits(model, batches[0], device) - before).abs().max())
     result = {
         "model": config.model.name_or_path,
         "ordering": ordering.to_dict() if ordering else None,
@@ -137,7 +136,8 @@ def extract(
         model, quantized = extract_int4_subnet(supernet, chosen)
         check_codes_match_weights(model, quantized)
     else:
-        model = extract_subnet(supernet, chosen)
+        # Merged in float32, written in the base's dtype (a bf16 base gives a bf16 checkpoint, not twice its size).
+        model = extract_subnet(supernet, chosen).to(model_placement(config.model).dtype)
     params = sum(p.numel() for p in model.parameters())
     result = {
         "base_model": config.model.name_or_path,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from ..config import ConfigError, PipelineConfig, int4_base_export_conflicts
 from ..formats import is_quantized_base
+from ..models import model_placement
 from .bases import QuantizeBase, Sparsify
 from .engine import Stage
 from .evaluate import EvaluateBase, EvaluateMerged
@@ -134,10 +135,12 @@ def _adapter_kind_problems(config: PipelineConfig, int4_base: bool) -> list[str]
             f"bootstrapNAS.training.lora_dropout: {t.lora_dropout}; 'qa_sparsepeft' quantizes the update together "
             "with the base weight, so there is no separate branch to drop out: set it to 0"
         )
-    if t.adapter_kind == "qa_sparsepeft" and config.model.dtype != "float32":
+    where = model_placement(config.model)
+    if t.adapter_kind == "qa_sparsepeft" and where.dtype_name != "float32":
+        resolved = f" ({where.dtype_name} on {where.device})" if config.model.dtype == "auto" else ""
         problems.append(
-            f"model.dtype: {config.model.dtype!r}; 'qa_sparsepeft' must train in float32 so that the merge (in "
-            "float32) rounds every code as training did"
+            f"model.dtype: {config.model.dtype!r}{resolved}; 'qa_sparsepeft' must train in float32 so that the "
+            "merge (in float32) rounds every code as training did: set model.dtype to 'float32'"
         )
     return problems
 

@@ -18,7 +18,7 @@ from ..deploy.export import export_openvino
 from ..formats import MERGE_REPORT
 from ..int4 import save_quantized_weights
 from ..merge import merge_to_directory, read_sub_adapter_record
-from ..models import load_model
+from ..models import load_model, model_placement
 from ..outputs import fingerprint_path
 from ..provenance import model_fingerprint
 from ..runtime import machine_info
@@ -38,6 +38,7 @@ def merge(
     or through other scales. Writes ``merge_report.json``; returns it.
     """
     start = time.perf_counter()
+    dtype = model_placement(config.model).dtype  # the merge runs in float32, the checkpoint is in this dtype
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
     quantized = base_quantized_weights(config.model)
     base_sparsity = linear_sparsity(model)
@@ -52,9 +53,11 @@ def merge(
         base_fingerprint=model_fingerprint(config.model),
         tokenizer=tokenizer,
         write_quantized=lambda folder, q: save_quantized_weights(folder, q, {"merged_adapter": str(adapter)}),
+        inplace=True,  # loaded here for the merge: one copy of the model, not two
+        save_dtype=dtype,
         describe=lambda r: {
             "base": config.model.name_or_path,
-            "precision": "int4" if r.quantized is not None else "fp32",
+            "precision": "int4" if r.quantized is not None else str(dtype).removeprefix("torch."),
             "sparsity": linear_sparsity(r.model),
             "base_sparsity": base_sparsity,
             "zeros_kept": True,  # merge_to_directory refuses a merge that loses one of the base's zeros
