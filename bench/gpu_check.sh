@@ -24,7 +24,8 @@ prepare() {
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$CARRY/wheels" nncf==3.4.0 pydantic pydantic-core datasets pymoo gguf optimum==2.3.0 \
-    natsort ninja jsonschema jsonschema-specifications referencing rpds-py pydot
+    openvino-telemetry natsort ninja pydot dill multiprocess moocore autograd cma alive-progress about-time \
+    graphemeu Deprecated
   .venv/bin/python - "$CARRY" <<'PY'
 import json, shutil, sys
 from pathlib import Path

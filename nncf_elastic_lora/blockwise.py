@@ -184,12 +184,24 @@ class BlockRunner:
     weights (Wanda) runs it once for statistics, changes it, and advances with a second run.
     """
 
-    def __init__(self, model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device | str | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batches: list[torch.Tensor],
+        device: torch.device | str | None = None,
+        *,
+        modules: list[str] | None = None,
+        what: str = "block-by-block calibration",
+    ):
+        """``modules``: the module names the caller observes, refused (naming ``what``) before any
+        work when one lies outside the decoder blocks, where the runner never calls it."""
         self.blocks = decoder_layers(model)
         self.storage = _storage(self.blocks)
         self.device = torch.device(device) if device is not None else self.storage
         ids = {id(b) for b in self.blocks}
         self.prefixes = [name + "." for name, module in model.named_modules() if id(module) in ids]
+        if modules is not None:
+            self.check_inside(modules, what)
         captured = capture_layer_inputs(model, batches, self.device)
         self.hidden = [c.hidden_states for c in captured]
         self._extras = [[c.blocks[i] for c in captured] for i in range(len(self.blocks))]

@@ -49,7 +49,10 @@ def available_devices() -> list[str]:
 
 
 def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    """This process's launcher rank on its machine; 0 outside a launcher (some tools set LOCAL_RANK=-1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    return max(int(os.environ.get("LOCAL_RANK", "0")), 0)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -66,6 +69,11 @@ def resolve_device(spec: str = "auto") -> torch.device:
                 return torch.device(kind, _local_rank() % n)
         return torch.device("mps") if "mps" in available else torch.device("cpu")
     kind, _, index = spec.partition(":")
+    if index and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DeviceError(
+            f"model.device: {spec!r} names one device, but this process is one of several (WORLD_SIZE="
+            f"{os.environ.get('WORLD_SIZE')}): each takes its LOCAL_RANK device; use 'auto' or '{kind}'"
+        )
     if kind in ("cpu", "mps"):
         if kind not in available:
             raise DeviceError(f"model.device: {spec!r} is not available here; available: {', '.join(available)}")
@@ -100,8 +108,8 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
 
 
 def _runs_bfloat16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # natively from Ampere (compute capability 8) on; older GPUs only emulate it
+        return torch.cuda.get_device_capability(device)[0] >= 8
     return True  # the CPU (slowly, without AVX-512 BF16 or AMX), XPU and recent MPS
 
 
@@ -136,8 +144,24 @@ def placement(device: str = "auto", dtype: str = "auto") -> Placement:
 def synchronize(device: torch.device) -> None:
     """Wait for ``device``'s queued work (timings of asynchronous accelerators are otherwise wrong)."""
     backend = getattr(torch, device.type, None)
-    if device.type != "cpu" and backend is not None and hasattr(backend, "synchronize"):
+    if device.type == "cpu" or backend is None or not hasattr(backend, "synchronize"):
+        return
+    if device.type == "mps":  # one device, and its synchronize takes no argument
+        backend.synchronize()
+    else:
         backend.synchronize(device)
+
+
+def set_current(device: torch.device) -> None:
+    """Make ``device`` its backend's current device (CUDA, XPU), as libraries that say just 'cuda' assume."""
+    backend = getattr(torch, device.type, None)
+    if device.index is not None and backend is not None and hasattr(backend, "set_device"):
+        backend.set_device(device)
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 for sums of squares over many tokens, where the device has it (MPS has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def empty_cache(device: torch.device) -> None:

@@ -44,16 +44,16 @@ def extract_subnet(supernet: ElasticLoraSuperNet, config: SubnetConfig | None = 
         raise ValueError("a qa_sparsepeft super-network merges into INT4 codes: use extract_int4_subnet")
     config = config or supernet.get_active_config()
     supernet.validate_config(config)
-    weights = {}
-    with torch.no_grad():
+    with torch.no_grad():  # one module at a time, into its own weight: no second copy of the adapted weights
         for name, rank in supernet.module_ranks(config).items():
             layer = supernet.adapters[name]
             merged = layer.merged_weight(rank)
             check_finite(name=name, tensors={"merged weight": merged})
-            weights[name] = merged.to(layer.base_layer.weight.dtype)
+            layer.base_layer.weight.copy_(merged)
+            del merged
     widths, kv_groups = supernet.mlp_widths(config), supernet.kv_groups(config)
     _remove_masks(supernet)
-    model = plain_model(supernet.model, weights, inplace=True)
+    model = plain_model(supernet.model, {}, inplace=True)
     if widths:
         set_mlp_widths(model, [widths[m.down] for m in gated_mlps(model)])
     if kv_groups is not None:

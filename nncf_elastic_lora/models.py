@@ -325,6 +325,8 @@ def load_model(config: ModelConfig, *, on_device: bool = True):
                     source, dtype=where.dtype, device_map=device_map, trust_remote_code=config.trust_remote_code
                 )
             tokenizer = load_tokenizer(config)
+        except torch.OutOfMemoryError:
+            raise  # the device is too small: not a damaged checkpoint
         except Exception as exc:  # hub clients raise OSError, HTTP and runtime errors offline
             if local.exists():
                 files = ", ".join(sorted(p.name for pat in _WEIGHT_PATTERNS for p in local.glob(pat)))

@@ -42,6 +42,7 @@ from . import distributed
 from .adapters import tensor_shapes
 from .config import NLSTrainingConfig
 from .data import Example
+from .devices import set_current
 from .elastic import ElasticLoraSuperNet
 from .formats import ADAPTER_WEIGHTS
 from .outputs import check_free_space, is_disk_full, tensor_bytes
@@ -546,8 +547,7 @@ class PlacedTrainingArguments(TrainingArguments):
         if not self.placement or distributed.is_launched():
             return device
         device = torch.device(self.placement)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        set_current(device)  # accelerate's plain 'cuda' / 'xpu' is the current device: make it this one
         self._n_gpu = 1 if device.type == "cuda" else 0
         return device
 

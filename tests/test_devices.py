@@ -110,11 +110,23 @@ def test_block_runner_gives_the_whole_models_block_inputs_and_sums():
         torch.testing.assert_close(streamed_logits(model, ids[0], OTHER_CPU), model(input_ids=ids[0]).logits)
 
 
-def test_block_runner_refuses_modules_outside_the_blocks():
+def test_block_runner_refuses_modules_outside_the_blocks_before_any_forward():
     model = build_tiny_llama(TINY).eval()
-    runner = BlockRunner(model, calibration_ids()[:1])
+    calls = []
+    model.model.layers[0].register_forward_pre_hook(lambda m, a: calls.append(1) and None)
     with pytest.raises(ValueError, match=r"ordering sees decoder-block modules only; these are outside: \['lm_head'\]"):
-        runner.check_inside(["lm_head", "model.layers.0.mlp.down_proj"], "ordering")
+        BlockRunner(model, calibration_ids()[:1], modules=["lm_head", "model.layers.0.mlp.down_proj"], what="ordering")
+    assert calls == []
+
+
+def test_an_explicit_device_index_is_refused_under_a_launcher(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(DeviceError, match=r"'cuda:1' names one device, but this process is one of several"):
+        resolve_device("cuda:1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "-1")  # "not distributed", as some tools say it
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 def test_training_arguments_train_where_the_model_is():

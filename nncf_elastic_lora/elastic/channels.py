@@ -23,6 +23,7 @@ from torch import nn
 
 from ..architecture import decoder_blocks
 from ..blockwise import BlockRunner
+from ..devices import accumulation_dtype
 from ..formats import PER_LAYER_KEY
 
 GATED_MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # LLaMA, Mistral, Qwen, Gemma, Phi-3 style
@@ -102,7 +103,7 @@ def intermediate_size(model: nn.Module, mlp: GatedMLP) -> int:
 
 def channel_importance(down_weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
     """``Σ_i |W_down[i, j]| · ‖h_j‖₂`` per intermediate channel ``j`` (``input_sq_sum``: ``Σ_t h_tj²``)."""
-    return down_weight.abs().float().sum(0) * input_sq_sum.float().sqrt()
+    return down_weight.abs().float().sum(0) * input_sq_sum.float().to(down_weight.device).sqrt()
 
 
 def importance_order(importance: torch.Tensor) -> torch.Tensor:
@@ -120,14 +121,15 @@ def input_sq_sums(
     model kept in CPU memory visits an accelerator one block at a time.
     """
     sums = [torch.zeros(base_linear(model.get_submodule(n)).in_features, dtype=torch.float64) for n in modules]
-    runner = BlockRunner(model, batches, device)  # before the hooks: its capture forward runs the blocks too
-    runner.check_inside(modules, "channel and KV-group ordering")
+    # Before the hooks: its capture forward runs the blocks too.
+    runner = BlockRunner(model, batches, device, modules=modules, what="channel and KV-group ordering")
     handles = []
     for k, name in enumerate(modules):
 
         def hook(_module, args, k=k):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[k] += (x * x).sum(0).cpu()
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            x = x.to(accumulation_dtype(x.device))
+            sums[k] += (x * x).sum(0).cpu().double()
 
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
@@ -204,10 +206,16 @@ def order_mlp_channels(
     batches: list[torch.Tensor],
     fractions: tuple[float, ...] = (0.875, 0.75, 0.625, 0.5),
     device: torch.device | str | None = None,
+    sums: list[torch.Tensor] | None = None,
 ) -> OrderingReport:
-    """Score every MLP's channels on ``batches`` (run on ``device``) and permute them most important first (in place)."""
+    """Score every MLP's channels on ``batches`` (run on ``device``) and permute them most important first (in place).
+
+    ``sums``: the down projections' input statistics already measured (:func:`input_sq_sums`), in
+    :func:`gated_mlps` order; the batches are then not run again.
+    """
     mlps = gated_mlps(model)
-    sums = down_input_sq_sums(model, mlps, batches, device)
+    if sums is None:
+        sums = down_input_sq_sums(model, mlps, batches, device)
     ordered: list[list[float]] = [[] for _ in fractions]
     original: list[list[float]] = [[] for _ in fractions]
     for m, sq in zip(mlps, sums, strict=True):

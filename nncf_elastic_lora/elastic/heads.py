@@ -151,7 +151,7 @@ def uniform_attentions(model: nn.Module) -> list[Attention]:
 
 def kv_group_importance(o_weight: torch.Tensor, input_sq_sum: torch.Tensor, att: Attention) -> torch.Tensor:
     """Wanda's score of ``o_proj``'s input columns summed per KV group (``input_sq_sum``: ``Σ_t a_tj²``)."""
-    per_column = o_weight.abs().float().sum(0) * input_sq_sum.float().sqrt()
+    per_column = o_weight.abs().float().sum(0) * input_sq_sum.float().to(o_weight.device).sqrt()
     return per_column.reshape(att.num_kv_heads, att.channels_per_group).sum(1)
 
 
@@ -178,16 +178,22 @@ def permute_kv_groups(model: nn.Module, att: Attention, order: torch.Tensor | li
 
 @torch.no_grad()
 def order_kv_groups(
-    model: nn.Module, batches: list[torch.Tensor], kept: tuple[int, ...], device: torch.device | str | None = None
+    model: nn.Module,
+    batches: list[torch.Tensor],
+    kept: tuple[int, ...],
+    device: torch.device | str | None = None,
+    sums: list[torch.Tensor] | None = None,
 ) -> OrderingReport:
     """Score every attention's KV groups on ``batches`` and permute them most important first (in place).
 
-    The report gives, per kept count in ``kept``, the share of the total importance the first groups
+    ``sums``: the o projections' input statistics already measured, in :func:`attentions` order. The
+    report gives, per kept count in ``kept``, the share of the total importance the first groups
     keep (mean over layers), ordered and in the checkpoint's order; its ``fractions`` are ``kept``
     over the layers' KV groups.
     """
     atts = attentions(model)
-    sums = input_sq_sums(model, [a.o for a in atts], batches, device)  # o_proj's input: the attention output
+    if sums is None:  # o_proj's input: the attention output
+        sums = input_sq_sums(model, [a.o for a in atts], batches, device)
     ordered: list[list[float]] = [[] for _ in kept]
     original: list[list[float]] = [[] for _ in kept]
     for a, sq in zip(atts, sums, strict=True):

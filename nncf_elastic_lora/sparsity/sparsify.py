@@ -55,7 +55,6 @@ def _apply(name: str, linear: torch.nn.Linear, mask: torch.Tensor, report: Spars
 
 
 def _wanda_blocks(
-    model: torch.nn.Module,
     targets: dict[str, torch.nn.Linear],
     runner: BlockRunner,
     ratio: float,
@@ -64,7 +63,6 @@ def _wanda_blocks(
     progress: bool,
 ) -> None:
     """Wanda block by block: statistics from the pruned blocks before, prune, recompute the outputs."""
-    runner.check_inside(list(targets), "Wanda (it prunes decoder-layer linears only)")
     for index, prefix, layer in tqdm(runner, total=len(runner), desc="wanda: layers", disable=not progress):
         in_layer = {n: m for n, m in targets.items() if n.startswith(prefix)}
         stats = {n: InputNormStat(m.in_features) for n, m in in_layer.items()}
@@ -116,7 +114,10 @@ def sparsify_model(
         was_training = model.training
         model.eval()
         try:
-            _wanda_blocks(model, targets, BlockRunner(model, batches, device), ratio, n_m, report, progress)
+            runner = BlockRunner(
+                model, batches, device, modules=list(targets), what="Wanda (it prunes decoder-layer linears only)"
+            )
+            _wanda_blocks(targets, runner, ratio, n_m, report, progress)
         finally:
             model.train(was_training)
         report.calibration = {

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import accumulation_dtype
 from .masks import n_m_mask, row_mask
 
 
 def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
     """``|W| * ||X||_2`` with ``input_sq_sum[j] = sum over tokens of x_j**2``."""
-    return weight.abs().float() * input_sq_sum.to(weight.device).float().sqrt().unsqueeze(0)
+    return weight.abs().float() * input_sq_sum.float().to(weight.device).sqrt().unsqueeze(0)
 
 
 def wanda_mask(
@@ -33,6 +34,7 @@ class InputNormStat:
         self.tokens = 0
 
     def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-        self.sq_sum += (x * x).sum(dim=0).cpu()
+        x = args[0].detach().reshape(-1, args[0].shape[-1])
+        x = x.to(accumulation_dtype(x.device))
+        self.sq_sum += (x * x).sum(dim=0).cpu().double()
         self.tokens += x.shape[0]

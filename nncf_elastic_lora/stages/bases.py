@@ -95,7 +95,8 @@ def quantize(config: PipelineConfig, output: str | Path, progress: bool = True) 
     refuse_int4_rewrite(config, "quantize")
     start = time.perf_counter()
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
-    zeros_before = {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    # Counts, not masks (a mask per weight would cost a quarter of a float32 model): every zero stays zero.
+    zeros_before = {n: int((m.weight == 0).sum()) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     texts = None
     if q.awq or q.scale_estimation:
         texts = train_texts(config.data, q.calibration.task, q.calibration.num_samples)
@@ -112,7 +113,7 @@ def quantize(config: PipelineConfig, output: str | Path, progress: bool = True) 
         progress=progress,
     )
     # quantize_base checks that every zero stayed zero; small weights may also have rounded to zero.
-    new_zeros = sum(int(((model.get_submodule(n).weight == 0) & ~zeros_before[n]).sum()) for n in qweights)
+    new_zeros = sum(int((model.get_submodule(n).weight == 0).sum()) - zeros_before[n] for n in qweights)
     report = {
         "model": config.model.name_or_path,
         "bits": 4,

@@ -16,7 +16,7 @@ from ..blockwise import streamed_logits
 from ..config import ChannelElasticityConfig, PipelineConfig
 from ..data import load_task
 from ..elastic import ElasticLoraSuperNet
-from ..elastic.channels import order_mlp_channels
+from ..elastic.channels import gated_mlps, input_sq_sums, order_mlp_channels
 from ..elastic.heads import attentions, order_kv_groups
 from ..elastic.lora import AdapterKind
 from ..extract import extract_int4_subnet, extract_subnet
@@ -56,14 +56,20 @@ def reorder(config: PipelineConfig, output: str | Path, progress: bool = True) -
     device = model_placement(config.model).device
     batches = calibration_batches(task.train, tokenizer, cal.num_samples, cal.seq_len, cal.seed)
     before = streamed_logits(model, batches[0], device)
+    # One calibration pass for both: permuting MLP channels leaves every attention's output unchanged.
+    downs = [m.down for m in gated_mlps(model)] if order_mlps else []
+    outs = [a.o for a in attentions(model)] if order_heads else []
+    sums = input_sq_sums(model, downs + outs, batches, device)
     ordering = (
-        order_mlp_channels(model, batches, tuple(spec.fractions_below_full(model)), device) if order_mlps else None
+        order_mlp_channels(model, batches, tuple(spec.fractions_below_full(model)), device, sums[: len(downs)])
+        if order_mlps
+        else None
     )
     head_ordering = None
     if order_heads:
         kv_heads = attentions(model)[0].num_kv_heads
         kept = sorted((c for c in heads.counts_for(kv_heads) if c < kv_heads), reverse=True)
-        head_ordering = order_kv_groups(model, batches, tuple(kept or [1]), device)
+        head_ordering = order_kv_groups(model, batches, tuple(kept or [1]), device, sums[len(downs) :])
     change = float((streamed_logits(model, batches[0], device) - before).abs().max())
     result = {
         "model": config.model.name_or_path,
@@ -136,7 +142,7 @@ def extract(
         model, quantized = extract_int4_subnet(supernet, chosen)
         check_codes_match_weights(model, quantized)
     else:
-        # Merged in float32, written in the base's dtype (a bf16 base gives a bf16 checkpoint, not twice its size).
+        # Merged in float32, written in model.dtype (bf16 on a GPU with 'auto': not twice the size in float32).
         model = extract_subnet(supernet, chosen).to(model_placement(config.model).dtype)
     params = sum(p.numel() for p in model.parameters())
     result = {
