@@ -156,51 +156,51 @@ def _subnet(super_adapter: Path, fraction: float, half_kv: bool) -> dict[str, in
 def run_stage(stage: str, name: str, work: Path, samples: int, steps: int) -> dict[str, Any]:
     """One stage of one shape, in this process, metered; returns what it cost and a few facts."""
     from nncf_elastic_lora.devices import ResourceMeter, placement
+
+    device = placement("auto", "auto").device
+    shutil.rmtree(work / stage, ignore_errors=True)  # a stage that did not finish is redone
+    os.sync()  # the previous stage's writes are not charged to this one...
+    with ResourceMeter(device) as meter:
+        facts, out = _run(stage, name, work, samples, steps)
+        os.sync()  # ...and this one's own writes reach the disk before its clock stops
+    disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {"stage": stage, **meter.record(), "disk_written_mib": round(disk / 2**20, 1), "facts": facts}
+
+
+def _run(stage: str, name: str, work: Path, samples: int, steps: int) -> tuple[dict[str, Any], Path]:
+    """The work of one stage: ``(its facts, the folder it wrote)``."""
     from nncf_elastic_lora.pipeline import export, extract, quantize, reorder, sparsify, train
 
-    shape = SHAPES[name]
-    dense, ordered, nls = work / "dense", work / "ordered", work / "nls"
-    kv = shape["num_key_value_heads"]
-    device = placement("auto", "auto").device
-    out = work / stage
-    shutil.rmtree(out, ignore_errors=True)  # a stage that did not finish is redone
-    facts: dict[str, Any] = {}
-    with ResourceMeter(device) as meter:
-        if stage == "make":
-            facts = make_model(name, dense)
-        elif stage == "sparsify":
-            r = sparsify(_config(dense, samples, steps, kv), out, progress=False)
-            facts = {"sparsity": r["sparsity"], "calibration_tokens": r["calibration"]["tokens"]}
-        elif stage == "quantize":
-            r = quantize(_config(dense, samples, steps, kv), out, progress=False)
-            facts = {"group_sizes": r["group_sizes"]}
-        elif stage == "reorder":
-            r = reorder(_config(dense, samples, steps, kv), ordered, progress=False)
-            facts = {"max_logit_change": r["max_logit_change"]}
-            out = ordered
-        elif stage == "train":
-            r = train(_config(ordered, samples, steps, kv), nls, progress=False)
-            facts = {"steps": r["steps"], "step_time_s": r["step_time_median_s"], "train_time_s": r["time_s"]}
-            out = nls
-        elif stage.startswith("extract_"):
-            fraction, half_kv = EXTRACTS[stage.removeprefix("extract_")]
-            sub = work / f"{stage}.subnet.json"
-            sub.write_text(json.dumps(_subnet(nls / "super_adapter", fraction, half_kv)))
-            r = extract(_config(ordered, samples, steps, kv), out, nls / "super_adapter", sub)
-            facts = {"params": r["params"], "mlp_widths": sorted(set(r["mlp_widths"])), "kv_groups": r["kv_groups"]}
-        elif stage.startswith("export_"):
-            label = stage.removeprefix("export_")
-            source, fmt = IRS[label]
-            model = dense if source == "make" else work / source
-            extra = {"weight_format": fmt, "group_size": 128}
-            r = export(_config(model, samples, steps, kv, export=extra), out)
-            parity = r.get("parity") or {}
-            facts = {"export_s": r["export_s"], "size_bytes": r["size_bytes"],
-                     "greedy_identical_genai": parity.get("greedy_identical_genai"), "prompts": parity.get("prompts")}
-        else:
-            raise ValueError(f"unknown stage {stage!r}")
-    disk = sum(f.stat().st_size for f in Path(out if stage != "make" else dense).rglob("*") if f.is_file())
-    return {"stage": stage, **meter.record(), "disk_written_mib": round(disk / 2**20, 1), "facts": facts}
+    dense, ordered, nls, out = work / "dense", work / "ordered", work / "nls", work / stage
+    kv = SHAPES[name]["num_key_value_heads"]
+    if stage == "make":
+        return make_model(name, dense), dense
+    if stage == "sparsify":
+        r = sparsify(_config(dense, samples, steps, kv), out, progress=False)
+        return {"sparsity": r["sparsity"], "calibration_tokens": r["calibration"]["tokens"]}, out
+    if stage == "quantize":
+        r = quantize(_config(dense, samples, steps, kv), out, progress=False)
+        return {"group_sizes": r["group_sizes"]}, out
+    if stage == "reorder":
+        r = reorder(_config(dense, samples, steps, kv), ordered, progress=False)
+        return {"max_logit_change": r["max_logit_change"]}, ordered
+    if stage == "train":
+        r = train(_config(ordered, samples, steps, kv), nls, progress=False)
+        return {"steps": r["steps"], "step_time_s": r["step_time_median_s"], "train_time_s": r["time_s"]}, nls
+    if stage.startswith("extract_"):
+        fraction, half_kv = EXTRACTS[stage.removeprefix("extract_")]
+        sub = work / f"{stage}.subnet.json"
+        sub.write_text(json.dumps(_subnet(nls / "super_adapter", fraction, half_kv)))
+        r = extract(_config(ordered, samples, steps, kv), out, nls / "super_adapter", sub)
+        return {"params": r["params"], "mlp_widths": sorted(set(r["mlp_widths"])), "kv_groups": r["kv_groups"]}, out
+    if stage.startswith("export_"):
+        source, fmt = IRS[stage.removeprefix("export_")]
+        model = dense if source == "make" else work / source
+        r = export(_config(model, samples, steps, kv, export={"weight_format": fmt, "group_size": 128}), out)
+        parity = r.get("parity") or {}
+        return {"export_s": r["export_s"], "size_bytes": r["size_bytes"],
+                "greedy_identical_genai": parity.get("greedy_identical_genai"), "prompts": parity.get("prompts")}, out
+    raise ValueError(f"unknown stage {stage!r}")
 
 
 def _child(stage: str, name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -300,6 +300,7 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
                 v for s, q in zip(speeds, refs, strict=True) for v in (round(s, 1), round(s / q, 2) if q else None))])
     lines += [markdown_table(headers, rows), ""]
     lines += results["fits_md"]
+    lines += _gpu_8b(results)
     (OUT / f"{RESULT}.md").write_text("\n".join(lines) + "\n")
     (OUT / f"{RESULT}.json").write_text(json.dumps(results, indent=1))
 
@@ -333,8 +334,73 @@ def _memory_check(results: dict[str, Any], args: argparse.Namespace, width: int)
     ]
 
 
+def _gpu_8b(results: dict[str, Any]) -> list[str]:
+    """What an 8 B model on one GPU needs per stage: host RAM and disk from the shares measured at the
+    largest size that ran, GPU memory from the stage's structure. On paper: no GPU ran this."""
+    from nncf_elastic_lora.report.tables import markdown_table
+
+    per = results["per_shape"]
+    largest = max(per, key=lambda n: per[n]["params"])
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}[results["dtype"]]
+    shape = SHAPES["llama-3-8b"]
+    params = param_count(shape)
+    gib = 2**30
+    m16, m32 = params * 2 / gib, params * 4 / gib  # the model in bf16 (model.dtype auto on a GPU) and float32
+    h, i = shape["hidden_size"], shape["intermediate_size"]
+    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    block = (2 * h * h + 2 * h * kv + 3 * h * i) * 2 / gib
+    embed = shape["vocab_size"] * h * 2 / gib * (1 if shape["tie_word_embeddings"] else 2)
+    acts = 2 * 128 * 128 * h * 2 / gib  # 128 windows of 128 tokens, block inputs and outputs
+    base = results["baseline_rss_mib"] / 1024
+
+    def share(stage: str) -> float | None:
+        s = per[largest]["stages"].get(stage)
+        if not s or s.get("failed"):
+            return None
+        model = per[largest]["params"] * width / 2**20
+        return (s["peak_rss_mib"] - results["baseline_rss_mib"]) / model
+
+    linear = shape["num_hidden_layers"] * block / 2  # linear parameters, in G (block is bf16 GiB)
+    shard = 5 * 1e9 / gib  # from_pretrained(device_map=...) reads one shard at a time into host memory
+    rows = []
+    for label, stage, host, gpu, disk, note in (
+        ("sparsify (Wanda)", "sparsify", None, block + embed + acts, m16,
+         "model in CPU memory, one block at a time on the GPU"),
+        ("reorder", "reorder", None, block + embed + acts, m16, "as Wanda (one calibration pass)"),
+        ("quantize (INT4 base)", "quantize", base + shard, m32 * (share("quantize") or 1.5), m32 + linear,
+         "float32 on the GPU; writes float32 dequantized weights + 1-byte codes"),
+        ("train (NLS, a few GB of activations more)", "train", base + shard, m16 + acts, 0.2,
+         "bf16 model on the GPU, float32 adapters"),
+        ("extract / merge", "extract_mlp75", base + shard, m32, m16 * 0.8, "merged in float32 on the GPU, written in bf16"),
+    ):
+        if host is None:  # block-by-block stages: the measured share of the model in CPU memory
+            host = base + (share(stage) or 1.0) * m16 + acts
+        rows.append([label, f"{host:.0f}", f"{gpu:.1f}", f"{disk:.0f}", note])
+    return [
+        "## An 8 B model on one GPU: what to expect (on paper)", "",
+        f"Llama-3-8B shape, {params / 1e9:.2f} B parameters: {m16:.1f} GiB in bfloat16 (`model.dtype: auto` on a GPU), "
+        f"{m32:.1f} GiB in float32; one decoder block {block * 1024:.0f} MiB, embeddings + head {embed:.1f} GiB. "
+        f"Host RAM = B + (model share measured at {largest}) × model bytes; GPU memory from what the stage holds "
+        "there (no GPU ran it: `bench/gpu_check.sh` measures the 1 B and 3 B shapes on an H200 when one is lent). "
+        "GPU time is not extrapolated from this CPU; the CPU-time fit is above.", "",
+        markdown_table(["stage", "host RAM GiB", "GPU memory GiB", "disk written GiB", "how"], rows), "",
+    ]
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
+    """``y = c + k * x`` by least squares; None with fewer than two points."""
+    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+    if len(pts) < 2:
+        return None
+    mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    k = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx else 0.0
+    return my - k * mx, k
+
+
 def _fits(results: dict[str, Any]) -> list[str]:
-    """Power-law fits per stage and the extrapolation to 8 B and 13 B."""
+    """Per stage: time as a power law of the parameter count, memory and disk as lines (a fixed part,
+    the libraries, plus bytes per parameter); the extrapolation to 8 B and 13 B."""
     from nncf_elastic_lora.report.tables import markdown_table
 
     per = results["per_shape"]
@@ -344,19 +410,22 @@ def _fits(results: dict[str, Any]) -> list[str]:
         ran = [r for r in per.values() if st in r["stages"] and not r["stages"][st].get("failed")]
         xs = [r["params"] for r in ran]
         t = _fit(xs, [r["stages"][st]["wall_s"] for r in ran])
-        m = _fit(xs, [r["stages"][st]["peak_rss_mib"] for r in ran])
-        d = _fit(xs, [r["stages"][st]["disk_written_mib"] for r in ran])
+        m = _line(xs, [r["stages"][st]["peak_rss_mib"] for r in ran])
+        d = _line(xs, [r["stages"][st]["disk_written_mib"] for r in ran])
         if not t or not m:
             continue
-        row = [st, len(xs), f"{t[1]:.2f}", f"{m[1]:.2f}"]
+        row = [st, len(xs), f"{t[1]:.2f}", f"{m[1] * 2**20:.2f}"]
         for p in targets.values():
-            row += [round(t[0] * p ** t[1]), round(m[0] * p ** m[1] / 1024, 1), round(d[0] * p ** d[1] / 1024, 1) if d else None]
+            row += [round(t[0] * p ** t[1]), round((m[0] + m[1] * p) / 1024, 1),
+                    round((d[0] + d[1] * p) / 1024, 1) if d else None]
         rows.append(row)
-    headers = ["stage", "sizes fitted", "time exponent", "RSS exponent"]
+    headers = ["stage", "sizes fitted", "time exponent b", "RSS bytes / param"]
     for label in targets:
         headers += [f"{label}: s (CPU)", "RSS GiB", "disk GiB"]
     return ["## Fits and extrapolation (on paper)", "",
-            "`y = a · params^b` fitted in log-log space on the sizes that ran (time on this CPU, float32).",
+            "Time: `t = a · params^b` fitted in log-log space; peak RSS and disk: `c + k · params` (a fixed part,",
+            "the libraries, plus k bytes per parameter) by least squares, on the sizes that ran. Time is this 2-core CPU's,",
+            f"in {results['dtype']}; an 8 B model in float32 (32 GB) does not fit this machine's memory at all.",
             "", markdown_table(headers, rows), ""]
 
 

@@ -151,7 +151,8 @@ def down_input_sq_sums(
 def permute_rows(module: nn.Module, order: torch.Tensor) -> None:
     """Reorder output channels: the base rows (and bias), a LoRA ``B``'s rows, a SparsePEFT mask's rows."""
     base = base_linear(module)
-    base.weight.data = base.weight.data[order].contiguous()
+    # Into the weight's own storage: a new tensor would leave the loaded one (often a mapped file) resident.
+    base.weight.data.copy_(base.weight.data[order])
     if base.bias is not None:
         base.bias.data = base.bias.data[order].contiguous()
     if hasattr(module, "lora_B"):
@@ -163,7 +164,7 @@ def permute_rows(module: nn.Module, order: torch.Tensor) -> None:
 def permute_columns(module: nn.Module, order: torch.Tensor) -> None:
     """Reorder input channels: the base columns, a LoRA ``A``'s columns, a SparsePEFT mask's columns."""
     base = base_linear(module)
-    base.weight.data = base.weight.data[:, order].contiguous()
+    base.weight.data.copy_(base.weight.data[:, order])  # in place, as in permute_rows
     if hasattr(module, "lora_A"):
         module.lora_A.weight.data = module.lora_A.weight.data[:, order].contiguous()
     if getattr(module, "mask", None) is not None:

@@ -329,7 +329,12 @@ def _compress_wrapped(
 
 
 def _verified_weight(
-    module: str, decompressor: Any, param: torch.nn.Parameter, zero_mask: np.ndarray, planned: int | None
+    module: str,
+    decompressor: Any,
+    param: torch.nn.Parameter,
+    zero_mask: np.ndarray,
+    planned: int | None,
+    storage: torch.Tensor | None = None,
 ) -> QuantizedWeight:
     """``module``'s codes from its decompressor, checked: NNCF's value, zeros kept, the planned group size."""
     qw = _decompressor_weights(decompressor, param.data)
@@ -343,6 +348,11 @@ def _verified_weight(
         raise RuntimeError(f"{module}: a weight that was exactly zero is not zero after quantization")
     if planned != qw.group_size:
         raise RuntimeError(f"{module}: NNCF chose group size {qw.group_size}, expected {planned}")
+    if storage is not None and storage.shape == ours.shape and storage.dtype == ours.dtype:
+        # Back into the float weight's own storage: a new tensor would leave the loaded one resident
+        # beside it (a checkpoint is often a mapped file), about one more model in memory.
+        storage.copy_(ours)
+        ours = storage
     param.data = ours
     return qw
 
@@ -352,6 +362,7 @@ def _read_back_decompressors(
     to_quantize: set[str],
     plan: Mapping[str, int | None],
     zero_masks: Mapping[str, np.ndarray],
+    storages: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, QuantizedWeight]:
     """Each compressed target's codes (its weight set to their value), then NNCF's hooks removed."""
     from nncf.torch.function_hook.hook_storage import decode_hook_name
@@ -374,7 +385,7 @@ def _read_back_decompressors(
         if module not in to_quantize:
             raise RuntimeError(f"NNCF compressed {op_name}, which is not a target")
         qweights[module] = _verified_weight(
-            module, decompressor, params[op_name], zero_masks[module], plan[module]
+            module, decompressor, params[op_name], zero_masks[module], plan[module], (storages or {}).get(module)
         )
     for hook_name, _ in hooks:
         storage.delete_hook(hook_name)
@@ -426,6 +437,7 @@ def quantize_base(
         return {}
     device = next(model.parameters()).device
     zero_masks = {n: np.packbits((targets[n].weight == 0).cpu().numpy()) for n in to_quantize}
+    storages = {n: targets[n].weight.data for n in to_quantize}  # NNCF swaps them for packed codes
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     model.eval()
@@ -444,7 +456,8 @@ def quantize_base(
             scale_estimation=scale_estimation,
             progress=progress,
         )
-        qweights = _read_back_decompressors(model, to_quantize, plan, zero_masks)
+        qweights = _read_back_decompressors(model, to_quantize, plan, zero_masks, storages)
+    del storages
     for name, p in model.named_parameters():
         p.requires_grad_(requires_grad.get(name, p.requires_grad))
     model.train(was_training)
