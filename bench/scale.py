@@ -67,6 +67,7 @@ IRS = {  # label -> (source stage, weight format)
     "MLP 50 % INT4": ("extract_mlp50", "int4"),
     "MLP 50 % + half KV INT8": ("extract_mlp50_kv50", "int8"),
 }
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STAGES = ("sparsify", "quantize", "reorder", "train", *(f"extract_{k}" for k in EXTRACTS))
 
 
@@ -268,7 +269,7 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"{results['baseline_rss_mib']:.0f} MiB here).",
         "",
     ]
-    width = {"float32": 4, "bfloat16": 2, "float16": 2}[results["dtype"]]
+    width = DTYPE_BYTES[results["dtype"]]
     headers = ["shape", "params (M)", f"{results['dtype']} MiB", "stage", "wall s", "peak RSS MiB",
                "peak RSS / model bytes", "disk MiB"]
     rows = []
@@ -341,7 +342,7 @@ def _gpu_8b(results: dict[str, Any]) -> list[str]:
 
     per = results["per_shape"]
     largest = max(per, key=lambda n: per[n]["params"])
-    width = {"float32": 4, "bfloat16": 2, "float16": 2}[results["dtype"]]
+    width = DTYPE_BYTES[results["dtype"]]
     shape = SHAPES["llama-3-8b"]
     params = param_count(shape)
     gib = 2**30
