@@ -280,3 +280,17 @@ def test_scale_bench_refuses_an_unknown_shape_and_a_missing_data_file(tmp_path):
     assert r.returncode == 2 and "unknown shape(s) ['gpt-5']; known: smollm2-135m" in r.stderr
     r = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "none.json")], capture_output=True, text=True)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_scale_bench_and_gpu_check_refuse_bad_flags(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    for flags, message in ((["--samples", "0"], "--samples 0: must be at least 1"),
+                           (["--tag", "a/b"], "--tag 'a/b': letters, digits")):
+        r = subprocess.run([sys.executable, str(root / "bench" / "scale.py"), *flags], capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh"), "bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "usage: bench/gpu_check.sh prepare|run"

@@ -221,3 +221,17 @@ def test_checkpoints_are_sharded_and_in_the_models_dtype(tmp_path, monkeypatch, 
     assert next(loaded.parameters()).dtype is torch.bfloat16
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_sharded_checkpoint_missing_a_shard_is_one_clear_error(tmp_path, monkeypatch, tokenizer, capsys):
+    from nncf_elastic_lora import outputs
+
+    monkeypatch.setattr(outputs, "MAX_SHARD_SIZE", "2MB")
+    outputs.save_checkpoint(tmp_path / "ckpt", build_tiny_llama(TINY), tokenizer, verb="test")
+    sorted((tmp_path / "ckpt").glob("model-*.safetensors"))[-1].unlink()
+    capsys.readouterr()  # the save's own progress bar
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tmp_path / "ckpt"), "--output", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: could not load the model in") and "model-00002-of-" in err and "re-create" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
