@@ -23,8 +23,10 @@ import torch
 class QuantizedWeight:
     """The integer codes, float16 scales and (asymmetric) zero points of one linear weight.
 
-    ``codes``: ``[out, in]`` int16 (symmetric codes are signed); ``scale`` and ``zero_point``:
-    ``[out, in // group_size]``.
+    ``codes``: ``[out, in]``, int8 when symmetric, uint8 otherwise (:func:`code_dtype`: one byte
+    per weight, so an 8 B model's codes are 8 GB, not 16); ``scale`` and ``zero_point``:
+    ``[out, in // group_size]``. Arithmetic on codes goes through float16 (:func:`dequantize`):
+    subtracting uint8 zero points from uint8 codes would wrap.
     """
 
     codes: torch.Tensor
@@ -46,6 +48,13 @@ def code_range(bits: int, sym: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if sym else (0, 2**bits - 1)
 
 
+def code_dtype(bits: int, sym: bool) -> torch.dtype:
+    """The smallest integer dtype holding every code: int8 (symmetric) or uint8 (asymmetric), to 8 bits."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"codes of {bits} bits are not supported; use 2 to 8 bits")
+    return torch.int8 if sym else torch.uint8
+
+
 def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
     out, inp = w.shape
     if inp % group_size:
@@ -56,7 +65,7 @@ def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
 def quantize(
     w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, group_size: int, bits: int = 4
 ) -> torch.Tensor:
-    """Codes of ``w`` under frozen ``scale``/``zero_point``: ``clamp(round(w / s) + z)``, int16.
+    """Codes of ``w`` under frozen ``scale``/``zero_point``: ``clamp(round(w / s) + z)``, in :func:`code_dtype`.
 
     ``torch.round`` rounds halves to even, as OpenVINO's and NNCF's quantisers do.
     """
@@ -65,7 +74,7 @@ def quantize(
     q = torch.round(g / scale.float().unsqueeze(-1))
     if zero_point is not None:
         q = q + zero_point.float().unsqueeze(-1)
-    return q.clamp(low, high).reshape(w.shape).to(torch.int16)
+    return q.clamp(low, high).reshape(w.shape).to(code_dtype(bits, zero_point is None))
 
 
 def dequantize(

@@ -27,7 +27,7 @@ from nncf_elastic_lora.int4 import (
     scales_fingerprint,
 )
 from nncf_elastic_lora.models import build_tiny_llama, load_tokenizer
-from nncf_elastic_lora.quantization import QuantizedWeight, quantize
+from nncf_elastic_lora.quantization import QuantizedWeight, code_dtype, quantize
 from nncf_elastic_lora.sparsity import sparsify_model
 
 TINY64 = ModelConfig(
@@ -241,6 +241,15 @@ def test_save_load_round_trip(bases):
     assert (
         sym_stored[f"{PERTURBED}.codes"].dtype == torch.int8 and f"{PERTURBED}.zero_point" not in sym_stored
     )
+    # In memory too, codes take one byte per weight (an 8 B model's are 8 GB, not 16).
+    assert loaded[PERTURBED].codes.dtype == torch.uint8
+    assert bases[True][1][PERTURBED].codes.dtype == torch.int8
+
+
+@pytest.mark.parametrize("bits", [1, 9, 16])
+def test_code_dtype_refuses_widths_it_cannot_hold(bits):
+    with pytest.raises(ValueError, match=f"codes of {bits} bits are not supported; use 2 to 8 bits"):
+        code_dtype(bits, sym=True)
 
 
 def _copy_format_files(src: Path, dst: Path) -> Path:

@@ -22,7 +22,7 @@ from ..elastic.channels import gated_mlps
 from ..formats import INT4_FORMAT as FORMAT
 from ..formats import INT4_FORMAT_VERSION as FORMAT_VERSION
 from ..formats import QUANTIZATION_JSON, QUANTIZED_WEIGHTS, per_layer_mlp_widths
-from ..quantization import QuantizedWeight, code_range, scales_fingerprint
+from ..quantization import QuantizedWeight, code_dtype, code_range, scales_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def save_quantized_weights(
         if int(codes.min()) < low or int(codes.max()) > high:
             raise ValueError(f"{name}: codes outside [{low}, {high}]")
         _check_shapes(name, qw, QUANTIZED_WEIGHTS)
-        tensors[f"{name}.codes"] = codes.to(torch.int8 if sym else torch.uint8).contiguous()
+        tensors[f"{name}.codes"] = codes.to(code_dtype(4, sym)).contiguous()
         tensors[f"{name}.scale"] = qw.scale.detach().cpu().to(torch.float16).contiguous()
         if not sym:
             tensors[f"{name}.zero_point"] = qw.zero_point.detach().cpu().to(torch.uint8).contiguous()
@@ -248,20 +248,20 @@ def _module_weight(
 ) -> QuantizedWeight:
     """Module ``name``'s codes, scales and zero points, checked for dtypes, shapes and ranges."""
     low, high = code_range(4, sym)
-    code_dtype = torch.int8 if sym else torch.uint8
+    want = code_dtype(4, sym)
     codes, scale = tensors[f"{name}.codes"], tensors[f"{name}.scale"]
     zp = None if sym else tensors[f"{name}.zero_point"]
     if (
-        codes.dtype != code_dtype
+        codes.dtype != want
         or scale.dtype != torch.float16
         or (zp is not None and zp.dtype != torch.uint8)
     ):
         raise QuantizedBaseError(
             f"{path}: {name}: dtypes codes {codes.dtype}, scale {scale.dtype}"
-            f"{'' if zp is None else f', zero_point {zp.dtype}'}; expected {code_dtype}, float16"
+            f"{'' if zp is None else f', zero_point {zp.dtype}'}; expected {want}, float16"
             f"{'' if zp is None else ', uint8'}"
         )
-    qw = QuantizedWeight(codes.to(torch.int16), scale, zp, group_size)
+    qw = QuantizedWeight(codes, scale, zp, group_size)
     _check_shapes(name, qw, f"{path} / {QUANTIZATION_JSON}")
     if int(codes.min()) < low or int(codes.max()) > high:
         raise QuantizedBaseError(f"{path}: {name}: codes outside [{low}, {high}]")

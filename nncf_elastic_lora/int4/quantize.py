@@ -41,7 +41,7 @@ import torch
 
 from ..architecture import in_head, output_head_names
 from ..patterns import find_linears
-from ..quantization import QuantizedWeight
+from ..quantization import QuantizedWeight, code_dtype
 from .checkpoint import QuantizedBaseError, check_codes_match_weights, linear_module
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _decompressor_weights(decompressor: Any, packed: torch.Tensor) -> QuantizedW
     scale = decompressor._scale.detach().reshape(out, -1).to(torch.float16).clone()
     groups = scale.shape[1]
     return QuantizedWeight(
-        codes=codes.reshape(out, width).to(torch.int16),
+        codes=codes.reshape(out, width).to(code_dtype(4, zp is None)),
         scale=scale,
         zero_point=None if zp is None else zp.reshape(out, groups).to(torch.uint8),
         group_size=width // groups,
