@@ -58,6 +58,20 @@ def test_masked_width_equals_the_sliced_mlp():
     assert sum(p.numel() for p in sliced.parameters()) < sum(p.numel() for p in masked.parameters())
 
 
+@pytest.mark.parametrize("rows,cols", [(None, 3), (5, None), (4, 2), (None, 7)])
+def test_sliced_linear_reuses_the_weights_storage(rows, cols):
+    from nncf_elastic_lora.elastic.channels import sliced_linear
+
+    linear = torch.nn.Linear(7, 9)
+    want = linear.weight.data[:rows, :cols].clone()
+    ptr = linear.weight.data_ptr()
+    out = sliced_linear(linear, rows=rows, cols=cols)
+    # The slice, moved to the front of the old storage: no second copy of a model's MLPs.
+    assert torch.equal(out.weight, want) and out.weight.is_contiguous() and out.weight.data_ptr() == ptr
+    assert (out.in_features, out.out_features) == (want.shape[1], want.shape[0])
+    assert out.bias.shape == (want.shape[0],)
+
+
 def test_mask_width_outside_the_mlp_is_refused():
     model = build_tiny_llama(TINY)
     mask = ChannelMask(model.get_submodule(gated_mlps(model)[0].down), 64)

@@ -265,16 +265,39 @@ class ChannelMask:
         self._handle.remove()
 
 
+def _first_columns_in_place(w: torch.Tensor, cols: int) -> torch.Tensor:
+    """``w[:, :cols]`` moved to the front of ``w``'s own storage, as a contiguous view of it.
+
+    Row ``i`` moves from offset ``i * in`` to ``i * cols``, never later, so moving rows in order
+    only overwrites rows already moved; a row whose old and new places overlap goes through a copy.
+    """
+    out, width = w.shape
+    flat = w.view(-1)
+    for i in range(1, out):
+        src, dst = flat[i * width : i * width + cols], flat[i * cols : (i + 1) * cols]
+        dst.copy_(src.clone() if i * width < (i + 1) * cols else src)
+    return flat[: out * cols].view(out, cols)
+
+
 def sliced_linear(linear: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
-    """A new linear holding the first ``rows`` output and ``cols`` input channels of ``linear``."""
+    """A linear holding the first ``rows`` output and ``cols`` input channels of ``linear``.
+
+    The new weight lives in ``linear``'s own storage (a prefix view, columns compacted in place), so
+    slicing a model needs no second copy of its MLPs: parameters loaded from a checkpoint are views
+    of its mapped file, and new tensors would sit beside those pages, not replace them. ``linear``
+    is spent.
+    """
     w = linear.weight.data
     w = w[:rows] if rows is not None else w
-    w = w[:, :cols] if cols is not None else w
-    out = nn.Linear(w.shape[1], w.shape[0], bias=linear.bias is not None, device=w.device, dtype=w.dtype)
-    out.weight.data = w.contiguous().clone()
+    if cols is not None and cols < w.shape[1]:
+        w = _first_columns_in_place(w, cols) if w.is_contiguous() else w[:, :cols].contiguous()
+    elif not w.is_contiguous():
+        w = w.contiguous()
+    out = nn.Linear(w.shape[1], w.shape[0], bias=linear.bias is not None, device="meta", dtype=w.dtype)
+    out.weight = nn.Parameter(w, requires_grad=linear.weight.requires_grad)
     if linear.bias is not None:
-        out.bias.data = (linear.bias.data[:rows] if rows is not None else linear.bias.data).clone()
-    out.weight.requires_grad_(linear.weight.requires_grad)
+        bias = linear.bias.data[:rows] if rows is not None else linear.bias.data
+        out.bias = nn.Parameter(bias.clone(), requires_grad=linear.bias.requires_grad)
     return out
 
 
