@@ -262,7 +262,7 @@ def _benchmark(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     runs = [(label, work / f"export_{label}", "genai") for label in IRS if (work / f"export_{label}.json").is_file()]
     results = benchmark_models(runs, prompt_tokens=128, new_tokens=args.new_tokens, batch_sizes=[1, 4],
-                               repeats=args.repeats, warmup=1)
+                               repeats=args.repeats, warmup=1, rounds=args.rounds)
     cached.write_text(json.dumps(results, indent=1))
     return results
 
@@ -275,7 +275,7 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
         "# How cost grows with the model (bench/scale.py)",
         "",
         f"Command: `.venv/bin/python bench/scale.py --shapes {','.join(results['shapes'])} --samples {args.samples} "
-        f"--steps {args.steps} --repeats {args.repeats} --new-tokens {args.new_tokens}"
+        f"--steps {args.steps} --repeats {args.repeats} --rounds {args.rounds} --new-tokens {args.new_tokens}"
         + (" --torch-only" if args.torch_only else "") + (f" --tag {args.tag}" if args.tag else "") + "`",
         f"Machine: {machine.get('device_name') or machine.get('cpu')}, {machine.get('logical_cores')} logical cores, "
         f"AVX-512 {machine.get('avx512')}, AMX {machine.get('amx')}, {machine.get('memory_gib', '?')} GiB RAM"
@@ -289,6 +289,7 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
         "",
     ]
     width = DTYPE_BYTES[results["dtype"]]
+    lines += _reading(results, args, width)
     headers = ["shape", "params (M)", f"{results['dtype']} MiB", "stage", "wall s", "peak RSS MiB",
                "peak RSS / model bytes", "disk MiB"]
     rows = []
@@ -307,7 +308,8 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
     for name, r in results["per_shape"].items():
         t = r["stages"].get("train", {}).get("facts", {})
         lines.append(f"- {name}: {t.get('step_time_s')} s per NLS step (batch 2, ≤ 64 tokens), {t.get('steps')} steps")
-    lines += ["", "## Decode speed (GenAI, 128-token prompt, median of repeats; ratio to dense INT8 of the same shape, same run)", ""]
+    lines += ["", f"## Decode speed (GenAI, 128-token prompt, median of {args.repeats} repeats in each of {args.rounds} rounds; "
+              "ratio to dense INT8 of the same shape, same run)", ""]
     headers = ["shape", "IR", "IR MiB", "tok/s b1", "x dense INT8 b1", "tok/s b4", "x dense INT8 b4",
                "x dense, same precision b1", "weights bound"]
     rows = []
@@ -333,6 +335,35 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
     lines += _gpu_8b(results)
     (OUT / f"{RESULT}.md").write_text("\n".join(lines) + "\n")
     (OUT / f"{RESULT}.json").write_text(json.dumps(results, indent=1))
+
+
+def _reading(results: dict[str, Any], args: argparse.Namespace, width: int) -> list[str]:
+    """What the largest shape that ran shows, in sentences built from this run's figures."""
+    per = results["per_shape"]
+    name = max(per, key=lambda n: per[n]["params"])
+    r = per[name]
+    model = r["params"] * width / 2**20
+    base = results["baseline_rss_mib"]
+    shares = []
+    for st in ("sparsify", "quantize", "reorder", *(f"extract_{k}" for k in EXTRACTS)):
+        s = r["stages"].get(st)
+        if s and not s.get("failed"):
+            act = 2 * args.samples * 128 * SHAPES[name]["hidden_size"] * width / 2**20 if st in ("sparsify", "reorder") else 0
+            shares.append(f"{st} {(s['peak_rss_mib'] - base - act) / model:.2f}")
+    lines = ["## Reading it", "", f"- Memory at {name}: peak RSS over the model's bytes, libraries and calibration "
+             f"activations taken off (the bound is 1.5): {', '.join(shares)}."]
+    bench = {b["label"]: b for b in r.get("benchmark", [])}
+    ref = bench.get("dense INT8")
+    for label in ("MLP 50 % INT8", "MLP 50 % + half KV INT8", "MLP 50 % INT4"):
+        if ref and label in bench:
+            speed = [x["decode_tokens_per_s"] for x in bench[label]["batches"]]
+            refs = [x["decode_tokens_per_s"] for x in ref["batches"]]
+            bound = weights_bound(name, label)
+            extra = (f"; the weights bound of that cut is {bound:.2f}x over the dense IR of the same precision"
+                     if bound else "")
+            lines.append(f"- {label} at {name}: {speed[0] / refs[0]:.2f}x the dense INT8 IR's decode speed at batch 1, "
+                         f"{speed[1] / refs[1]:.2f}x at batch 4{extra}.")
+    return [*lines, ""]
 
 
 def _memory_check(results: dict[str, Any], args: argparse.Namespace, width: int) -> list[str]:
@@ -466,6 +497,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="NLS steps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="benchmark every IR once per round (order reversed every other round), runs pooled")
     parser.add_argument("--torch-only", action="store_true",
                         help="only the torch stages (no export, no benchmark): for a GPU machine without OpenVINO")
     parser.add_argument("--data", help="a local JSON task file instead of the bundled basic_arithmetic")
@@ -473,7 +506,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for flag, value, least in (("--samples", args.samples, 1), ("--steps", args.steps, 1),
-                               ("--repeats", args.repeats, 1), ("--new-tokens", args.new_tokens, 2)):
+                               ("--repeats", args.repeats, 1), ("--new-tokens", args.new_tokens, 2),
+                               ("--rounds", args.rounds, 1)):
         if value < least:
             parser.error(f"{flag} {value}: must be at least {least}")
     if not all(c.isalnum() or c in "-_" for c in args.tag):

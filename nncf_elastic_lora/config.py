@@ -554,6 +554,12 @@ class ExportConfig(_Section):
         description="Calibrate the compression on `calibration` texts (implied by awq/scale_estimation).",
     )
     calibration: ExportCalibrationConfig = Field(default_factory=ExportCalibrationConfig)
+    backup_precision: Literal["int8_asym", "int8_sym", "none"] = Field(
+        "int8_asym",
+        description="INT4: the precision of the weights left out of INT4 (embeddings, LM head, layers without a "
+        "valid group size), also in an INT4 base's exact-codes IR; 'int8_asym' as optimum-intel's INT4 exports, "
+        "'none' keeps them float.",
+    )
     merge_adapter: bool = Field(
         False,
         description="Merge the adapter into the weights; default keeps it as a low-rank branch in the IR, "
@@ -569,6 +575,11 @@ class ExportConfig(_Section):
 
     @model_validator(mode="after")
     def _compatible_compression(self) -> ExportConfig:
+        if self.backup_precision != "int8_asym" and self.weight_format != "int4":
+            raise ValueError(
+                f"backup_precision {self.backup_precision!r} applies to int4 weights (the layers left out of INT4), "
+                f"not {self.weight_format}"
+            )
         check_compression_options(
             self.weight_format,
             awq=self.awq,
@@ -607,6 +618,36 @@ class BenchmarkRunConfig(_Section):
         return self
 
 
+class PlainReferenceConfig(_Section):
+    """The plain alternative every shipped IR is measured against: what a user without this package does."""
+
+    enabled: bool = Field(
+        True,
+        description="`run` (with export.enabled) also trains plain LoRA on the original dense model with the same "
+        "data, steps, learning rate and maximal rank, merges it, exports it like `optimum-cli export openvino "
+        "--weight-format`, evaluates it on the same split and benchmarks it beside the shipped IR; the report's "
+        "verdict compares the two. Reused from `cache_dir` when every input is the same.",
+    )
+    weight_formats: list[Literal["fp32", "fp16", "int8", "int4"]] | None = Field(
+        None,
+        description="Formats of the plain export; default: the shipped IR's, plus int8 and int4 when it is neither.",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where plain references are kept across runs, one folder per set of inputs; default "
+        "$NNCF_ELASTIC_LORA_PLAIN_CACHE, else <model cache>/plain_reference.",
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> PlainReferenceConfig:
+        if self.weight_formats is not None:
+            if not self.weight_formats:
+                raise ValueError("plain.weight_formats is empty: give at least one format, or null for the default")
+            if len(set(self.weight_formats)) != len(self.weight_formats):
+                raise ValueError(f"plain.weight_formats {self.weight_formats} repeats a format")
+        return self
+
+
 class PipelineConfig(_Section):
     """The whole JSON file."""
 
@@ -618,6 +659,7 @@ class PipelineConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     benchmark: BenchmarkRunConfig = Field(default_factory=BenchmarkRunConfig)
+    plain: PlainReferenceConfig = Field(default_factory=PlainReferenceConfig)
     # NNCF configs carry input_info for graph tracing; we accept and ignore it so old files load.
     input_info: list[dict[str, Any]] | dict[str, Any] | None = None
 

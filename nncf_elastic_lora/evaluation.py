@@ -19,6 +19,7 @@ results are gathered (:mod:`~nncf_elastic_lora.distributed`): the same figures a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -161,6 +162,22 @@ class TaskResult:
     time_s: float = 0.0
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskResult:
+        """The result :meth:`to_dict` wrote (its outcome digest is recomputed from predictions, if any)."""
+        return cls(**{k: d[k] for k in ("task", "split", "n", "metrics", "time_s", "predictions") if k in d})
+
+    def outcomes(self) -> str:
+        """``"0110..."``: per example, in order, whether the primary metric (acc, else exact match)
+        counts it right; two models scored on the same examples compare pairwise from these."""
+        bits = []
+        for p in self.predictions:
+            if "label" in p:
+                bits.append(p["pred"] == p["label"])
+            elif "gold" in p:
+                bits.append(p["extracted"] is not None and p["extracted"] == p["gold"])
+        return "".join("1" if b else "0" for b in bits)
+
     def to_dict(self, with_predictions: bool = False) -> dict[str, Any]:
         d = {
             "task": self.task,
@@ -169,6 +186,9 @@ class TaskResult:
             "metrics": self.metrics,
             "time_s": self.time_s,
         }
+        if self.predictions:
+            d["outcomes"] = self.outcomes()
+            d["examples_sha256"] = hashlib.sha256("\n".join(str(p["id"]) for p in self.predictions).encode()).hexdigest()[:16]
         if with_predictions:
             d["predictions"] = self.predictions
         return d
@@ -271,3 +291,19 @@ def results_table(results: dict[str, list[TaskResult]]) -> tuple[list[str], list
         for r in rs
     ]
     return ["model", "task", "n", *metrics], rows
+
+
+def paired_difference(a: str, b: str) -> tuple[float, float]:
+    """``(mean(a − b), its standard error)`` of two models' outcomes on the same examples.
+
+    ``a`` and ``b`` are :meth:`TaskResult.outcomes` strings. The standard error is the sample standard
+    deviation of the per-example differences over ``sqrt(n)`` (a paired comparison: the examples both
+    get right or both get wrong add no noise), 0 for a single example.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired outcomes need the same non-empty examples, got {len(a)} and {len(b)}")
+    d = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)

@@ -283,15 +283,16 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
 
 
 @contextmanager
-def output_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock on ``path`` (a file ``.<name>.lock`` beside it)."""
+def output_lock(path: str | Path, wait: bool = False) -> Iterator[None]:
+    """An exclusive lock on ``path`` (a file ``.<name>.lock`` beside it): refused at once if another
+    process holds it, or with ``wait`` held once that process lets go (a shared cache entry)."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
@@ -305,7 +306,8 @@ def output_lock(path: str | Path) -> Iterator[None]:
         try:
             yield
         finally:
-            lock.unlink(missing_ok=True)
+            if not wait:  # a waiter holds the file open: unlinking it would let a third process lock a new one
+                lock.unlink(missing_ok=True)
     finally:
         os.close(fd)
 

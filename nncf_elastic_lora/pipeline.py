@@ -31,6 +31,7 @@ from .stages.nls import (
     search,
     train,
 )
+from .stages.plain import plain_reference
 from .stages.ship import calibration_texts, export, merge
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "latency_predictor",
     "load_supernet",
     "merge",
+    "plain_reference",
     "print_summary",
     "quantize",
     "reorder",
@@ -87,7 +89,8 @@ def run_pipeline(
     execute(stages, run)
     report = run_report(run, stages)
     if report.get("benchmark"):
-        plot = plot_accuracy_vs_speed(report["benchmark"]["rows"], output / "accuracy_vs_speed.png")
+        verdict = ((report.get("plain") or {}).get("verdict") or {}).get("line")
+        plot = plot_accuracy_vs_speed(report["benchmark"]["rows"], output / "accuracy_vs_speed.png", verdict)
         report["artifacts"]["plot"] = str(plot) if plot else None
     write_json(output / "report.json", report)
     write_text(output / "report.md", to_markdown(report))

@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The plain LoRA references runs reuse: one cache per test process, never a stale one from older code.
+os.environ.setdefault("NNCF_ELASTIC_LORA_PLAIN_CACHE", tempfile.mkdtemp(prefix="plain-reference-"))
 
 import pytest  # noqa: E402
 

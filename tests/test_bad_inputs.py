@@ -308,6 +308,8 @@ CASES = [
     Case("export-adapter-wrong-base", [*EXPORT, "--adapter", "{ws}/super_wide_sub"], "does not fit the base model"),
     Case("export-not-an-adapter", [*EXPORT, "--adapter", "{ws}/not_adapter"], "not a PEFT adapter folder"),
     Case("export-save-merged-no-merge", [*EXPORT, "--adapter", "{ws}/super_sub", "--save-merged", "{ws}/merged"], "save_merged needs"),
+    Case("export-backup-on-int8", [*EXPORT, "--weight-format", "int8", "--backup-precision", "none"], "backup_precision 'none' applies to int4 weights"),
+    Case("export-backup-unknown", [*RUN, "--set", 'export.backup_precision="int2"'], "export.backup_precision"),
     Case("export-group-size-zero", [*EXPORT, "--weight-format", "int4", "--group-size", "0"], "group_size"),
     # benchmark flags
     Case("bench-batch-zero", [*BENCH, "--batch-sizes", "0"], "--batch-sizes must be at least 1"),
@@ -319,6 +321,12 @@ CASES = [
     Case("bench-duplicate-label", [*BENCH, "--model", "{ws}/model"], "given twice"),
     Case("bench-unknown-property", ["benchmark", "--model", "{ws}/model", "--runtime", "torch", "--property", "NO_SUCH_PROP=1"], "NO_SUCH_PROP"),
     # SQFT config keys and verbs
+    Case("plain-formats-empty", [*RUN, "--set", "plain.weight_formats=[]"], "plain.weight_formats is empty"),
+    Case("plain-formats-repeat", [*RUN, "--set", 'plain.weight_formats=["int8", "int8"]'], "repeats a format"),
+    Case("plain-format-unknown", [*RUN, "--set", 'plain.weight_formats=["int3"]'], "plain.weight_formats"),
+    Case("plain-cache-is-file", [*RUN, "--set", 'plain.cache_dir="{ws}/plainfile"'], "plain.cache_dir: "),
+    Case("plain-cache-below-file", [*RUN, "--set", 'plain.cache_dir="{ws}/plainfile/cache"'], "lies below a file"),
+    Case("plain-on-int4-model", [*RUN, "--model", "{ws}/sparse_int4", "--set", "benchmark.enabled=false", "--set", "quantization.weight_format=\"none\"", "--set", "sparsity.method=\"none\""], "plain.enabled: the original model is already INT4"),
     Case("elasticity-mode-unknown", [*RUN, "--set", "bootstrapNAS.elasticity.mode=\"channels\""], "bootstrapNAS.elasticity.mode"),
     Case("channels-without-mode-b", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"channels": [64]}'], "set mode to 'rank_and_channels'"),
     Case("channels-fraction-above-one", [*RUN, "--set", 'bootstrapNAS.elasticity.channels={"fractions": [1.0, 1.5]}'], "must be a non-empty list in (0, 1]"),

@@ -1,6 +1,7 @@
 """Benchmark output, runtime-property checks (tiny model; figures are not asserted, fields are)."""
 
 import json
+import statistics
 
 import pytest
 
@@ -82,6 +83,17 @@ def test_isolated_run_measures_its_own_process(exported):
     (result,) = benchmark_models([("ir", exported / "ir", "genai")], isolate=True, **SETTINGS)
     _check(result, "genai")
     assert result["peak_rss_growth_mb"] is None or result["peak_rss_growth_mb"] >= 0
+
+
+def test_rounds_pool_every_models_runs(exported):
+    runs = [("a", exported / "ir", "genai"), ("b", exported / "hf", "torch")]
+    a, b = benchmark_models(runs, isolate=False, rounds=2, **SETTINGS)
+    assert (a["label"], b["label"], a["rounds"]) == ("a", "b", 2)  # the caller's order, whatever a round's
+    for batch in a["batches"]:
+        assert len(batch["generate_runs_s"]) == 2 * SETTINGS["repeats"]
+        assert batch["generate_s"] == statistics.median(batch["generate_runs_s"])  # over both rounds
+    with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
+        benchmark_models(runs, isolate=False, rounds=0, **SETTINGS)
 
 
 def test_wrong_model_kind_for_runtime_is_an_error(exported):

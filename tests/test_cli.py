@@ -25,10 +25,33 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
         "sparse+NLS (hill_climbing)",
         "OpenVINO IR (int8, hill_climbing sub-adapter)",
         "dense OpenVINO IR (fp32)",
+        "plain LoRA, merged, int8 IR",
     }
     rows = report["benchmark"]["rows"]
-    assert [r["label"] for r in rows] == ["OpenVINO IR (int8, hill_climbing sub-adapter)", "dense OpenVINO IR (fp32)"]
+    assert [r["label"] for r in rows] == [
+        "OpenVINO IR (int8, hill_climbing sub-adapter)", "dense OpenVINO IR (fp32)", "plain LoRA, merged, int8 IR"
+    ]
     assert rows[1]["speedup"] == {"1": 1.0, "4": 1.0} and rows[0]["decode_tokens_per_s"]["4"] > 0
+    # The plain alternative (LoRA on the dense model, merged, INT8): scored, sized, timed, and the verdict.
+    assert rows[2]["plain"] and rows[2]["score"] is not None and rows[2]["weights_bytes"] > 0
+    assert rows[2]["decode_tokens_per_s"]["1"] > 0
+    plain = report["plain"]
+    assert plain["reused"] is False and plain["train"]["steps"] == 6
+    verdict = plain["verdict"]
+    assert verdict["plain"] == "plain LoRA, merged, int8 IR" and verdict["stderr"] is not None
+    assert verdict["speedup"]["1"] == pytest.approx(
+        rows[0]["decode_tokens_per_s"]["1"] / rows[2]["decode_tokens_per_s"]["1"]
+    )
+    assert verdict["line"].startswith("Shipped vs plain LoRA, merged, int8 IR on basic_arithmetic: ")
+    assert verdict["line"] in (out / "report.md").read_text()
+    # A second run with the same plain inputs reuses the reference: no second LoRA training.
+    again = tmp_path / "again"
+    cheap = ["--set", "sparsity.method=none", "--set", "bootstrapNAS.enabled=false", "--set", "evaluation.baseline=false"]
+    assert main(["run", TINY_CONFIG, "--output", str(again), *FAST, *cheap]) == 0
+    second = json.loads((again / "report.json").read_text())
+    assert second["plain"]["reused"] is True and second["plain"]["directory"] == plain["directory"]
+    assert second["evaluation"]["plain LoRA, merged, int8 IR"] == report["evaluation"]["plain LoRA, merged, int8 IR"]
+    assert "reused from the cache" in (again / "report.md").read_text()
     assert (out / "accuracy_vs_speed.png").read_bytes()[:4] == b"\x89PNG"
     assert "Speed: the shipped IR against dense exports" in (out / "report.md").read_text()
     assert report["export"]["parity"]["logits_max_abs_diff"] < 0.05  # int8 weights: close to torch, not equal
@@ -289,7 +312,8 @@ def test_scale_bench_and_gpu_check_refuse_bad_flags(tmp_path):
 
     root = Path(__file__).parent.parent
     for flags, message in ((["--samples", "0"], "--samples 0: must be at least 1"),
-                           (["--tag", "a/b"], "--tag 'a/b': letters, digits")):
+                           (["--tag", "a/b"], "--tag 'a/b': letters, digits"),
+                           (["--rounds", "0"], "--rounds 0: must be at least 1")):
         r = subprocess.run([sys.executable, str(root / "bench" / "scale.py"), *flags], capture_output=True, text=True)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh"), "bogus"], capture_output=True, text=True)

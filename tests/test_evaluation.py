@@ -120,3 +120,46 @@ def test_non_finite_logits_are_refused_in_scoring_and_in_generation(tiny_model, 
         lm.logits(ids, torch.ones_like(ids))
     with pytest.raises(NonFiniteLogitsError, match="logits at generated position"):
         lm.generate(["1 + 2 ="], max_new_tokens=2)
+
+
+def test_paired_difference_and_its_standard_error():
+    from nncf_elastic_lora.evaluation import paired_difference
+
+    # Same examples right and wrong: no difference and no noise.
+    assert paired_difference("1100", "1100") == (0.0, 0.0)
+    # a wins on 2 of 4, loses none: d = [1, 1, 0, 0], mean 0.5, sd 0.577, SE 0.289.
+    mean, se = paired_difference("1110", "0010")
+    assert mean == 0.5 and abs(se - (1 / 3) ** 0.5 / 2) < 1e-12
+    with pytest.raises(ValueError, match="the same non-empty examples, got 3 and 4"):
+        paired_difference("110", "1100")
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        paired_difference("", "")
+
+
+def test_task_result_outcomes_follow_the_primary_metric():
+    from nncf_elastic_lora.evaluation import TaskResult
+
+    mc = TaskResult("t", "test", 2, predictions=[{"id": 1, "pred": 0, "label": 0}, {"id": 2, "pred": 1, "label": 0}])
+    gen = TaskResult("g", "test", 2, predictions=[{"id": 1, "extracted": None, "gold": None},
+                                                  {"id": 2, "extracted": 3.0, "gold": 3.0}])
+    assert mc.outcomes() == "10" and gen.outcomes() == "01"  # no answer is never right, even against no gold
+    d = mc.to_dict()
+    assert d["outcomes"] == "10" and len(d["examples_sha256"]) == 16 and "predictions" not in d
+    assert TaskResult.from_dict(d).metrics == mc.metrics
+
+
+@pytest.mark.parametrize("speed,diff,se,expected", [
+    (1.3, 0.0, 0.02, "the shipped IR wins"),
+    (1.3, -0.05, 0.02, "a trade"),
+    (0.9, 0.01, 0.02, "the plain alternative wins: as fast or faster at the same accuracy"),
+    (0.9, -0.05, 0.02, "the plain alternative wins: as fast or faster and more accurate"),
+    (None, -0.01, 0.02, "speed not measured"),
+])  # fmt: skip
+def test_verdict_line(speed, diff, se, expected):
+    from nncf_elastic_lora.stages.plain import verdict_line
+
+    v = {"plain": "plain LoRA, merged, int8 IR", "task": "piqa", "metric": "acc", "difference": diff, "stderr": se,
+         "speedup": {1: speed} if speed else None}
+    line = verdict_line(v)
+    assert expected in line and line.startswith("Shipped vs plain LoRA, merged, int8 IR on piqa: ")
+    assert f"{100 * diff:+.1f} points ± {100 * se:.1f}" in line

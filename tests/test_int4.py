@@ -348,9 +348,12 @@ def _logits(ir_dir: Path, x: torch.Tensor, properties: dict) -> torch.Tensor:
 @pytest.mark.parametrize("sym", [False, True], ids=["asym", "sym"])
 def test_export_ships_exactly_the_bases_codes(bases, tmp_path, sym):
     directory, qweights = bases[sym]
-    report = export_openvino(directory, tmp_path / "ir", compare_prompts=PROMPTS, compare_tokens=8)
+    # backup_precision "none": embeddings and head stay float32, so the IR is exact against torch.
+    report = export_openvino(
+        directory, tmp_path / "ir", compare_prompts=PROMPTS, compare_tokens=8, backup_precision="none"
+    )
     xml = tmp_path / "ir" / OV_MODEL
-    assert report["weight_format"] == "int4"
+    assert report["weight_format"] == "int4" and report["compression"]["backup_precision"] == "none"
     assert report["codes"] == f"from {directory / QUANTIZED_WEIGHTS}"
     assert report["compression"]["ir_codes_verified"] and report["compression"]["modules"] == 14
     assert report["ir_sparsity"] == pytest.approx(0.5, abs=1e-3)  # zeros stored as the zero point
@@ -401,7 +404,8 @@ def test_export_keeps_an_unmerged_adapter_in_float(bases, tmp_path):
     )
     peft_model.save_pretrained(tmp_path / "adapter")
     report = export_openvino(
-        directory, tmp_path / "ir", adapter=tmp_path / "adapter", compare_prompts=PROMPTS, compare_tokens=8
+        directory, tmp_path / "ir", adapter=tmp_path / "adapter", compare_prompts=PROMPTS, compare_tokens=8,
+        backup_precision="none",
     )
     assert report["adapter"]["merged"] is False
     assert report["parity"]["greedy_identical_optimum"] == report["parity"]["greedy_identical_genai"] == 2
@@ -428,6 +432,17 @@ def test_export_keeps_an_unmerged_adapter_in_float(bases, tmp_path):
         assert (got - exact(x).logits).abs().max() < 1e-5
         bare = AutoModelForCausalLM.from_pretrained(directory).eval()  # get_peft_model changed `base`
         assert (got - bare(x).logits).abs().max() > 1e-3
+    # The default INT8 backup: the tied embedding / head goes to u8, the codes and the adapter are untouched.
+    export_openvino(directory, tmp_path / "ir8", adapter=tmp_path / "adapter", genai_device=None)
+    _check_ir_holds(tmp_path / "ir8" / OV_MODEL, qweights)
+    ops = ov.Core().read_model(str(tmp_path / "ir8" / OV_MODEL)).get_ops()
+    consts = {op.get_friendly_name(): op for op in ops if op.get_type_name() == "Constant"}
+    assert consts["self.model.embed_tokens.weight"].get_element_type().get_type_name() == "u8"
+    for op in (op for op in ops if op.get_type_name() == "MatMul" and "lora_" in op.get_friendly_name()):
+        weight = op.input_value(1).get_node()
+        while weight.get_type_name() in ("Convert", "Transpose"):
+            weight = weight.input_value(0).get_node()
+        assert weight.get_type_name() == "Constant" and weight.get_element_type().get_type_name() == "f32"
 
 
 def test_export_refuses_to_change_an_int4_base(bases, tmp_path):

@@ -210,6 +210,12 @@ EXPORT_FLAGS = (
         choices=("error", "adjust", "ignore"),
         help="int4",
     ),
+    Flag(
+        ("--backup-precision",),
+        key="export.backup_precision",
+        choices=("int8_asym", "int8_sym", "none"),
+        help="int4: embeddings, head and layers left out of INT4",
+    ),
     Flag(("--eval",), dest="eval_ir", action="store_true", help="also evaluate the IR on evaluation.tasks"),
 )
 

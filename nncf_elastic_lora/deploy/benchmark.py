@@ -249,13 +249,41 @@ def benchmark_model(
     }
 
 
+def _merge_rounds(rounds: list[list[dict[str, Any]]], new_tokens: int) -> list[dict[str, Any]]:
+    """One result per model: every round's runs pooled, medians taken again over all of them."""
+    merged = []
+    for i, first in enumerate(rounds[0]):
+        batches = []
+        for j, batch in enumerate(first["batches"]):
+            firsts = [t for r in rounds for t in r[i]["batches"][j]["ttft_runs_s"]]
+            fulls = [t for r in rounds for t in r[i]["batches"][j]["generate_runs_s"]]
+            batches.append(_batch_figures(batch["batch_size"], firsts, fulls, new_tokens))
+        merged.append({**first, "rounds": len(rounds), "batches": batches})
+    return merged
+
+
 def benchmark_models(
     models: list[tuple[str, str | Path, Runtime | str]],
     *,
     isolate: bool = True,
+    rounds: int = 1,
     **settings: Any,
 ) -> list[dict[str, Any]]:
-    """Benchmark ``(label, path, runtime)`` triples, each in its own process unless ``isolate`` is False."""
+    """Benchmark ``(label, path, runtime)`` triples, each in its own process unless ``isolate`` is False.
+
+    ``rounds`` > 1 measures every model once per round, in reverse order every other round, and pools
+    the runs: a machine whose speed drifts over minutes (a shared VM) then slows every model alike
+    instead of whichever came last.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    if rounds > 1:
+        per_round = []
+        for r in range(rounds):
+            order = models if r % 2 == 0 else models[::-1]
+            got = {m["label"]: m for m in benchmark_models(order, isolate=isolate, **settings)}
+            per_round.append([got[label] for label, _, _ in models])
+        return _merge_rounds(per_round, settings.get("new_tokens", 64))
     results = []
     for label, path, runtime in models:
         if not isolate:

@@ -80,6 +80,14 @@ class GroupSizeFallback(str, Enum):
     IGNORE = "ignore"  # leave that layer uncompressed
 
 
+class BackupPrecision(str, Enum):
+    """Where an INT4 IR keeps the weights that are not INT4 (embeddings, LM head, layers without a group size)."""
+
+    INT8_ASYM = "int8_asym"  # optimum-intel's and NNCF's default for INT4 exports
+    INT8_SYM = "int8_sym"
+    NONE = "none"  # left in float
+
+
 class ExportError(RuntimeError):
     """The export could not produce a complete, loadable OpenVINO model directory."""
 
@@ -148,11 +156,13 @@ def quantization_config(
     group_size_fallback: GroupSizeFallback = GroupSizeFallback.ADJUST,
     unmerged_adapter: bool = False,
     keep_adapter_precision: bool = False,
+    backup_precision: BackupPrecision | str = BackupPrecision.INT8_ASYM,
 ) -> Any:
     """optimum-intel's ``OVWeightQuantizationConfig`` for an INT8 or INT4 IR (None for fp32/fp16).
 
     ``unmerged_adapter``: the model holds an adapter branch, so AWQ is refused (it rescales
     activations the branch also reads); ``keep_adapter_precision`` leaves its matrices uncompressed.
+    ``backup_precision`` (INT4): the precision of the weights left out of INT4 (embeddings, head).
     """
     from optimum.intel import OVWeightQuantizationConfig
 
@@ -179,6 +189,7 @@ def quantization_config(
             group_size_fallback=GroupSizeFallback(group_size_fallback).value,
             quant_method="awq" if awq else "default",
             scale_estimation=scale_estimation or None,
+            backup_precision=BackupPrecision(backup_precision).value,
         )
     if calibration:
         kwargs.update(dataset=list(calibration), tokenizer=str(tokenizer_dir), num_samples=len(calibration))
@@ -233,6 +244,7 @@ def export_openvino(
     calibration: list[str] | None = None,
     group_size_fallback: GroupSizeFallback | str = GroupSizeFallback.ADJUST,
     keep_adapter_precision: bool = True,
+    backup_precision: BackupPrecision | str = BackupPrecision.INT8_ASYM,
     save_merged: str | Path | None = None,
     genai_device: str | None = "CPU",
     compare_prompts: list[str] | tuple[str, ...] | None = None,
@@ -248,6 +260,8 @@ def export_openvino(
         weight_format: fp32, fp16, or NNCF-compressed int8 (per channel) / int4 (grouped).
         calibration: texts for data-aware compression (AWQ statistics, scale estimation).
         keep_adapter_precision: leave the adapter's matrices uncompressed in an int8/int4 IR.
+        backup_precision: int4 (an INT4 base's exact codes too): the precision of the weights left out
+            of INT4, embeddings and LM head (``int8_asym`` as optimum-intel; ``none``: float).
         save_merged: also write the merged HF checkpoint there (``optimum-cli export openvino`` takes it).
         genai_device: load the result in ``LLMPipeline`` on this device as a final check (None: skip).
         compare_prompts: compare the IR with the torch model on these prompts (logits, greedy
@@ -258,16 +272,10 @@ def export_openvino(
     """
     unmerged = adapter is not None and not merge_adapter
     qconfig_args = dict(
-        group_size=group_size,
-        ratio=ratio,
-        sym=sym,
-        awq=awq,
-        scale_estimation=scale_estimation,
-        calibration=calibration,
-        group_size_fallback=group_size_fallback,
-        unmerged_adapter=unmerged,
-        keep_adapter_precision=keep_adapter_precision and unmerged,
-    )
+        group_size=group_size, ratio=ratio, sym=sym, awq=awq, scale_estimation=scale_estimation,
+        calibration=calibration, group_size_fallback=group_size_fallback, unmerged_adapter=unmerged,
+        keep_adapter_precision=keep_adapter_precision and unmerged, backup_precision=BackupPrecision(backup_precision),
+    )  # fmt: skip
     weight_format, int4_dir = _checked_weight_format(
         model, weight_format, adapter, merge_adapter, qconfig_args
     )
@@ -287,10 +295,11 @@ def export_openvino(
     needed = export_bytes(torch_model, weight_format, int4_codes=qweights is not None)
     check_free_space(output, needed, "export")
     with disk_full_as_error("export", output, needed), atomic_directory(output, verb="export") as tmp:
-        if qweights is not None:  # the base's own INT4 codes, not a re-quantization
-            report.update(_export_int4_base(torch_model, tokenizer, tmp, int4_dir, qweights))
-        else:
-            report.update(_export_and_compress(torch_model, tokenizer, tmp, weight_format, qconfig_args))
+        backup = qconfig_args["backup_precision"]
+        report.update(  # an INT4 base ships its own codes, never a re-quantization
+            _export_int4_base(torch_model, tokenizer, tmp, int4_dir, qweights, backup) if qweights is not None
+            else _export_and_compress(torch_model, tokenizer, tmp, weight_format, qconfig_args)
+        )
         report["export_s"] = time.perf_counter() - start
         report.update(_ir_facts(tmp, torch_model, tokenizer, genai_device, compare_prompts, compare_tokens))
         write_json(tmp / "export_report.json", report)
@@ -488,15 +497,50 @@ def _check_int4_base_options(
         )
 
 
+def _compress_backup_weights(target: Path, backup: BackupPrecision) -> int:
+    """The IR's float weights in INT8, as optimum-intel's INT4 exports keep embeddings and head.
+
+    NNCF compresses only weights that are still float constants: the INT4 codes are left as they
+    are, and so is an unmerged adapter's branch (:data:`LORA_NODES`). Returns the float weight bytes
+    before, for the report.
+    """
+    import nncf
+    import openvino as ov
+
+    xml = target / OV_MODEL
+    model = ov.Core().read_model(xml)
+    before = sum(
+        op.get_byte_size() for op in model.get_ops()
+        if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.f32
+    )  # fmt: skip
+    mode = nncf.CompressWeightsMode.INT8_ASYM if backup is BackupPrecision.INT8_ASYM else nncf.CompressWeightsMode.INT8_SYM
+    compressed = nncf.compress_weights(
+        model, mode=mode, ignored_scope=nncf.IgnoredScope(patterns=[LORA_NODES], validate=False)
+    )
+    staged = target / f".backup_{OV_MODEL}"
+    ov.save_model(compressed, staged, compress_to_fp16=False)  # the other constants stay as exported
+    del model, compressed
+    staged.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+    staged.replace(xml)
+    return before
+
+
 def _export_int4_base(
-    torch_model: Any, tokenizer: Any, target: Path, base: Path, qweights: dict[str, Any]
+    torch_model: Any,
+    tokenizer: Any,
+    target: Path,
+    base: Path,
+    qweights: dict[str, Any],
+    backup: BackupPrecision = BackupPrecision.INT8_ASYM,
 ) -> dict[str, Any]:
-    """Export with NNCF's INT4 decompressors holding the base's codes; check the IR holds them."""
+    """Export with NNCF's INT4 decompressors holding the base's codes, the rest in ``backup``
+    precision; check the IR still holds the codes exactly."""
     from optimum.exporters.openvino import export_from_model
 
     with exact_int4_weights(torch_model, qweights), torch.no_grad():
         export_from_model(torch_model, target, task=TASK, preprocessors=[tokenizer])
     _export_tokenizer(tokenizer, target)
+    float_bytes = None if backup is BackupPrecision.NONE else _compress_backup_weights(target, backup)
     try:
         summary = check_ir_codes(target / OV_MODEL, qweights)
     except ValueError as exc:
@@ -514,5 +558,7 @@ def _export_int4_base(
             "scales_sha256": info.get("scales_sha256"),
             "ir_codes_verified": True,
             "ir_int4_sparsity": summary["int4_sparsity"],
+            "backup_precision": backup.value,  # embeddings, head and layers left out of INT4
+            "backup_float_bytes_before": float_bytes,
         },
     }

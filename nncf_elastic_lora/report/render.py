@@ -34,7 +34,7 @@ def _pct(x: float) -> str:
 
 
 def accuracy_block(report: dict[str, Any]) -> Block:
-    results = {label: [TaskResult(**r) for r in rs] for label, rs in report["evaluation"].items()}
+    results = {label: [TaskResult.from_dict(r) for r in rs] for label, rs in report["evaluation"].items()}
     headers, rows = results_table(results)
     return Block("Accuracy", table=(list(headers), rows))
 
@@ -174,6 +174,24 @@ def benchmark_block(bench: dict[str, Any], report: dict[str, Any]) -> Block:
     return Block(title, table=(headers, table), note=note, marked=marked)
 
 
+def plain_block(p: dict[str, Any], report: dict[str, Any]) -> Block:
+    """The plain alternative (LoRA on the dense model, merged, exported) and the verdict against it."""
+    t = p["train"]
+    facts = [
+        ["what", "LoRA at the maximal rank on the original dense model, same data, steps, learning rate and seed; "
+                 "merged; exported data-free"],
+        ["trained", f"{t.get('steps')} steps, final loss {t.get('train_loss'):.4g}" if t.get("train_loss") is not None
+         else f"{t.get('steps')} steps"],
+        ["computed", "reused from the cache (same inputs)" if p["reused"] else "in this run"],
+        ["folder", p["directory"]],
+    ]
+    for fmt, ir in p["irs"].items():
+        if ir.get("size_bytes"):
+            facts.append([f"{fmt} IR weights", f"{ir['size_bytes']['model_bin'] / 2**20:.1f} MiB"])
+    verdict = (p.get("verdict") or {}).get("line", "No verdict: the shipped IR or the plain one was not scored.")
+    return Block("The plain alternative", facts, note=f"**Verdict.** {verdict}")
+
+
 def _times_block(report: dict[str, Any]) -> Block:
     resources = report.get("stage_resources") or {}
     headers = ["stage", "seconds", "peak RSS MiB", "peak accelerator MiB", "disk written MiB"]
@@ -204,6 +222,7 @@ SECTION_BLOCKS: tuple[tuple[str, Callable[[dict[str, Any], dict[str, Any]], Bloc
     ("export", export_block),
     ("merge", merge_block),
     ("benchmark", benchmark_block),
+    ("plain", plain_block),
 )
 
 

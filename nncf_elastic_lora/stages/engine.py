@@ -29,7 +29,9 @@ from ..outputs import OutputExistsError, changed_inputs, disk_full_as_error, jso
 log = logging.getLogger(__name__)
 
 # report.json's stage sections, in the order they have always had; a stage's section is None when it did not run.
-REPORT_SECTIONS = ("sparsity", "quantization", "training", "search", "merge", "extract", "export", "benchmark")
+REPORT_SECTIONS = (
+    "sparsity", "quantization", "training", "search", "merge", "extract", "export", "benchmark", "plain"
+)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class RunState:
     latency_model: Path | None = None  # LoNAS search cost 'latency'
     ir: Path | None = None
     references: dict[str, Path] = field(default_factory=dict)  # dense IRs by weight format
+    plain: dict[str, Path] = field(default_factory=dict)  # the plain alternative's IRs by weight format
     evaluation: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)  # stage name -> its result
     times: dict[str, float] = field(default_factory=dict)  # stage title -> seconds

@@ -9,7 +9,7 @@
     SQFT          ... sparsify eval_sparse quantize_base eval_int4 train ... export (INT4 base + adapter)
     + SparsePEFT  ... train eval_subnets [search ...] merge eval_merged export (the merged model) ...
     + QA-SparsePEFT   the same on the INT4 base; merge writes INT4 codes, export ships them
-    every export  ... eval_ir reference_<fmt> eval_reference_<fmt> benchmark
+    every export  ... eval_ir reference_<fmt> eval_reference_<fmt> plain_reference benchmark
 
 :func:`check_method` refuses, before any stage runs, a config whose stages cannot work together.
 A new method adds its stages to a family module and its branch here.
@@ -25,6 +25,7 @@ from .engine import Stage
 from .evaluate import EvaluateBase, EvaluateMerged
 from .lonas import Extract, FitLatency, Reorder
 from .nls import EvaluateSearched, EvaluateSubnets, Search, Train
+from .plain import PlainReference, plain_cache_problem
 from .ship import Benchmark, EvaluateIR, Export, ExportReference, Merge
 
 
@@ -77,6 +78,9 @@ def _shipping_stages(config: PipelineConfig) -> list[Stage]:
                 ExportReference(fmt),
                 EvaluateIR(f"eval_reference_{fmt}", f"evaluate dense {fmt} IR", fmt),
             ]
+    if config.plain.enabled:
+        stages.append(PlainReference())
+    if config.benchmark.enabled:
         stages.append(Benchmark())
     return stages
 
@@ -162,6 +166,14 @@ def _int4_export_problems(config: PipelineConfig, given_int4: bool, int4_base: b
         problems.append(
             "benchmark.enabled: the original model is already INT4, so there is no dense model to export as "
             "the reference; start from the full-precision model or set benchmark.enabled to false"
+        )
+    cache_problem = plain_cache_problem(config) if ex.enabled and config.plain.enabled else None
+    if cache_problem:
+        problems.append(cache_problem)
+    if given_int4 and ex.enabled and config.plain.enabled:
+        problems.append(
+            "plain.enabled: the original model is already INT4, so there is no dense model to train the plain "
+            "LoRA alternative on; start from the full-precision model or set plain.enabled to false"
         )
     if trains and kind == "sparsepeft" and int4_base:
         problems.append(

@@ -102,6 +102,7 @@ def export(
         scale_estimation=ex.scale_estimation,
         calibration=calibration_texts(config) if data_aware else None,
         group_size_fallback=ex.group_size_fallback,
+        backup_precision=ex.backup_precision,
         save_merged=save_merged,
         genai_device=ex.device,
         compare_prompts=prompts,
@@ -166,6 +167,11 @@ def shipped_label(run: RunState) -> str:
     return f"OpenVINO IR ({fmt})"
 
 
+def plain_label(fmt: str) -> str:
+    """The row label of the plain alternative's IR in ``fmt`` (:mod:`~nncf_elastic_lora.stages.plain`)."""
+    return f"plain LoRA, merged, {fmt} IR"
+
+
 class EvaluateIR(Stage):
     """Score the shipped IR (``reference`` None) or a dense reference IR on the run's tasks."""
 
@@ -228,6 +234,7 @@ def benchmark_rows(run: RunState, results: list[dict[str, Any]]) -> list[dict[st
     task = data_task if data_task in run.tasks else next(iter(run.tasks))
     reference = results[1]  # [shipped, *references]: the first reference is the peer of every ratio
     ref_speed = {b["batch_size"]: b["decode_tokens_per_s"] for b in reference["batches"]}
+    plain = {plain_label(fmt) for fmt in run.plain}
     for r in results:
         score = primary_score(run.evaluation.get(r["label"], []), task)
         speed = {b["batch_size"]: b["decode_tokens_per_s"] for b in r["batches"]}
@@ -236,6 +243,7 @@ def benchmark_rows(run: RunState, results: list[dict[str, Any]]) -> list[dict[st
                 "label": r["label"],
                 "path": r["model"],
                 "shipped": r is results[0],
+                "plain": r["label"] in plain,
                 "weights_bytes": r["weights_bytes"],
                 "task": task,
                 "split": run.config.evaluation.split,
@@ -249,13 +257,15 @@ def benchmark_rows(run: RunState, results: list[dict[str, Any]]) -> list[dict[st
 
 
 class Benchmark(Stage):
-    """GenAI decode speed of the shipped IR and the dense references, in one process each, same run."""
+    """GenAI decode speed of the shipped IR, the dense references and the plain alternative, one process each."""
 
     name, title, section = "benchmark", "benchmark IRs", "benchmark"
 
     def _models(self, run: RunState) -> list[tuple[str, Path]]:
-        return [(shipped_label(run), run.ir)] + [
-            (f"dense OpenVINO IR ({fmt})", path) for fmt, path in run.references.items()
+        return [
+            (shipped_label(run), run.ir),
+            *((f"dense OpenVINO IR ({fmt})", path) for fmt, path in run.references.items()),
+            *((plain_label(fmt), path) for fmt, path in run.plain.items()),
         ]
 
     def inputs(self, run: RunState) -> dict[str, str | None]:

@@ -1,0 +1,259 @@
+"""The plain alternative: LoRA on the dense model, merged, exported as ``optimum-cli`` would, measured.
+
+A user who does not use this package fine-tunes LoRA on the dense model, merges it and runs
+``optimum-cli export openvino --weight-format int8`` (or ``int4``). :func:`plain_reference` does
+exactly that with the run's own data, steps, learning rate, batch, seed and maximal rank (the same
+training loop with the maximal adapter fixed: peft's LoRA maths, a stock peft adapter folder, merged
+by peft), exports it with the run's export settings minus everything data-aware, and scores it on the
+run's evaluation split. The result is kept in a cache folder named by the fingerprint of every
+input (model, data, training, export, evaluation, library versions), so it costs once, not every run.
+
+:class:`PlainReference` puts it in a run; :func:`plain_verdict` states the one-line comparison of
+the shipped IR with it: decode speed ratio and accuracy difference with its paired standard error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from ..config import BootstrapNASConfig, ElasticityConfig, PipelineConfig, WidthElasticityConfig
+from ..data import TaskData
+from ..evaluation import paired_difference
+from ..models import cache_dir, model_placement
+from ..outputs import output_lock, write_json
+from ..provenance import data_fingerprint, model_fingerprint
+from .engine import RunState, Stage, read_reused
+from .evaluate import eval_splits, evaluate_ir
+from .nls import train
+from .ship import benchmark_rows, export, plain_label, primary_score, shipped_label
+
+log = logging.getLogger(__name__)
+
+RECIPE = 1  # bump when what plain_reference computes changes: older cached references are then not reused
+REPORT = "plain_report.json"
+LIBRARIES = ("nncf-elastic-lora", "torch", "transformers", "peft", "nncf", "openvino", "optimum-intel")
+
+
+def plain_formats(config: PipelineConfig) -> list[str]:
+    """``plain.weight_formats``, else the shipped IR's format, plus int8 and int4 when it is neither."""
+    if config.plain.weight_formats:
+        return list(config.plain.weight_formats)
+    fmt = config.export.weight_format
+    return [fmt] if fmt in ("int8", "int4") else [fmt, "int8", "int4"]
+
+
+def plain_config(config: PipelineConfig) -> PipelineConfig:
+    """The run's config as the plain alternative: LoRA at the maximal rank on the original dense model."""
+    t = config.bootstrapNAS.training.model_copy(update={"algorithm": "lora", "adapter_kind": "lora"})
+    bnas = BootstrapNASConfig(
+        training=t, elasticity=ElasticityConfig(width=WidthElasticityConfig(default_widths=[t.lora_r]))
+    )
+    return config.model_copy(update={"bootstrapNAS": bnas})
+
+
+def _export_config(config: PipelineConfig, fmt: str) -> PipelineConfig:
+    """Merged and compressed data-free, as ``optimum-cli export openvino --weight-format fmt`` does."""
+    plain = {"merge_adapter": True, "awq": False, "scale_estimation": False, "data_aware": False, "ratio": 1.0,
+             "backup_precision": "int8_asym"}  # optimum-cli's defaults
+    return config.model_copy(update={"export": config.export.model_copy(update={"weight_format": fmt, **plain})})
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def plain_inputs(config: PipelineConfig) -> dict[str, Any]:
+    """Everything the plain reference's numbers depend on (its cache key is their digest)."""
+    t = config.bootstrapNAS.training
+    ex = config.export
+    return {
+        "recipe": RECIPE,
+        "model": model_fingerprint(config.model),
+        "dtype": model_placement(config.model).dtype_name,
+        "data": data_fingerprint(config.data),
+        "training": t.model_dump(mode="json", exclude={"algorithm", "adapter_kind", "logging_steps", "save_steps"}),
+        "formats": plain_formats(config),
+        "export": ex.model_dump(mode="json", include={"group_size", "group_size_fallback", "sym", "device",
+                                                      "runtime_properties", "parity"}),
+        "evaluation": config.evaluation.model_dump(mode="json", exclude={"baseline", "subnets"}),
+        "libraries": _versions(),
+    }
+
+
+def plain_cache_root(config: PipelineConfig) -> Path:
+    """``plain.cache_dir``, else ``$NNCF_ELASTIC_LORA_PLAIN_CACHE``, else ``<model cache>/plain_reference``."""
+    if config.plain.cache_dir:
+        return Path(config.plain.cache_dir).expanduser()
+    env = os.environ.get("NNCF_ELASTIC_LORA_PLAIN_CACHE")
+    return Path(env).expanduser() if env else cache_dir(config.model) / "plain_reference"
+
+
+def plain_cache_problem(config: PipelineConfig) -> str | None:
+    """Why the plain reference's cache folder cannot be used (a file on its path, not writable), or None."""
+    root = plain_cache_root(config).absolute()
+    key = "plain.cache_dir" if config.plain.cache_dir else "the plain reference cache"
+    for parent in [root, *root.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{key}: {root} {'is' if parent == root else 'lies below'} a file ({parent}); give a directory"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{key}: {parent} is not writable; give plain.cache_dir a writable directory"
+            return None
+    return None
+
+
+def plain_key(config: PipelineConfig) -> str:
+    return hashlib.sha256(json.dumps(plain_inputs(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _compute(config: PipelineConfig, work: Path, tasks: dict[str, TaskData], progress: bool) -> dict[str, Any]:
+    """Train, merge, export and score the plain reference in ``work`` (resumable: each step once)."""
+    start = time.perf_counter()
+    plain = plain_config(config)
+    trained = work / "train"
+    report_path = trained / "train_report.json"
+    trained_report = read_reused(report_path) if report_path.is_file() else train(
+        plain, trained, resume=True, progress=progress
+    )
+    adapter = trained / "sub_adapter_heuristic"  # one width, the maximal rank: the plain LoRA adapter
+    irs = {}
+    for fmt in plain_formats(config):
+        ir = work / f"openvino_{fmt}"
+        exported = read_reused(ir / "export_report.json") if (ir / "export_report.json").is_file() else export(
+            _export_config(plain, fmt), ir, adapter
+        )
+        scores = [r.to_dict() for r in evaluate_ir(plain, ir, tasks, progress)]
+        irs[fmt] = {"export": {k: exported.get(k) for k in ("weight_format", "size_bytes", "parity")},
+                    "evaluation": scores}
+    shutil.rmtree(trained / "checkpoints", ignore_errors=True)  # the adapter is kept, its resume points are not
+    steps = trained_report.get("steps")
+    return {"train": {"steps": steps, "train_loss": trained_report.get("train_loss"),
+                      "time_s": trained_report.get("time_s")},
+            "irs": irs, "time_s": time.perf_counter() - start}
+
+
+def plain_reference(
+    config: PipelineConfig, *, tasks: dict[str, TaskData] | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """The plain alternative for ``config``: LoRA on ``config.model`` (dense), merged, exported, scored.
+
+    Returns ``{"key", "directory", "reused", "inputs", "train", "irs": {fmt: {"path", "export",
+    "evaluation"}}}``. Reuses ``<cache>/<key>/`` when a reference of the same inputs was finished
+    there (by any run); otherwise computes it under a lock (another process computing the same key
+    is waited for), in ``<key>.work/`` so an interrupted one resumes, then renames it into place.
+    """
+    tasks = tasks if tasks is not None else eval_splits(config)
+    root, key = plain_cache_root(config), plain_key(config)
+    final, work = root / key, root / f"{key}.work"
+    with output_lock(final, wait=True):
+        reused = (final / REPORT).is_file()
+        if reused:
+            log.info("plain reference: reusing %s (same inputs)", final)
+            report = read_reused(final / REPORT)
+        else:
+            work.mkdir(parents=True, exist_ok=True)
+            report = {"key": key, "inputs": plain_inputs(config), **_compute(config, work, tasks, progress)}
+            write_json(work / REPORT, report)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(work, final)
+    for fmt, ir in report["irs"].items():
+        ir["path"] = str(final / f"openvino_{fmt}")
+    return {**report, "directory": str(final), "reused": reused}
+
+
+class PlainReference(Stage):
+    """The plain alternative, from the cache when its inputs were seen before; its IRs join the benchmark."""
+
+    name, title, section = "plain_reference", "plain alternative (LoRA, merge, export)", "plain"
+
+    def inputs(self, run: RunState) -> dict[str, str | None]:
+        return {"plain": plain_key(run.config)}
+
+    def compute(self, run: RunState) -> Any:
+        return plain_reference(run.config, tasks=run.tasks, progress=run.progress)
+
+    def apply(self, run: RunState, result: Any) -> None:
+        for fmt, ir in result["irs"].items():
+            run.plain[fmt] = Path(ir["path"])
+            run.evaluation[plain_label(fmt)] = ir["evaluation"]
+        run.artifacts["plain_reference"] = result["directory"]
+
+    def summary(self, run: RunState, result: Any) -> Any:
+        irs = {fmt: {"path": ir["path"], "weight_format": fmt, "size_bytes": ir["export"].get("size_bytes")}
+               for fmt, ir in result["irs"].items()}
+        return {"directory": result["directory"], "reused": result["reused"], "train": result["train"],
+                "irs": irs, "verdict": plain_verdict(run)}
+
+
+def _paired(shipped: list[dict[str, Any]], plain: list[dict[str, Any]], task: str) -> tuple[float, float] | None:
+    a = next((r for r in shipped if r["task"] == task), {})
+    b = next((r for r in plain if r["task"] == task), {})
+    same = a.get("examples_sha256") and a.get("examples_sha256") == b.get("examples_sha256")
+    if not same or not a.get("outcomes") or len(a["outcomes"]) != len(b.get("outcomes", "")):
+        return None
+    return paired_difference(a["outcomes"], b["outcomes"])
+
+
+def plain_verdict(run: RunState) -> dict[str, Any] | None:
+    """The shipped IR against the plain alternative of its format (else the first plain format)."""
+    if not run.plain or run.ir is None:
+        return None
+    fmt = run.config.export.weight_format
+    fmt = fmt if fmt in run.plain else next(iter(run.plain))
+    ours, theirs = shipped_label(run), plain_label(fmt)
+    data_task = run.config.data.task
+    task = data_task if data_task in run.tasks else next(iter(run.tasks))
+    a, b = primary_score(run.evaluation.get(ours, []), task), primary_score(run.evaluation.get(theirs, []), task)
+    if a is None or b is None:
+        return None
+    paired = _paired(run.evaluation[ours], run.evaluation[theirs], task)
+    diff, stderr = paired if paired else (a[1] - b[1], None)
+    speedup = None
+    bench = run.results.get("benchmark")
+    if bench:
+        rows = {r["label"]: r for r in benchmark_rows(run, bench["results"])}
+        speeds = rows[ours]["decode_tokens_per_s"], rows.get(theirs, {}).get("decode_tokens_per_s", {})
+        speedup = {b: speeds[0][b] / speeds[1][b] for b in speeds[0] if speeds[1].get(b)}
+    verdict = {"shipped": ours, "plain": theirs, "task": task, "metric": a[0], "shipped_score": a[1],
+               "plain_score": b[1], "difference": diff, "stderr": stderr, "speedup": speedup}
+    return {**verdict, "line": verdict_line(verdict)}
+
+
+def verdict_line(v: dict[str, Any]) -> str:
+    """One sentence: speed ratio at batch 1, accuracy difference ± its standard error, who wins."""
+    se = v["stderr"]
+    acc = f"{v['metric']} {100 * v['difference']:+.1f} points" + (
+        f" ± {100 * se:.1f} (paired standard error)" if se is not None else " (no paired outcomes: no standard error)"
+    )
+    not_below = v["difference"] >= -(se or 0.0)
+    b1 = (v["speedup"] or {}).get(1)
+    if b1 is None:
+        speed, faster = "speed not measured", None
+    else:
+        speed, faster = f"{b1:.2f}x its batch-1 decode speed", b1 > 1.0
+    if faster is None:
+        who = "accuracy not below it" if not_below else "less accurate"
+    elif faster and not_below:
+        who = "the shipped IR wins: faster, accuracy not below the plain alternative's (within one standard error)"
+    elif faster:
+        who = "a trade: the shipped IR is faster but less accurate"
+    elif not_below:
+        who = "the plain alternative wins: as fast or faster at the same accuracy"
+    else:
+        who = "the plain alternative wins: as fast or faster and more accurate"
+    return f"Shipped vs {v['plain']} on {v['task']}: {speed}, {acc}; {who}."
