@@ -134,6 +134,25 @@ class SparsityConfig(_Section):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
 
+class DistillationConfig(_Section):
+    """In-place distillation, the sandwich rule of BigNAS / Once-for-All: every optimizer step also trains
+    the maximal sub-network on the labels, and its logits (detached) teach the step's sampled one."""
+
+    enabled: bool = Field(
+        False,
+        description="Train the maximal sub-network every step and distil it into the sampled one; a step "
+        "costs about two plain NLS steps (two forwards and two backwards). Needs algorithm 'nls'.",
+    )
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of teacher and student (KL × T²).")
+    weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the distillation term in the sampled sub-network's loss; the rest is its "
+        "cross-entropy on the labels (BigNAS: 1.0, distillation only).",
+    )
+
+
 class NLSTrainingConfig(_Section):
     """Super-adapter training: NLS (a random sub-adapter per optimizer step) or plain LoRA."""
 
@@ -175,6 +194,16 @@ class NLSTrainingConfig(_Section):
         100, ge=0, description="Checkpoint every N steps (0: never); `run --resume` continues."
     )
     seed: int = 42
+    distillation: DistillationConfig = Field(default_factory=DistillationConfig)
+
+    @model_validator(mode="after")
+    def _distillation_needs_nls(self) -> NLSTrainingConfig:
+        if self.distillation.enabled and self.algorithm != "nls":
+            raise ValueError(
+                f"distillation.enabled: in-place distillation teaches sampled sub-networks, but algorithm is "
+                f"{self.algorithm!r} (the maximal one only); set algorithm 'nls' or distillation.enabled false"
+            )
+        return self
 
 
 class WidthElasticityConfig(_Section):

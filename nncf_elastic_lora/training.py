@@ -11,6 +11,7 @@ Plain LoRA is this loop with the maximal configuration fixed, so the two compare
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -40,9 +41,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from . import distributed
 from .adapters import tensor_shapes
-from .config import NLSTrainingConfig
+from .config import DistillationConfig, NLSTrainingConfig
 from .data import Example
 from .devices import set_current
+from .distillation import distillation_loss_sum, target_logits
 from .elastic import ElasticLoraSuperNet
 from .formats import ADAPTER_WEIGHTS
 from .outputs import check_free_space, is_disk_full, tensor_bytes
@@ -403,15 +405,69 @@ class AdapterTrainer(Trainer):
     """
 
     supernet: ElasticLoraSuperNet
+    distillation: DistillationConfig | None = None  # in-place distillation (the sandwich rule), when enabled
     _staging: str | None = None
     _step_losses: list[torch.Tensor]
+    _phase: str | None = None  # "teacher" / "student" inside a sandwich step
+    _teacher: torch.Tensor | None = None
 
     def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.distillation is None:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        else:
+            loss = self._sandwich_step(model, inputs, num_items_in_batch)
         if not hasattr(self, "_step_losses"):
             self._step_losses = []
         self._step_losses.append(loss.detach())
         return loss
+
+    def _sandwich_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any) -> torch.Tensor:
+        """The maximal sub-network learns the labels, then the step's sampled one learns its logits.
+
+        Each half runs its own forward and backward with its own configuration active, so gradient
+        checkpointing's recompute sees the configuration it ran with. The gradients add up before
+        the one optimizer step; under DDP they are synchronised once, after the second half.
+        """
+        sampled = self.supernet.get_active_config()
+        self.supernet.activate_maximal_subnet()
+        self._phase = "teacher"
+        try:
+            sync_later = self.accelerator.no_sync(model) if self.args.world_size > 1 else contextlib.nullcontext()
+            with sync_later:
+                teacher_loss = super().training_step(model, inputs, num_items_in_batch)
+            self.supernet.activate_config(sampled)
+            self._phase = "student"
+            student_loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self.supernet.activate_config(sampled)
+            self._phase, self._teacher = None, None
+        return teacher_loss + student_loss
+
+    def compute_loss(
+        self, model: torch.nn.Module, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        if self._phase is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        logits = target_logits(outputs.logits, inputs["labels"])
+        if self._phase == "teacher":
+            self._teacher = logits.detach()
+        else:
+            d = self.distillation
+            kd = distillation_loss_sum(logits, self._teacher, d.temperature) / self._loss_tokens(
+                logits.shape[0], num_items_in_batch
+            )
+            loss = (1 - d.weight) * loss + d.weight * kd
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_tokens(self, micro_batch_tokens: int, num_items_in_batch: Any) -> Any:
+        """What the model's cross-entropy divides its sum by, so the distillation term is scaled alike."""
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            tokens = num_items_in_batch
+            if self.args.average_tokens_across_devices:  # the Trainer multiplies the loss back by this
+                tokens = tokens / (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
+            return tokens
+        return max(micro_batch_tokens, 1)
 
     def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
@@ -526,6 +582,9 @@ class TrainResult:
     processes: int = 1  # training processes (DDP under torchrun / accelerate launch)
     global_batch_size: int = 0  # examples per optimizer step, over all processes
     subnet_digests: list[str] = field(default_factory=list)  # per process: SHA-256 of its step configurations
+    # In-place distillation's settings when it was on; its logged loss is then the maximal sub-network's
+    # cross-entropy plus the sampled one's distillation objective.
+    distillation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -626,6 +685,8 @@ def train_super_adapter(
         callbacks=[nls, *(callbacks or [])],
     )
     trainer.supernet = supernet
+    if cfg.distillation.enabled and cfg.algorithm == "nls":
+        trainer.distillation = cfg.distillation
     if args.should_save:
         remove_partial_saves(Path(output_dir))
     checkpoint, skipped = None, []
@@ -666,5 +727,6 @@ def train_super_adapter(
         * args.gradient_accumulation_steps
         * args.world_size,
         subnet_digests=nls.digests,
+        distillation=trainer.distillation.model_dump() if trainer.distillation is not None else None,
     )
     return result, nls

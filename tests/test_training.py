@@ -165,3 +165,91 @@ def test_resume_continues_where_it_stopped(tmp_path, tokenizer):
     assert result.resumed_from.endswith("checkpoint-2") and result.skipped_checkpoints == []
     for k, v in adapter_weights(straight).items():
         torch.testing.assert_close(adapter_weights(resumed)[k], v)
+
+
+# ---------------------------------------------------------------------- in-place distillation
+
+
+def test_distillation_loss_is_zero_for_the_teacher_itself_and_teaches_the_student_only():
+    from nncf_elastic_lora.distillation import distillation_loss_sum, target_logits
+
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(5, 11, generator=gen, requires_grad=True)
+    student = torch.randn(5, 11, generator=gen, requires_grad=True)
+    assert distillation_loss_sum(teacher, teacher.detach().clone()).item() == pytest.approx(0.0, abs=1e-6)
+    loss = distillation_loss_sum(student, teacher, temperature=2.0)
+    p_t = torch.softmax(teacher.detach() / 2, -1)
+    expected = 4 * (p_t * (torch.log(p_t) - torch.log_softmax(student.detach() / 2, -1))).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0
+    loss.backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="differ"):
+        distillation_loss_sum(student[:4], teacher)
+    # Position t predicts token t+1: only the logits before a labelled token are kept.
+    logits = torch.arange(2 * 4 * 3, dtype=torch.float).reshape(2, 4, 3)
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, -100, -100]])
+    kept = target_logits(logits, labels)
+    assert torch.equal(kept, torch.stack([logits[0, 1], logits[0, 2], logits[1, 0]]))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_inplace_distillation_trains_the_maximal_then_the_sampled_sub_network(tmp_path, tokenizer, checkpointing):
+    supernet = make_supernet(build_tiny_llama(TINY))
+    seen = _record_forwards(supernet)
+    cfg = training_config(max_steps=2, gradient_checkpointing=checkpointing, distillation={"enabled": True})
+    result, _ = train_super_adapter(supernet, tokenizer, EXAMPLES, cfg, tmp_path, progress=False)
+    assert result.steps == 2 and result.distillation["enabled"] is True
+    maximal = supernet.get_maximal_config()
+    each = 2 if checkpointing else 1  # forward, and the recompute in backward
+    for step in range(2):
+        sampled = step_config(supernet, 7, step)
+        for micro in range(2):  # gradient accumulation: 2 micro-batches per step
+            start = (step * 2 + micro) * 2 * each
+            assert seen[start : start + 2 * each] == [maximal] * each + [sampled] * each
+    assert len(seen) == 2 * 2 * 2 * each
+    assert supernet.get_active_config() == maximal
+
+
+def test_inplace_distillation_gradient_is_the_maximal_loss_plus_the_sampled_ones_kl(tmp_path, tokenizer):
+    """One step's gradient, read before the optimizer applies it, against the sandwich loss written by hand."""
+    from transformers import TrainerCallback
+
+    from nncf_elastic_lora.distillation import distillation_loss_sum, target_logits
+
+    class Capture(TrainerCallback):
+        grads = None
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            Capture.grads = {n: p.grad.clone() for n, p in supernet.model.named_parameters() if p.grad is not None}
+
+    batches = []
+    supernet = make_supernet(build_tiny_llama(TINY))
+    twin = make_supernet(build_tiny_llama(TINY))
+    cfg = training_config(max_steps=1, gradient_accumulation_steps=1, distillation={"enabled": True, "weight": 0.7})
+    original_collate = PadCollator.__call__
+    PadCollator.__call__ = lambda self, rows: batches.append(original_collate(self, rows)) or batches[-1]
+    try:
+        train_super_adapter(supernet, tokenizer, EXAMPLES, cfg, tmp_path, progress=False, callbacks=[Capture()])
+    finally:
+        PadCollator.__call__ = original_collate
+    batch = batches[0]
+    n = batch["labels"].ne(-100).sum()
+    for p in twin.trainable_parameters():
+        p.requires_grad_(True)
+    twin.model.train()
+    twin.activate_maximal_subnet()
+    out = twin.model(**batch)
+    teacher_loss, teacher = out.loss, target_logits(out.logits, batch["labels"]).detach()
+    twin.activate_config(step_config(twin, 7, 0))
+    out = twin.model(**batch)
+    kd = distillation_loss_sum(target_logits(out.logits, batch["labels"]), teacher) / n
+    (teacher_loss + 0.3 * out.loss + 0.7 * kd).backward()
+    expected = {n: p.grad for n, p in twin.model.named_parameters() if p.grad is not None}
+    assert Capture.grads.keys() == expected.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(Capture.grads[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_distillation_needs_nls():
+    with pytest.raises(ValueError, match="distillation.enabled.*algorithm 'nls'"):
+        training_config(algorithm="lora", distillation={"enabled": True})

@@ -52,7 +52,9 @@ def plain_formats(config: PipelineConfig) -> list[str]:
 
 def plain_config(config: PipelineConfig) -> PipelineConfig:
     """The run's config as the plain alternative: LoRA at the maximal rank on the original dense model."""
-    t = config.bootstrapNAS.training.model_copy(update={"algorithm": "lora", "adapter_kind": "lora"})
+    t = config.bootstrapNAS.training
+    t = t.model_copy(update={"algorithm": "lora", "adapter_kind": "lora",
+                             "distillation": t.distillation.model_copy(update={"enabled": False})})
     bnas = BootstrapNASConfig(
         training=t, elasticity=ElasticityConfig(width=WidthElasticityConfig(default_widths=[t.lora_r]))
     )
@@ -76,6 +78,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
+# Settings the plain reference does not train with (it is LoRA at the maximal rank, no NLS).
+_NOT_PLAIN_TRAINING = {"algorithm", "adapter_kind", "logging_steps", "save_steps", "distillation"}
+
+
 def plain_inputs(config: PipelineConfig) -> dict[str, Any]:
     """Everything the plain reference's numbers depend on (its cache key is their digest)."""
     t = config.bootstrapNAS.training
@@ -85,7 +91,7 @@ def plain_inputs(config: PipelineConfig) -> dict[str, Any]:
         "model": model_fingerprint(config.model),
         "dtype": model_placement(config.model).dtype_name,
         "data": data_fingerprint(config.data),
-        "training": t.model_dump(mode="json", exclude={"algorithm", "adapter_kind", "logging_steps", "save_steps"}),
+        "training": t.model_dump(mode="json", exclude=_NOT_PLAIN_TRAINING),
         "formats": plain_formats(config),
         "export": ex.model_dump(mode="json", include={"group_size", "group_size_fallback", "sym", "device",
                                                       "runtime_properties", "parity"}),
