@@ -207,17 +207,31 @@ def _is_nonempty(path: Path) -> bool:
     return path.exists() and (path.is_file() or any(path.iterdir()))
 
 
-def check_writable_location(path: str | Path) -> None:
-    """Refuse an output below a regular file (``mkdir`` would fail with a bare OSError later)."""
+def location_problem(path: str | Path) -> tuple[Path, str] | None:
+    """Why a directory cannot be made at ``path``: ``(the offending ancestor, "file" or "not writable")``,
+    or None. The nearest existing ancestor decides (``mkdir`` would fail there with a bare OSError)."""
     path = Path(path).absolute()
     for parent in [path, *path.parents]:
         if parent.exists():
             if not parent.is_dir():
-                what = "is a file" if parent == path else f"lies below the file {parent}"
-                raise OutputExistsError(f"output {path} {what}; choose a directory path for --output")
+                return parent, "file"
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise OutputExistsError(f"output {path}: {parent} is not writable")
-            return
+                return parent, "not writable"
+            return None
+    return None
+
+
+def check_writable_location(path: str | Path) -> None:
+    """Refuse an output below a regular file or in a directory this process cannot write."""
+    path = Path(path).absolute()
+    problem = location_problem(path)
+    if problem is None:
+        return
+    parent, why = problem
+    if why == "file":
+        what = "is a file" if parent == path else f"lies below the file {parent}"
+        raise OutputExistsError(f"output {path} {what}; choose a directory path for --output")
+    raise OutputExistsError(f"output {path}: {parent} is not writable")
 
 
 def check_not_input(output: str | Path, inputs: Iterable[str | Path | None]) -> None:

@@ -28,7 +28,7 @@ from ..config import BootstrapNASConfig, ElasticityConfig, PipelineConfig, Width
 from ..data import TaskData
 from ..evaluation import paired_difference
 from ..models import cache_dir, model_placement
-from ..outputs import output_lock, write_json
+from ..outputs import location_problem, output_lock, write_json
 from ..provenance import data_fingerprint, model_fingerprint
 from .engine import RunState, Stage, read_reused
 from .evaluate import eval_splits, evaluate_ir
@@ -112,14 +112,13 @@ def plain_cache_problem(config: PipelineConfig) -> str | None:
     """Why the plain reference's cache folder cannot be used (a file on its path, not writable), or None."""
     root = plain_cache_root(config).absolute()
     key = "plain.cache_dir" if config.plain.cache_dir else "the plain reference cache"
-    for parent in [root, *root.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{key}: {root} {'is' if parent == root else 'lies below'} a file ({parent}); give a directory"
-            if not os.access(parent, os.W_OK | os.X_OK):
-                return f"{key}: {parent} is not writable; give plain.cache_dir a writable directory"
-            return None
-    return None
+    problem = location_problem(root)
+    if problem is None:
+        return None
+    parent, why = problem
+    if why == "file":
+        return f"{key}: {root} {'is' if parent == root else 'lies below'} a file ({parent}); give a directory"
+    return f"{key}: {parent} is not writable; give plain.cache_dir a writable directory"
 
 
 def plain_key(config: PipelineConfig) -> str:
