@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from lonas import at_model, config_for  # noqa: E402
-from sqft import _cached, _exists, _score  # noqa: E402
+from sqft import _cached, _exists, _mean_std, _score  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 WORK = OUT / "distill"
@@ -109,12 +109,6 @@ def probe_step_time(task: str, limit: int) -> float:
     work = WORK / task / "probe"
     report = _cached(work / "train.json", lambda: train(config, work / "nls", resume=True, progress=False))
     return report["step_time_median_s"]
-
-
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def table(cells: list[dict]) -> str:
