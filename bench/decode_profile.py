@@ -1,0 +1,236 @@
+"""Benchmark: where batch-1 decode time goes, per part of the model, and what cutting the MLPs can buy.
+
+For each shape and weight format, the dense model is exported through optimum-intel (NNCF data-free INT8
+per channel / INT4 asym group 64, the same as ``optimum-cli export openvino --weight-format``) and run by
+the OpenVINO runtime with per-node profiling (``PERF_COUNT``): a 128-token prompt, then greedy decode
+steps one token at a time on the stateful model. The executed nodes' real times, summed over the timed
+steps, are grouped by the module they come from:
+
+- **LM head** (the vocabulary projection, tied or not) and **embedding** (the token gather);
+- **MLP** (gate/up/down projections and the activation): what LoNAS's elastic widths shrink;
+- **attention projections** (q/k/v/o) and **attention core** (RoPE, KV-cache reads and writes, SDPA);
+- **norms**, and **other** (residual adds, the attention mask, shape arithmetic);
+- **outside the graph**: the request's wall time minus the sum of its nodes (the runtime's per-call cost).
+
+From the MLP share the table derives the bound on cutting MLP width: halving every MLP saves at most
+half the MLP time, so the speed-up is at most ``1 / (1 - MLP share / 2)``, whatever the accuracy.
+``smollm2-135m`` is the bundled model; other shapes are randomly initialised with the published shapes
+(``bench/scale.py``): time does not depend on the weights' values. Compare within one run only.
+
+    .venv/bin/python bench/decode_profile.py [--shapes smollm2-135m,llama-3.2-1b] [--formats int8,int4]
+                                             [--steps 32] [--repeats 3]
+
+IRs are cached under ``bench/results/decode_profile/``; the profiling reruns every time (each IR in its
+own process). Writes ``bench/results/decode_profile.{md,json}``. Run on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+OUT = ROOT / "bench" / "results"
+WORK = OUT / "decode_profile"
+PROMPT_TOKENS = 128
+PARTS = ("LM head", "embedding", "MLP", "attention projections", "attention core", "norms", "other")
+
+
+def part_of(node_name: str, node_type: str = "") -> str:
+    """The model part an executed node belongs to, from the module path optimum-intel keeps in its name
+    (the stateful KV cache's ``Assign`` / ``ReadValue`` nodes by their type)."""
+    name = node_name.lower()
+    if node_type in ("Assign", "ReadValue"):
+        return "attention core"
+    if "lm_head" in name:
+        return "LM head"
+    if "embed_tokens" in name:
+        return "embedding"
+    if ".mlp." in name or ".mlp/" in name:
+        return "MLP"
+    if "self_attn" in name:
+        if any(f"{p}_proj" in name for p in ("q", "k", "v", "o")) and "matmul" in name:
+            return "attention projections"
+        return "attention core"
+    if "norm" in name:
+        return "norms"
+    if "rotary" in name or "rope" in name or "past_key_values" in name or "beam_idx" in name:
+        return "attention core"
+    return "other"
+
+
+def _dense_model(shape: str) -> Path | str:
+    if shape == "smollm2-135m":
+        return "smollm2-135m"  # the bundled real model
+    from scale import make_model
+
+    out = WORK / shape / "model"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        make_model(shape, out)
+    return out
+
+
+def export_ir(shape: str, fmt: str) -> Path:
+    from nncf_elastic_lora.deploy.export import export_openvino
+
+    out = WORK / shape / f"ir_{fmt}"
+    if not (out / "openvino_model.xml").exists():
+        export_openvino(_dense_model(shape), out, weight_format=fmt, genai_device=None, overwrite=True)
+    return out
+
+
+def profile_ir(ir: Path, steps: int, warmup: int = 4) -> dict[str, Any]:
+    """Per-part node time (ms per decode token, summed over ``steps`` timed steps) and the wall time."""
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(
+        core.read_model(ir / "openvino_model.xml"), "CPU",
+        {"PERF_COUNT": "YES", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"},
+    )  # fmt: skip
+    req = compiled.create_infer_request()
+    names = {p.get_any_name() for p in compiled.inputs}
+    rng = np.random.default_rng(0)
+    ids = rng.integers(100, 1000, size=(1, PROMPT_TOKENS), dtype=np.int64)
+
+    def feed(tokens: np.ndarray, past: int) -> dict[str, np.ndarray]:
+        n = tokens.shape[1]
+        inputs = {"input_ids": tokens, "attention_mask": np.ones((1, past + n), dtype=np.int64)}
+        if "position_ids" in names:
+            inputs["position_ids"] = np.arange(past, past + n, dtype=np.int64)[None]
+        if "beam_idx" in names:
+            inputs["beam_idx"] = np.zeros(1, dtype=np.int32)
+        return inputs
+
+    req.reset_state()
+    req.infer(feed(ids, 0))
+    past, token = PROMPT_TOKENS, np.array([[int(req.get_tensor("logits").data[0, -1].argmax())]])
+    # The CPU plugin's counters are running means over every inference of the request (the prompt's
+    # included), so the timed steps' total is the difference of mean x count after and before them.
+    walls, before, infers = [], {}, 1
+    for step in range(warmup + steps):
+        if step == warmup:
+            before = _node_totals(req, infers)
+        start = time.perf_counter()
+        req.infer(feed(token, past))
+        if step >= warmup:
+            walls.append((time.perf_counter() - start) * 1e3)
+        past, infers = past + 1, infers + 1
+        token = np.array([[int(req.get_tensor("logits").data[0, -1].argmax())]])
+    parts = dict.fromkeys(PARTS, 0.0)
+    for key, total in _node_totals(req, infers).items():
+        parts[part_of(*key)] += total - before.get(key, 0.0)
+    nodes = sum(parts.values())
+    per_token = {k: v / steps for k, v in parts.items()}
+    wall = statistics.median(walls)
+    return {"wall_ms": wall, "nodes_ms": nodes / steps, "parts_ms": per_token,
+            "outside_ms": max(0.0, statistics.fmean(walls) - nodes / steps)}  # fmt: skip
+
+
+def _node_totals(req: Any, infers: int) -> dict[tuple[str, str], float]:
+    """Each executed node's total real time in ms over the request's ``infers`` inferences so far."""
+    import openvino as ov
+
+    return {
+        (i.node_name, i.node_type): i.real_time.total_seconds() * 1e3 * infers
+        for i in req.profiling_info
+        if i.status == ov.ProfilingInfo.Status.EXECUTED
+    }
+
+
+def _child(ir: Path, steps: int) -> dict[str, Any]:
+    """One profile in a fresh process (no other compiled model holding threads or memory)."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'bench'); from decode_profile import profile_ir; "
+        f"from pathlib import Path; print(json.dumps(profile_ir(Path({str(ir)!r}), {steps})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"profiling {ir} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _median_profile(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    med = statistics.median
+    return {
+        "wall_ms": med(r["wall_ms"] for r in runs),
+        "wall_ms_runs": [r["wall_ms"] for r in runs],
+        "nodes_ms": med(r["nodes_ms"] for r in runs),
+        "outside_ms": med(r["outside_ms"] for r in runs),
+        "parts_ms": {p: med(r["parts_ms"][p] for r in runs) for p in PARTS},
+    }
+
+
+def table(results: list[dict[str, Any]]) -> list[str]:
+    head = "| shape | format | decode ms/token (wall) | " + " | ".join(PARTS) + " | outside the graph | "
+    head += "MLP share | bound: all MLPs halved | bound: MLPs removed |"
+    lines = [head, "|" + "---|" * (len(PARTS) + 7)]
+    for r in results:
+        p, wall = r["profile"], r["profile"]["wall_ms"]
+        total = p["nodes_ms"] + p["outside_ms"]
+        shares = [f"{p['parts_ms'][k]:.2f} ({p['parts_ms'][k] / total:.0%})" for k in PARTS]
+        mlp = p["parts_ms"]["MLP"] / total
+        lines.append(
+            f"| {r['shape']} | {r['format'].upper()} | {wall:.2f} | " + " | ".join(shares)
+            + f" | {p['outside_ms']:.2f} ({p['outside_ms'] / total:.0%}) | {mlp:.0%} | "
+            f"{1 / (1 - mlp / 2):.2f}x | {1 / (1 - mlp):.2f}x |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="smollm2-135m,llama-3.2-1b")
+    parser.add_argument("--formats", default="int8,int4")
+    parser.add_argument("--steps", type=int, default=32, help="timed decode steps per profile (after 4 warm-up)")
+    parser.add_argument("--repeats", type=int, default=3, help="profiles per IR, each in its own process")
+    args = parser.parse_args()
+    from scale import SHAPES
+
+    shapes, formats = args.shapes.split(","), args.formats.split(",")
+    unknown = [s for s in shapes if s not in SHAPES] + [f for f in formats if f not in ("fp32", "fp16", "int8", "int4")]
+    if unknown:
+        parser.error(f"unknown shape or format {unknown}: shapes {sorted(SHAPES)}, formats fp32, fp16, int8, int4")
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be at least 1")
+    from nncf_elastic_lora.runtime import machine_info
+
+    start, results = time.time(), []
+    irs = {(s, f): export_ir(s, f) for s in shapes for f in formats}
+    for (shape, fmt), ir in irs.items():
+        runs = [_child(ir, args.steps) for _ in range(args.repeats)]
+        results.append({"shape": shape, "format": fmt, "profile": _median_profile(runs)})
+        print(table(results)[-1], flush=True)
+    machine = machine_info()
+    cmd = (f".venv/bin/python bench/decode_profile.py --shapes {args.shapes} --formats {args.formats} "
+           f"--steps {args.steps} --repeats {args.repeats}")  # fmt: skip
+    text = "\n".join([
+        "# Where batch-1 decode time goes (OpenVINO CPU, per-node profiling)",
+        "",
+        f"Command: `{cmd}`; wall time {(time.time() - start) / 60:.0f} min. Machine: {json.dumps(machine)}.",
+        f"Each IR: {PROMPT_TOKENS}-token prompt, then {args.steps} timed greedy decode steps (after 4 warm-up), "
+        f"median of {args.repeats} processes. Milliseconds per token (share of the wall time); node times are "
+        "the runtime's own per-node real times, so they include its per-node scheduling.",
+        "The bounds assume nothing but the MLP time shrinks; speeds from a GenAI pipeline differ (sampling, "
+        "tokenisation), the shares do not.",
+        "",
+        *table(results),
+        "",
+    ])  # fmt: skip
+    (OUT / "decode_profile.md").write_text(text)
+    (OUT / "decode_profile.json").write_text(json.dumps({"command": cmd, "machine": machine, "results": results},
+                                                        indent=1))  # fmt: skip
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
