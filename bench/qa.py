@@ -134,6 +134,20 @@ def _zeros(model) -> float:
     return z / n
 
 
+def stale_extension_lock(max_age_s: float = 1800.0) -> Path | None:
+    """A torch-extension build lock of NNCF's CPU quantizer left by an aborted build (no library beside it).
+
+    Torch waits on such a lock forever, so the first FQ_LORA_NLS step would hang at 0 % CPU.
+    """
+    import os
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    for lock in root.glob("*/nncf/quantized_functions_cpu/*/lock"):
+        if not list(lock.parent.glob("*.so")) and time.time() - lock.stat().st_mtime > max_age_s:
+            return lock
+    return None
+
+
 def nncf_cell(label: str, task: str, steps: int, limit: int, lr: float, base: Path | None) -> dict:
     """NNCF's FQ_LORA_NLS on ``base`` (None: the original dense model), trained on the same rows and schedule."""
     work = WORK / task / f"nncf-{label}-lr{lr:g}-{steps}steps-limit{limit}"
@@ -250,6 +264,10 @@ def main() -> None:
         parser.error(f"--lrs {args.lrs!r}: give comma-separated numbers, e.g. 3e-4,1e-3")
     if args.steps < 1 or args.limit < 1 or any(lr <= 0 for lr in lrs):
         parser.error("--steps and --limit must be at least 1 and every --lrs value positive")
+    lock = None if args.no_nncf else stale_extension_lock()
+    if lock:
+        parser.error(f"{lock} is left from an aborted build of NNCF's torch extension (no library beside it); "
+                     "torch would wait on it forever: delete it, or pass --no-nncf")  # fmt: skip
     start = time.time()
     base = bases(args.task, args.steps, args.limit)
     cells = [library_cell("SQFT", args.task, args.steps, args.limit, 3e-4, base["int4"])]
