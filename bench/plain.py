@@ -1,0 +1,184 @@
+"""Benchmark: every artifact the package ships against the plain alternative, measured in the same run.
+
+The plain alternative is what a user without this package does: LoRA on the dense model with peft,
+merged, exported like ``optimum-cli export openvino --weight-format int8`` (or ``int4``). Every `run`
+already trains it (from the plain cache when its inputs were seen), evaluates it on the same test split
+and benchmarks it beside the shipped IR; this script runs `run` itself per recipe × task × seed and
+collects those rows from each ``report.json``:
+
+- **SQFT + SparsePEFT, INT8**: ``configs/sqft_sparsepeft_smollm2.json`` (Wanda 50 %, masked NLS, merged);
+- **SQFT + QA-SparsePEFT, INT4**: ``configs/sqft_qa_sparsepeft_smollm2.json`` (merged into the INT4 codes);
+- **LoNAS heuristic, INT8 / INT4**, **LoNAS searched (NSGA-II, MACs), INT8**, and **LoNAS heuristic with
+  in-place distillation, INT8**: ``configs/lonas_smollm2.json`` with the overrides named in the table.
+
+Every recipe keeps the shipped configs' data, learning rate, rank and batch; seeds change the training
+seed (the splits stay, so accuracy differences pair example by example); ``--steps`` sets the steps per
+task for the recipes and the plain alternative alike. The plain exports are INT8 and INT4 in every run,
+so each artifact has its peer of the same precision.
+
+Columns: test accuracy of the shipped IR and of the plain IR of the same precision (mean ± std over
+seeds), the mean paired difference, IR weights MiB, GenAI decode tokens/s at batch 1 and 4, and the
+ratio to the plain IR of the same precision (mean over seeds of the ratio measured in each run). Goal of
+issue 21: a row at ≥ 1.25× the plain alternative's batch-1 speed with accuracy not below it.
+
+    .venv/bin/python bench/plain.py [--tasks basic_arithmetic,piqa] [--seeds 3]
+                                    [--steps basic_arithmetic=250,piqa=100] [--recipes all]
+
+Each run lives in ``bench/results/plain/<task>/<recipe>/seed<k>/`` and resumes (rerun to continue);
+a cell that has no report yet is shown as not run. Writes ``bench/results/plain.{md,json}``.
+Run on an idle machine: the speeds are measured inside each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from sqft import _mean_std, parse_steps  # noqa: E402
+
+OUT = ROOT / "bench" / "results"
+WORK = OUT / "plain"
+LONAS = "lonas_smollm2"
+# label -> (config, overrides, shipped precision)
+RECIPES: dict[str, tuple[str, list[str], str]] = {
+    "SQFT + SparsePEFT": ("sqft_sparsepeft_smollm2", [], "int8"),
+    "SQFT + QA-SparsePEFT": ("sqft_qa_sparsepeft_smollm2", [], "int4"),
+    "LoNAS heuristic": (LONAS, [], "int8"),
+    "LoNAS heuristic INT4": (LONAS, ["export.weight_format=int4"], "int4"),
+    "LoNAS searched": (LONAS, ["bootstrapNAS.search.algorithm=NSGA2"], "int8"),
+    "LoNAS heuristic + distillation": (LONAS, ["bootstrapNAS.training.distillation.enabled=true"], "int8"),
+}
+BASE_SEED = 42
+
+
+def slug(label: str) -> str:
+    return label.lower().replace(" + ", "_").replace(" ", "_")
+
+
+def recipe_config(recipe: str, task: str, seed: int, steps: int):
+    """The shipped config of ``recipe`` on ``task`` with training seed ``BASE_SEED + seed``."""
+    from nncf_elastic_lora.config import apply_overrides, load_config
+
+    name, overrides, _ = RECIPES[recipe]
+    config = load_config(ROOT / "configs" / f"{name}.json")
+    return apply_overrides(config, [
+        f"data.task={task}",
+        f'evaluation.tasks=["{task}"]',
+        f"bootstrapNAS.training.max_steps={steps}",
+        f"bootstrapNAS.training.seed={BASE_SEED + seed}",
+        'plain.weight_formats=["int8", "int4"]',
+        *overrides,
+    ])  # fmt: skip
+
+
+def run_cell(recipe: str, task: str, seed: int, steps: int) -> dict[str, Any]:
+    """One `run` (resumed if interrupted); its report.json."""
+    from nncf_elastic_lora.pipeline import run_pipeline
+
+    out = WORK / task / slug(recipe) / f"seed{seed}"
+    report = out / "report.json"
+    if not report.exists():
+        run_pipeline(recipe_config(recipe, task, seed, steps), out, resume=True, progress=False)
+    return json.loads(report.read_text())
+
+
+def cell_row(report: dict[str, Any], precision: str) -> dict[str, Any]:
+    """Shipped and same-precision plain figures from one report."""
+    rows = report["benchmark"]["rows"]
+    shipped = next(r for r in rows if r["shipped"])
+    plain = next(r for r in rows if r["plain"] and r["label"].endswith(f"{precision} IR"))
+    verdict = report["plain"]["verdict"] or {}
+    speed = {int(b): v for b, v in shipped["decode_tokens_per_s"].items()}
+    peer = {int(b): v for b, v in plain["decode_tokens_per_s"].items()}
+    return {
+        "acc": shipped["score"], "plain_acc": plain["score"], "mib": shipped["weights_bytes"] / 2**20,
+        "plain_mib": plain["weights_bytes"] / 2**20, "tok_s": speed, "plain_tok_s": peer,
+        "ratio": {b: speed[b] / peer[b] for b in speed if peer.get(b)},
+        "difference": verdict.get("difference"), "stderr": verdict.get("stderr"), "verdict": verdict.get("line"),
+        "plain_reused": report["plain"]["reused"],
+    }  # fmt: skip
+
+
+def _mean(values: list[float], spec: str = ".2f") -> str:
+    return format(statistics.fmean(values), spec) if values else "-"
+
+
+def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int) -> list[str]:
+    lines = [
+        f"### {task}",
+        "",
+        "| artifact | precision | seeds run | test acc (IR) | plain acc (same precision) | paired diff (points) "
+        "| IR MiB (plain) | tok/s b1 | × plain b1 | tok/s b4 | × plain b4 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for recipe, rows in cells.items():
+        precision = RECIPES[recipe][2].upper()
+        if not rows:
+            lines.append(f"| {recipe} | {precision} | 0 / {seeds} | not run | | | | | | | |")
+            continue
+        diffs = [100 * r["difference"] for r in rows if r["difference"] is not None]
+        lines.append(
+            f"| {recipe} | {precision} | {len(rows)} / {seeds} | {_mean_std([r['acc'] for r in rows])} | "
+            f"{_mean_std([r['plain_acc'] for r in rows])} | {_mean(diffs, '+.1f')} | "
+            f"{_mean([r['mib'] for r in rows], '.1f')} ({_mean([r['plain_mib'] for r in rows], '.1f')}) | "
+            f"{_mean([r['tok_s'][1] for r in rows], '.1f')} | {_mean([r['ratio'][1] for r in rows])} | "
+            f"{_mean([r['tok_s'][4] for r in rows if 4 in r['tok_s']], '.1f')} | "
+            f"{_mean([r['ratio'][4] for r in rows if 4 in r['ratio']])} |"
+        )
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="basic_arithmetic,piqa")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", default="basic_arithmetic=250,piqa=100")
+    parser.add_argument("--recipes", default="all", help=f"comma-separated, or 'all': {', '.join(RECIPES)}")
+    parser.add_argument("--report-only", action="store_true", help="tabulate the runs that finished; run none")
+    args = parser.parse_args()
+    tasks = args.tasks.split(",")
+    recipes = list(RECIPES) if args.recipes == "all" else args.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        parser.error(f"--recipes: unknown {unknown}; choose from {list(RECIPES)} or 'all'")
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: need at least 1")
+    steps = parse_steps(args.steps, tasks)
+    start, results, text = time.time(), {}, []
+    for task in tasks:
+        cells: dict[str, list[dict[str, Any]]] = {}
+        for recipe in recipes:
+            rows = []
+            for seed in range(args.seeds):
+                done = (WORK / task / slug(recipe) / f"seed{seed}" / "report.json").exists()
+                if done or not args.report_only:
+                    rows.append(cell_row(run_cell(recipe, task, seed, steps[task]), RECIPES[recipe][2]))
+            cells[recipe] = rows
+        results[task] = cells
+        text += table(task, cells, args.seeds)
+    from nncf_elastic_lora.runtime import machine_info
+
+    cmd = f".venv/bin/python bench/plain.py --tasks {args.tasks} --seeds {args.seeds} --steps {args.steps}"
+    head = [
+        "# Shipped artifacts against the plain alternative (LoRA on the dense model → merge → INT8 / INT4 IR)",
+        "",
+        f"Command: `{cmd}`; wall time {(time.time() - start) / 60:.0f} min (finished runs reused). "
+        f"Machine: {json.dumps(machine_info())}. SmolLM2-135M-Instruct, test split of each task; speeds: "
+        "OpenVINO GenAI decode, measured inside each run beside that run's plain IRs; ratios are the mean "
+        "over seeds of each run's own ratio.",
+        "",
+    ]
+    (OUT / "plain.md").write_text("\n".join(head + text))
+    (OUT / "plain.json").write_text(json.dumps({"command": cmd, "results": results}, indent=1))
+    print("\n".join(head + text))
+
+
+if __name__ == "__main__":
+    main()
