@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import random
 import re
 import statistics
@@ -275,12 +274,14 @@ def main() -> None:
     if not args.no_nncf:
         cells.append(nncf_cell("dense", args.task, args.steps, args.limit, 3e-4, None))
         cells.append(nncf_cell("Wanda 50 %", args.task, args.steps, args.limit, 3e-4, base["sparse"]))
+    from nncf_elastic_lora.runtime import machine_info
+
     cmd = f".venv/bin/python bench/qa.py --task {args.task} --steps {args.steps} --lrs {args.lrs} --limit {args.limit}"
     text = "\n".join([
         "# QA-SparsePEFT's learning, and NNCF's FQ_LORA_NLS: SmolLM2-135M, Wanda 50 %, INT4 asym group 64",
         "",
         f"Command: `{cmd}`{' --no-nncf' if args.no_nncf else ''}; wall time {(time.time() - start) / 60:.0f} min "
-        f"(cached cells reused). Machine: {platform.processor() or platform.machine()}. Task {args.task}, "
+        f"(cached cells reused). Machine: {json.dumps(machine_info())}. Task {args.task}, "
         f"batch 8, warm-up 6 %, linear decay, seed 42, test split ({args.limit} examples), one seed.",
         "",
         table(cells),
