@@ -438,10 +438,12 @@ class SearchConfig(_Section):
     seq_len: int = Field(128, gt=0, description="Tokens for the MACs cost.")
     subset_size: int = Field(64, gt=0, description="Validation examples each evaluation uses (fixed subset).")
     patience: int = Field(0, ge=0, description="Hill-climbing: non-improving moves allowed in a row.")
-    select: Literal["best_quality", "cheapest_above_heuristic"] = Field(
+    select: Literal["best_quality", "cheapest_above_heuristic", "cheapest_above_plain"] = Field(
         "best_quality",
-        description="NSGA-II's pick from the Pareto front: the highest quality, or the cheapest sub-adapter "
-        "at least as good as the heuristic on validation.",
+        description="NSGA-II's pick from the Pareto front: the highest quality, the cheapest sub-adapter "
+        "at least as good as the heuristic on validation, or the cheapest at least as good as the plain "
+        "alternative (LoRA on the dense model, merged; measured by `run` on the same validation examples and "
+        "metric; the best sub-adapter when none is).",
     )
     seed: int = 42
 
@@ -451,6 +453,11 @@ class SearchConfig(_Section):
             raise ValueError("algorithm 'RNSGA2' needs ref_points (points in (-quality, cost) space)")
         if self.ref_points and any(len(p) != 2 for p in self.ref_points):
             raise ValueError("each reference point has two values: (-quality, cost)")
+        if self.select == "cheapest_above_plain" and self.algorithm not in ("NSGA2", "RNSGA2"):
+            raise ValueError(
+                f"select 'cheapest_above_plain' picks from NSGA-II's Pareto front, but algorithm is "
+                f"{self.algorithm!r}: set algorithm to 'NSGA2' or 'RNSGA2'"
+            )
         return self
 
 

@@ -28,10 +28,10 @@ from .stages.nls import (
     evaluate_subnets,
     latency_predictor,
     load_supernet,
-    search,
     train,
 )
-from .stages.plain import plain_reference
+from .stages.plain import plain_reference, plain_validation_quality
+from .stages.search import search
 from .stages.ship import calibration_texts, export, merge
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "load_supernet",
     "merge",
     "plain_reference",
+    "plain_validation_quality",
     "print_summary",
     "quantize",
     "reorder",

@@ -322,6 +322,10 @@ CASES = [
     Case("bench-unknown-property", ["benchmark", "--model", "{ws}/model", "--runtime", "torch", "--property", "NO_SUCH_PROP=1"], "NO_SUCH_PROP"),
     # SQFT config keys and verbs
     Case("plain-formats-empty", [*RUN, "--set", "plain.weight_formats=[]"], "plain.weight_formats is empty"),
+    Case("floor-without-nsga", [*RUN, "--set", "bootstrapNAS.search.select=cheapest_above_plain"], "set algorithm to 'NSGA2'"),
+    Case("floor-without-plain", [*RUN, "--set", "bootstrapNAS.search.algorithm=NSGA2", "--set", "bootstrapNAS.search.select=cheapest_above_plain", "--set", "plain.enabled=false"], "set plain.enabled to true"),
+    Case("search-verb-floor", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.search.algorithm=NSGA2", "--set", "bootstrapNAS.search.select=cheapest_above_plain"], "pass --plain-quality"),
+    Case("search-verb-stray-floor", [*SEARCH, "--super-adapter", "{ws}/super", "--plain-quality", "-1.5"], "drop --plain-quality"),
     Case("plain-formats-repeat", [*RUN, "--set", 'plain.weight_formats=["int8", "int8"]'], "repeats a format"),
     Case("plain-format-unknown", [*RUN, "--set", 'plain.weight_formats=["int3"]'], "plain.weight_formats"),
     Case("plain-cache-is-file", [*RUN, "--set", 'plain.cache_dir="{ws}/plainfile"'], "plain.cache_dir: "),

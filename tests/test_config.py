@@ -68,6 +68,7 @@ def test_groups_and_widths_must_pair():
     "bad,where",
     [
         ({"bootstrapNAS": {"search": {"algorithm": "RNSGA2"}}}, "ref_points"),
+        ({"bootstrapNAS": {"search": {"select": "cheapest_above_plain"}}}, "cheapest_above_plain"),
         (
             {
                 "bootstrapNAS": {

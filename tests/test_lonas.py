@@ -276,6 +276,8 @@ def test_run_chains_lonas_to_an_ir_of_the_extracted_model(heads, tmp_path, capsy
     ]
     if heads:
         argv += ["--set", 'bootstrapNAS.elasticity.heads={"kv_groups": [2, 1]}']
+    else:  # the floor: the cheapest front point at least as good as the plain alternative on validation
+        argv += ["--set", "bootstrapNAS.search.select=cheapest_above_plain"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     names = report["stages"]
@@ -307,6 +309,15 @@ def test_run_chains_lonas_to_an_ir_of_the_extracted_model(heads, tmp_path, capsy
         assert (kv is not None) == heads and e["cost"] == pytest.approx(latency.predict_ms(widths, kv))
     searched = json.loads((out / "search" / "search_report.json").read_text())
     assert searched["details"]["cost"] == "latency"
+    if not heads:  # the plain LoRA's validation quality, measured in the search stage, is the floor
+        floor = report["search"]["floor"]
+        assert floor["select"] == "cheapest_above_plain" and floor["quality"] < 0  # a log-likelihood
+        assert report["plain"]["reused"]  # the search stage trained it; the plain stage found it in the cache
+        if floor["reached"]:
+            assert searched["chosen_quality"] >= floor["quality"]
+        else:
+            assert searched["chosen_quality"] == max(e["quality"] for e in searched["front"])
+        assert "floor (plain's validation quality)" in (out / "report.md").read_text()
     extracted = report["extract"]  # the searched sub-network, at its widths
     assert extracted["mlp_widths"] == [searched["chosen"][f"mlp_channels[{i}]"] for i in range(2)]
     assert extracted["kv_groups"] == searched["chosen"].get("attention_kv_groups")

@@ -220,3 +220,19 @@ def test_nsga_search_on_a_tiny_supernet(tmp_path, tokenizer):
     assert picked.new_evaluations == 0
     assert picked.chosen_quality >= picked.reference["heuristic"]["quality"]
     assert picked.chosen_cost <= picked.reference["heuristic"]["cost"]
+    # select 'cheapest_above_plain': the cheapest front point at the plain alternative's quality or above,
+    # the best one (and a record that the floor was missed) when no point reaches it
+    plain = cheap.model_copy(update={"select": "cheapest_above_plain"})
+    objectives = SubnetObjectives(supernet, tokenizer, examples, metric="loss")
+    qualities = sorted(e["quality"] for e in picked.front)
+    floor = qualities[len(qualities) // 2]
+    above = search_subadapter(supernet, objectives, plain, tmp_path, plain_quality=floor, progress=False)
+    assert above.new_evaluations == 0 and above.details["floor"] == {
+        "select": "cheapest_above_plain", "quality": floor, "reached": True
+    }
+    assert above.chosen_quality >= floor
+    assert above.chosen_cost == min(e["cost"] for e in above.front if e["quality"] >= floor)
+    missed = search_subadapter(supernet, objectives, plain, tmp_path, plain_quality=qualities[-1] + 1, progress=False)
+    assert missed.details["floor"]["reached"] is False and missed.chosen_quality == qualities[-1]
+    with pytest.raises(ValueError, match="cheapest_above_plain"):
+        search_subadapter(supernet, objectives, plain, tmp_path, progress=False)

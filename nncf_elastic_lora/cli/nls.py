@@ -77,6 +77,12 @@ def train(call: Call) -> int:
             ("--latency-model",),
             help="latency_model.json (or its folder) written by `latency`: needed for bootstrapNAS.search.cost 'latency'",
         ),
+        Flag(
+            ("--plain-quality",),
+            type=float,
+            help="the plain alternative's validation quality (a run's report.json, search.floor.quality): the "
+            "floor of bootstrapNAS.search.select 'cheapest_above_plain'",
+        ),
         Flag(("--resume",), action="store_true", help="continue a search in --output from its log"),
     ),
 )
@@ -89,13 +95,22 @@ def search(call: Call) -> int:
     args, config, output = call.args, call.config, call.output
     check_data(config, train=True)
     latency_predictor(config, args.latency_model)  # checked before the output is claimed
+    floored = config.bootstrapNAS.search.select == "cheapest_above_plain"
+    if floored != (args.plain_quality is not None):
+        raise ValueError(
+            "bootstrapNAS.search.select 'cheapest_above_plain' needs the plain alternative's validation quality: "
+            "pass --plain-quality (`run` measures it itself)" if floored else
+            "--plain-quality is given but bootstrapNAS.search.select is not 'cheapest_above_plain'; set it "
+            "(--set bootstrapNAS.search.select=cheapest_above_plain) or drop --plain-quality"
+        )
     # No input fingerprints here: the evaluation log keys every measurement by its inputs, so a
     # resume on another base or super-adapter measures anew instead of reusing.
     searching = claim(call, "search", args.super_adapter, args.latency_model, prelude=["search_meta.json"])
     with distributed.main_process_first(searching):
         report = search(
-            config, output, args.super_adapter, progress=call.progress, latency_model=args.latency_model
-        )
+            config, output, args.super_adapter, progress=call.progress, latency_model=args.latency_model,
+            plain_quality=args.plain_quality,
+        )  # fmt: skip
     if not distributed.is_main_process():
         return 0
     reused = f", {report['not_reused']} logged on other inputs not reused" if report["not_reused"] else ""

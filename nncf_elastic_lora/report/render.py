@@ -79,14 +79,17 @@ def training_block(t: dict[str, Any], report: dict[str, Any]) -> Block:
 
 
 def search_block(s: dict[str, Any], report: dict[str, Any]) -> Block:
-    return Block(
-        "Search",
-        [
-            ["algorithm", str(s["algorithm"])],
-            ["chosen quality / cost", f"{s['chosen_quality']:.4f} / {s['chosen_cost']:.4g}"],
-            ["evaluations (new)", f"{s['evaluations_used']} ({s['new_evaluations']})"],
-        ],
-    )
+    facts = [
+        ["algorithm", str(s["algorithm"])],
+        ["chosen quality / cost", f"{s['chosen_quality']:.4f} / {s['chosen_cost']:.4g}"],
+        ["evaluations (new)", f"{s['evaluations_used']} ({s['new_evaluations']})"],
+    ]
+    floor = s.get("floor")
+    if floor:
+        who = floor["select"].removeprefix("cheapest_above_")
+        outcome = "the cheapest at or above it" if floor["reached"] else "none reached it: the best one ships"
+        facts.append([f"floor ({who}'s validation quality)", f"{floor['quality']:.4f}: {outcome}"])
+    return Block("Search", facts)
 
 
 def extract_block(x: dict[str, Any], report: dict[str, Any]) -> Block:

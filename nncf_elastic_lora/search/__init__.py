@@ -4,7 +4,7 @@ from .driver import SearchResult, search_subadapter
 from .hill_climbing import HillClimbResult, hill_climb, neighbours
 from .log import Evaluation, EvaluationLog, config_key
 from .nsga import NSGAResult, nsga_search, pareto_front
-from .objectives import SubnetObjectives
+from .objectives import SubnetObjectives, validation_quality
 
 __all__ = [
     "Evaluation",
@@ -19,4 +19,5 @@ __all__ = [
     "nsga_search",
     "pareto_front",
     "search_subadapter",
+    "validation_quality",
 ]

@@ -219,13 +219,16 @@ def _pareto_points(log: EvaluationLog, names: list[str]) -> list[tuple[int, ...]
 
 
 def _choose_on_front(
-    cfg: SearchConfig, log: EvaluationLog, front: list[tuple[int, ...]], heuristic_quality: float
-) -> Evaluation:
-    """NSGA-II's choice on the front: the cheapest at the heuristic's quality or above, or the best."""
+    cfg: SearchConfig, log: EvaluationLog, front: list[tuple[int, ...]], floor: float | None
+) -> tuple[Evaluation, bool | None]:
+    """NSGA-II's choice on the front and whether it reached ``floor``: the cheapest at ``floor`` or above
+    (``cheapest_above_*``; the best when none reaches it), or the best (``best_quality``: None)."""
     on_front = [log.entries[config_key(p)] for p in front]
-    if cfg.select == "cheapest_above_heuristic":
-        return min((e for e in on_front if e.quality >= heuristic_quality), key=lambda e: e.cost)
-    return max(on_front, key=lambda e: (e.quality, -e.cost))
+    best = max(on_front, key=lambda e: (e.quality, -e.cost))
+    if cfg.select == "best_quality":
+        return best, None
+    above = [e for e in on_front if e.quality >= floor]
+    return (min(above, key=lambda e: e.cost), True) if above else (best, False)
 
 
 def _search_result(
@@ -269,13 +272,21 @@ def search_subadapter(
     *,
     base_model: str | None = None,
     base_fingerprint: str | None = None,
+    plain_quality: float | None = None,
     progress: bool = True,
 ) -> SearchResult:
     """Run the configured search, write its outputs and the chosen sub-adapter; return the result.
 
     ``base_fingerprint`` identifies the base model's weights: logged evaluations of another base
-    (or super-adapter, or objective) are measured again, never reused.
+    (or super-adapter, or objective) are measured again, never reused. ``plain_quality``: the plain
+    alternative's validation quality on the same examples and metric, the floor of ``select``
+    ``cheapest_above_plain`` (the cheapest front point at or above it ships; the best when none is).
     """
+    if cfg.select == "cheapest_above_plain" and plain_quality is None:
+        raise ValueError(
+            "bootstrapNAS.search.select 'cheapest_above_plain' needs the plain alternative's validation quality "
+            "(plain_quality=...; `run` measures it with the plain reference): choose another select"
+        )
     out = Path(output_dir)
     writer = distributed.is_main_process()  # under a launcher: every process searches, the main one writes
     if writer:
@@ -308,7 +319,16 @@ def search_subadapter(
     bar.close()
     front = _pareto_points(log, names)
     if cfg.algorithm in ("NSGA2", "RNSGA2"):
-        chosen = point_of(_choose_on_front(cfg, log, front, reference["heuristic"]["quality"]).config)
+        floor = plain_quality if cfg.select == "cheapest_above_plain" else reference["heuristic"]["quality"]
+        entry, reached = _choose_on_front(cfg, log, front, floor)
+        chosen = point_of(entry.config)
+        if reached is not None:
+            details["floor"] = {"select": cfg.select, "quality": floor, "reached": reached}
+            if not reached:
+                logger.warning(
+                    "search: no sub-adapter on the front reaches the %s's validation quality (%.4f); "
+                    "shipping the best one (%.4f)", cfg.select.removeprefix("cheapest_above_"), floor, entry.quality
+                )
     result = _search_result(cfg, objectives, log, chosen, used, details, reference, front, start)
     if writer:
         _write_outputs(out, log, result, objectives.metric, objectives.cost_kind)

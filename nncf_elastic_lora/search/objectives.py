@@ -66,12 +66,19 @@ class SubnetObjectives:
 
     def quality(self, config: dict[str, int]) -> float:
         self.supernet.activate_config(config)
-        if self.metric == "acc":
-            acc, _, _ = multiple_choice(self.lm, self.examples, self.batch_size)
-            return acc
-        return mean_token_loglik(self.lm, [(e.prompt, e.target) for e in self.examples], self.batch_size)
+        return validation_quality(self.lm, self.examples, self.metric, self.batch_size)
 
     def __call__(self, config: dict[str, int]) -> tuple[float, float, float]:
         start = time.perf_counter()
         quality = self.quality(config)
         return quality, self.cost(config), time.perf_counter() - start
+
+
+def validation_quality(lm: CausalLM, examples: list[Example], metric: str, batch_size: int = 16) -> float:
+    """A search's quality of ``lm`` on ``examples``: accuracy (``"acc"``) or the gold answers' mean
+    token log-likelihood (``"loss"``: higher is better). Any model scored so is comparable with the
+    sub-adapters (the plain alternative's floor of ``select`` ``cheapest_above_plain``)."""
+    if metric == "acc":
+        acc, _, _ = multiple_choice(lm, examples, batch_size)
+        return acc
+    return mean_token_loglik(lm, [(e.prompt, e.target) for e in examples], batch_size)

@@ -3,6 +3,7 @@
 :func:`method_stages` gives the list ``run`` executes::
 
     Shears        eval_dense sparsify eval_sparse train eval_subnets [search eval_searched] export eval_ir
+                  (search with select 'cheapest_above_plain' first trains or reuses the plain reference)
     LoNAS         eval_dense reorder train eval_subnets [[latency_model] search eval_searched] extract
                   eval_merged export ...
     + QA-SparsePEFT   eval_dense reorder quantize_base eval_int4 train ... extract (INT4 codes sliced) ...
@@ -24,8 +25,9 @@ from .bases import QuantizeBase, Sparsify
 from .engine import Stage
 from .evaluate import EvaluateBase, EvaluateMerged
 from .lonas import Extract, FitLatency, Reorder
-from .nls import EvaluateSearched, EvaluateSubnets, Search, Train
+from .nls import EvaluateSubnets, Train
 from .plain import PlainReference, plain_cache_problem
+from .search import EvaluateSearched, Search
 from .ship import Benchmark, EvaluateIR, Export, ExportReference, Merge
 
 
@@ -194,6 +196,20 @@ def _int4_export_problems(config: PipelineConfig, given_int4: bool, int4_base: b
     return problems
 
 
+def _search_problems(config: PipelineConfig, given_int4: bool) -> list[str]:
+    """A search floor of the plain alternative that the run cannot measure."""
+    bnas = config.bootstrapNAS
+    if not bnas.enabled or bnas.search.select != "cheapest_above_plain":
+        return []
+    if not config.plain.enabled:
+        return ["bootstrapNAS.search.select: 'cheapest_above_plain' measures the plain alternative (LoRA on the "
+                "dense model, merged) as the search's floor: set plain.enabled to true, or choose another select"]
+    if given_int4:
+        return [f"bootstrapNAS.search.select: 'cheapest_above_plain' needs the dense model for the plain "
+                f"alternative, but {config.model.name_or_path} is already INT4; choose another select"]
+    return []
+
+
 def check_method(config: PipelineConfig) -> None:
     """Refuse a `run` whose stages cannot work together (base precision, adapter kind, export).
 
@@ -217,5 +233,6 @@ def check_method(config: PipelineConfig) -> None:
     problems += _lonas_problems(config, given_int4, int4_base)
     problems += _adapter_kind_problems(config, int4_base)
     problems += _int4_export_problems(config, given_int4, int4_base)
+    problems += _search_problems(config, given_int4)
     if problems:
         raise ConfigError("(these stages do not work together)", problems)

@@ -1,8 +1,8 @@
-"""NLS stages: train the elastic super-adapter, evaluate its sub-adapters, search one.
+"""NLS stages: train the elastic super-adapter and evaluate its sub-adapters (the search: :mod:`.search`).
 
-The one-call functions (:func:`train`, :func:`search`, :func:`evaluate_subnets`, ...) each read a
-base and write a directory; the stages chain them in a run. Shears, SQFT and LoNAS all train and
-search here; what differs (adapter kind, Mode B widths, the INT4 base) comes from the config.
+The one-call functions (:func:`train`, :func:`evaluate_subnets`, ...) each read a
+base and write a directory; the stages chain them in a run. Shears, SQFT and LoNAS all train
+here; what differs (adapter kind, Mode B widths, the INT4 base) comes from the config.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from ..latency import LatencyModel, attention_layout, mlp_layout
 from ..models import load_model, meta_model, resolve_model_dir
 from ..outputs import fingerprint_path, write_json
 from ..provenance import model_fingerprint
-from ..search import SubnetObjectives, search_subadapter
 from ..training import train_super_adapter
 from .engine import RunState, Stage, pick
 from .evaluate import base_quantized_weights, evaluate_model
@@ -161,46 +160,6 @@ def latency_predictor(config: PipelineConfig, latency_model: str | Path | None) 
     return predictor
 
 
-def search(
-    config: PipelineConfig,
-    output: str | Path,
-    super_adapter: str | Path,
-    progress: bool = True,
-    latency_model: str | Path | None = None,
-) -> dict[str, Any]:
-    """Search a sub-adapter of a trained super-adapter on the validation split (``bootstrapNAS.search``).
-
-    ``config.model`` is the base the super-adapter was trained on. Writes the search outputs and the
-    chosen sub-adapter (``sub_adapter/``) under ``output``; an existing ``evaluations.jsonl`` there is
-    reused, so a killed search continues where it stopped. Cost 'latency' needs ``latency_model``
-    (a ``latency_model.json`` written by :func:`~nncf_elastic_lora.stages.lonas.fit_latency`, or its folder).
-    """
-    s = config.bootstrapNAS.search
-    predictor = latency_predictor(config, latency_model)
-    supernet, tokenizer = load_supernet(config.model, super_adapter)
-    data = load_task(config.data)
-    objectives = SubnetObjectives(
-        supernet,
-        tokenizer,
-        data.validation[: s.subset_size],
-        metric=s.metric,
-        cost=s.cost,
-        seq_len=s.seq_len,
-        batch_size=config.evaluation.batch_size,
-        latency_model=predictor,
-    )
-    result = search_subadapter(
-        supernet,
-        objectives,
-        s,
-        output,
-        base_model=resolve_model_dir(config.model),
-        base_fingerprint=model_fingerprint(config.model),
-        progress=progress,
-    )
-    return {**result.to_dict(), "data": data.record}
-
-
 def adapter_inputs(run: RunState) -> dict[str, str | None]:
     """Fingerprints of a stage that reads the base and the super-adapter."""
     return {**run.base_inputs, "super_adapter": fingerprint_path(run.super_adapter)}
@@ -239,43 +198,3 @@ class EvaluateSubnets(Stage):
 
     def apply(self, run: RunState, result: Any) -> None:
         run.evaluation.update({f"{run.method_label} ({name})": r for name, r in result.items()})
-
-
-class Search(Stage):
-    name, section = "search", "search"
-
-    def __init__(self, algorithm: str):
-        self.title = f"search ({algorithm})"
-
-    def inputs(self, run: RunState) -> dict[str, str | None]:
-        latency = fingerprint_path(run.latency_model) if run.latency_model else None
-        return {**adapter_inputs(run), "latency_model": latency}
-
-    def compute(self, run: RunState) -> Any:
-        return search(
-            run.with_model(run.base), run.output / "search", run.super_adapter, run.progress, run.latency_model
-        )
-
-    def apply(self, run: RunState, result: Any) -> None:
-        run.adapter, run.adapter_label = run.output / "search" / "sub_adapter", result["algorithm"]
-        run.artifacts["searched_sub_adapter"] = str(run.adapter)
-
-    def summary(self, run: RunState, result: Any) -> Any:
-        keys = ("algorithm", "chosen_quality", "chosen_cost", "evaluations_used", "new_evaluations")
-        return pick(result, (*keys, "wall_s", "reference"))
-
-
-class EvaluateSearched(Stage):
-    name, title = "eval_searched", "evaluate searched"
-
-    def inputs(self, run: RunState) -> dict[str, str | None]:
-        return adapter_inputs(run)
-
-    def compute(self, run: RunState) -> Any:
-        supernet, tokenizer = load_supernet(run.base, run.super_adapter)
-        chosen = {run.adapter_label: run.results["search"]["chosen"]}
-        evaluated = evaluate_subnets(supernet, tokenizer, run.config, chosen, run.tasks, run.progress)
-        return evaluated[run.adapter_label]
-
-    def apply(self, run: RunState, result: Any) -> None:
-        run.evaluation[f"{run.method_label} ({run.adapter_label})"] = result

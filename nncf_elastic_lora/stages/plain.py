@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import BootstrapNASConfig, ElasticityConfig, PipelineConfig, WidthElasticityConfig
-from ..data import TaskData
-from ..evaluation import paired_difference
+from ..data import Example, TaskData
+from ..evaluation import CausalLM, paired_difference
 from ..models import cache_dir, model_placement
 from ..outputs import location_problem, output_lock, write_json
 from ..provenance import data_fingerprint, model_fingerprint
+from ..search import validation_quality
 from .engine import RunState, Stage, read_reused
-from .evaluate import eval_splits, evaluate_ir
+from .evaluate import eval_splits, evaluate_ir, load_for_eval
 from .nls import train
 from .ship import benchmark_rows, export, plain_label, primary_score, shipped_label
 
@@ -179,6 +180,29 @@ def plain_reference(
     for fmt, ir in report["irs"].items():
         ir["path"] = str(final / f"openvino_{fmt}")
     return {**report, "directory": str(final), "reused": reused}
+
+
+def plain_validation_quality(
+    config: PipelineConfig,
+    examples: list[Example],
+    metric: str,
+    *,
+    tasks: dict[str, TaskData] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The plain alternative's search quality on ``examples`` (``metric`` as the search scores it).
+
+    The plain LoRA adapter of :func:`plain_reference` (trained, or reused from its cache) on the original
+    dense model, scored in torch as the sub-adapters are: the floor of select ``cheapest_above_plain``.
+    Returns ``{"quality", "metric", "examples", "directory", "reused"}``.
+    """
+    reference = plain_reference(config, tasks=tasks, progress=progress)
+    adapter = Path(reference["directory"]) / "train" / "sub_adapter_heuristic"
+    model, tokenizer, _ = load_for_eval(plain_config(config), adapter)
+    quality = validation_quality(CausalLM(model, tokenizer), examples, metric, config.evaluation.batch_size)
+    log.info("plain reference: validation %s %.4f on %d examples (the search's floor)", metric, quality, len(examples))
+    return {"quality": quality, "metric": metric, "examples": len(examples),
+            "directory": reference["directory"], "reused": reference["reused"]}  # fmt: skip
 
 
 class PlainReference(Stage):

@@ -1,0 +1,121 @@
+"""The search stages: choose a sub-adapter of the trained super-adapter on the validation split.
+
+:func:`search` is the one-call function (the ``search`` verb); :class:`Search` puts it in a run and,
+for ``bootstrapNAS.search.select`` ``cheapest_above_plain``, first measures the plain alternative
+(:func:`~nncf_elastic_lora.stages.plain.plain_validation_quality`) on the very examples and metric the
+search scores sub-adapters with, so that "at least as good as what a user already has" is one number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import PipelineConfig
+from ..data import Example, load_task
+from ..models import resolve_model_dir
+from ..outputs import fingerprint_path
+from ..provenance import model_fingerprint
+from ..search import SubnetObjectives, search_subadapter
+from .engine import RunState, Stage, pick
+from .nls import adapter_inputs, evaluate_subnets, latency_predictor, load_supernet
+from .plain import plain_key, plain_validation_quality
+
+
+def search_examples(config: PipelineConfig) -> list[Example]:
+    """The fixed validation subset every configuration (and the plain floor) is scored on."""
+    return load_task(config.data).validation[: config.bootstrapNAS.search.subset_size]
+
+
+def search(
+    config: PipelineConfig,
+    output: str | Path,
+    super_adapter: str | Path,
+    progress: bool = True,
+    latency_model: str | Path | None = None,
+    *,
+    plain_quality: float | None = None,
+) -> dict[str, Any]:
+    """Search a sub-adapter of a trained super-adapter on the validation split (``bootstrapNAS.search``).
+
+    ``config.model`` is the base the super-adapter was trained on. Writes the search outputs and the
+    chosen sub-adapter (``sub_adapter/``) under ``output``; an existing ``evaluations.jsonl`` there is
+    reused, so a killed search continues where it stopped. Cost 'latency' needs ``latency_model``
+    (a ``latency_model.json`` written by :func:`~nncf_elastic_lora.stages.lonas.fit_latency`, or its folder).
+    ``plain_quality``: the floor of select ``cheapest_above_plain`` (`run` measures it).
+    """
+    s = config.bootstrapNAS.search
+    predictor = latency_predictor(config, latency_model)
+    supernet, tokenizer = load_supernet(config.model, super_adapter)
+    data = load_task(config.data)
+    objectives = SubnetObjectives(
+        supernet,
+        tokenizer,
+        data.validation[: s.subset_size],
+        metric=s.metric,
+        cost=s.cost,
+        seq_len=s.seq_len,
+        batch_size=config.evaluation.batch_size,
+        latency_model=predictor,
+    )
+    result = search_subadapter(
+        supernet,
+        objectives,
+        s,
+        output,
+        base_model=resolve_model_dir(config.model),
+        base_fingerprint=model_fingerprint(config.model),
+        plain_quality=plain_quality,
+        progress=progress,
+    )
+    return {**result.to_dict(), "data": data.record}
+
+
+class Search(Stage):
+    name, section = "search", "search"
+
+    def __init__(self, algorithm: str):
+        self.title = f"search ({algorithm})"
+
+    def inputs(self, run: RunState) -> dict[str, str | None]:
+        latency = fingerprint_path(run.latency_model) if run.latency_model else None
+        plain = plain_key(run.config) if run.config.bootstrapNAS.search.select == "cheapest_above_plain" else None
+        return {**adapter_inputs(run), "latency_model": latency, "plain": plain}
+
+    def compute(self, run: RunState) -> Any:
+        s, floor = run.config.bootstrapNAS.search, None
+        if s.select == "cheapest_above_plain":  # the plain alternative on the original dense model
+            floor = plain_validation_quality(
+                run.config, search_examples(run.config), s.metric, tasks=run.tasks, progress=run.progress
+            )
+        result = search(
+            run.with_model(run.base), run.output / "search", run.super_adapter, run.progress, run.latency_model,
+            plain_quality=None if floor is None else floor["quality"],
+        )  # fmt: skip
+        return result if floor is None else {**result, "plain": floor}
+
+    def apply(self, run: RunState, result: Any) -> None:
+        run.adapter, run.adapter_label = run.output / "search" / "sub_adapter", result["algorithm"]
+        run.artifacts["searched_sub_adapter"] = str(run.adapter)
+
+    def summary(self, run: RunState, result: Any) -> Any:
+        keys = ("algorithm", "chosen_quality", "chosen_cost", "evaluations_used", "new_evaluations")
+        summary = pick(result, (*keys, "wall_s", "reference"))
+        floor = result.get("details", {}).get("floor")
+        return {**summary, "floor": floor} if floor else summary
+
+
+class EvaluateSearched(Stage):
+    name, title = "eval_searched", "evaluate searched"
+
+    def inputs(self, run: RunState) -> dict[str, str | None]:
+        return adapter_inputs(run)
+
+    def compute(self, run: RunState) -> Any:
+        supernet, tokenizer = load_supernet(run.base, run.super_adapter)
+        chosen = {run.adapter_label: run.results["search"]["chosen"]}
+        evaluated = evaluate_subnets(supernet, tokenizer, run.config, chosen, run.tasks, run.progress)
+        return evaluated[run.adapter_label]
+
+    def apply(self, run: RunState, result: Any) -> None:
+        run.evaluation[f"{run.method_label} ({run.adapter_label})"] = result
