@@ -77,6 +77,19 @@ def test_every_runtime_reports_every_field(exported):
     headers, rows = results_table(results)
     assert len(rows) == 3 and len(rows[0]) == len(headers)
     assert "decode tok/s b2" in headers
+    # GenAI's own perf_metrics beside ours (mean ± std over the repeats), only where GenAI ran
+    for b in results[0]["batches"]:
+        g = b["genai"]
+        assert g["runs"] == SETTINGS["repeats"] == len(b["genai_runs"])
+        assert g["ttft_ms"]["mean"] > 0 and g["tpot_ms"]["mean"] > 0 and g["throughput_tokens_per_s"]["std"] >= 0
+        # TPOT is per output token over every row: its throughput is batch-size tokens per step
+        assert g["throughput_tokens_per_s"]["mean"] == pytest.approx(1000 / g["tpot_ms"]["mean"], rel=0.05)
+        expected = b["decode_tokens_per_s"] / g["throughput_tokens_per_s"]["mean"] - 1
+        assert g["ours_vs_genai"]["decode_tokens_per_s"] == pytest.approx(expected)
+        assert set(g["disagree"]) == {k for k, d in g["ours_vs_genai"].items() if abs(d) > 0.05}
+    assert all("genai" not in b for r in results[1:] for b in r["batches"])
+    column = headers.index("GenAI TPOT b1 (ms/token)")
+    assert " ± " in rows[0][column] and rows[1][column] is None and rows[2][column] is None
 
 
 def test_isolated_run_measures_its_own_process(exported):
@@ -90,7 +103,7 @@ def test_rounds_pool_every_models_runs(exported):
     a, b = benchmark_models(runs, isolate=False, rounds=2, **SETTINGS)
     assert (a["label"], b["label"], a["rounds"]) == ("a", "b", 2)  # the caller's order, whatever a round's
     for batch in a["batches"]:
-        assert len(batch["generate_runs_s"]) == 2 * SETTINGS["repeats"]
+        assert len(batch["generate_runs_s"]) == 2 * SETTINGS["repeats"] == batch["genai"]["runs"]
         assert batch["generate_s"] == statistics.median(batch["generate_runs_s"])  # over both rounds
     with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
         benchmark_models(runs, isolate=False, rounds=0, **SETTINGS)
@@ -195,8 +208,13 @@ def test_benchmark_block_reads_the_same_after_a_json_round_trip():
         return {"label": label, "shipped": shipped, "weights_bytes": 2**20, "metric": "acc", "score": 0.5,
                 "decode_tokens_per_s": {1: speed, 4: 2 * speed}, "speedup": {1: speed / 50, 4: speed / 50}}  # fmt: skip
 
-    bench = {"rows": [row("int8", True, 75.0), row("dense fp32", False, 50.0)], "machine": {"cpu": "test cpu"}}
+    shipped = {**row("int8", True, 75.0), "genai_tpot_ms": {1: {"mean": 12.0, "std": 0.5}}, "genai_disagree": ["ttft b1"]}
+    bench = {"rows": [shipped, row("dense fp32", False, 50.0)], "machine": {"cpu": "test cpu"}}
     fresh = benchmark_block(bench, {})
     reread = benchmark_block(json.loads(json.dumps(bench)), {})
     assert "At batch 1 the shipped IR decodes at 1.50x the dense fp32." in fresh.note
     assert (reread.note, reread.table) == (fresh.note, fresh.table)
+    # GenAI's TPOT beside ours, the >5 % disagreement named; rows of an older report (no GenAI figures) stay empty
+    headers, rows = fresh.table
+    assert headers[-1] == "GenAI TPOT b1 (ms/token)"
+    assert [r[-1] for r in rows] == ["12.00 ± 0.50 (differs from ours: ttft b1)", None]

@@ -12,6 +12,11 @@ Every runtime is measured the same way, so the figures compare:
   growth over the resident set before loading. Each model and runtime runs in its own process
   (:func:`benchmark_models`), so one measurement never inherits another's peak.
 
+On GenAI, every ``new_tokens`` generation's own ``perf_metrics`` (TTFT, TPOT per output token,
+throughput; what ``llm_bench`` prints as first and other tokens' latency) are kept beside these
+wall-clock figures, mean ± std over the repeats, and a disagreement above :data:`GENAI_TOLERANCE`
+(our TTFT against GenAI's, our decode tokens/s against GenAI's throughput) is flagged in the result.
+
 Medians over ``repeats`` runs after ``warmup`` runs of each kind. Every generation gets a fresh
 prompt of seeded random token ids (exactly ``prompt_tokens`` per row, so no padding): OpenVINO
 GenAI's ``LLMPipeline`` caches prompt prefixes, and a benchmark that repeats one prompt measures
@@ -49,6 +54,9 @@ class Runtime(str, Enum):
     TORCH = "torch"  # transformers eager generate on the torch checkpoint
 
 
+GENAI_TOLERANCE = 0.05  # relative difference between our wall-clock figures and GenAI's that is flagged
+
+
 class BenchmarkError(RuntimeError):
     """A benchmark could not run (bad model path for the runtime, worker failure)."""
 
@@ -75,6 +83,9 @@ class _GenAI:
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True, do_sample=False
         )
         result = self.pipe.generate(inputs, config)
+        m = result.perf_metrics  # GenAI's own timing of this call: TPOT is per output token, all rows counted
+        self.metrics = {"ttft_ms": m.get_ttft().mean, "tpot_ms": m.get_tpot().mean,
+                        "throughput_tokens_per_s": m.get_throughput().mean}  # fmt: skip
         return min(len(t) for t in result.tokens)
 
 
@@ -140,12 +151,13 @@ def _timed_runs(
     new_tokens: int,
     repeats: int,
     warmup: int,
-) -> tuple[list[float], list[float]]:
-    """Seconds of each one-token generation and each ``new_tokens`` generation, after ``warmup`` of each."""
+) -> tuple[list[float], list[float], list[dict[str, float]]]:
+    """Seconds of each one-token generation and each ``new_tokens`` generation, after ``warmup`` of each,
+    and GenAI's own metrics of each ``new_tokens`` generation (empty on other runtimes)."""
     for _ in range(warmup):
         runner.generate(fresh(), 1)
         runner.generate(fresh(), new_tokens)
-    firsts, fulls = [], []
+    firsts, fulls, genai = [], [], []
     for _ in range(repeats):
         ids = fresh()
         t = time.perf_counter()
@@ -155,18 +167,37 @@ def _timed_runs(
         t = time.perf_counter()
         produced = runner.generate(ids, new_tokens)
         fulls.append(time.perf_counter() - t)
+        if getattr(runner, "metrics", None):
+            genai.append(runner.metrics)
         if produced != new_tokens:
             raise BenchmarkError(
                 f"{runtime.value} generated {produced} tokens, asked for exactly {new_tokens}"
             )
-    return firsts, fulls
+    return firsts, fulls, genai
 
 
-def _batch_figures(batch: int, firsts: list[float], fulls: list[float], new_tokens: int) -> dict[str, Any]:
-    """TTFT, decode latency and throughputs of one batch size, from the medians of its runs."""
+def genai_figures(runs: list[dict[str, float]], ttft_ms: float, decode_tokens_per_s: float) -> dict[str, Any]:
+    """GenAI's metrics over ``runs`` (mean ± std of each call's figure) and how ours compare.
+
+    ``ours_vs_genai``: our TTFT over GenAI's and our decode tokens/s over GenAI's throughput, minus 1;
+    ``disagree`` names those beyond :data:`GENAI_TOLERANCE`. Ours time the call from Python (one-token
+    generations for TTFT, differences of wall times for decode); GenAI's time inside its C++ loop.
+    """
+    stats = {k: {"mean": statistics.fmean(r[k] for r in runs),
+                 "std": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in runs[0]}  # fmt: skip
+    ours = {"ttft": ttft_ms / stats["ttft_ms"]["mean"] - 1,
+            "decode_tokens_per_s": decode_tokens_per_s / stats["throughput_tokens_per_s"]["mean"] - 1}  # fmt: skip
+    return {**stats, "runs": len(runs), "ours_vs_genai": ours,
+            "disagree": [k for k, d in ours.items() if abs(d) > GENAI_TOLERANCE]}  # fmt: skip
+
+
+def _batch_figures(
+    batch: int, firsts: list[float], fulls: list[float], new_tokens: int, genai: list[dict[str, float]] | None = None
+) -> dict[str, Any]:
+    """TTFT, decode latency and throughputs of one batch size, from the medians of its runs (and GenAI's)."""
     ttft, full = statistics.median(firsts), statistics.median(fulls)
     step = max(full - ttft, 1e-9) / (new_tokens - 1)
-    return {
+    figures = {
         "batch_size": batch,
         "ttft_ms": 1000 * ttft,
         "decode_ms_per_step": 1000 * step,
@@ -176,6 +207,10 @@ def _batch_figures(batch: int, firsts: list[float], fulls: list[float], new_toke
         "ttft_runs_s": firsts,
         "generate_runs_s": fulls,
     }
+    if genai:
+        figures["genai_runs"] = genai
+        figures["genai"] = genai_figures(genai, figures["ttft_ms"], figures["decode_tokens_per_s"])
+    return figures
 
 
 def benchmark_model(
@@ -212,11 +247,16 @@ def benchmark_model(
         def fresh(batch: int = batch) -> np.ndarray:
             return prompt_ids(tokenizer, prompt_tokens, batch, rng)
 
-        firsts, fulls = _timed_runs(
+        firsts, fulls, genai = _timed_runs(
             runner, fresh, runtime, new_tokens=new_tokens, repeats=repeats, warmup=warmup
         )
-        figures = _batch_figures(batch, firsts, fulls, new_tokens)
+        figures = _batch_figures(batch, firsts, fulls, new_tokens, genai)
         batches.append(figures)
+        if figures.get("genai", {}).get("disagree"):
+            log.warning(
+                "%s batch %d: our figures and GenAI's perf_metrics differ by more than %.0f %% (%s)", path.name,
+                batch, 100 * GENAI_TOLERANCE, ", ".join(f"{k} {v:+.1%}" for k, v in figures["genai"]["ours_vs_genai"].items()),
+            )  # fmt: skip
         log.info(
             "%s %s batch %d: %.1f decode tok/s",
             path.name,
@@ -257,7 +297,8 @@ def _merge_rounds(rounds: list[list[dict[str, Any]]], new_tokens: int) -> list[d
         for j, batch in enumerate(first["batches"]):
             firsts = [t for r in rounds for t in r[i]["batches"][j]["ttft_runs_s"]]
             fulls = [t for r in rounds for t in r[i]["batches"][j]["generate_runs_s"]]
-            batches.append(_batch_figures(batch["batch_size"], firsts, fulls, new_tokens))
+            genai = [m for r in rounds for m in r[i]["batches"][j].get("genai_runs", [])]
+            batches.append(_batch_figures(batch["batch_size"], firsts, fulls, new_tokens, genai))
         merged.append({**first, "rounds": len(rounds), "batches": batches})
     return merged
 
@@ -344,19 +385,28 @@ def bandwidth_fraction(result: dict[str, Any], read_gb_s: float) -> float | None
     return b1["decode_tokens_per_s"] / (read_gb_s * 1e9 / result["weights_bytes"])
 
 
-def results_table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Rows: label | runtime | weights MiB | compile s | TTFT ms | decode ms | tok/s per batch size | peak MiB.
+def _mean_std(stat: dict[str, float] | None) -> str | None:
+    return None if stat is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
-    TTFT and decode latency are those of the smallest batch size measured.
+
+def results_table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Rows: label | runtime | weights MiB | compile s | TTFT ms | decode ms | tok/s per batch size | peak MiB,
+    then GenAI's own TTFT and TPOT (mean ± std over the repeats; empty on other runtimes) and the figures
+    where ours and GenAI's differ by more than :data:`GENAI_TOLERANCE`.
+
+    TTFT, decode latency and GenAI's figures are those of the smallest batch size measured.
     """
     sizes = sorted({b["batch_size"] for r in results for b in r["batches"]})
     headers = ["model", "runtime", "weights (MiB)", "compile (s)", f"TTFT b{sizes[0]} (ms)"]
     headers += [f"decode b{sizes[0]} (ms/step)"]
     headers += [f"decode tok/s b{s}" for s in sizes] + ["peak RSS (MiB)"]
+    headers += [f"GenAI TTFT b{sizes[0]} (ms)", f"GenAI TPOT b{sizes[0]} (ms/token)", "differs from GenAI > 5 %"]
     rows = []
     for r in results:
         by = {b["batch_size"]: b for b in r["batches"]}
         first = by.get(sizes[0], r["batches"][0])
+        genai = first.get("genai") or {}
+        disagree = sorted({f"{k} b{b['batch_size']}" for b in r["batches"] for k in b.get("genai", {}).get("disagree", [])})
         rows.append(
             [
                 r["label"],
@@ -367,6 +417,9 @@ def results_table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[A
                 first["decode_ms_per_step"],
                 *(by[s]["decode_tokens_per_s"] if s in by else None for s in sizes),
                 r["peak_rss_mb"],
+                _mean_std(genai.get("ttft_ms")),
+                _mean_std(genai.get("tpot_ms")),
+                ", ".join(disagree) if genai else None,
             ]
         )
     return headers, rows

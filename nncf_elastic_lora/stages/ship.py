@@ -251,6 +251,8 @@ def benchmark_rows(run: RunState, results: list[dict[str, Any]]) -> list[dict[st
                 "score": score[1] if score else None,
                 "decode_tokens_per_s": speed,
                 "speedup": {b: speed[b] / ref_speed[b] for b in speed if ref_speed.get(b)},
+                "genai_tpot_ms": {b["batch_size"]: b["genai"]["tpot_ms"] for b in r["batches"] if "genai" in b},
+                "genai_disagree": [f"{k} b{b['batch_size']}" for b in r["batches"] for k in b.get("genai", {}).get("disagree", [])],
             }
         )
     return rows
