@@ -590,6 +590,13 @@ class ExportConfig(_Section):
         description="Calibrate the compression on `calibration` texts (implied by awq/scale_estimation).",
     )
     calibration: ExportCalibrationConfig = Field(default_factory=ExportCalibrationConfig)
+    activations: Literal["none", "int8"] = Field(
+        "none",
+        description="'int8': quantize the activations too (W8A8: `nncf.quantize` through optimum-intel, as "
+        "`optimum-cli export openvino --quant-mode int8`), calibrated on the `calibration` texts; needs "
+        "weight_format 'int8'. The only kind of IR in which OpenVINO's CPU sparse-weight kernels can run "
+        "(with AMX and runtime property CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE).",
+    )
     backup_precision: Literal["int8_asym", "int8_sym", "none"] = Field(
         "int8_asym",
         description="INT4: the precision of the weights left out of INT4 (embeddings, LM head, layers without a "
@@ -611,6 +618,11 @@ class ExportConfig(_Section):
 
     @model_validator(mode="after")
     def _compatible_compression(self) -> ExportConfig:
+        if self.activations == "int8" and self.weight_format != "int8":
+            raise ValueError(
+                f"activations 'int8' (W8A8) quantizes int8 weights and activations together, but weight_format is "
+                f"{self.weight_format!r}: set weight_format to 'int8', or activations to 'none'"
+            )
         if self.backup_precision != "int8_asym" and self.weight_format != "int4":
             raise ValueError(
                 f"backup_precision {self.backup_precision!r} applies to int4 weights (the layers left out of INT4), "

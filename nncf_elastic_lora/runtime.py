@@ -162,6 +162,10 @@ def check_properties(
             flag, why = CPU_FLAG_REQUIREMENTS[key]
             if flag not in flags:
                 notes.append(f"{key} has no effect on this CPU ({_cpu_name()}): {why}, and it has no {flag}")
+    if device.startswith("CPU") and SPARSE_RATE in plugin_props and model_xml is not None:
+        sparse = sparse_kernel_check(model_xml, plugin_props, flags)
+        notes += [f"{SPARSE_RATE}: the sparse kernels cannot run: {c['name']} fails ({c['detail']})"
+                  for c in sparse["conditions"] if c["met"] is False and c["name"] != "AMX"]  # fmt: skip (AMX: above)
     effective: dict[str, Any] = {}
     if model_xml is not None:
         compiled = core.compile_model(str(model_xml), device, plugin_props)
@@ -178,6 +182,59 @@ def check_properties(
     for note in notes:
         log.warning(note)
     return {"requested": dict(properties), "effective": effective, "notes": notes}
+
+
+SPARSE_RATE = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
+
+
+def _int8_weights(model: Any) -> list[Any]:
+    """The 2-D INT8 constants of an OpenVINO model: the linear layers' weights of an INT8 or W8A8 IR."""
+    return [op for op in model.get_ops() if op.get_type_name() == "Constant"
+            and op.get_element_type().get_type_name() in ("i8", "u8") and len(op.get_output_shape(0)) == 2]  # fmt: skip
+
+
+def sparse_kernel_check(
+    model_xml: str | Path, properties: dict[str, PropertyValue] | None = None, flags: set[str] | None = None
+) -> dict[str, Any]:
+    """Which of the CPU plugin's conditions for its sparse-weight kernels hold for this IR on this machine.
+
+    OpenVINO's CPU plugin decompresses sparse weights only (1) on a CPU with AMX, (2) in a model whose
+    activations are INT8 too (FakeQuantize on activations: ``nncf.quantize``, W8A8; weight-only INT8/INT4
+    never qualifies), (3) for weights whose two dimensions are multiples of 64, (4) when
+    ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE`` is set, and then (5) for the layers whose share of zero
+    weights is at least that rate. Returns ``{"conditions": [{"name", "met", "detail"}], "failing": [...],
+    "can_pay": bool}`` (``met`` None: no rate to compare the zeros with); zeros are counted in signed INT8
+    weights (zero code 0).
+    """
+    import numpy as np
+    import openvino as ov
+
+    flags = cpu_flags() if flags is None else flags
+    props = properties or {}
+    model = ov.Core().read_model(str(model_xml))
+    activation_fq = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"
+                     and op.input_value(0).get_node().get_type_name() != "Constant"]  # fmt: skip
+    weights = _int8_weights(model)
+    aligned = [w for w in weights if all(d % 64 == 0 for d in w.get_output_shape(0))]
+    rate = props.get(SPARSE_RATE)
+    signed = [w for w in aligned if w.get_element_type().get_type_name() == "i8"]
+    zeros = [float(np.mean(w.get_data() == 0)) for w in signed]
+    sparse_enough = [z for z in zeros if rate is not None and z >= float(rate)]
+    amx = {"amx_tile", "amx_int8"} <= flags
+    conditions = [
+        {"name": "AMX", "met": amx, "detail": f"{_cpu_name()}: amx_tile and amx_int8 " + ("present" if amx else "absent")},
+        {"name": "INT8 activations", "met": bool(activation_fq),
+         "detail": f"{len(activation_fq)} activation FakeQuantize ops (a W8A8 IR has them; weight-only INT8/INT4 none)"},
+        {"name": "weight dims multiples of 64", "met": bool(aligned),
+         "detail": f"{len(aligned)} of {len(weights)} INT8 weight matrices"},
+        {"name": f"{SPARSE_RATE} set", "met": rate is not None,
+         "detail": f"{rate!r}" if rate is not None else "not set (the kernels stay off)"},
+        {"name": "weights at least that sparse", "met": None if rate is None else bool(sparse_enough),
+         "detail": f"{len(sparse_enough)} of {len(signed)} aligned signed-INT8 weight matrices"
+         + (f" (zeros: median {float(np.median(zeros)):.1%})" if zeros else "")},
+    ]  # fmt: skip
+    failing = [c["name"] for c in conditions if c["met"] is False]  # None: no rate to compare with
+    return {"conditions": conditions, "failing": failing, "can_pay": not failing}
 
 
 def _same_number(a: Any, b: Any) -> bool:

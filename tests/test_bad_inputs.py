@@ -322,6 +322,7 @@ CASES = [
     Case("bench-unknown-property", ["benchmark", "--model", "{ws}/model", "--runtime", "torch", "--property", "NO_SUCH_PROP=1"], "NO_SUCH_PROP"),
     # SQFT config keys and verbs
     Case("plain-formats-empty", [*RUN, "--set", "plain.weight_formats=[]"], "plain.weight_formats is empty"),
+    Case("export-w8a8-int4", [*EXPORT, "--weight-format", "int4", "--activations", "int8"], "set weight_format to 'int8'"),
     Case("floor-without-nsga", [*RUN, "--set", "bootstrapNAS.search.select=cheapest_above_plain"], "set algorithm to 'NSGA2'"),
     Case("floor-without-plain", [*RUN, "--set", "bootstrapNAS.search.algorithm=NSGA2", "--set", "bootstrapNAS.search.select=cheapest_above_plain", "--set", "plain.enabled=false"], "set plain.enabled to true"),
     Case("search-verb-floor", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.search.algorithm=NSGA2", "--set", "bootstrapNAS.search.select=cheapest_above_plain"], "pass --plain-quality"),

@@ -18,7 +18,7 @@ from nncf_elastic_lora.deploy.export import export_openvino, quantization_config
 from nncf_elastic_lora.deploy.parity import compare_ir_with_torch
 from nncf_elastic_lora.evaluation import CausalLM, loglikelihoods
 from nncf_elastic_lora.formats import OV_DETOKENIZER, OV_MODEL, OV_TOKENIZER
-from nncf_elastic_lora.models import build_tiny_llama, load_openvino_model
+from nncf_elastic_lora.models import build_tiny_llama, load_openvino_model, load_tokenizer
 from nncf_elastic_lora.sparsity import linear_sparsity, sparsify_model
 
 from .conftest import TINY
@@ -380,3 +380,41 @@ def test_adapter_recorded_for_a_bfloat16_base_exports_onto_it(tmp_path):
         export_openvino(other, tmp_path / "ir_other", adapter=tmp_path / "sub", genai_device=None)
     report = export_openvino(base, tmp_path / "ir", adapter=tmp_path / "sub", genai_device=None)
     assert report["adapter"]["path"] == str(tmp_path / "sub")
+
+
+def test_w8a8_export_is_what_the_sparse_kernels_need(sources, tmp_path):
+    """activations 'int8': INT8 activations (FakeQuantize) and symmetric INT8 weights that keep the zeros;
+    the sparse-kernel check then fails on nothing but the CPU (AMX) where it lacks it."""
+    from nncf_elastic_lora.config import ModelConfig, TinyModelConfig
+    from nncf_elastic_lora.runtime import SPARSE_RATE, cpu_flags, sparse_kernel_check
+
+    _, adapter = sources
+    wide = ModelConfig(name_or_path="tiny-random-llama", tiny=TinyModelConfig(hidden_size=64, intermediate_size=128))
+    model = build_tiny_llama(wide).eval()  # every linear's dims multiples of 64, as the kernels need
+    sparsify_model(model, method="magnitude", ratio=0.5, pattern="unstructured", target_modules=LINEARS)
+    sparse = tmp_path / "sparse"
+    model.save_pretrained(sparse)
+    load_tokenizer(wide).save_pretrained(sparse)
+    texts = ["The capital of France is Paris.", "Question: 3 + 4 = 7", "def f(x): return x", "1 + 1 = 2"]
+    report = export_openvino(sparse, tmp_path / "w8a8", weight_format="int8", activations="int8",
+                             calibration=texts, genai_device=None)  # fmt: skip
+    assert report["compression"]["calibration_samples"] == 4
+    assert report["sparse_kernels"]["failing"] == [*([] if {"amx_tile", "amx_int8"} <= cpu_flags() else ["AMX"]),
+                                                   f"{SPARSE_RATE} set"]  # the export sets no runtime property  # fmt: skip
+    xml = tmp_path / "w8a8" / OV_MODEL
+    check = sparse_kernel_check(xml, {SPARSE_RATE: 0.4})
+    met = {c["name"]: c["met"] for c in check["conditions"]}
+    assert met["INT8 activations"] and met["weight dims multiples of 64"] and met["weights at least that sparse"]
+    assert check["failing"] == ([] if {"amx_tile", "amx_int8"} <= cpu_flags() else ["AMX"])
+    # a weight-only INT8 IR of the same model: no INT8 activations, and no rate set, so the kernels stay off
+    export_openvino(sparse, tmp_path / "int8", weight_format="int8", genai_device=None)
+    weight_only = sparse_kernel_check(tmp_path / "int8" / OV_MODEL)
+    assert {"INT8 activations", f"{SPARSE_RATE} set"} <= set(weight_only["failing"])
+    with pytest.raises(ValueError, match="needs calibration texts"):
+        export_openvino(sparse, tmp_path / "x", weight_format="int8", activations="int8", genai_device=None)
+    with pytest.raises(ValueError, match="needs weight_format int8"):
+        export_openvino(sparse, tmp_path / "x", weight_format="int4", activations="int8", calibration=texts)
+    with pytest.raises(ValueError, match="merge the adapter first"):
+        export_openvino(sources[0], tmp_path / "x", adapter=adapter, weight_format="int8", activations="int8",
+                        calibration=texts)  # fmt: skip
+    assert not (tmp_path / "x").exists()

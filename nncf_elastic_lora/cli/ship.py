@@ -189,6 +189,13 @@ EXPORT_FLAGS = (
         default=None,
         help="symmetric quantization (export.sym)",
     ),
+    Flag(
+        ("--activations",),
+        key="export.activations",
+        choices=("none", "int8"),
+        help="export.activations: 'int8' makes a W8A8 IR (nncf.quantize on the calibration texts; "
+        "--weight-format int8, merged adapter), as `optimum-cli export openvino --quant-mode int8`",
+    ),
     Flag(("--awq",), key="export.awq", action="store_true", default=None, help="data-aware AWQ (int4)"),
     Flag(
         ("--scale-estimation",),

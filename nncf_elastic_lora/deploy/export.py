@@ -52,6 +52,7 @@ from ..outputs import (
     write_json,
 )
 from ..provenance import model_fingerprint
+from ..runtime import sparse_kernel_check
 from ..sparsity import linear_sparsity
 from .ir import check_ir_codes, ir_weight_sparsity
 from .parity import compare_ir_with_torch
@@ -157,8 +158,10 @@ def quantization_config(
     unmerged_adapter: bool = False,
     keep_adapter_precision: bool = False,
     backup_precision: BackupPrecision | str = BackupPrecision.INT8_ASYM,
+    activations: str = "none",
 ) -> Any:
-    """optimum-intel's ``OVWeightQuantizationConfig`` for an INT8 or INT4 IR (None for fp32/fp16).
+    """optimum-intel's ``OVWeightQuantizationConfig`` for an INT8 or INT4 IR (None for fp32/fp16), or with
+    ``activations`` 'int8' its ``OVQuantizationConfig`` (W8A8, ``nncf.quantize`` calibrated on ``calibration``).
 
     ``unmerged_adapter``: the model holds an adapter branch, so AWQ is refused (it rescales
     activations the branch also reads); ``keep_adapter_precision`` leaves its matrices uncompressed.
@@ -167,6 +170,11 @@ def quantization_config(
     from optimum.intel import OVWeightQuantizationConfig
 
     weight_format = WeightFormat(weight_format)
+    if activations not in ("none", "int8"):
+        raise ValueError(f"activations must be 'none' or 'int8', got {activations!r}")
+    if activations == "int8":
+        return _w8a8_config(weight_format, sym=sym, calibration=calibration, tokenizer_dir=tokenizer_dir,
+                            unmerged_adapter=unmerged_adapter)  # fmt: skip
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
     check_compression_options(
@@ -196,6 +204,26 @@ def quantization_config(
     if keep_adapter_precision:
         kwargs["ignored_scope"] = {"patterns": [LORA_NODES], "validate": False}
     return OVWeightQuantizationConfig(**kwargs)
+
+
+def _w8a8_config(
+    weight_format: WeightFormat, *, sym: bool, calibration: list[str] | None, tokenizer_dir: str | Path | None,
+    unmerged_adapter: bool,
+) -> Any:
+    """``OVQuantizationConfig``: INT8 weights (symmetric, so a zero weight is code 0) and INT8 activations."""
+    from optimum.intel import OVQuantizationConfig
+
+    if weight_format is not WeightFormat.INT8:
+        raise ValueError(f"activations 'int8' (W8A8) needs weight_format int8, not {weight_format.value}")
+    if not calibration:
+        raise ValueError("activations 'int8' (W8A8) needs calibration texts for the activation ranges")
+    if unmerged_adapter:
+        raise ValueError(
+            "activations 'int8' (W8A8) would quantize the unmerged adapter's branch with the base: merge the "
+            "adapter first (merge_adapter)"
+        )
+    return OVQuantizationConfig(bits=8, sym=sym, dataset=list(calibration), tokenizer=str(tokenizer_dir),
+                                num_samples=len(calibration))  # fmt: skip
 
 
 def _compress(source: Path, target: Path, config: Any) -> None:
@@ -245,6 +273,7 @@ def export_openvino(
     group_size_fallback: GroupSizeFallback | str = GroupSizeFallback.ADJUST,
     keep_adapter_precision: bool = True,
     backup_precision: BackupPrecision | str = BackupPrecision.INT8_ASYM,
+    activations: str = "none",
     save_merged: str | Path | None = None,
     genai_device: str | None = "CPU",
     compare_prompts: list[str] | tuple[str, ...] | None = None,
@@ -262,6 +291,8 @@ def export_openvino(
         keep_adapter_precision: leave the adapter's matrices uncompressed in an int8/int4 IR.
         backup_precision: int4 (an INT4 base's exact codes too): the precision of the weights left out
             of INT4, embeddings and LM head (``int8_asym`` as optimum-intel; ``none``: float).
+        activations: ``int8`` quantizes the activations too (W8A8, ``nncf.quantize`` on ``calibration``;
+            int8 weights, merged adapters only): what OpenVINO's CPU sparse-weight kernels need.
         save_merged: also write the merged HF checkpoint there (``optimum-cli export openvino`` takes it).
         genai_device: load the result in ``LLMPipeline`` on this device as a final check (None: skip).
         compare_prompts: compare the IR with the torch model on these prompts (logits, greedy
@@ -275,6 +306,7 @@ def export_openvino(
         group_size=group_size, ratio=ratio, sym=sym, awq=awq, scale_estimation=scale_estimation,
         calibration=calibration, group_size_fallback=group_size_fallback, unmerged_adapter=unmerged,
         keep_adapter_precision=keep_adapter_precision and unmerged, backup_precision=BackupPrecision(backup_precision),
+        activations=activations,
     )  # fmt: skip
     weight_format, int4_dir = _checked_weight_format(
         model, weight_format, adapter, merge_adapter, qconfig_args
@@ -441,6 +473,8 @@ def _ir_facts(
             "directory": directory_size(target),
         },
     }
+    if facts["ir_sparsity"] and facts["ir_sparsity"] >= 0.05:  # would the CPU plugin's sparse kernels use the zeros?
+        facts["sparse_kernels"] = sparse_kernel_check(target / OV_MODEL)
     if genai_device:
         facts["genai_check"] = {"device": genai_device, "text": check_genai(target, genai_device)}
     if compare_prompts:

@@ -123,6 +123,10 @@ def export_facts(export_report: dict[str, Any]) -> list[list[str]]:
     facts = [["OpenVINO IR weights", f"{e['weight_format']}, {e['size_bytes']['model_bin'] / 2**20:.1f} MiB"]]
     if e.get("ir_sparsity") is not None:
         facts.append(["zeros in the IR's MatMul weights", _pct(e["ir_sparsity"])])
+    if e.get("sparse_kernels"):  # the zeros only pay where OpenVINO's CPU sparse-weight kernels can run
+        failing = e["sparse_kernels"]["failing"]
+        facts.append(["OpenVINO CPU sparse-weight kernels",
+                      "can run" if not failing else "cannot run here: " + ", ".join(failing) + " not met"])  # fmt: skip
     if e.get("parity"):
         p = e["parity"]
         facts += [

@@ -65,6 +65,7 @@ def plain_config(config: PipelineConfig) -> PipelineConfig:
 def _export_config(config: PipelineConfig, fmt: str) -> PipelineConfig:
     """Merged and compressed data-free, as ``optimum-cli export openvino --weight-format fmt`` does."""
     plain = {"merge_adapter": True, "awq": False, "scale_estimation": False, "data_aware": False, "ratio": 1.0,
+             "activations": "none",
              "backup_precision": "int8_asym"}  # optimum-cli's defaults
     return config.model_copy(update={"export": config.export.model_copy(update={"weight_format": fmt, **plain})})
 

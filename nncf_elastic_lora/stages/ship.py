@@ -85,7 +85,7 @@ def export(
     first test prompts of ``data.task``; the IR directory gets ``export_report.json`` and ``parity.json``.
     """
     ex = config.export
-    data_aware = ex.data_aware or ex.awq or ex.scale_estimation
+    data_aware = ex.data_aware or ex.awq or ex.scale_estimation or ex.activations == "int8"
     prompts = None
     if ex.parity.num_prompts:
         prompts = [e.prompt for e in load_task(config.data).test[: ex.parity.num_prompts]]
@@ -103,6 +103,7 @@ def export(
         calibration=calibration_texts(config) if data_aware else None,
         group_size_fallback=ex.group_size_fallback,
         backup_precision=ex.backup_precision,
+        activations=ex.activations,
         save_merged=save_merged,
         genai_device=ex.device,
         compare_prompts=prompts,
