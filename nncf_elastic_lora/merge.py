@@ -245,7 +245,7 @@ def read_sub_adapter_record(adapter_dir: str | Path) -> dict[str, Any] | None:
     return record
 
 
-def _peft_scaling(peft_config: dict[str, Any], name: str, rank: int) -> float:
+def peft_scaling(peft_config: dict[str, Any], name: str, rank: int) -> float:
     """peft's ``lora_alpha / r`` for module ``name`` (pattern keys match a module name's end)."""
     if peft_config.get("use_rslora") or peft_config.get("use_dora"):
         raise ValueError(
@@ -338,7 +338,7 @@ def merge_adapter_from_dirs(
             linear = model.get_submodule(name)
             w = linear.weight
             rank = ranks[name] = int(a.shape[0])
-            scaling = float(record["scaling"]) if record else _peft_scaling(peft_config, name, rank)
+            scaling = float(record["scaling"]) if record else peft_scaling(peft_config, name, rank)
             q = None
             if kind is AdapterKind.QA_SPARSEPEFT:
                 q = (quantized or {}).get(name)

@@ -32,7 +32,7 @@ from .stages.nls import (
 )
 from .stages.plain import plain_reference, plain_validation_quality
 from .stages.search import search
-from .stages.ship import calibration_texts, export, merge
+from .stages.ship import calibration_texts, export, export_genai, merge
 
 __all__ = [
     "base_quantized_weights",
@@ -46,6 +46,7 @@ __all__ = [
     "load_for_eval",
     "evaluate_subnets",
     "export",
+    "export_genai",
     "export_facts",
     "extract",
     "fit_latency",

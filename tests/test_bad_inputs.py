@@ -406,6 +406,10 @@ CASES = [
     Case("int4-json-missing-train", [*TRAIN[:3], "--model", "{ws}/int4_no_json", "--set", "bootstrapNAS.training.adapter_kind=qa_sparsepeft"], "quantization.json is missing"),
     Case("merge-record-corrupt", [*MERGE, "--model", "{ws}/sparse", "--adapter", "{ws}/sub_bad_record"], "elastic_lora_sub.json"),
     # an adapter recorded for another base is refused wherever it meets one
+    Case("genai-adapter-missing", ["export-genai", *EXPORT[1:], "--adapter", "a={ws}/no_adapter"], "does not exist"),
+    Case("genai-adapter-sparsepeft", ["export-genai", *EXPORT[1:3], "--model", "{ws}/sparse", "--adapter", "{ws}/sparsepeft_sub"], "merge it into the base"),
+    Case("genai-adapter-other-base", ["export-genai", *EXPORT[1:3], "--model", "{ws}/model", "--adapter", "{ws}/super_wide_sub"], "does not fit the base model"),
+    Case("genai-adapter-twice", ["export-genai", *EXPORT[1:], "--adapter", "a={ws}/super_sub", "--adapter", "a={ws}/super_sub"], "given twice"),
     Case("export-adapter-other-base", [*EXPORT[:3], "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_sub"], "trained on another base"),
     Case("eval-adapter-other-base", [*EVAL, "--model", "{ws}/sparse_other", "--adapter", "{ws}/sparsepeft_sub"], "trained on another base"),
     Case("extract-super-other-base", [*EXTRACT, "--super-adapter", "{ws}/super_other_base"], "trained on another base"),
@@ -477,6 +481,7 @@ def test_the_campaign_is_large_and_covers_every_verb():
         "search",
         "eval",
         "export",
+        "export-genai",
         "benchmark",
         "schema",
         "quantize",

@@ -46,6 +46,7 @@ ORDER = (
     "extract",
     "eval",
     "export",
+    "export-genai",
     "benchmark",
     "schema",
     "tasks",

@@ -61,6 +61,27 @@ def _models(items: list[str], runtimes: list[str]) -> list[tuple[str, str, str]]
     return models
 
 
+def _with_adapters(models: list[tuple[str, str, str]], items: list[str]) -> list[tuple]:
+    """Each ``--adapter [LABEL=]FILE`` on every GenAI IR model, as extra rows beside the IR without it."""
+    if not items:
+        return models
+    from ..deploy.genai_adapters import check_adapter_for_ir
+
+    genai = [m for m in models if m[2] == "genai"]
+    if not genai:
+        raise ValueError("--adapter applies a runtime adapter through OpenVINO GenAI: include genai in --runtime")
+    extra = []
+    for item in items:
+        label, sep, file = item.partition("=")
+        label, file = (label, file) if sep else (Path(item).stem, item)
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"--adapter {file}: no such file ({Path(file).resolve()})")
+        for model_label, path, runtime in genai:
+            check_adapter_for_ir(path, file)
+            extra.append((f"{model_label} + adapter {label}", path, runtime, file))
+    return [*models, *extra]
+
+
 def _write_report(out: Path, report: dict[str, Any], headers: list, rows: list) -> None:
     from ..outputs import write_json, write_text
     from ..report.tables import markdown_table
@@ -94,6 +115,15 @@ BENCHMARK_FLAGS = (
     ),
     Flag(("--properties-file",), help="JSON object of runtime properties (see export/runtime/)"),
     Flag(("--no-isolate",), action="store_true", help="run everything in this process"),
+    Flag(
+        ("--adapter",),
+        dest="adapters",
+        action="append",
+        default=[],
+        metavar="[LABEL=]FILE",
+        help="a GenAI adapter file (export-genai) applied at run time to every IR on genai, measured beside "
+        "the IR without it; repeatable",
+    ),
 )
 
 
@@ -115,10 +145,10 @@ def benchmark(call: Call) -> int:
 
     args = call.args
     runtimes, batch_sizes = _runtimes_and_batch_sizes(args)
-    models = _models(args.model, runtimes)
+    models = _with_adapters(_models(args.model, runtimes), args.adapters)
     properties = parse_properties(args.properties, args.properties_file)
     check_properties(properties, args.device)  # names and values, before any output or model work
-    inputs = [path for _, path, _ in models] + [args.properties_file]
+    inputs = [m[1] for m in models] + [*(m[3] for m in models if len(m) > 3), args.properties_file]
     claim = claim_output(args.output, verb="benchmark", inputs=inputs, overwrite=args.overwrite)
     settings = dict(
         device=args.device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .common import claim, claim_outputs, common_flags, local_inputs, resumable_output
@@ -254,4 +255,49 @@ def export(call: Call) -> int:
         results = evaluate_ir(config, output, progress=call.progress)
         write_eval(output / "eval", str(output), results, {"model": str(output), "export": report})
         print_table("evaluation of the IR", *results_table({str(output): results}))
+    return 0
+
+
+def _named_adapters(items: list[str]) -> dict[str, str]:
+    """``{name: folder}`` from ``--adapter NAME=FOLDER`` (a bare FOLDER is named after itself)."""
+    adapters: dict[str, str] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        name, folder = (name, folder) if sep else (Path(item).name, item)
+        if name in adapters:
+            raise ValueError(f"--adapter name {name!r} is given twice; name them with NAME=FOLDER")
+        adapters[name] = folder
+    return adapters
+
+
+@verb(
+    "export-genai",
+    help="export a base IR once plus sub-adapters as OpenVINO GenAI runtime adapters",
+    description="Export --model (dense, sparse or an INT4 base, export.weight_format) once as an OpenVINO IR and "
+    "each --adapter NAME=FOLDER (a plain LoRA sub-adapter: Shears, or SQFT's INT4 base + adapter) as "
+    "adapters/NAME.safetensors with its per-layer scale folded in (GenAI applies it with alpha 1); each is "
+    "checked against an IR with the adapter in its graph (greedy tokens, log-probabilities). Writes "
+    "genai_adapters.json. Use them with `benchmark --adapter` or openvino_genai.LLMPipeline(adapters=...).",
+    flags=(
+        *common_flags(),
+        Flag(("--adapter",), dest="genai_adapters", action="append", required=True, metavar="[NAME=]FOLDER",
+             help="a peft LoRA sub-adapter folder; repeatable"),
+        Flag(("--weight-format",), key="export.weight_format", choices=("fp32", "fp16", "int8", "int4"),
+             help="export.weight_format of the base"),
+    ),
+)
+def export_genai(call: Call) -> int:
+    """Export the base IR and the GenAI runtime adapters; print each adapter's check."""
+    from ..pipeline import export_genai
+    from ..report.tables import print_table
+
+    args, config, output = call.args, call.config, call.output
+    adapters = _named_adapters(args.genai_adapters)
+    with claim_outputs(((output, "export"),), local_inputs(call, *adapters.values()), call.claim_options):
+        manifest = export_genai(config, output, adapters, overwrite=args.overwrite)
+    rows = [[a["name"], a["file"], ", ".join(map(str, a["ranks"])), a["bytes"] / 2**10,
+             f"{a['check']['greedy_identical']}/{a['check']['prompts']}" if "check" in a else "not checked",
+             a["check"]["max_logprob_diff_per_token"] if "check" in a else None] for a in manifest["adapters"]]  # fmt: skip
+    headers = ["adapter", "file", "ranks", "KiB", "greedy = in-graph IR", "max |Δ log p| / token"]
+    print_table(f"GenAI adapters on the {manifest['base']['weight_format']} base in {output}", headers, rows)
     return 0

@@ -68,10 +68,17 @@ def prompt_ids(tokenizer: Any, prompt_tokens: int, batch_size: int, rng: np.rand
 
 
 class _GenAI:
-    def __init__(self, path: Path, device: str, properties: dict[str, Any]):
+    def __init__(self, path: Path, device: str, properties: dict[str, Any], adapter: Path | None = None):
         import openvino_genai
 
-        self.pipe = openvino_genai.LLMPipeline(str(path), device, **properties)
+        self.adapter = None
+        if adapter is None:
+            self.pipe = openvino_genai.LLMPipeline(str(path), device, **properties)
+        else:  # a runtime LoRA adapter on the base IR, active in every call (GenAI's dynamic mode)
+            from .genai_adapters import genai_pipeline
+
+            self.pipe, adapters = genai_pipeline(path, [adapter], device, **properties)
+            self.adapter = adapters[str(adapter)]
         self.tokenizer_dir = path
 
     def generate(self, ids: np.ndarray, new_tokens: int) -> int:
@@ -82,6 +89,8 @@ class _GenAI:
         config = openvino_genai.GenerationConfig(
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True, do_sample=False
         )
+        if self.adapter is not None:
+            config.adapters = openvino_genai.AdapterConfig(self.adapter, 1.0)
         result = self.pipe.generate(inputs, config)
         m = result.perf_metrics  # GenAI's own timing of this call: TPOT is per output token, all rows counted
         self.metrics = {"ttft_ms": m.get_ttft().mean, "tpot_ms": m.get_tpot().mean,
@@ -111,8 +120,13 @@ class _HF:
         return out.shape[1] - ids.shape[1]
 
 
-def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any]) -> tuple[Any, Any]:
+def _load(
+    path: Path, runtime: Runtime, device: str, properties: dict[str, Any], adapter: Path | None = None
+) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
+
+    if adapter is not None and runtime is not Runtime.GENAI:
+        raise BenchmarkError(f"a runtime adapter ({adapter}) is applied by OpenVINO GenAI only, not {runtime.value}")
 
     if runtime is Runtime.TORCH:
         if not (path / "config.json").is_file() or is_openvino_dir(path):
@@ -127,7 +141,7 @@ def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any])
             f"the {runtime.value} runtime needs an exported OpenVINO directory; {path} has no {OV_MODEL}"
         )
     if runtime is Runtime.GENAI:
-        return _GenAI(path, device, properties), AutoTokenizer.from_pretrained(path)
+        return _GenAI(path, device, properties, adapter), AutoTokenizer.from_pretrained(path)
     # Imported here: the benchmark worker reads its memory baseline before loading transformers.
     from ..models import load_openvino_model
 
@@ -226,9 +240,13 @@ def benchmark_model(
     warmup: int = 1,
     label: str | None = None,
     seed: int = 0,
+    adapter: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Measure one model on one runtime in this process; see the module docstring for the method."""
+    """Measure one model on one runtime in this process; see the module docstring for the method.
+
+    ``adapter``: a GenAI adapter file applied at run time to the IR (GenAI only)."""
     runtime, path = Runtime(runtime), Path(path)
+    adapter = None if adapter is None else Path(adapter)
     if new_tokens < 2 or repeats < 1 or prompt_tokens < 1 or not batch_sizes:
         raise ValueError("need new_tokens >= 2, repeats >= 1, prompt_tokens >= 1 and at least one batch size")
     properties = dict(properties or {}) if runtime is not Runtime.TORCH else {}
@@ -238,7 +256,7 @@ def benchmark_model(
     rss_before = status_mib("VmRSS")
     peak_reset = reset_peak_rss()
     start = time.perf_counter()
-    runner, tokenizer = _load(path, runtime, device, properties)
+    runner, tokenizer = _load(path, runtime, device, properties, adapter)
     compile_s = time.perf_counter() - start
     batches = []
     rng = np.random.default_rng(seed)
@@ -268,6 +286,7 @@ def benchmark_model(
     return {
         "label": label or path.name,
         "model": str(path),
+        "adapter": None if adapter is None else str(adapter),
         "runtime": runtime.value,
         "device": device if runtime is not Runtime.TORCH else "cpu (torch)",
         "properties": properties,
@@ -278,7 +297,7 @@ def benchmark_model(
         "repeats": repeats,
         "warmup": warmup,
         "compile_s": compile_s,
-        "weights_bytes": weights_bytes(path),
+        "weights_bytes": weights_bytes(path) + (adapter.stat().st_size if adapter else 0),
         "size_on_disk_bytes": directory_size(path),
         "rss_before_mb": rss_before,
         "peak_rss_mb": peak,
@@ -304,13 +323,14 @@ def _merge_rounds(rounds: list[list[dict[str, Any]]], new_tokens: int) -> list[d
 
 
 def benchmark_models(
-    models: list[tuple[str, str | Path, Runtime | str]],
+    models: list[tuple[str, str | Path, Runtime | str]] | list[tuple[str, str | Path, Runtime | str, str | Path | None]],
     *,
     isolate: bool = True,
     rounds: int = 1,
     **settings: Any,
 ) -> list[dict[str, Any]]:
-    """Benchmark ``(label, path, runtime)`` triples, each in its own process unless ``isolate`` is False.
+    """Benchmark ``(label, path, runtime[, adapter])`` tuples, each in its own process unless ``isolate`` is False
+    (``adapter``: a GenAI adapter file applied at run time).
 
     ``rounds`` > 1 measures every model once per round, in reverse order every other round, and pools
     the runs: a machine whose speed drifts over minutes (a shared VM) then slows every model alike
@@ -323,18 +343,18 @@ def benchmark_models(
         for r in range(rounds):
             order = models if r % 2 == 0 else models[::-1]
             got = {m["label"]: m for m in benchmark_models(order, isolate=isolate, **settings)}
-            per_round.append([got[label] for label, _, _ in models])
+            per_round.append([got[m[0]] for m in models])
         return _merge_rounds(per_round, settings.get("new_tokens", 64))
     results = []
-    for label, path, runtime in models:
+    for label, path, runtime, *rest in models:
+        adapter = str(rest[0]) if rest and rest[0] is not None else None
         if not isolate:
-            results.append(benchmark_model(path, runtime=runtime, label=label, **settings))
+            results.append(benchmark_model(path, runtime=runtime, label=label, adapter=adapter, **settings))
             continue
         with tempfile.TemporaryDirectory(prefix="nel-bench-") as tmp:
             args, out = Path(tmp) / "args.json", Path(tmp) / "result.json"
-            args.write_text(
-                json.dumps({"path": str(path), "runtime": Runtime(runtime).value, "label": label, **settings})
-            )
+            args.write_text(json.dumps({"path": str(path), "runtime": Runtime(runtime).value, "label": label,
+                                        "adapter": adapter, **settings}))  # fmt: skip
             proc = subprocess.run(
                 [sys.executable, "-m", __name__, str(args), str(out)], stderr=subprocess.PIPE, text=True
             )

@@ -15,6 +15,7 @@ from ..config import PipelineConfig
 from ..data import load_task, train_texts
 from ..deploy.benchmark import benchmark_models
 from ..deploy.export import export_openvino
+from ..deploy.genai_adapters import export_genai_adapters
 from ..formats import MERGE_REPORT
 from ..int4 import save_quantized_weights
 from ..merge import merge_to_directory, read_sub_adapter_record
@@ -110,6 +111,24 @@ def export(
         compare_tokens=ex.parity.max_new_tokens,
         overwrite=overwrite,
     )
+
+
+def export_genai(
+    config: PipelineConfig, output: str | Path, adapters: dict[str, str | Path], overwrite: bool = False
+) -> dict[str, Any]:
+    """Export ``config.model`` once as the base IR and each of ``adapters`` as an OpenVINO GenAI runtime adapter.
+
+    The base is compressed as ``config.export`` says (an INT4 base ships its own codes); every adapter is
+    checked against an IR with it in the graph on the first test prompts of ``data.task``
+    (``export.parity``). Writes ``genai_adapters.json`` (the manifest) beside the IR; returns it.
+    """
+    ex = config.export
+    prompts = [e.prompt for e in load_task(config.data).test[: ex.parity.num_prompts]] or None
+    return export_genai_adapters(
+        config.model, output, adapters, weight_format=ex.weight_format, check_prompts=prompts,
+        check_tokens=ex.parity.max_new_tokens, device=ex.device, overwrite=overwrite, group_size=ex.group_size,
+        ratio=ex.ratio, sym=ex.sym, group_size_fallback=ex.group_size_fallback, backup_precision=ex.backup_precision,
+    )  # fmt: skip
 
 
 class Merge(Stage):
