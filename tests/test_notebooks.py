@@ -36,6 +36,11 @@ def check_sqft(outputs: str, out: Path) -> None:
     assert "INT4 IR codes equal the merged codes:" in outputs
     assert (out / "ir_qa_sparsepeft" / "openvino_model.xml").is_file()
     assert "the dense FP32 IR at batch" in outputs
+    # two task adapters on one INT4 base through OpenVINO GenAI, each checked against its in-graph IR
+    assert "adapters switched per request: 2 on one int4 base" in outputs
+    manifest = json.loads((out / "genai_int4" / "genai_adapters.json").read_text())
+    assert [a["name"] for a in manifest["adapters"]] == ["basic_arithmetic", "arc_easy"]
+    assert all(a["check"]["passed"] for a in manifest["adapters"])
 
 
 def check_lonas(outputs: str, out: Path) -> None:
