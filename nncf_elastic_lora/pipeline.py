@@ -19,7 +19,15 @@ from .report.plot import plot_accuracy_vs_speed
 from .report.render import export_facts, print_summary, to_markdown
 from .stages import RunState, check_method, execute, method_stages, run_report
 from .stages.bases import quantize, sparsify
-from .stages.evaluate import eval_splits, evaluate_ir, evaluate_model, load_for_eval, write_eval
+from .stages.evaluate import (
+    eval_splits,
+    evaluate_harness,
+    evaluate_ir,
+    evaluate_model,
+    evaluation_examples,
+    load_for_eval,
+    write_eval,
+)
 from .stages.lonas import extract, fit_latency, reorder, subnet_config
 from .stages.nls import (
     base_quantized_weights,
@@ -41,6 +49,8 @@ __all__ = [
     "check_method",
     "check_trainable_base",
     "eval_splits",
+    "evaluate_harness",
+    "evaluation_examples",
     "evaluate_ir",
     "evaluate_model",
     "load_for_eval",

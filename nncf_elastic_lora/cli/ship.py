@@ -128,6 +128,14 @@ def _export_merged(call: Call, merged: dict[str, Any]) -> dict[str, Any]:
             choices=("validation", "test"),
             help="override evaluation.split",
         ),
+        Flag(
+            ("--harness",),
+            choices=("ours", "lm-eval"),
+            default="ours",
+            help="the evaluator: ours, or lm-evaluation-harness (offline: the same examples through the "
+            "harness's official task definitions; writes lm_eval.json)",
+        ),
+        Flag(("--online",), action="store_true", help="with --harness lm-eval: its own tasks and hub datasets"),
     ),
 )
 def evaluate(call: Call) -> int:
@@ -140,6 +148,10 @@ def evaluate(call: Call) -> int:
 
     config = call.config
     name = config.model.name_or_path
+    if call.args.online and call.args.harness != "lm-eval":
+        raise ValueError("--online takes the harness's own tasks: use it with --harness lm-eval")
+    if call.args.harness == "lm-eval":
+        return _evaluate_lm_eval(call)
     check_data(config, evaluate=True)
     with distributed.main_process_first(claim(call, "eval", call.args.adapter)):
         model, tokenizer, extra = load_for_eval(config, call.args.adapter)
@@ -149,6 +161,30 @@ def evaluate(call: Call) -> int:
             write_eval(call.output, name, results, extra)
     if distributed.is_main_process():
         print_table("evaluation", *results_table({name: results}))
+    return 0
+
+
+def _evaluate_lm_eval(call: Call) -> int:
+    """``eval --harness lm-eval``: the harness's accuracies, written to lm_eval.json and lm_eval.md."""
+    from ..formats import is_openvino_dir
+    from ..outputs import write_json, write_text
+    from ..pipeline import evaluate_harness, load_for_eval
+    from ..preflight import check_data
+    from ..report.tables import markdown_table, print_table
+
+    config, name = call.config, call.config.model.name_or_path
+    if not call.args.online:
+        check_data(config, evaluate=True)
+    with claim(call, "eval", call.args.adapter):
+        # an IR goes to lm-eval's own `openvino` model (optimum-intel) by its path
+        model, tokenizer = (name, None) if is_openvino_dir(name) else load_for_eval(config, call.args.adapter)[:2]
+        results = evaluate_harness(config, model, tokenizer, online=call.args.online)
+        rows = [[task, r["harness_task"], r["examples"], r["acc"], r["acc_norm"]] for task, r in results.items()]
+        headers = ["task", "lm-eval task", "examples", "acc", "acc_norm"]
+        write_json(call.output / "lm_eval.json", {"model": name, "adapter": call.args.adapter, "online": call.args.online,
+                                                  "results": results})  # fmt: skip
+        write_text(call.output / "lm_eval.md", markdown_table(headers, rows))
+    print_table(f"lm-evaluation-harness: {name}", headers, rows)
     return 0
 
 

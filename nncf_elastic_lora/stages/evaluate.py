@@ -17,6 +17,7 @@ from ..deploy.export import attach_adapter
 from ..elastic.lora import AdapterKind
 from ..evaluation import CausalLM, TaskResult, evaluate_task, results_table
 from ..formats import is_openvino_dir, is_quantized_base
+from ..harness import HARNESS_TASKS, harness_evaluate
 from ..int4 import load_quantized_weights
 from ..merge import merge_adapter_from_dirs, read_sub_adapter_record
 from ..models import load_model, load_openvino_model, resolve_model_dir
@@ -116,6 +117,35 @@ def load_for_eval(config: PipelineConfig, adapter: str | Path | None = None) -> 
         )
         model, info = result.model, {"path": str(adapter), "merged": True}
     return model, tokenizer, {**facts, "adapter": {**info, "kind": kind.value}}
+
+
+def evaluation_examples(config: PipelineConfig, tasks: dict[str, TaskData] | None = None) -> dict[str, list]:
+    """Per task, the examples :func:`evaluate_model` scores (``evaluation.split``, ``evaluation.limit``)."""
+    ev = config.evaluation
+    tasks = tasks if tasks is not None else eval_splits(config)
+    return {name: data.split(ev.split)[: ev.limit] if ev.limit else data.split(ev.split) for name, data in tasks.items()}
+
+
+def evaluate_harness(
+    config: PipelineConfig, model: Any, tokenizer: Any, *, online: bool = False
+) -> dict[str, Any]:
+    """lm-evaluation-harness on ``model`` (an IR directory path, or a torch model with ``tokenizer``).
+
+    Offline: the very examples :func:`evaluate_model` scores, through the harness's official task
+    definitions (:mod:`nncf_elastic_lora.harness`); ``online``: the harness's own tasks and hub datasets
+    (``evaluation.limit`` examples each).
+    """
+    ev = config.evaluation
+    tasks = ev.tasks or [config.data.task]
+    unknown = [t for t in tasks if t not in HARNESS_TASKS] if not online else []
+    if unknown:
+        raise ValueError(
+            f"evaluation.tasks: {unknown} have no lm-eval task definition here (offline); choose from "
+            f"{sorted(HARNESS_TASKS)}, or pass --online for the harness's own tasks"
+        )
+    examples = None if online else evaluation_examples(config)
+    return harness_evaluate(model, tokenizer, tasks=tasks, examples=examples, batch_size=ev.batch_size,
+                            limit=ev.limit)  # fmt: skip
 
 
 def evaluate_ir(
