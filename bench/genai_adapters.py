@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
 WORK = OUT / "genai_adapters"
-CONFIG = ROOT / "configs" / "sqft_sparsepeft_smollm2.json"  # its plain reference: LoRA on the dense model
+# bench/plain.py's main-job cell (basic_arithmetic, 250 steps, seed 42): its plain reference is in the cache
+PLAIN_CELL = ("SQFT + SparsePEFT", "basic_arithmetic", 0, 250)  # its plain reference: LoRA on the dense model
 
 
 def _exports(config, adapter: Path, fmt: str, prompts: list[str]) -> dict[str, tuple[Path, Path | None]]:
@@ -45,6 +46,16 @@ def _exports(config, adapter: Path, fmt: str, prompts: list[str]) -> dict[str, t
             "runtime": (genai, genai / "adapters" / "plain.safetensors")}  # fmt: skip
 
 
+def plain_cell_config():
+    """The config of bench/plain.py's main-job cell, so that its cached plain reference is the one used."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from plain import recipe_config
+
+    return recipe_config(*PLAIN_CELL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -52,14 +63,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from nncf_elastic_lora.config import load_config
     from nncf_elastic_lora.data import load_task
     from nncf_elastic_lora.deploy.benchmark import benchmark_models
     from nncf_elastic_lora.runtime import machine_info
     from nncf_elastic_lora.stages.plain import plain_reference
 
     start = time.time()
-    config = load_config(CONFIG)
+    config = plain_cell_config()
     reference = plain_reference(config, progress=True)  # the plain LoRA adapter, from the cache
     adapter = Path(reference["directory"]) / "train" / "sub_adapter_heuristic"
     prompts = [e.prompt for e in load_task(config.data).test[:4]]
