@@ -184,7 +184,8 @@ def benchmark_block(bench: dict[str, Any], report: dict[str, Any]) -> Block:
             verdict += f" Faster than the shipped IR: {', '.join(faster)}."
         verdict += "\n\n"
     note = (
-        f"{verdict}OpenVINO GenAI LLMPipeline, medians of our wall-clock timing (GenAI's own TPOT, from its "
+        f"{verdict}OpenVINO GenAI LLMPipeline, {report.get('config', {}).get('benchmark', {}).get('rounds', 1)} "
+        "round(s) in alternating order pooled, medians of our wall-clock timing (GenAI's own TPOT, from its "
         f"perf_metrics, beside them), measured in this run on {cpu} "
         f"(OpenVINO {m.get('openvino')}). Compare speeds only within one run. Plot: accuracy_vs_speed.png"
     )

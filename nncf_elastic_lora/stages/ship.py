@@ -304,6 +304,7 @@ class Benchmark(Stage):
             batch_sizes=list(b.batch_sizes),
             repeats=b.repeats,
             warmup=b.warmup,
+            rounds=b.rounds,
         )
         return {"machine": machine_info(), "results": results}
 
