@@ -75,8 +75,9 @@ def main() -> None:
         f"Command: `.venv/bin/python bench/harness.py --limit {args.limit}`; wall time {(time.time() - start) / 60:.0f} "
         f"min; {machine.get('cpu')}, lm-eval 0.4.13 (official piqa, arc_easy and glue/sst2 task YAMLs, dataset swapped "
         "for our test examples). Tuned model: the plain LoRA adapter "
-        f"(`{adapter}`), applied by peft. acc_norm: ours divides each choice's log-likelihood by its UTF-8 bytes, lm-eval by "
-        "its characters (equal on ASCII text); SST-2's official task reports acc only.",
+        f"(`{adapter}`), applied by peft. acc_norm: each choice's log-likelihood per character, without the joining space, "
+        "in both (ours divided by UTF-8 bytes with the space before this comparison, 2026-12-03); SST-2's official "
+        "task reports acc only.",
         "",
         "| model | task | examples | acc ours | acc lm-eval | acc_norm ours | acc_norm lm-eval | same correctness | max abs(Δ loglik) |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -7,8 +7,7 @@ The model sits behind :class:`CausalLM`, which needs only the Hugging Face call 
 Metrics:
 
 - ``acc``: the choice whose continuation has the highest total log-likelihood is right;
-- ``acc_norm``: the same with the log-likelihood divided by the continuation's length in bytes
-  (lm-evaluation-harness's normalisation);
+- ``acc_norm``: the same with the log-likelihood divided by the choice's length in characters, without the space that joins it to the prompt (as lm-eval's acc_norm)
 - ``exact_match``: greedy generation, cut at a stop sequence, numeric answer extracted
   (:func:`~nncf_elastic_lora.data.extract_number`) and compared with the gold number;
 - ``perplexity``: ``exp`` of the mean token NLL of the gold texts (prompt + target).
@@ -203,7 +202,8 @@ def multiple_choice(lm: CausalLM, examples: list[Example], batch_size: int = 8, 
     for e in examples:
         ll = lls[k : k + len(e.choices)]
         k += len(e.choices)
-        norm = [v / max(len(c.encode()), 1) for v, c in zip(ll, e.choices, strict=True)]
+        # acc_norm as lm-eval: per character of the choice, without the space that joins it to the prompt
+        norm = [v / max(len(c.removeprefix(" ")), 1) for v, c in zip(ll, e.choices, strict=True)]
         pred, pred_norm = max(range(len(ll)), key=ll.__getitem__), max(range(len(ll)), key=norm.__getitem__)
         correct += pred == e.label
         correct_norm += pred_norm == e.label
