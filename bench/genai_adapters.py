@@ -22,14 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "bench"))
+from plain import main_cell_config  # noqa: E402
+
 WORK = OUT / "genai_adapters"
-# bench/plain.py's main-job cell (basic_arithmetic, 250 steps, seed 42): its plain reference is in the cache
-PLAIN_CELL = ("SQFT + SparsePEFT", "basic_arithmetic", 0, 250)  # its plain reference: LoRA on the dense model
 
 
 def _exports(config, adapter: Path, fmt: str, prompts: list[str]) -> dict[str, tuple[Path, Path | None]]:
@@ -46,16 +48,6 @@ def _exports(config, adapter: Path, fmt: str, prompts: list[str]) -> dict[str, t
             "runtime": (genai, genai / "adapters" / "plain.safetensors")}  # fmt: skip
 
 
-def plain_cell_config():
-    """The config of bench/plain.py's main-job cell, so that its cached plain reference is the one used."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    from plain import recipe_config
-
-    return recipe_config(*PLAIN_CELL)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -69,7 +61,7 @@ def main() -> None:
     from nncf_elastic_lora.stages.plain import plain_reference
 
     start = time.time()
-    config = plain_cell_config()
+    config = main_cell_config()
     reference = plain_reference(config, progress=True)  # the plain LoRA adapter, from the cache
     adapter = Path(reference["directory"]) / "train" / "sub_adapter_heuristic"
     prompts = [e.prompt for e in load_task(config.data).test[:4]]

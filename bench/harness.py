@@ -17,24 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
-# bench/plain.py's main-job cell (basic_arithmetic, 250 steps, seed 42): its plain reference is in the cache
-PLAIN_CELL = ("SQFT + SparsePEFT", "basic_arithmetic", 0, 250)
+sys.path.insert(0, str(ROOT / "bench"))
+from plain import main_cell_config  # noqa: E402
+
 TASKS = ("piqa", "arc_easy", "sst2")
-
-
-def plain_cell_config():
-    """The config of bench/plain.py's main-job cell, so that its cached plain reference is the one used."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    from plain import recipe_config
-
-    return recipe_config(*PLAIN_CELL)
 
 
 def main() -> None:
@@ -51,7 +43,7 @@ def main() -> None:
     from nncf_elastic_lora.stages.plain import plain_config, plain_reference
 
     start = time.time()
-    base = plain_cell_config()
+    base = main_cell_config()
     adapter = Path(plain_reference(base, progress=True)["directory"]) / "train" / "sub_adapter_heuristic"
     config = apply_overrides(base, [f"evaluation.tasks={json.dumps(list(TASKS))}", f"evaluation.limit={args.limit}"])
     examples = evaluation_examples(config)

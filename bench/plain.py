@@ -65,6 +65,15 @@ def slug(label: str) -> str:
     return label.lower().replace(" + ", "_").replace(" ", "_")
 
 
+# The main job's cell (basic_arithmetic, 250 steps, seed 0): other benches reuse its cached plain reference.
+MAIN_CELL = ("SQFT + SparsePEFT", "basic_arithmetic", 0, 250)
+
+
+def main_cell_config():
+    """The config of :data:`MAIN_CELL`: its plain reference (LoRA on the dense model) is in the plain cache."""
+    return recipe_config(*MAIN_CELL)
+
+
 def recipe_config(recipe: str, task: str, seed: int, steps: int):
     """The shipped config of ``recipe`` on ``task`` with training seed ``BASE_SEED + seed``."""
     from nncf_elastic_lora.config import apply_overrides, load_config

@@ -58,11 +58,9 @@ def evaluate_model(
 ) -> list[TaskResult]:
     """Score a model on every configured task's evaluation split."""
     ev = config.evaluation
-    tasks = tasks if tasks is not None else eval_splits(config)
     lm = CausalLM(model, tokenizer)
     results = []
-    for name, data in tasks.items():
-        examples = data.split(ev.split)[: ev.limit] if ev.limit else data.split(ev.split)
+    for name, examples in evaluation_examples(config, tasks).items():
         if not examples:
             raise ValueError(f"task {name!r} has an empty {ev.split} split; raise data.splits.{ev.split}")
         results.append(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig
-from ..data import Example, load_task
+from ..data import Example, TaskData, load_task
 from ..models import resolve_model_dir
 from ..outputs import fingerprint_path
 from ..provenance import model_fingerprint
@@ -22,9 +22,10 @@ from .nls import adapter_inputs, evaluate_subnets, latency_predictor, load_super
 from .plain import plain_key, plain_validation_quality
 
 
-def search_examples(config: PipelineConfig) -> list[Example]:
+def search_examples(config: PipelineConfig, data: TaskData | None = None) -> list[Example]:
     """The fixed validation subset every configuration (and the plain floor) is scored on."""
-    return load_task(config.data).validation[: config.bootstrapNAS.search.subset_size]
+    data = data if data is not None else load_task(config.data)
+    return data.validation[: config.bootstrapNAS.search.subset_size]
 
 
 def search(
@@ -51,7 +52,7 @@ def search(
     objectives = SubnetObjectives(
         supernet,
         tokenizer,
-        data.validation[: s.subset_size],
+        search_examples(config, data),
         metric=s.metric,
         cost=s.cost,
         seq_len=s.seq_len,
