@@ -131,3 +131,16 @@ def test_export_genai_and_benchmark_verbs(exported, tmp_path, capsys):
     assert main(missing) == 2 and "no such file" in capsys.readouterr().err
     torch_only = [*head, str(tmp_path / "b3"), "--runtime", "torch", "--adapter", bench[4].split("=", 1)[1]]
     assert main(torch_only) == 2 and "include genai in --runtime" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.safetensors"  # not a safetensors file: named, one line, nothing written
+    garbage.write_text("not an adapter")
+    assert main([*head, str(tmp_path / "b4"), "--adapter", str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert "garbage.safetensors is not a readable safetensors adapter" in err and "Traceback" not in err
+    broken = tmp_path / "broken_ir"  # the IR's manifest cut short: named, one line
+    __import__("shutil").copytree(out, broken)
+    (broken / MANIFEST).write_text("{")
+    assert main(["benchmark", "--model", f"base={broken}", "--output", str(tmp_path / "b5"), "--adapter",
+                 str(broken / "adapters" / "task.safetensors")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"{MANIFEST} is not a valid {MANIFEST}" in err and "Traceback" not in err
+    assert not any((tmp_path / n).exists() for n in ("b2", "b3", "b4", "b5"))

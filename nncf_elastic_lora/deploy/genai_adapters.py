@@ -140,7 +140,12 @@ def check_adapter_for_ir(ir_dir: str | Path, adapter_file: str | Path) -> None:
     manifest_path = Path(ir_dir) / MANIFEST
     if not manifest_path.is_file() or meta.get("format") != FORMAT:
         return  # nothing to compare: GenAI itself refuses shapes that do not fit
-    base = json.loads(manifest_path.read_text())["base"].get("fingerprint")
+    try:
+        base = json.loads(manifest_path.read_text())["base"].get("fingerprint")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise GenAIAdapterError(
+            f"{manifest_path.resolve()} is not a valid {MANIFEST} ({type(exc).__name__}: {exc}); re-run `export-genai`"
+        ) from None
     if base and meta.get("base_fingerprint") and meta["base_fingerprint"] != base:
         raise GenAIAdapterError(
             f"adapter {adapter_file} was exported for another base (fingerprint {meta['base_fingerprint']}) than "
