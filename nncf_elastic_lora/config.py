@@ -169,13 +169,22 @@ class NLSTrainingConfig(_Section):
     lora_r: int = Field(32, gt=0, description="The super-adapter's (maximal) rank.")
     lora_alpha: float = Field(64.0, gt=0, description="Scaling is lora_alpha / lora_r at every active rank.")
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    adapter_kind: Literal["lora", "sparsepeft", "qa_sparsepeft"] = Field(
+    adapter_kind: Literal["lora", "sparsepeft", "qa_sparsepeft", "fq_lora"] = Field(
         "lora",
         description="'lora': a plain low-rank update, shipped unmerged (Shears, SQFT); 'sparsepeft': the "
         "update is masked by the base's zeros, so it merges into a model exactly as sparse (SQFT + "
         "SparsePEFT); 'qa_sparsepeft': masked and trained through the INT4 base's frozen scales and zero "
         "points, so it merges into an INT4 model equal to the trained one (SQFT + QA-SparsePEFT; needs "
+        "quantization.weight_format 'int4'); 'fq_lora': NNCF's FQ+LoRA (CompressionFormat.FQ_LORA_NLS): the "
+        "update is added inside the INT4 base's fake quantiser, whose per-group ranges train too, and merges into "
+        "an INT4 model under the trained scales; not masked, so a sparse base's zeros are not kept (needs "
         "quantization.weight_format 'int4').",
+    )
+    quantizer_lr_ratio: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="'fq_lora' only: the quantisers' ranges train at learning_rate × this (NNCF's example: 0.1).",
     )
     learning_rate: float = Field(3e-4, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)

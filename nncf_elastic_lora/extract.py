@@ -40,6 +40,10 @@ def extract_subnet(supernet: ElasticLoraSuperNet, config: SubnetConfig | None = 
     Merges each adapter at its rank and slices each MLP to its width. The super-network is spent: its
     model is modified in place (load it again for another sub-network).
     """
+    if supernet.kind is AdapterKind.FQ_LORA:
+        raise ValueError(
+            "an fq_lora super-network merges into INT4 codes under its trained scales: use merge_qa"
+        )
     if supernet.kind is AdapterKind.QA_SPARSEPEFT:
         raise ValueError("a qa_sparsepeft super-network merges into INT4 codes: use extract_int4_subnet")
     config = config or supernet.get_active_config()

@@ -34,6 +34,9 @@ PER_LAYER_KEY = "intermediate_size_per_layer"
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# fq_lora adapters keep their INT4 quantisers' trained ranges beside lora_A/lora_B in ADAPTER_WEIGHTS,
+# as ``<module>.fq_quantizer.input_low`` (stock peft ignores these names).
+QUANTIZER_PREFIX = "fq_quantizer."
 
 MERGE_REPORT = "merge_report.json"
 LATENCY_MODEL = "latency_model.json"

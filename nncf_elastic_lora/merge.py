@@ -32,6 +32,7 @@ from .adapters import check_adapter_fits
 from .elastic.lora import (
     AdapterKind,
     ElasticLoraLinear,
+    FQLoraLinear,
     QASparsePeftLinear,
     check_dequantized_base,
     qa_codes,
@@ -43,11 +44,14 @@ from .elastic.supernet import (
     SubnetConfig,
     check_adapter_provenance,
 )
-from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_REPORT
+from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_REPORT, QUANTIZER_PREFIX
 from .outputs import json_number, save_checkpoint
 from .quantization import QuantizedWeight, dequantize
 
 _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+_QUANTIZER_KEY = re.compile(
+    rf"^(?:base_model\.model\.)?(?P<module>.+)\.{re.escape(QUANTIZER_PREFIX)}(?P<key>\w+)$"
+)
 
 
 class MergeError(ValueError):
@@ -160,10 +164,26 @@ def _require_kind(supernet: ElasticLoraSuperNet, kind: AdapterKind, entry: str) 
         "(Shears), or merge it with peft's merge_and_unload",
         AdapterKind.SPARSEPEFT: "use merge_sparse / merged_model",
         AdapterKind.QA_SPARSEPEFT: "use merge_qa (it merges into the INT4 grid)",
+        AdapterKind.FQ_LORA: "use merge_qa (it merges into the trained INT4 grid)",
     }[supernet.kind]
     raise MergeError(
         f"{entry} merges {kind.value} adapters, this super-network's are {supernet.kind.value}: {hint}"
     )
+
+
+def merge_fq_module(*, name: str, layer: FQLoraLinear, rank: int) -> tuple[torch.Tensor, QuantizedWeight]:
+    """One ``fq_lora`` module's merge: ``(dequantized weight in the base's dtype, codes under the trained grid)``.
+
+    The codes are those of the trained ``FQ(W + s · B A)``; the scales are the trained ones, in float16.
+    """
+    a, b = layer.lora_weights(rank)
+    check_finite(name=name, tensors={"lora_A": a, "lora_B": b, **layer.quantizer_state()})
+    with torch.no_grad():
+        q = layer.grid
+        q.codes = layer.codes(rank)
+        merged = q.dequantize(layer.base_layer.weight.dtype)
+    check_finite(name=name, tensors={"merged weight": merged})
+    return merged, _with_codes(q, q.codes)
 
 
 def _merge_live(supernet: ElasticLoraSuperNet, config: SubnetConfig | None):
@@ -173,6 +193,9 @@ def _merge_live(supernet: ElasticLoraSuperNet, config: SubnetConfig | None):
     with torch.no_grad():
         for name, rank in supernet.module_ranks(config).items():
             layer = supernet.adapters[name]
+            if isinstance(layer, FQLoraLinear):  # codes under its trained grid: a QuantizedWeight per module
+                weights[name], codes[name] = merge_fq_module(name=name, layer=layer, rank=rank)
+                continue
             a, b = layer.lora_weights(rank)
             q = layer.grid if isinstance(layer, QASparsePeftLinear) else None
             weights[name], c, n = merge_module(
@@ -216,14 +239,24 @@ def merge_qa(
     trained forward computed; the returned dict covers every module the base quantized (the
     non-adapted ones keep their codes), so it describes the whole merged INT4 model.
     """
-    _require_kind(supernet, AdapterKind.QA_SPARSEPEFT, "merge_qa")
+    if supernet.kind is not AdapterKind.FQ_LORA:
+        _require_kind(supernet, AdapterKind.QA_SPARSEPEFT, "merge_qa")
     _, weights, codes, _ = _merge_live(supernet, config)
     assert supernet.quantized is not None  # attach() requires it for this kind
-    qweights = {
-        name: _with_codes(q, codes[name]) if name in codes else _with_codes(q, q.codes)
-        for name, q in supernet.quantized.items()
-    }
-    return plain_model(supernet.model, weights, inplace), qweights
+    return plain_model(supernet.model, weights, inplace), _all_quantized(supernet.quantized, codes)
+
+
+def _all_quantized(
+    base: dict[str, QuantizedWeight], merged: dict[str, torch.Tensor | QuantizedWeight]
+) -> dict[str, QuantizedWeight]:
+    """Every module the base quantized: merged ones with their new codes (fq_lora: and grid), others as they were."""
+    out = {}
+    for name, q in base.items():
+        new = merged.get(name)
+        out[name] = (
+            new if isinstance(new, QuantizedWeight) else _with_codes(q, q.codes if new is None else new)
+        )
+    return out
 
 
 # ---------------------------------------------------------------------- from disk
@@ -333,8 +366,17 @@ def merge_adapter_from_dirs(
     )
     peft_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     weights, codes, ranks, new_zeros = {}, {}, {}, 0
+    zeros_lost = 0
+    if kind is AdapterKind.FQ_LORA:
+        weights, codes, ranks = _merge_fq_from_dir(model, adapter_dir, record, quantized)
+        for name, merged in weights.items():  # not masked: count what the update did to the base's zeros
+            base_zero = model.get_submodule(name).weight == 0
+            zeros_lost += int((base_zero & (merged != 0)).sum())
+            new_zeros += int((~base_zero & (merged == 0)).sum())
     with torch.no_grad():
         for name, (a, b) in sorted(_load_adapter_tensors(adapter_dir).items()):
+            if kind is AdapterKind.FQ_LORA:
+                break  # merged above
             linear = model.get_submodule(name)
             w = linear.weight
             rank = ranks[name] = int(a.shape[0])
@@ -352,9 +394,9 @@ def merge_adapter_from_dirs(
             if c is not None:
                 codes[name] = c
     qweights = None
-    if kind is AdapterKind.QA_SPARSEPEFT:
+    if kind.int4_trained:
         assert quantized is not None
-        qweights = {n: _with_codes(q, codes.get(n, q.codes)) for n, q in quantized.items()}
+        qweights = _all_quantized(quantized, codes)
     report = {
         "adapter": str(adapter_dir.resolve()),
         "adapter_kind": kind.value,
@@ -362,10 +404,52 @@ def merge_adapter_from_dirs(
         "module_ranks": ranks,
         "base_zeros": sum(int((model.get_submodule(n).weight == 0).sum()) for n in weights),
         "new_zeros": new_zeros,
+        "zeros_lost": zeros_lost,
         "base_fingerprint": base_fingerprint,
         "scales_fingerprint": (record or {}).get("scales_fingerprint"),
     }
     return MergeResult(plain_model(model, weights, inplace), kind, qweights, report)
+
+
+def _merge_fq_from_dir(
+    model: nn.Module,
+    adapter_dir: Path,
+    record: dict[str, Any] | None,
+    quantized: dict[str, QuantizedWeight] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, QuantizedWeight], dict[str, int]]:
+    """An ``fq_lora`` sub-adapter's merge: each module rebuilt as the trained layer (its ranges from the folder)."""
+    from safetensors.torch import load_file
+
+    if record is None:
+        raise MergeError(f"adapter {adapter_dir.resolve()}: an fq_lora adapter needs its {SUB_ADAPTER_FILE}")
+    pairs, ranges = _load_adapter_tensors(adapter_dir), {}
+    for key, tensor in load_file(adapter_dir / ADAPTER_WEIGHTS).items():
+        m = _QUANTIZER_KEY.match(key)
+        if m:
+            ranges.setdefault(m["module"], {})[m["key"]] = tensor
+    weights, qweights, ranks = {}, {}, {}
+    for name in sorted(ranges):
+        q = (quantized or {}).get(name)
+        if q is None:
+            raise MergeError(f"module {name!r} is adapted but the quantized weights do not cover it")
+        linear = model.get_submodule(name)
+        a, b = pairs.get(name, (torch.zeros(0, linear.in_features), torch.zeros(linear.out_features, 0)))
+        rank = ranks[name] = int(a.shape[0])
+        layer = FQLoraLinear(linear, max(rank, 1), float(record["scaling"]) * max(rank, 1),
+                             quantized=_on(q, linear.weight.device), name=name)  # fmt: skip
+        state = layer.quantizer_state()
+        if set(ranges[name]) != set(state):
+            raise MergeError(
+                f"adapter {adapter_dir.resolve()}: {name!r} has quantizer tensors {sorted(ranges[name])}, "
+                f"expected {sorted(state)} (an adapter of a symmetric base on an asymmetric one, or the reverse?)"
+            )
+        with torch.no_grad():
+            layer.lora_A.weight[:rank].copy_(a)
+            layer.lora_B.weight[:, :rank].copy_(b)
+            for key, tensor in state.items():
+                tensor.copy_(ranges[name][key])
+        weights[name], qweights[name] = merge_fq_module(name=name, layer=layer, rank=rank)
+    return weights, qweights, ranks
 
 
 def _resolve_kind(

@@ -67,7 +67,7 @@ def check_config_against_model(
         except ValueError as exc:
             problems.append(f"bootstrapNAS.training.target_modules: {exc}")
         else:
-            if t.adapter_kind == "qa_sparsepeft" and config.quantization.weight_format == "int4":
+            if t.adapter_kind in ("qa_sparsepeft", "fq_lora") and config.quantization.weight_format == "int4":
                 problems += _qa_targets_quantized(model, config, adapted)
                 problems += _elastic_slices_keep_int4_groups(model, config)
             problems += _kv_groups_fit(model, config)

@@ -410,6 +410,20 @@ class AdapterTrainer(Trainer):
     _step_losses: list[torch.Tensor]
     _phase: str | None = None  # "teacher" / "student" inside a sandwich step
     _teacher: torch.Tensor | None = None
+    quantizer_lr_ratio: float = 0.1
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, with the quantisers' ranges (fq_lora) in a group of their own at a lower lr."""
+        optimizer = super().create_optimizer(model)
+        ranges = {id(p) for p in self.supernet.quantizer_parameters()}
+        if ranges and not any(g.get("quantizer_ranges") for g in optimizer.param_groups):
+            moved = []
+            for group in optimizer.param_groups:
+                moved += [p for p in group["params"] if id(p) in ranges]
+                group["params"] = [p for p in group["params"] if id(p) not in ranges]
+            optimizer.add_param_group({"params": moved, "weight_decay": 0.0, "quantizer_ranges": True,
+                                       "lr": self.args.learning_rate * self.quantizer_lr_ratio})  # fmt: skip
+        return optimizer
 
     def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         if self.distillation is None:
@@ -684,7 +698,7 @@ def train_super_adapter(
         data_collator=PadCollator(tokenizer.pad_token_id),
         callbacks=[nls, *(callbacks or [])],
     )
-    trainer.supernet = supernet
+    trainer.supernet, trainer.quantizer_lr_ratio = supernet, cfg.quantizer_lr_ratio
     if cfg.distillation.enabled and cfg.algorithm == "nls":
         trainer.distillation = cfg.distillation
     if args.should_save:

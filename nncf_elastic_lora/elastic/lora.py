@@ -16,6 +16,10 @@ Three kinds of adapter (:class:`AdapterKind`), one layer class each, registered 
 - ``qa_sparsepeft`` (:class:`QASparsePeftLinear`): the forward sees ``FQ(W + Lp)``, the sum
   quantised with the INT4 base's frozen scales and zero points (straight-through gradient), so the
   merged INT4 model is the trained model (SQFT's QA-SparsePEFT).
+- ``fq_lora`` (:class:`FQLoraLinear`): the forward sees ``FQ(W + s · B A)`` through NNCF's own
+  FQ+LoRA quantiser function, whose per-group ranges train with the adapter (NNCF's
+  ``CompressionFormat.FQ_LORA_NLS``); no mask, so a sparse base's zeros are not kept. It merges into
+  INT4 codes under the *trained* scales.
 
 The maths lives in the pure functions :func:`lora_delta`, :func:`sparse_merged_weight` and
 :func:`qa_codes`; the layers' forward and :mod:`nncf_elastic_lora.merge` call the same ones,
@@ -26,12 +30,13 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quantization import QuantizedWeight, fake_quantize, quantize
+from ..quantization import QuantizedWeight, code_dtype, code_range, fake_quantize, quantize
 
 
 class AdapterKind(str, Enum):
@@ -40,6 +45,12 @@ class AdapterKind(str, Enum):
     LORA = "lora"
     SPARSEPEFT = "sparsepeft"
     QA_SPARSEPEFT = "qa_sparsepeft"
+    FQ_LORA = "fq_lora"
+
+    @property
+    def int4_trained(self) -> bool:
+        """Trained through an INT4 base's quantiser, so it merges into INT4 codes (and needs the base's)."""
+        return self in (AdapterKind.QA_SPARSEPEFT, AdapterKind.FQ_LORA)
 
     @classmethod
     def parse(cls, value: AdapterKind | str) -> AdapterKind:
@@ -279,7 +290,7 @@ class QASparsePeftLinear(SparsePeftLinear):
     ):
         if dropout > 0:
             raise ValueError(
-                "qa_sparsepeft adapters take no dropout: the update is quantised together with the base "
+                f"{self.kind.value} adapters take no dropout: the update is quantised together with the base "
                 "weight, so there is no separate adapter input to drop; set lora_dropout to 0"
             )
         check_dequantized_base(base_layer.weight, quantized, name)
@@ -318,6 +329,135 @@ class QASparsePeftLinear(SparsePeftLinear):
         return self._masked_linear(x, (self.scale, self.zero_point, self.group_size, self.bits))
 
 
+class FQLoraLinear(QASparsePeftLinear):
+    """NNCF's FQ+LoRA: the forward applies ``FQ(W + s · B A)`` with **trainable** per-group ranges.
+
+    The quantise-dequantise is NNCF's own (``asymmetric_quantize_lora`` / ``symmetric_quantize_lora``,
+    the functions behind ``CompressionFormat.FQ_LORA_NLS``: range tuning so that zero stays a code,
+    gradients to the ranges as well as to the weight). The ranges start at the INT4 base's scales and
+    zero points (as NNCF initialises them from ``compress_weights``), so with ``B = 0`` the forward is
+    the base's (up to float rounding: NNCF's float32 FQ against the float16 dequantisation). Unlike QA-SparsePEFT the update is not masked: where the quantiser's scales move, a
+    frozen grid could not hold the update; where zeros must survive, use ``qa_sparsepeft``.
+
+    The merge (:meth:`codes` under :attr:`grid`) stores the trained scales in float16, as every INT4
+    base here does: the merged weight differs from the trained forward by that rounding only
+    (at most ``15 · |s − fp16(s)|`` per weight, about 2⁻⁷ of a quantisation step), codes identical.
+    """
+
+    kind = AdapterKind.FQ_LORA
+
+    def __init__(self, *args: Any, **kwargs: Any):  # QASparsePeftLinear's arguments and checks
+        super().__init__(*args, **kwargs)
+        self.mask = None  # no mask: the update reaches every weight
+        self.levels = 2**self.bits
+        scale = self.scale.float().unsqueeze(-1)  # [out, groups, 1], NNCF's layout
+        if self.zero_point is None:  # NNCF's symmetric scale is the range's half-width: s · levels / 2
+            self.input_scale = nn.Parameter(scale * (self.levels // 2))
+        else:
+            self.input_low = nn.Parameter(-self.zero_point.float().unsqueeze(-1) * scale)
+            self.input_range = nn.Parameter(scale * (self.levels - 1) - _NNCF_EPS)
+
+    def quantizer_parameters(self) -> list[nn.Parameter]:
+        """The trainable ranges (NNCF trains them at a tenth of the adapter's learning rate)."""
+        if self.zero_point is None:
+            return [self.input_scale]
+        return [self.input_low, self.input_range]
+
+    def quantizer_state(self) -> dict[str, torch.Tensor]:
+        return {
+            n: getattr(self, n)
+            for n in (("input_scale",) if self.zero_point is None else ("input_low", "input_range"))
+        }
+
+    @property
+    def quantized_base(self) -> QuantizedWeight:
+        """The base's INT4 weight under its own (frozen) scales, not the trained ones."""
+        qw = QuantizedWeight(torch.empty(0), self.scale, self.zero_point, self.group_size, self.bits)
+        qw.codes = qa_codes(self.base_layer.weight, qw)
+        return qw
+
+    def delta_weight(self, rank: int | None = None) -> torch.Tensor:
+        return ElasticLoraLinear.delta_weight(self, rank)
+
+    def merged_weight(self, rank: int | None = None) -> torch.Tensor:
+        return ElasticLoraLinear.merged_weight(self, rank)
+
+    def effective_weight(self, rank: int | None = None) -> torch.Tensor:
+        """``FQ(W + s · B A)`` at ``rank`` through NNCF's function: the weight the forward applies."""
+        from nncf.torch.quantization.quantize_functions import (
+            asymmetric_quantize_lora,
+            symmetric_quantize_lora,
+        )
+
+        a, b = self.lora_weights(rank)
+        w = self.base_layer.weight.to(a.dtype)
+        shape = (self.out_features, self.in_features // self.group_size, self.group_size)
+        low, high = code_range(self.bits, self.zero_point is None)
+        if self.zero_point is None:
+            return symmetric_quantize_lora(w, shape, a * self.scaling, b, self.input_scale, low, high,
+                                           self.levels, _NNCF_EPS)  # fmt: skip
+        return asymmetric_quantize_lora(w, shape, a * self.scaling, b, self.input_low, self.input_range, low, high,
+                                        self.levels, _NNCF_EPS)  # fmt: skip
+
+    def _trained_grid(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The trained ranges as float32 ``(scale, zero point)`` ``[out, groups]``, as NNCF's strip derives them."""
+        from nncf.torch.quantization.quantize_functions import TuneRange
+
+        low, high = code_range(self.bits, self.zero_point is None)
+        eps = torch.finfo(torch.float32).eps
+        if self.zero_point is None:
+            scale = self.input_scale.detach().float() / abs(low)
+            return torch.where(scale.abs() < eps, eps, scale).squeeze(-1), None
+        input_low, input_range = TuneRange.apply(
+            self.input_low.detach(), self.input_range.detach().abs() + _NNCF_EPS, self.levels
+        )
+        scale = input_range.float() / high
+        scale = torch.where(scale.abs() < eps, eps, scale)
+        zero_point = (low - torch.round(input_low.float() / scale)).clamp(low, high)
+        return scale.squeeze(-1), zero_point.squeeze(-1)
+
+    @property
+    def grid(self) -> QuantizedWeight:
+        """The trained scales (float16, as stored) and zero points; ``codes`` left empty."""
+        scale, zero_point = self._trained_grid()
+        zp = None if zero_point is None else zero_point.to(torch.uint8)
+        return QuantizedWeight(torch.empty(0), scale.to(torch.float16), zp, self.group_size, self.bits)
+
+    def codes(self, rank: int | None = None) -> torch.Tensor:
+        """The INT4 codes of the trained ``FQ(W + s · B A)`` at ``rank`` (NNCF's strip: qdq / s + z, rounded)."""
+        low, high = code_range(self.bits, self.zero_point is None)
+        with torch.no_grad():
+            qdq = self.effective_weight(rank).float()
+            scale, zero_point = self._trained_grid()
+            q = qdq.reshape(self.out_features, -1, self.group_size) / scale.unsqueeze(-1)
+            if zero_point is not None:
+                q = q + zero_point.unsqueeze(-1)
+            q = torch.round(q).clamp(low, high).reshape(qdq.shape)
+        return q.to(code_dtype(self.bits, self.zero_point is None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inference = not self.training and not torch.is_grad_enabled()
+        w = self._inference_weight() if inference else self.effective_weight()
+        return F.linear(x.to(w.dtype), w, self._bias(w.dtype)).to(x.dtype)
+
+    def _inference_weight(self) -> torch.Tensor:
+        """``effective_weight()`` kept (in eval mode) while nothing it depends on changes: evaluation and
+        search run many forwards at one rank, and quantising every weight per forward would dominate them."""
+        params = (self.lora_A.weight, self.lora_B.weight, self.base_layer.weight, *self.quantizer_parameters())
+        key = (self.active_rank, *((id(p), p._version) for p in params))
+        if getattr(self, "_cached_key", None) != key:
+            self._cached_weight, self._cached_key = self.effective_weight().detach(), key
+        return self._cached_weight
+
+    def train(self, mode: bool = True) -> FQLoraLinear:
+        self._cached_weight = self._cached_key = None  # one weight's worth of memory, not kept while training
+        return super().train(mode)
+
+
+# NNCF's quantisers add this to a range before dividing by it.
+_NNCF_EPS = 1e-16
+
+
 def check_dequantized_base(weight: torch.Tensor, quantized: QuantizedWeight, name: str = "") -> None:
     """Refuse a base weight that is not the dequantisation of ``quantized`` (scales of another base)."""
     label = f"module {name!r}" if name else "the base weight"
@@ -351,6 +491,7 @@ ADAPTER_LAYERS: dict[AdapterKind, type[ElasticLoraLinear]] = {
     AdapterKind.LORA: ElasticLoraLinear,
     AdapterKind.SPARSEPEFT: SparsePeftLinear,
     AdapterKind.QA_SPARSEPEFT: QASparsePeftLinear,
+    AdapterKind.FQ_LORA: FQLoraLinear,
 }
 
 
@@ -368,8 +509,8 @@ def create_adapter_layer(
     """The adapter layer of ``kind`` around ``base_layer`` (``quantized``: the base's INT4 weight, qa only)."""
     kind = AdapterKind.parse(kind)
     cls = ADAPTER_LAYERS[kind]
-    if kind is AdapterKind.QA_SPARSEPEFT:
+    if kind.int4_trained:
         if quantized is None:
-            raise ValueError(f"module {name!r}: a qa_sparsepeft adapter needs the base's quantized weight")
+            raise ValueError(f"module {name!r}: a {kind.value} adapter needs the base's quantized weight")
         return cls(base_layer, max_rank, alpha, dropout, generator, quantized=quantized, name=name)
     return cls(base_layer, max_rank, alpha, dropout, generator)

@@ -30,13 +30,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..adapters import check_adapter_fits
-from ..formats import ADAPTER_WEIGHTS
+from ..formats import ADAPTER_WEIGHTS, QUANTIZER_PREFIX
 from ..outputs import atomic_directory, json_number, write_json
 from ..patterns import find_linears
 from ..quantization import QuantizedWeight, scales_fingerprint
 from .channels import ChannelMask, GatedMLP, gated_mlps, intermediate_size
 from .heads import Attention, attentions, uniform_attentions
-from .lora import AdapterKind, ElasticLoraLinear, create_adapter_layer
+from .lora import AdapterKind, ElasticLoraLinear, FQLoraLinear, create_adapter_layer
 from .search_space import Group, build_groups
 
 log = logging.getLogger(__name__)
@@ -165,10 +165,12 @@ class ElasticLoraSuperNet:
                 Group("attention_kv_groups", tuple(a.o for a in atts), tuple(heads.counts_for(atts[0].num_kv_heads)),
                       "heads")
             )  # fmt: skip
-        if kind is AdapterKind.QA_SPARSEPEFT:
-            _check_quantized_covers(targets, quantized)
+        if kind.int4_trained:
+            _check_quantized_covers(targets, quantized, kind)
         elif quantized is not None:
-            raise ValueError(f"quantized weights are only used by qa_sparsepeft adapters, not {kind.value!r}")
+            raise ValueError(
+                f"quantized weights are only used by qa_sparsepeft and fq_lora adapters, not {kind.value!r}"
+            )
         layers = {}
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         trainable = {p: p.requires_grad for p in model.parameters()}
@@ -326,7 +328,16 @@ class ElasticLoraSuperNet:
         return macs * seq_len
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for a in self.adapters.values() for p in (a.lora_A.weight, a.lora_B.weight)]
+        return [
+            *(p for a in self.adapters.values() for p in (a.lora_A.weight, a.lora_B.weight)),
+            *self.quantizer_parameters(),
+        ]
+
+    def quantizer_parameters(self) -> list[nn.Parameter]:
+        """The INT4 quantisers' trainable ranges (``fq_lora``); empty for the other kinds."""
+        return [
+            p for a in self.adapters.values() if isinstance(a, FQLoraLinear) for p in a.quantizer_parameters()
+        ]
 
     # ------------------------------------------------------------------ (de)serialisation
 
@@ -367,6 +378,12 @@ class ElasticLoraSuperNet:
             a, b = self.adapters[name].lora_weights(rank)
             state[f"{prefix}{name}.lora_A.weight"] = a.detach().to("cpu", torch.float32).contiguous()
             state[f"{prefix}{name}.lora_B.weight"] = b.detach().to("cpu", torch.float32).contiguous()
+            layer = self.adapters[name]
+            if isinstance(layer, FQLoraLinear):  # the trained ranges belong to every sub-adapter
+                for key, tensor in layer.quantizer_state().items():
+                    state[f"{prefix}{name}.{QUANTIZER_PREFIX}{key}"] = tensor.detach().to(
+                        "cpu", torch.float32
+                    )
         return state
 
     def _peft_config(self, ranks: dict[str, int], base_model: str | None):
@@ -459,6 +476,9 @@ class ElasticLoraSuperNet:
             for name, adapter in self.adapters.items():
                 adapter.lora_A.weight.copy_(state[f"{prefix}{name}.lora_A.weight"])
                 adapter.lora_B.weight.copy_(state[f"{prefix}{name}.lora_B.weight"])
+                if isinstance(adapter, FQLoraLinear):
+                    for key, tensor in adapter.quantizer_state().items():
+                        tensor.copy_(state[f"{prefix}{name}.{QUANTIZER_PREFIX}{key}"])
 
     @classmethod
     def load_super_adapter(
@@ -509,7 +529,7 @@ class ElasticLoraSuperNet:
             alpha=alpha,
             dropout=spec.get("dropout", 0.0),
             adapter_kind=kind,
-            quantized=quantized if kind is AdapterKind.QA_SPARSEPEFT else None,
+            quantized=quantized if kind.int4_trained else None,
         )
         supernet = cls(model, supernet.adapters, groups, supernet.quantized)
         if spec.get("kv_heads") and spec["kv_heads"] != supernet.kv_heads():
@@ -557,17 +577,17 @@ def _check_whole_groups(
 
 
 def _check_quantized_covers(
-    targets: dict[str, nn.Module], quantized: dict[str, QuantizedWeight] | None
+    targets: dict[str, nn.Module], quantized: dict[str, QuantizedWeight] | None, kind: AdapterKind
 ) -> None:
     if quantized is None:
         raise ValueError(
-            "qa_sparsepeft adapters train through the INT4 base's scales: pass quantized= "
+            f"{kind.value} adapters train through the INT4 base's scales: pass quantized= "
             "({module name: QuantizedWeight}, e.g. nncf_elastic_lora.int4.load_quantized_weights(base_dir))"
         )
     missing = sorted(set(targets) - set(quantized))
     if missing:
         raise ValueError(
-            f"qa_sparsepeft: the quantized weights do not cover {len(missing)} target module(s), e.g. "
+            f"{kind.value}: the quantized weights do not cover {len(missing)} target module(s), e.g. "
             f"{missing[:3]}; quantize every target linear of the base"
         )
 
@@ -619,12 +639,14 @@ def check_adapter_provenance(
     WARNING naming the risk (:func:`check_base_record`).
     """
     where = Path(directory).resolve()
-    check_base_record(where, recorded_base, base_fingerprint, pinned=kind is AdapterKind.QA_SPARSEPEFT and recorded_scales)
-    if kind is not AdapterKind.QA_SPARSEPEFT:
+    check_base_record(
+        where, recorded_base, base_fingerprint, pinned=kind.int4_trained and bool(recorded_scales)
+    )
+    if not kind.int4_trained:
         return
     if quantized is None:
         raise ValueError(
-            f"adapter {where} is a qa_sparsepeft adapter: it needs the INT4 base's quantized weights "
+            f"adapter {where} is a {kind.value} adapter: it needs the INT4 base's quantized weights "
             "(quantized=..., e.g. nncf_elastic_lora.int4.load_quantized_weights(base_dir))"
         )
     if recorded_scales and scales_fingerprint(quantized) != recorded_scales:

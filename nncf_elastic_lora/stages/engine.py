@@ -71,7 +71,12 @@ class RunState:
     def method_label(self) -> str:
         """'sparse+NLS', 'sparse INT4+QA-SparsePEFT', ...: what trained the adapter, on what."""
         t = self.config.bootstrapNAS.training
-        kind = {"lora": "", "sparsepeft": " SparsePEFT", "qa_sparsepeft": " QA-SparsePEFT"}[t.adapter_kind]
+        kind = {
+            "lora": "",
+            "sparsepeft": " SparsePEFT",
+            "qa_sparsepeft": " QA-SparsePEFT",
+            "fq_lora": " FQ-LoRA",
+        }[t.adapter_kind]
         algo = "NLS" if t.algorithm == "nls" else "LoRA"
         return f"{self.base_label}+{algo}{kind}" if self.base_label != "dense" else f"{algo}{kind}"
 

@@ -130,23 +130,29 @@ def _adapter_kind_problems(config: PipelineConfig, int4_base: bool) -> list[str]
     t = config.bootstrapNAS.training
     if not config.bootstrapNAS.enabled:
         return []
-    problems = []
-    if t.adapter_kind == "qa_sparsepeft" and not int4_base:
+    problems, kind = [], t.adapter_kind
+    if kind in ("qa_sparsepeft", "fq_lora") and not int4_base:
         problems.append(
-            "bootstrapNAS.training.adapter_kind: 'qa_sparsepeft' trains through an INT4 base's scales: "
+            f"bootstrapNAS.training.adapter_kind: {kind!r} trains through an INT4 base's scales: "
             "set quantization.weight_format to 'int4'"
         )
-    if t.adapter_kind == "qa_sparsepeft" and t.lora_dropout > 0:
+    if kind in ("qa_sparsepeft", "fq_lora") and t.lora_dropout > 0:
         problems.append(
-            f"bootstrapNAS.training.lora_dropout: {t.lora_dropout}; 'qa_sparsepeft' quantizes the update together "
+            f"bootstrapNAS.training.lora_dropout: {t.lora_dropout}; {kind!r} quantizes the update together "
             "with the base weight, so there is no separate branch to drop out: set it to 0"
         )
     where = model_placement(config.model)
-    if t.adapter_kind == "qa_sparsepeft" and where.dtype_name != "float32":
+    if kind in ("qa_sparsepeft", "fq_lora") and where.dtype_name != "float32":
         resolved = f" ({where.dtype_name} on {where.device})" if config.model.dtype == "auto" else ""
         problems.append(
-            f"model.dtype: {config.model.dtype!r}{resolved}; 'qa_sparsepeft' must train in float32 so that the "
+            f"model.dtype: {config.model.dtype!r}{resolved}; {kind!r} must train in float32 so that the "
             "merge (in float32) rounds every code as training did: set model.dtype to 'float32'"
+        )
+    default_ratio = type(t).model_fields["quantizer_lr_ratio"].default  # a dumped config carries the default
+    if kind != "fq_lora" and t.quantizer_lr_ratio != default_ratio:
+        problems.append(
+            f"bootstrapNAS.training.quantizer_lr_ratio: only 'fq_lora' trains its quantisers' ranges, but "
+            f"adapter_kind is {kind!r}; remove it or set adapter_kind to 'fq_lora'"
         )
     return problems
 

@@ -26,12 +26,13 @@ from .evaluate import base_quantized_weights, evaluate_model
 
 def check_trainable_base(config: PipelineConfig) -> None:
     """QA-SparsePEFT trains through the INT4 codes beside its base: refuse a base without them."""
-    if config.bootstrapNAS.training.adapter_kind != "qa_sparsepeft":
+    kind = config.bootstrapNAS.training.adapter_kind
+    if kind not in ("qa_sparsepeft", "fq_lora"):
         return
     base = resolve_model_dir(config.model)
     if not is_quantized_base(base):
         raise ValueError(
-            "bootstrapNAS.training.adapter_kind 'qa_sparsepeft' trains through an INT4 base's frozen scales, but "
+            f"bootstrapNAS.training.adapter_kind {kind!r} trains through an INT4 base's scales, but "
             f"{base} holds no quantized_weights.safetensors: give --model an INT4 checkpoint written by "
             "`nncf-elastic-lora quantize` (or let `run` make one with quantization.weight_format 'int4')"
         )
@@ -53,7 +54,7 @@ def build_supernet(
         default_widths=width.default_widths or [t.lora_r],
         seed=t.seed,
         adapter_kind=t.adapter_kind,
-        quantized=quantized if t.adapter_kind == "qa_sparsepeft" else None,
+        quantized=quantized if t.adapter_kind in ("qa_sparsepeft", "fq_lora") else None,
         channels=bnas.elasticity.channel_spec(),
         heads=bnas.elasticity.head_spec(),
     )

@@ -81,7 +81,8 @@ def _versions() -> dict[str, str]:
 
 
 # Settings the plain reference does not train with (it is LoRA at the maximal rank, no NLS).
-_NOT_PLAIN_TRAINING = {"algorithm", "adapter_kind", "logging_steps", "save_steps", "distillation"}
+_NOT_PLAIN_TRAINING = {"algorithm", "adapter_kind", "quantizer_lr_ratio", "logging_steps", "save_steps",
+                       "distillation"}  # fmt: skip
 
 
 def plain_inputs(config: PipelineConfig) -> dict[str, Any]:

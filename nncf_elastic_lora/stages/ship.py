@@ -31,11 +31,11 @@ from .evaluate import base_quantized_weights, evaluate_ir
 def merge(
     config: PipelineConfig, output: str | Path, adapter: str | Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Merge a SparsePEFT / QA-SparsePEFT sub-adapter into its base (``config.model``), keeping its zeros.
+    """Merge a SparsePEFT / QA-SparsePEFT / fq_lora sub-adapter into its base (``config.model``).
 
     SparsePEFT gives a standard Hugging Face checkpoint whose zeros are the base's; QA-SparsePEFT an
     INT4 checkpoint (dequantized weights + codes) whose codes are those the trained forward computed,
-    which ``export`` ships as an INT4 IR. Refused, writing nothing: an adapter trained on another base
+    which ``export`` ships as an INT4 IR; fq_lora an INT4 checkpoint under its trained scales. Refused, writing nothing: an adapter trained on another base
     or through other scales. Writes ``merge_report.json``; returns it.
     """
     start = time.perf_counter()
@@ -61,7 +61,8 @@ def merge(
             "precision": "int4" if r.quantized is not None else str(dtype).removeprefix("torch."),
             "sparsity": linear_sparsity(r.model),
             "base_sparsity": base_sparsity,
-            "zeros_kept": True,  # merge_to_directory refuses a merge that loses one of the base's zeros
+            # merge_to_directory refuses a masked merge that loses one of the base's zeros; fq_lora has no mask
+            "zeros_kept": r.report["zeros_lost"] == 0,
             "time_s": time.perf_counter() - start,
         },
     )

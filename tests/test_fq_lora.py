@@ -1,0 +1,188 @@
+"""fq_lora: NNCF's FQ+LoRA (trainable INT4 ranges) as an adapter kind; its merge is NNCF's strip, codes exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from nncf_elastic_lora.cli import main
+from nncf_elastic_lora.config import ModelConfig, TinyModelConfig
+from nncf_elastic_lora.deploy.ir import check_ir_codes
+from nncf_elastic_lora.elastic import ElasticLoraSuperNet, FQLoraLinear
+from nncf_elastic_lora.int4 import load_quantized_weights, quantize_base
+from nncf_elastic_lora.merge import merge_adapter_from_dirs, merge_qa
+from nncf_elastic_lora.models import build_tiny_llama
+from nncf_elastic_lora.quantization import QuantizedWeight, dequantize, quantize
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+OUT, IN, GROUP = 48, 64, 32
+
+
+def _int4_linear(sym: bool) -> tuple[nn.Linear, QuantizedWeight]:
+    """A linear whose weight is the dequantisation of min/max INT4 codes (group 32)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(IN, OUT, bias=False)
+    w = linear.weight.detach().reshape(OUT, IN // GROUP, GROUP)
+    if sym:
+        scale, zp = (w.abs().amax(-1) / 7).half(), None
+    else:
+        low = w.amin(-1)
+        scale = ((w.amax(-1) - low) / 15).half()
+        zp = torch.round(-low / scale.float()).clamp(0, 15).to(torch.uint8)
+    q = QuantizedWeight(quantize(linear.weight.detach(), scale, zp, GROUP), scale, zp, GROUP)
+    linear.weight.data = q.dequantize()
+    return linear, q
+
+
+def _nncf_quantizer(layer: FQLoraLinear, sym: bool):
+    """NNCF's own FQ+LoRA quantiser holding ``layer``'s ranges and (scaled) adapter."""
+    from nncf.torch.quantization.layers import (
+        AsymmetricLoraQuantizer,
+        PTLoraSpec,
+        PTQuantizerSpec,
+        QuantizationMode,
+        SymmetricLoraQuantizer,
+    )
+
+    qspec = PTQuantizerSpec(
+        num_bits=4, mode=QuantizationMode.SYMMETRIC if sym else QuantizationMode.ASYMMETRIC,
+        signedness_to_force=sym, narrow_range=False, half_range=False, scale_shape=(OUT, IN // GROUP, 1),
+        logarithm_scale=False, is_quantized_on_export=True,
+    )  # fmt: skip
+    lspec = PTLoraSpec(lora_rank=layer.max_rank, orig_weight_shape=(OUT, IN), weight_shape=(OUT, IN // GROUP, GROUP))
+    quantizer = (SymmetricLoraQuantizer if sym else AsymmetricLoraQuantizer)(qspec, lspec)
+    quantizer.lora_A = nn.Parameter(layer.lora_A.weight.detach() * layer.scaling)
+    quantizer.lora_B = nn.Parameter(layer.lora_B.weight.detach().clone())
+    for name, tensor in layer.quantizer_state().items():
+        setattr(quantizer, {"input_scale": "scale"}.get(name, name), nn.Parameter(tensor.detach().clone()))
+    return quantizer
+
+
+@pytest.mark.parametrize("sym", [False, True], ids=["asym", "sym"])
+def test_fq_lora_layer_starts_at_the_base_and_merges_as_nncf_strips(sym):
+    from nncf.torch.quantization.strip import asym_fq_to_decompressor, sym_fq_to_decompressor
+
+    linear, q = _int4_linear(sym)
+    layer = FQLoraLinear(linear, 8, 16.0, quantized=q, name="layer")
+    # B = 0: the ranges start at the base's grid, so the codes and scales are the base's own, and the
+    # forward is the base's up to float rounding (NNCF's float32 FQ against the float16 dequantisation).
+    assert torch.equal(layer.codes(), q.codes) and torch.equal(layer.grid.scale, q.scale)
+    step = q.scale.float().repeat_interleave(GROUP, dim=1)
+    assert ((layer.effective_weight().detach() - linear.weight).abs() / step).max() < 0.01
+    # The ranges train: the forward has a gradient for them as well as for the adapter.
+    with torch.no_grad():
+        layer.lora_B.weight.normal_(0, 0.05)
+    layer(torch.randn(3, IN)).pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.quantizer_parameters())
+    with torch.no_grad():
+        for p in layer.quantizer_parameters():
+            p.mul_(1.03)
+    codes, grid = layer.codes(), layer.grid
+    assert not torch.equal(codes, q.codes) and not torch.equal(grid.scale, q.scale)
+    # NNCF's strip of its own quantiser with the same ranges and adapter gives the same codes.
+    strip = sym_fq_to_decompressor if sym else asym_fq_to_decompressor
+    _, nncf_codes = strip(_nncf_quantizer(layer, sym), linear.weight.detach())
+    assert torch.equal(nncf_codes.reshape(OUT, IN).to(torch.int16), codes.to(torch.int16))
+    # The merged weight is the trained forward's up to the scales' float16 rounding (< 1 % of a step).
+    merged = dequantize(codes, grid.scale, grid.zero_point, GROUP).float()
+    assert ((merged - layer.effective_weight().detach()).abs() / step).max() < 0.01
+
+
+def _fq_supernet(tmp_path: Path) -> tuple[ElasticLoraSuperNet, Path]:
+    model = build_tiny_llama(ModelConfig(name_or_path="tiny-random-llama", tiny=TinyModelConfig()))
+    quantized = quantize_base(model, target_modules=TARGETS, group_size=32, progress=False)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    supernet = ElasticLoraSuperNet.attach(
+        model, target_modules=TARGETS, max_rank=8, alpha=16, default_widths=[8, 4], adapter_kind="fq_lora",
+        quantized=quantized,
+    )  # fmt: skip
+    return supernet, base
+
+
+def test_fq_lora_sub_adapter_on_disk_merges_as_the_live_one(tmp_path):
+    supernet, base = _fq_supernet(tmp_path)
+    with torch.no_grad():
+        for layer in supernet.adapters.values():
+            layer.lora_B.weight.normal_(0, 0.02)
+            for p in layer.quantizer_parameters():
+                p.mul_(1.02)
+    config = supernet.get_heuristic_config()
+    sub = supernet.save_sub_adapter(tmp_path / "sub", config)
+    names = json.loads(json.dumps(list(supernet.adapter_state_dict())))
+    assert any(n.endswith("fq_quantizer.input_low") for n in names)  # the trained ranges travel with it
+    _, live = merge_qa(supernet=supernet, config=config)
+    from transformers import AutoModelForCausalLM
+
+    result = merge_adapter_from_dirs(
+        model=AutoModelForCausalLM.from_pretrained(base), adapter_dir=sub, quantized=supernet.quantized
+    )
+    assert result.kind.value == "fq_lora" and set(result.quantized) == set(live)
+    for name, q in live.items():
+        assert torch.equal(result.quantized[name].codes, q.codes), name
+        assert torch.equal(result.quantized[name].scale, q.scale), name
+    adapted = next(iter(supernet.adapters))
+    assert not torch.equal(live[adapted].scale, supernet.quantized[adapted].scale)
+
+
+def test_fq_lora_ranges_train_in_their_own_optimizer_group(tmp_path):
+    from nncf_elastic_lora.config import NLSTrainingConfig
+    from nncf_elastic_lora.data import Example
+    from nncf_elastic_lora.models import load_tokenizer
+    from nncf_elastic_lora.training import train_super_adapter
+
+    supernet, _ = _fq_supernet(tmp_path)
+    groups: list[dict] = []
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            groups.extend({"lr": g["lr"], "n": len(g["params"]), "q": g.get("quantizer_ranges", False)}
+                          for g in optimizer.param_groups)  # fmt: skip
+
+    before = {n: t.clone() for n, t in supernet.adapter_state_dict().items() if "fq_quantizer" in n}
+    cfg = NLSTrainingConfig(max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2, quantizer_lr_ratio=0.2,
+                            save_steps=0, warmup_ratio=0.0)  # fmt: skip
+    examples = [Example(id=str(i), prompt=f"{i} + 1 =", target=f" {i + 1}") for i in range(4)]
+    tokenizer = load_tokenizer(ModelConfig(name_or_path="tiny-random-llama", tiny=TinyModelConfig()))
+    train_super_adapter(supernet, tokenizer, examples, cfg, tmp_path / "train", max_length=16, progress=False,
+                        callbacks=[Spy()])  # fmt: skip
+    ranges = [g for g in groups if g["q"]]
+    assert len(ranges) == 1 and ranges[0]["n"] == 2 * len(supernet.adapters)  # input_low and input_range
+    assert ranges[0]["lr"] == pytest.approx(0.2 * max(g["lr"] for g in groups if not g["q"]))
+    after = supernet.adapter_state_dict()
+    assert any(not torch.equal(after[n], t) for n, t in before.items())
+
+
+def test_run_fq_lora_ships_the_trained_int4_codes(tmp_path):
+    out = tmp_path / "run"
+    fq = ["--set", "bootstrapNAS.training.adapter_kind=fq_lora", "--set", "sparsity.method=none",
+          "--set", "evaluation.baseline=false", "--set", "plain.enabled=false"]  # fmt: skip
+    fast = ["--no-progress", "--set", "evaluation.limit=8", "--set", "benchmark.enabled=false"]
+    assert main(["run", str(CONFIGS / "tiny_sqft_qa_sparsepeft.json"), "--output", str(out), *fast, *fq]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"] == ["quantize_base", "train", "eval_subnets", "merge", "eval_merged", "export", "eval_ir"]
+    assert report["merge"]["adapter_kind"] == "fq_lora" and report["merge"]["precision"] == "int4"
+    merged, base = load_quantized_weights(out / "merged_model"), load_quantized_weights(out / "int4_model")
+    assert any(not torch.equal(merged[n].scale, base[n].scale) for n in base)  # the scales trained
+    assert check_ir_codes(out / "openvino" / "openvino_model.xml", merged)  # raises on any code that differs
+    assert report["export"]["parity"]["greedy_identical_genai"] == report["export"]["parity"]["prompts"]
+
+
+def test_fq_lora_eval_forward_reuses_the_weight_until_something_changes():
+    linear, q = _int4_linear(sym=False)
+    layer = FQLoraLinear(linear, 8, 16.0, quantized=q).eval()
+    x = torch.randn(2, IN)
+    with torch.no_grad():
+        first = layer(x)
+        layer.lora_B.weight.normal_(0, 0.05)  # an in-place change must not be served from the cache
+        assert not torch.equal(layer(x), first)
+        layer.set_active_rank(4)
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.effective_weight()))
+    layer.train()
+    assert layer._cached_weight is None
