@@ -8,6 +8,8 @@ collects those rows from each ``report.json``:
 
 - **SQFT + SparsePEFT, INT8**: ``configs/sqft_sparsepeft_smollm2.json`` (Wanda 50 %, masked NLS, merged);
 - **SQFT + QA-SparsePEFT, INT4**: ``configs/sqft_qa_sparsepeft_smollm2.json`` (merged into the INT4 codes);
+- **FQ-LoRA, INT4**: ``configs/fq_lora_smollm2.json`` (NNCF's FQ+LoRA on the dense model: the INT4 scales
+  train with the elastic adapter; merged into INT4 codes under the trained scales);
 - **LoNAS heuristic, INT8 / INT4**, **LoNAS searched (NSGA-II on MACs, select ``cheapest_above_plain``: the
   cheapest sub-network whose validation loss is no worse than the plain LoRA's), INT8**, and **LoNAS heuristic
   with in-place distillation, INT8**: ``configs/lonas_smollm2.json`` with the overrides named in the table.
@@ -51,6 +53,7 @@ LONAS = "lonas_smollm2"
 # (in the order they run: the main job first, then what can be faster than the plain alternative)
 RECIPES: dict[str, tuple[str, list[str], str]] = {
     "SQFT + SparsePEFT": ("sqft_sparsepeft_smollm2", [], "int8"),
+    "FQ-LoRA": ("fq_lora_smollm2", [], "int4"),
     "LoNAS heuristic": (LONAS, [], "int8"),
     "LoNAS searched": (LONAS, ["bootstrapNAS.search.algorithm=NSGA2",
                                "bootstrapNAS.search.select=cheapest_above_plain"], "int8"),  # fmt: skip

@@ -148,18 +148,31 @@ def test_task_result_outcomes_follow_the_primary_metric():
     assert TaskResult.from_dict(d).metrics == mc.metrics
 
 
-@pytest.mark.parametrize("speed,diff,se,expected", [
-    (1.3, 0.0, 0.02, "the shipped IR wins"),
-    (1.3, -0.05, 0.02, "a trade"),
-    (0.9, 0.01, 0.02, "the plain alternative wins: as fast or faster at the same accuracy"),
-    (0.9, -0.05, 0.02, "the plain alternative wins: as fast or faster and more accurate"),
-    (None, -0.01, 0.02, "speed not measured"),
+@pytest.mark.parametrize("speed,speed_se,diff,se,expected", [
+    (1.3, 0.05, 0.0, 0.02, "the shipped IR wins"),
+    (1.3, None, -0.05, 0.02, "a trade"),
+    (1.08, 0.1, 0.01, 0.02, "a tie: as fast within the run-to-run spread"),  # same-shape IRs: noise, not a win
+    (0.95, 0.1, -0.05, 0.02, "the plain alternative wins: as fast within the run-to-run spread and more accurate"),
+    (0.9, 0.02, 0.01, 0.02, "the plain alternative wins: faster at the same accuracy"),
+    (0.9, None, -0.05, 0.02, "the plain alternative wins: faster and more accurate"),
+    (None, None, -0.01, 0.02, "speed not measured"),
 ])  # fmt: skip
-def test_verdict_line(speed, diff, se, expected):
+def test_verdict_line(speed, speed_se, diff, se, expected):
     from nncf_elastic_lora.stages.plain import verdict_line
 
     v = {"plain": "plain LoRA, merged, int8 IR", "task": "piqa", "metric": "acc", "difference": diff, "stderr": se,
-         "speedup": {1: speed} if speed else None}
+         "speedup": {1: speed} if speed else None, "speedup_stderr": {1: speed_se} if speed_se else None}
     line = verdict_line(v)
     assert expected in line and line.startswith("Shipped vs plain LoRA, merged, int8 IR on piqa: ")
     assert f"{100 * diff:+.1f} points ± {100 * se:.1f}" in line
+    if speed_se:
+        assert f"{speed:.2f}x its batch-1 decode speed ± {speed_se:.2f}" in line
+
+
+def test_decode_speed_stderr_from_the_repeated_runs():
+    from nncf_elastic_lora.deploy.benchmark import decode_speed_stderr
+
+    runs = {"batch_size": 1, "ttft_runs_s": [0.1, 0.1, 0.1, 0.1], "generate_runs_s": [0.7, 0.74, 0.66, 0.7]}
+    se = decode_speed_stderr(runs, new_tokens=65)  # decode speeds 106.7, 100, 114.3, 106.7 tok/s
+    assert 0.02 < se < 0.04
+    assert decode_speed_stderr({**runs, "ttft_runs_s": [0.1, 0.1]}, new_tokens=65) is None  # too few runs

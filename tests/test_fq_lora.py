@@ -162,16 +162,23 @@ def test_fq_lora_ranges_train_in_their_own_optimizer_group(tmp_path):
 def test_run_fq_lora_ships_the_trained_int4_codes(tmp_path):
     out = tmp_path / "run"
     fq = ["--set", "bootstrapNAS.training.adapter_kind=fq_lora", "--set", "sparsity.method=none",
-          "--set", "evaluation.baseline=false", "--set", "plain.enabled=false"]  # fmt: skip
+          "--set", "evaluation.baseline=false", "--set", 'plain.weight_formats=["int4", "int8"]']  # fmt: skip
     fast = ["--no-progress", "--set", "evaluation.limit=8", "--set", "benchmark.enabled=false"]
     assert main(["run", str(CONFIGS / "tiny_sqft_qa_sparsepeft.json"), "--output", str(out), *fast, *fq]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["stages"] == ["quantize_base", "train", "eval_subnets", "merge", "eval_merged", "export", "eval_ir"]
+    assert report["stages"] == [
+        "quantize_base", "train", "eval_subnets", "merge", "eval_merged", "export", "eval_ir", "plain_reference"
+    ]  # fmt: skip
     assert report["merge"]["adapter_kind"] == "fq_lora" and report["merge"]["precision"] == "int4"
     merged, base = load_quantized_weights(out / "merged_model"), load_quantized_weights(out / "int4_model")
     assert any(not torch.equal(merged[n].scale, base[n].scale) for n in base)  # the scales trained
     assert check_ir_codes(out / "openvino" / "openvino_model.xml", merged)  # raises on any code that differs
     assert report["export"]["parity"]["greedy_identical_genai"] == report["export"]["parity"]["prompts"]
+    # The verdict against the plain export of its own format, and against the other one (INT8) as well.
+    plain = report["plain"]
+    assert plain["verdict"]["plain"] == "plain LoRA, merged, int4 IR"
+    other = plain["other_verdicts"]["int8"]
+    assert other["plain"] == "plain LoRA, merged, int8 IR" and other["line"] in (out / "report.md").read_text()
 
 
 def test_fq_lora_eval_forward_reuses_the_weight_until_something_changes():

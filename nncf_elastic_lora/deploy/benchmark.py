@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 import subprocess
@@ -203,6 +204,20 @@ def genai_figures(runs: list[dict[str, float]], ttft_ms: float, decode_tokens_pe
             "decode_tokens_per_s": decode_tokens_per_s / stats["throughput_tokens_per_s"]["mean"] - 1}  # fmt: skip
     return {**stats, "runs": len(runs), "ours_vs_genai": ours,
             "disagree": [k for k, d in ours.items() if abs(d) > GENAI_TOLERANCE]}  # fmt: skip
+
+
+def decode_speed_stderr(figures: dict[str, Any], new_tokens: int) -> float | None:
+    """The relative standard error of one batch size's median decode speed, from its repeated runs.
+
+    Each run's decode speed pairs its TTFT with its full generation (as the median figure does); the
+    median's standard error is ~1.25 σ / √n. None with fewer than 3 runs.
+    """
+    firsts, fulls = figures.get("ttft_runs_s") or [], figures.get("generate_runs_s") or []
+    batch, n = figures["batch_size"], min(len(firsts), len(fulls))
+    if n < 3:
+        return None
+    speeds = [batch * (new_tokens - 1) / max(full - first, 1e-9) for first, full in zip(firsts[:n], fulls[:n], strict=True)]
+    return 1.2533 * statistics.stdev(speeds) / statistics.fmean(speeds) / math.sqrt(n)
 
 
 def _batch_figures(

@@ -209,7 +209,8 @@ def plain_block(p: dict[str, Any], report: dict[str, Any]) -> Block:
         if ir.get("size_bytes"):
             facts.append([f"{fmt} IR weights", f"{ir['size_bytes']['model_bin'] / 2**20:.1f} MiB"])
     verdict = (p.get("verdict") or {}).get("line", "No verdict: the shipped IR or the plain one was not scored.")
-    return Block("The plain alternative", facts, note=f"**Verdict.** {verdict}")
+    others = "".join(f" Against its {fmt} export: {v['line']}" for fmt, v in (p.get("other_verdicts") or {}).items())
+    return Block("The plain alternative", facts, note=f"**Verdict.** {verdict}{others}")
 
 
 def _times_block(report: dict[str, Any]) -> Block:

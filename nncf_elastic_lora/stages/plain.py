@@ -26,6 +26,7 @@ from typing import Any
 
 from ..config import BootstrapNASConfig, ElasticityConfig, PipelineConfig, WidthElasticityConfig
 from ..data import Example, TaskData
+from ..deploy.benchmark import decode_speed_stderr
 from ..evaluation import CausalLM, paired_difference
 from ..models import cache_dir, model_placement
 from ..outputs import location_problem, output_lock, write_json
@@ -228,7 +229,7 @@ class PlainReference(Stage):
         irs = {fmt: {"path": ir["path"], "weight_format": fmt, "size_bytes": ir["export"].get("size_bytes")}
                for fmt, ir in result["irs"].items()}
         return {"directory": result["directory"], "reused": result["reused"], "train": result["train"],
-                "irs": irs, "verdict": plain_verdict(run)}
+                "irs": irs, "verdict": plain_verdict(run), "other_verdicts": other_verdicts(run)}
 
 
 def _paired(shipped: list[dict[str, Any]], plain: list[dict[str, Any]], task: str) -> tuple[float, float] | None:
@@ -240,12 +241,21 @@ def _paired(shipped: list[dict[str, Any]], plain: list[dict[str, Any]], task: st
     return paired_difference(a["outcomes"], b["outcomes"])
 
 
-def plain_verdict(run: RunState) -> dict[str, Any] | None:
-    """The shipped IR against the plain alternative of its format (else the first plain format)."""
+def other_verdicts(run: RunState) -> dict[str, dict[str, Any]]:
+    """The shipped IR against each plain export of another format (an INT4 artifact against plain INT8 too:
+    the plain alternative a user picks is whichever format is faster on their machine)."""
+    main = (plain_verdict(run) or {}).get("plain")
+    out = {fmt: plain_verdict(run, fmt) for fmt in run.plain if plain_label(fmt) != main}
+    return {fmt: v for fmt, v in out.items() if v is not None}
+
+
+def plain_verdict(run: RunState, fmt: str | None = None) -> dict[str, Any] | None:
+    """The shipped IR against the plain export in ``fmt`` (default: its own format, else the first plain one)."""
     if not run.plain or run.ir is None:
         return None
-    fmt = run.config.export.weight_format
-    fmt = fmt if fmt in run.plain else next(iter(run.plain))
+    if fmt is None:
+        fmt = run.config.export.weight_format
+        fmt = fmt if fmt in run.plain else next(iter(run.plain))
     ours, theirs = shipped_label(run), plain_label(fmt)
     data_task = run.config.data.task
     task = data_task if data_task in run.tasks else next(iter(run.tasks))
@@ -254,15 +264,34 @@ def plain_verdict(run: RunState) -> dict[str, Any] | None:
         return None
     paired = _paired(run.evaluation[ours], run.evaluation[theirs], task)
     diff, stderr = paired if paired else (a[1] - b[1], None)
-    speedup = None
+    speedup = speed_se = None
     bench = run.results.get("benchmark")
     if bench:
         rows = {r["label"]: r for r in benchmark_rows(run, bench["results"])}
         speeds = rows[ours]["decode_tokens_per_s"], rows.get(theirs, {}).get("decode_tokens_per_s", {})
         speedup = {b: speeds[0][b] / speeds[1][b] for b in speeds[0] if speeds[1].get(b)}
+        speed_se = speedup_stderr(bench["results"], ours, theirs, speedup)
     verdict = {"shipped": ours, "plain": theirs, "task": task, "metric": a[0], "shipped_score": a[1],
-               "plain_score": b[1], "difference": diff, "stderr": stderr, "speedup": speedup}
+               "plain_score": b[1], "difference": diff, "stderr": stderr, "speedup": speedup,
+               "speedup_stderr": speed_se}
     return {**verdict, "line": verdict_line(verdict)}
+
+
+def speedup_stderr(
+    results: list[dict[str, Any]], ours: str, theirs: str, speedup: dict[int, float]
+) -> dict[int, float]:
+    """Per batch size, the standard error of the speed ratio, from both IRs' run-to-run spread."""
+    by_label = {r["label"]: r for r in results}
+    out = {}
+    for batch, ratio in speedup.items():
+        errors = [
+            decode_speed_stderr(next(f for f in by_label[label]["batches"] if f["batch_size"] == batch),
+                                by_label[label]["new_tokens"])
+            for label in (ours, theirs)
+        ]  # fmt: skip
+        if None not in errors:
+            out[batch] = ratio * (errors[0] ** 2 + errors[1] ** 2) ** 0.5
+    return out
 
 
 def verdict_line(v: dict[str, Any]) -> str:
@@ -273,18 +302,25 @@ def verdict_line(v: dict[str, Any]) -> str:
     )
     not_below = v["difference"] >= -(se or 0.0)
     b1 = (v["speedup"] or {}).get(1)
+    # A ratio within one standard error of 1 (the run-to-run spread of both IRs) is a tie, not a win.
+    b1_se = (v.get("speedup_stderr") or {}).get(1, 0.0)
     if b1 is None:
         speed, faster = "speed not measured", None
     else:
-        speed, faster = f"{b1:.2f}x its batch-1 decode speed", b1 > 1.0
+        speed = f"{b1:.2f}x its batch-1 decode speed" + (f" ± {b1_se:.2f}" if b1_se else "")
+        faster = b1 - b1_se > 1.0
     if faster is None:
         who = "accuracy not below it" if not_below else "less accurate"
     elif faster and not_below:
         who = "the shipped IR wins: faster, accuracy not below the plain alternative's (within one standard error)"
     elif faster:
         who = "a trade: the shipped IR is faster but less accurate"
+    elif b1 + b1_se >= 1.0 and not_below:
+        who = "a tie: as fast within the run-to-run spread, accuracy not below it; the plain alternative is as good"
     elif not_below:
-        who = "the plain alternative wins: as fast or faster at the same accuracy"
+        who = "the plain alternative wins: faster at the same accuracy"
+    elif b1 + b1_se >= 1.0:
+        who = "the plain alternative wins: as fast within the run-to-run spread and more accurate"
     else:
-        who = "the plain alternative wins: as fast or faster and more accurate"
+        who = "the plain alternative wins: faster and more accurate"
     return f"Shipped vs {v['plain']} on {v['task']}: {speed}, {acc}; {who}."
