@@ -82,8 +82,10 @@ def test_every_runtime_reports_every_field(exported):
         g = b["genai"]
         assert g["runs"] == SETTINGS["repeats"] == len(b["genai_runs"])
         assert g["ttft_ms"]["mean"] > 0 and g["tpot_ms"]["mean"] > 0 and g["throughput_tokens_per_s"]["std"] >= 0
-        # TPOT is per output token over every row: its throughput is batch-size tokens per step
-        assert g["throughput_tokens_per_s"]["mean"] == pytest.approx(1000 / g["tpot_ms"]["mean"], rel=0.05)
+        # TPOT is per output token over every row: each run's throughput is 1000 / its TPOT (the means need
+        # not agree: the mean of 1 / x is not 1 / the mean of x when runs spread, as on a loaded machine)
+        for run in b["genai_runs"]:
+            assert run["throughput_tokens_per_s"] == pytest.approx(1000 / run["tpot_ms"], rel=0.05)
         expected = b["decode_tokens_per_s"] / g["throughput_tokens_per_s"]["mean"] - 1
         assert g["ours_vs_genai"]["decode_tokens_per_s"] == pytest.approx(expected)
         assert set(g["disagree"]) == {k for k, d in g["ours_vs_genai"].items() if abs(d) > 0.05}
