@@ -180,7 +180,8 @@ def main() -> None:
         text += table(task, cells, args.seeds)
     from nncf_elastic_lora.runtime import machine_info
 
-    cmd = f".venv/bin/python bench/plain.py --tasks {args.tasks} --seeds {args.seeds} --steps {args.steps}"
+    cmd = (f".venv/bin/python bench/plain.py --tasks {args.tasks} --seeds {args.seeds} --steps {args.steps} "
+           f"--recipes '{args.recipes}'")
     head = [
         "# Shipped artifacts against the plain alternative (LoRA on the dense model → merge → INT8 / INT4 IR)",
         "",

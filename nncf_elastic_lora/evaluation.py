@@ -168,13 +168,16 @@ class TaskResult:
 
     def outcomes(self) -> str:
         """``"0110..."``: per example, in order, whether the primary metric (acc, else exact match)
-        counts it right; two models scored on the same examples compare pairwise from these."""
-        bits = []
-        for p in self.predictions:
-            if "label" in p:
-                bits.append(p["pred"] == p["label"])
-            elif "gold" in p:
-                bits.append(p["extracted"] is not None and p["extracted"] == p["gold"])
+        counts it right; two models scored on the same examples compare pairwise from these.
+
+        A task scored both ways (basic_arithmetic: choices and a numeric answer) gives the acc bits only;
+        mixing in the exact-match bits would average two metrics and halve the standard error.
+        """
+        choices = [p for p in self.predictions if "label" in p]
+        if choices:
+            bits = [p["pred"] == p["label"] for p in choices]
+        else:
+            bits = [p["extracted"] is not None and p["extracted"] == p["gold"] for p in self.predictions if "gold" in p]
         return "".join("1" if b else "0" for b in bits)
 
     def to_dict(self, with_predictions: bool = False) -> dict[str, Any]:

@@ -143,6 +143,9 @@ def test_task_result_outcomes_follow_the_primary_metric():
     gen = TaskResult("g", "test", 2, predictions=[{"id": 1, "extracted": None, "gold": None},
                                                   {"id": 2, "extracted": 3.0, "gold": 3.0}])
     assert mc.outcomes() == "10" and gen.outcomes() == "01"  # no answer is never right, even against no gold
+    # Scored both ways (choices and a numeric answer): the paired comparison uses the acc bits only.
+    both = TaskResult("b", "test", 2, predictions=[*mc.predictions, *gen.predictions])
+    assert both.outcomes() == "10"
     d = mc.to_dict()
     assert d["outcomes"] == "10" and len(d["examples_sha256"]) == 16 and "predictions" not in d
     assert TaskResult.from_dict(d).metrics == mc.metrics

@@ -236,9 +236,12 @@ def _paired(shipped: list[dict[str, Any]], plain: list[dict[str, Any]], task: st
     a = next((r for r in shipped if r["task"] == task), {})
     b = next((r for r in plain if r["task"] == task), {})
     same = a.get("examples_sha256") and a.get("examples_sha256") == b.get("examples_sha256")
-    if not same or not a.get("outcomes") or len(a["outcomes"]) != len(b.get("outcomes", "")):
+    # One bit per example of the primary metric: results written before outcomes() kept to it hold the
+    # choice bits first, then the exact-match bits, so the first n are the primary metric's either way.
+    oa, ob = (r.get("outcomes", "")[: r.get("n")] for r in (a, b))
+    if not same or not oa or len(oa) != len(ob):
         return None
-    return paired_difference(a["outcomes"], b["outcomes"])
+    return paired_difference(oa, ob)
 
 
 def other_verdicts(run: RunState) -> dict[str, dict[str, Any]]:
