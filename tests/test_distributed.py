@@ -218,7 +218,9 @@ def test_a_refused_output_stops_every_process_with_the_same_error(tmp_path):
     cmd += ["-m", "nncf_elastic_lora", "train", "--config", TINY_CONFIG, "--output", str(tmp_path / "taken")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
     assert proc.returncode != 0
-    errors = sorted(line for line in proc.stderr.splitlines() if line.startswith("error: "))
+    # The two processes share one stderr pipe: one's line may land before the other's newline.
+    lines = proc.stderr.replace("error: ", "\nerror: ").splitlines()
+    errors = sorted(line for line in lines if line.startswith("error: "))
     assert len(errors) == 2, proc.stderr[-3000:]
     assert "already exists and is not empty" in errors[1]
     assert errors[0] == errors[1].replace("error: ", "error: [process 1 of 2] ", 1)
