@@ -336,8 +336,9 @@ class FQLoraLinear(QASparsePeftLinear):
     the functions behind ``CompressionFormat.FQ_LORA_NLS``: range tuning so that zero stays a code,
     gradients to the ranges as well as to the weight). The ranges start at the INT4 base's scales and
     zero points (as NNCF initialises them from ``compress_weights``), so with ``B = 0`` the forward is
-    the base's (up to float rounding: NNCF's float32 FQ against the float16 dequantisation). Unlike QA-SparsePEFT the update is not masked: where the quantiser's scales move, a
-    frozen grid could not hold the update; where zeros must survive, use ``qa_sparsepeft``.
+    the base's (up to float rounding: NNCF's float32 FQ against the float16 dequantisation). Unlike
+    QA-SparsePEFT the update is not masked: where the quantiser's scales move, a frozen grid could not
+    hold the update; where zeros must survive, use ``qa_sparsepeft``.
 
     The merge (:meth:`codes` under :attr:`grid`) stores the trained scales in float16, as every INT4
     base here does: the merged weight differs from the trained forward by that rounding only
@@ -358,7 +359,7 @@ class FQLoraLinear(QASparsePeftLinear):
             self.input_range = nn.Parameter(scale * (self.levels - 1) - _NNCF_EPS)
 
     def quantizer_parameters(self) -> list[nn.Parameter]:
-        """The trainable ranges (NNCF trains them at a tenth of the adapter's learning rate)."""
+        """The trainable ranges (trained at ``learning_rate × quantizer_lr_ratio``; NNCF's example: a tenth)."""
         if self.zero_point is None:
             return [self.input_scale]
         return [self.input_low, self.input_range]
