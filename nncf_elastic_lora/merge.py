@@ -239,7 +239,7 @@ def merge_qa(
     trained forward computed; the returned dict covers every module the base quantized (the
     non-adapted ones keep their codes), so it describes the whole merged INT4 model.
     """
-    if supernet.kind is not AdapterKind.FQ_LORA:
+    if not supernet.kind.int4_trained:
         _require_kind(supernet, AdapterKind.QA_SPARSEPEFT, "merge_qa")
     _, weights, codes, _ = _merge_live(supernet, config)
     assert supernet.quantized is not None  # attach() requires it for this kind
@@ -373,10 +373,9 @@ def merge_adapter_from_dirs(
             base_zero = model.get_submodule(name).weight == 0
             zeros_lost += int((base_zero & (merged != 0)).sum())
             new_zeros += int((~base_zero & (merged == 0)).sum())
+    masked = {} if kind is AdapterKind.FQ_LORA else _load_adapter_tensors(adapter_dir)  # fq_lora: merged above
     with torch.no_grad():
-        for name, (a, b) in sorted(_load_adapter_tensors(adapter_dir).items()):
-            if kind is AdapterKind.FQ_LORA:
-                break  # merged above
+        for name, (a, b) in sorted(masked.items()):
             linear = model.get_submodule(name)
             w = linear.weight
             rank = ranks[name] = int(a.shape[0])
