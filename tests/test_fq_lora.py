@@ -193,3 +193,19 @@ def test_fq_lora_eval_forward_reuses_the_weight_until_something_changes():
         assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.effective_weight()))
     layer.train()
     assert layer._cached_weight is None
+
+
+def test_fq_lora_folder_with_foreign_quantizer_tensors_is_one_clear_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from nncf_elastic_lora.merge import MergeError
+
+    supernet, base = _fq_supernet(tmp_path)
+    sub = supernet.save_sub_adapter(tmp_path / "sub", supernet.get_heuristic_config())
+    weights = sub / "adapter_model.safetensors"
+    state = {k.replace("input_range", "input_scale"): v for k, v in load_file(weights).items()}  # a symmetric one's
+    save_file(state, weights)
+    with pytest.raises(MergeError, match="has quantizer tensors .* expected"):
+        merge_adapter_from_dirs(model=AutoModelForCausalLM.from_pretrained(base), adapter_dir=sub,
+                                quantized=supernet.quantized)  # fmt: skip
