@@ -9,7 +9,9 @@ collects those rows from each ``report.json``:
 - **SQFT + SparsePEFT, INT8**: ``configs/sqft_sparsepeft_smollm2.json`` (Wanda 50 %, masked NLS, merged);
 - **SQFT + QA-SparsePEFT, INT4**: ``configs/sqft_qa_sparsepeft_smollm2.json`` (merged into the INT4 codes);
 - **FQ-LoRA, INT4**: ``configs/fq_lora_smollm2.json`` (NNCF's FQ+LoRA on the dense model: the INT4 scales
-  train with the elastic adapter; merged into INT4 codes under the trained scales);
+  train with the elastic adapter; merged into INT4 codes under the trained scales); **FQ-LoRA all linears**:
+  the same with every decoder linear adapted (o_proj and gate_proj too, as NNCF's example does), and so
+  every INT4 scale trained; its plain LoRA adapts all seven linears as well;
 - **LoNAS heuristic, INT8 / INT4**, **LoNAS searched (NSGA-II on MACs, select ``cheapest_above_plain``: the
   cheapest sub-network whose validation loss is no worse than the plain LoRA's), INT8**, and **LoNAS heuristic
   with in-place distillation, INT8**: ``configs/lonas_smollm2.json`` with the overrides named in the table.
@@ -49,11 +51,19 @@ from sqft import _mean_std, parse_steps  # noqa: E402
 OUT = ROOT / "bench" / "results"
 WORK = OUT / "plain"
 LONAS = "lonas_smollm2"
+# every decoder linear adapted (and, for FQ-LoRA, every INT4 scale trained), the plain LoRA too
+ALL_LINEARS = ('bootstrapNAS.training.target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", '
+               '"up_proj", "down_proj"]')  # fmt: skip
+ALL_LINEAR_GROUPS = ('bootstrapNAS.elasticity.width.overwrite_groups=[["model.layers.{*}.self_attn.q_proj", '
+                     '"model.layers.{*}.self_attn.k_proj", "model.layers.{*}.self_attn.v_proj", '
+                     '"model.layers.{*}.self_attn.o_proj"], ["model.layers.{*}.mlp.gate_proj", '
+                     '"model.layers.{*}.mlp.up_proj"], ["model.layers.{*}.mlp.down_proj"]]')  # fmt: skip
 # label -> (config, overrides, shipped precision)
 # (in the order they run: the main job first, then what can be faster than the plain alternative)
 RECIPES: dict[str, tuple[str, list[str], str]] = {
     "SQFT + SparsePEFT": ("sqft_sparsepeft_smollm2", [], "int8"),
     "FQ-LoRA": ("fq_lora_smollm2", [], "int4"),
+    "FQ-LoRA all linears": ("fq_lora_smollm2", [ALL_LINEARS, ALL_LINEAR_GROUPS], "int4"),
     "LoNAS heuristic": (LONAS, [], "int8"),
     "LoNAS searched": (LONAS, ["bootstrapNAS.search.algorithm=NSGA2",
                                "bootstrapNAS.search.select=cheapest_above_plain"], "int8"),  # fmt: skip

@@ -263,11 +263,22 @@ def evaluate_task(
     with_perplexity: bool = False,
     progress: bool = False,
 ) -> TaskResult:
-    """Every metric the task's examples support (choices -> acc; numeric answers -> exact match)."""
+    """Every metric the task's examples support (choices -> acc; numeric answers -> exact match).
+
+    An ``lm`` that only generates (``scores_choices`` False: a GenAI pipeline) gives the exact match of
+    a task scored both ways; a task of choices alone is refused.
+    """
     start = time.perf_counter()
     result = TaskResult(task=task, split=split, n=len(examples))
     mc = [e for e in examples if e.choices]
     gen = [e for e in examples if e.answer is not None]
+    if mc and not getattr(lm, "scores_choices", True):
+        if not gen:
+            raise ValueError(
+                f"task {task!r} is scored by the log-likelihood of its choices, which this model cannot give "
+                f"({type(lm).__name__} only generates): choose a task with generated answers"
+            )
+        mc = []
     if mc:
         acc, acc_norm, preds = multiple_choice(lm, mc, batch_size, progress)
         result.metrics.update(acc=acc, acc_norm=acc_norm)

@@ -462,7 +462,8 @@ def _resolve_kind(
     if kind is None:
         raise ValueError(
             f"adapter {adapter_dir.resolve()} has no {SUB_ADAPTER_FILE} (not written by save_sub_adapter): "
-            "say which kind it is (bootstrapNAS.training.adapter_kind 'sparsepeft' or 'qa_sparsepeft')"
+            "say which kind it is (bootstrapNAS.training.adapter_kind, one of "
+            f"{[k.value for k in AdapterKind if k is not AdapterKind.LORA]})"
         )
     if kind is AdapterKind.LORA:
         raise MergeError(

@@ -21,6 +21,7 @@ from .stages import RunState, check_method, execute, method_stages, run_report
 from .stages.bases import quantize, sparsify
 from .stages.evaluate import (
     eval_splits,
+    evaluate_genai,
     evaluate_harness,
     evaluate_ir,
     evaluate_model,
@@ -49,6 +50,7 @@ __all__ = [
     "check_method",
     "check_trainable_base",
     "eval_splits",
+    "evaluate_genai",
     "evaluate_harness",
     "evaluation_examples",
     "evaluate_ir",

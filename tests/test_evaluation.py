@@ -1,5 +1,6 @@
 """Evaluation on a model whose answers are known: an oracle that follows gold texts token by token."""
 
+import dataclasses
 import math
 
 import pytest
@@ -87,6 +88,26 @@ def test_contrary_oracle_scores_zero(tokenizer):
     assert result.metrics["acc"] == 0.0
     assert result.metrics["perplexity"] > 1e6
     assert result.metrics["exact_match"] == 0.0
+
+
+class GeneratorOnly:
+    """Generates the gold answers but scores no text (as a GenAI pipeline)."""
+
+    scores_choices = False
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def generate(self, prompts, max_new_tokens):
+        return [" " + next(e.answer for e in EXAMPLES if e.prompt == p) for p in prompts]
+
+
+def test_a_generator_only_model_gets_exact_match_and_refuses_choices_only(tokenizer):
+    result = evaluate_task(GeneratorOnly(tokenizer), "arith", EXAMPLES, batch_size=2)
+    assert result.metrics == {"exact_match": 1.0} and result.outcomes() == "11111"
+    choices_only = [dataclasses.replace(e, answer=None) for e in EXAMPLES]
+    with pytest.raises(ValueError, match="'arith' is scored by the log-likelihood of its choices"):
+        evaluate_task(GeneratorOnly(tokenizer), "arith", choices_only)
 
 
 def test_loglikelihood_matches_a_direct_computation(tiny_model, tokenizer):

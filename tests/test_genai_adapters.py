@@ -144,3 +144,51 @@ def test_export_genai_and_benchmark_verbs(exported, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{MANIFEST} is not a valid {MANIFEST}" in err and "Traceback" not in err
     assert not any((tmp_path / n).exists() for n in ("b2", "b3", "b4", "b5"))
+
+
+def test_eval_scores_runtime_adapters_through_genai_as_the_in_graph_ir(exported, tmp_path, capsys):
+    """`eval IR --adapter FILE...`: GenAI's generations equal the in-graph IR's (optimum-intel), per adapter."""
+    root, base, adapters, _ = exported
+    config = str(Path(__file__).parent.parent / "configs" / "tiny_shears.json")
+    f32 = '{"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}'
+    common = ["--config", config, "--tasks", "basic_arithmetic", "--limit", "3", "--no-progress", "--set",
+              "evaluation.batch_size=1", "--set", "evaluation.max_new_tokens=6", "--set", f"export.runtime_properties={f32}"]  # fmt: skip
+    files = {name: root / "ir" / "adapters" / f"{name}.safetensors" for name in ("heuristic", "maximal")}
+    args = ["eval", "--model", str(root / "ir"), *[f"--adapter={n}={f}" for n, f in files.items()], *common]
+    assert main([*args, "--output", str(tmp_path / "genai")]) == 0
+    report = json.loads((tmp_path / "genai" / "eval.json").read_text())
+    assert report["runtime"] == "openvino_genai" and set(report["adapters"]) == set(files)
+    by_model = {r["model"]: r for r in report["results"]}
+    assert set(by_model) == {f"{root / 'ir'} + {n}" for n in files}
+    assert all(set(r["metrics"]) == {"exact_match"} for r in by_model.values())  # no logits: no choices scored
+    predictions = [json.loads(line) for line in (tmp_path / "genai" / "predictions.jsonl").read_text().splitlines()]
+    generations = {n: [p["generation"] for p in predictions if p["model"].endswith(f" + {n}")] for n in files}
+    assert generations["heuristic"] != generations["maximal"]  # each request ran its own adapter
+    graph = tmp_path / "graph"  # the heuristic sub-adapter in the IR's graph, scored by optimum-intel
+    assert main(["export", "--config", config, "--model", str(base.name_or_path), "--adapter",
+                 str(adapters["heuristic"]), "--weight-format", "int8", "--output", str(graph), "--no-progress"]) == 0  # fmt: skip
+    assert main(["eval", "--model", str(graph), *common, "--output", str(tmp_path / "graph_eval")]) == 0
+    ours = [json.loads(line)["generation"] for line in (tmp_path / "graph_eval" / "predictions.jsonl").read_text().splitlines()
+            if "generation" in line]  # fmt: skip
+    assert generations["heuristic"] == ours
+    capsys.readouterr()
+    # bad inputs: one line each, nothing written
+    bad = {
+        "piqa": (["eval", "--model", str(root / "ir"), "--adapter", str(files["heuristic"]), *common, "--tasks", "piqa"],
+                 "log-likelihood of their choices"),
+        "checkpoint": (["eval", "--model", str(base.name_or_path), "--adapter", str(files["heuristic"]), *common],
+                       "is not one"),
+        "missing": (["eval", "--model", str(root / "ir"), "--adapter", str(tmp_path / "none.safetensors"), *common],
+                    "no such file or folder"),
+        "mixed": (["eval", "--model", str(root / "ir"), "--adapter", str(files["heuristic"]), "--adapter",
+                   str(adapters["heuristic"]), *common], "not both"),
+        "lm_eval": (["eval", "--model", str(root / "ir"), "--adapter", str(files["heuristic"]), *common, "--harness",
+                     "lm-eval"], "cannot apply GenAI adapter files"),
+        "folder_on_ir": (["eval", "--model", str(root / "ir"), "--adapter", str(adapters["heuristic"]), *common],
+                         "GenAI adapter file"),
+    }  # fmt: skip
+    for name, (argv, message) in bad.items():
+        assert main([*argv, "--output", str(tmp_path / f"bad_{name}")]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (name, err)
+        assert not (tmp_path / f"bad_{name}").exists(), name

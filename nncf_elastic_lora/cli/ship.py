@@ -112,8 +112,13 @@ def _export_merged(call: Call, merged: dict[str, Any]) -> dict[str, Any]:
         *common_flags(),
         Flag(
             ("--adapter",),
-            help="a sub-adapter (or peft LoRA) folder to apply to --model: LoRA unmerged, SparsePEFT / "
-            "QA-SparsePEFT merged as `merge` does",
+            dest="adapters",
+            action="append",
+            default=[],
+            metavar="[LABEL=]PATH",
+            help="a sub-adapter (or peft LoRA) folder to apply to a checkpoint --model: LoRA unmerged, "
+            "SparsePEFT / QA-SparsePEFT merged as `merge` does; or, on an IR --model, GenAI adapter files "
+            "(export-genai; repeatable) scored through OpenVINO GenAI, switched per request",
         ),
         Flag(
             ("--tasks",),
@@ -150,11 +155,16 @@ def evaluate(call: Call) -> int:
     name = config.model.name_or_path
     if call.args.online and call.args.harness != "lm-eval":
         raise ValueError("--online takes the harness's own tasks: use it with --harness lm-eval")
+    adapter, genai = _eval_adapters(name, call.args.adapters)
+    if genai and call.args.harness == "lm-eval":
+        raise ValueError("--harness lm-eval runs an IR through optimum-intel, which cannot apply GenAI adapter files")
     if call.args.harness == "lm-eval":
-        return _evaluate_lm_eval(call)
+        return _evaluate_lm_eval(call, adapter)
     check_data(config, evaluate=True)
-    with distributed.main_process_first(claim(call, "eval", call.args.adapter)):
-        model, tokenizer, extra = load_for_eval(config, call.args.adapter)
+    if genai:
+        return _evaluate_genai(call, genai)
+    with distributed.main_process_first(claim(call, "eval", adapter)):
+        model, tokenizer, extra = load_for_eval(config, adapter)
         results = evaluate_model(model, tokenizer, config, progress=call.progress)
         extra["processes"] = distributed.world_size()
         if distributed.is_main_process():
@@ -164,7 +174,44 @@ def evaluate(call: Call) -> int:
     return 0
 
 
-def _evaluate_lm_eval(call: Call) -> int:
+def _eval_adapters(model: str, items: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``(folder, {})`` for one sub-adapter folder, or ``(None, {label: file})`` for GenAI adapter files."""
+    from ..formats import is_openvino_dir
+
+    files = {label: path for label, path in _named_adapters(items).items() if not Path(path).is_dir()}
+    if not files:
+        if len(items) > 1:
+            raise ValueError(f"--adapter: one sub-adapter folder applies to a checkpoint, {len(items)} were given")
+        return (items[0] if items else None), {}
+    if len(files) < len(items):
+        raise ValueError("--adapter: give GenAI adapter files or one sub-adapter folder, not both")
+    for path in files.values():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--adapter {path}: no such file or folder ({Path(path).resolve()})")
+    if not is_openvino_dir(model):
+        raise ValueError(
+            f"--adapter {next(iter(files.values()))} is a file: GenAI adapter files (export-genai) apply to an OpenVINO "
+            f"IR, and --model {model} is not one; give the IR, or a sub-adapter folder for this checkpoint"
+        )
+    return None, files
+
+
+def _evaluate_genai(call: Call, adapters: dict[str, str]) -> int:
+    """``eval IR --adapter FILE...``: each GenAI runtime adapter on the IR, one pipeline switched per request."""
+    from ..evaluation import results_table
+    from ..pipeline import evaluate_genai, write_eval
+    from ..report.tables import print_table
+
+    name = call.config.model.name_or_path
+    with claim(call, "eval", *adapters.values()):
+        results = evaluate_genai(call.config, name, adapters, progress=call.progress)
+        labelled = {f"{name} + {label}": rs for label, rs in results.items()}
+        write_eval(call.output, labelled, extra={"model": name, "runtime": "openvino_genai", "adapters": adapters})
+    print_table("evaluation (OpenVINO GenAI, runtime adapters)", *results_table(labelled))
+    return 0
+
+
+def _evaluate_lm_eval(call: Call, adapter: str | None) -> int:
     """``eval --harness lm-eval``: the harness's accuracies, written to lm_eval.json and lm_eval.md."""
     from ..formats import is_openvino_dir
     from ..outputs import write_json, write_text
@@ -175,13 +222,13 @@ def _evaluate_lm_eval(call: Call) -> int:
     config, name = call.config, call.config.model.name_or_path
     if not call.args.online:
         check_data(config, evaluate=True)
-    with claim(call, "eval", call.args.adapter):
+    with claim(call, "eval", adapter):
         # an IR goes to lm-eval's own `openvino` model (optimum-intel) by its path
-        model, tokenizer = (name, None) if is_openvino_dir(name) else load_for_eval(config, call.args.adapter)[:2]
+        model, tokenizer = (name, None) if is_openvino_dir(name) else load_for_eval(config, adapter)[:2]
         results = evaluate_harness(config, model, tokenizer, online=call.args.online)
         rows = [[task, r["harness_task"], r["examples"], r["acc"], r["acc_norm"]] for task, r in results.items()]
         headers = ["task", "lm-eval task", "examples", "acc", "acc_norm"]
-        write_json(call.output / "lm_eval.json", {"model": name, "adapter": call.args.adapter, "online": call.args.online,
+        write_json(call.output / "lm_eval.json", {"model": name, "adapter": adapter, "online": call.args.online,
                                                   "results": results})  # fmt: skip
         write_text(call.output / "lm_eval.md", markdown_table(headers, rows))
     print_table(f"lm-evaluation-harness: {name}", headers, rows)

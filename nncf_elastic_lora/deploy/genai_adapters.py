@@ -184,6 +184,37 @@ def greedy(pipe: Any, ids: np.ndarray, new_tokens: int, adapter: Any | None = No
     return list(result.tokens[0]), float(result.scores[0])
 
 
+class GenAIGenerator:
+    """Greedy generation through a GenAI pipeline with one runtime adapter active (None: the bare base).
+
+    The generation side of :class:`~nncf_elastic_lora.evaluation.CausalLM`, enough for exact-match tasks:
+    prompts are tokenized by the IR's Hugging Face tokenizer (no special tokens, as ``CausalLM`` does),
+    one at a time, and decoding stops at the model's end of sequence. GenAI's ``LLMPipeline`` gives no
+    logits of a given text, so it cannot score choices (``scores_choices`` is False).
+    """
+
+    scores_choices = False
+
+    def __init__(self, pipe: Any, tokenizer: Any, adapter: Any | None = None):
+        self.pipe, self.tokenizer, self.adapter = pipe, tokenizer, adapter
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        import openvino as ov
+        import openvino_genai
+
+        config = self.pipe.get_generation_config()  # the model's own (eos ids), greedy
+        config.max_new_tokens, config.do_sample = max_new_tokens, False
+        active = openvino_genai.AdapterConfig(self.adapter, 1.0) if self.adapter else openvino_genai.AdapterConfig()
+        config.adapters = active
+        texts = []
+        for prompt in prompts:
+            ids = np.array([self.tokenizer(prompt, add_special_tokens=False)["input_ids"]], dtype=np.int64)
+            inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
+            result = self.pipe.generate(inputs, config)
+            texts.append(self.tokenizer.decode(list(result.tokens[0]), skip_special_tokens=True))
+        return texts
+
+
 def _check_ids(ir_dir: Path, prompts: list[str]) -> list[np.ndarray]:
     from transformers import AutoTokenizer
 

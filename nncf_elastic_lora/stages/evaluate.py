@@ -8,8 +8,11 @@ that score the current base (:class:`EvaluateBase`) and the merged or extracted 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from transformers import AutoTokenizer
 
 from ..config import ModelConfig, PipelineConfig
 from ..data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
@@ -24,6 +27,7 @@ from ..models import load_model, load_openvino_model, resolve_model_dir
 from ..outputs import fingerprint_path, write_json, write_text
 from ..provenance import model_fingerprint
 from ..report.tables import markdown_table
+from ..runtime import PIPELINE_PROPERTIES, check_properties
 from .engine import RunState, Stage
 
 
@@ -90,8 +94,9 @@ def load_for_eval(config: PipelineConfig, adapter: str | Path | None = None) -> 
     if is_openvino_dir(name):
         if adapter is not None:
             raise ValueError(
-                f"--adapter is given but {name} is an OpenVINO IR, whose weights are already final: export the "
-                "base with the adapter (`export --adapter`) and evaluate that IR, or evaluate the torch base"
+                f"--adapter {adapter} is a folder but {name} is an OpenVINO IR, whose weights are already final: "
+                "export the base with the adapter (`export --adapter`) and evaluate that IR, evaluate the torch "
+                "base, or give the adapter as a GenAI adapter file (`export-genai`)"
             )
         model, tokenizer = load_openvino_model(name, ex.device, ex.runtime_properties)
         return model, tokenizer, {**facts, "openvino": {"device": ex.device, "runtime_properties": ex.runtime_properties}}
@@ -109,6 +114,7 @@ def load_for_eval(config: PipelineConfig, adapter: str | Path | None = None) -> 
         result = merge_adapter_from_dirs(
             model=model,
             adapter_dir=adapter,
+            adapter_kind=kind,  # a folder without our record (a super-adapter, a peft folder): the config's kind
             quantized=base_quantized_weights(config.model),
             base_fingerprint=model_fingerprint(config.model),
             inplace=True,
@@ -157,14 +163,57 @@ def evaluate_ir(
     return evaluate_model(model, tokenizer, config, tasks, progress)
 
 
+def evaluate_genai(
+    config: PipelineConfig,
+    ir_dir: str | Path,
+    adapters: Mapping[str, str | Path],
+    progress: bool = True,
+) -> dict[str, list[TaskResult]]:
+    """Score GenAI runtime adapters (``{label: file}``) on the IR in ``ir_dir``, one pipeline for all.
+
+    The adapters are registered once and switched per request, as a server would; ``export.device`` and
+    ``export.runtime_properties`` apply. GenAI gives no logits of a given text, so only generated answers
+    are scored (exact match); a task of choices alone is refused before anything loads.
+    """
+    from ..deploy.genai_adapters import GenAIGenerator, genai_pipeline
+
+    examples = evaluation_examples(config)
+    choices_only = [t for t, ex in examples.items() if not any(e.answer is not None for e in ex)]
+    if choices_only:
+        raise ValueError(
+            f"evaluation.tasks {choices_only} are scored by the log-likelihood of their choices, which OpenVINO "
+            "GenAI's LLMPipeline does not give: evaluate them on an IR with the adapter in its graph "
+            "(`export --adapter`), or choose tasks with generated answers (basic_arithmetic, gsm8k)"
+        )
+    properties = config.export.runtime_properties
+    check_properties({k: v for k, v in properties.items() if k not in PIPELINE_PROPERTIES}, config.export.device)
+    pipe, registered = genai_pipeline(ir_dir, list(adapters.values()), config.export.device, **properties)
+    tokenizer = AutoTokenizer.from_pretrained(ir_dir)
+    out = {}
+    for label, file in adapters.items():
+        lm = GenAIGenerator(pipe, tokenizer, registered[str(file)])
+        out[label] = [evaluate_task(lm, name, ex, split=config.evaluation.split, batch_size=config.evaluation.batch_size,
+                                    max_new_tokens=config.evaluation.max_new_tokens, progress=progress)
+                      for name, ex in examples.items()]  # fmt: skip
+    return out
+
+
 def write_eval(
-    output: Path, label: str, results: list[TaskResult], extra: dict[str, Any] | None = None
+    output: Path,
+    label: str | dict[str, list[TaskResult]],
+    results: list[TaskResult] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """``eval.json``, ``eval.md`` and ``predictions.jsonl`` of one evaluated model in ``output``."""
-    headers, rows = results_table({label: results})
-    write_json(output / "eval.json", {**(extra or {}), "results": [r.to_dict() for r in results]})
+    """``eval.json``, ``eval.md`` and ``predictions.jsonl`` of one evaluated model in ``output``
+    (or of several: ``label`` a mapping ``{label: results}``, each result tagged with its label)."""
+    by_label = label if isinstance(label, dict) else {label: results or []}
+    tagged = len(by_label) > 1 or isinstance(label, dict)
+    headers, rows = results_table(by_label)
+    records = [{**r.to_dict(), **({"model": name} if tagged else {})} for name, rs in by_label.items() for r in rs]
+    write_json(output / "eval.json", {**(extra or {}), "results": records})
     write_text(output / "eval.md", markdown_table(headers, rows))
-    lines = [json.dumps({"task": r.task, **p}) for r in results for p in r.predictions]
+    lines = [json.dumps({**({"model": name} if tagged else {}), "task": r.task, **p})
+             for name, rs in by_label.items() for r in rs for p in r.predictions]  # fmt: skip
     write_text(output / "predictions.jsonl", "".join(line + "\n" for line in lines))
 
 
