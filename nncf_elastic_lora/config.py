@@ -447,14 +447,22 @@ class SearchConfig(_Section):
     seq_len: int = Field(128, gt=0, description="Tokens for the MACs cost.")
     subset_size: int = Field(64, gt=0, description="Validation examples each evaluation uses (fixed subset).")
     patience: int = Field(0, ge=0, description="Hill-climbing: non-improving moves allowed in a row.")
-    select: Literal["best_quality", "cheapest_above_heuristic", "cheapest_above_plain"] = Field(
-        "best_quality",
+    select: Literal["auto", "best_quality", "cheapest_above_heuristic", "cheapest_above_plain"] = Field(
+        "auto",
         description="NSGA-II's pick from the Pareto front: the highest quality, the cheapest sub-adapter "
         "at least as good as the heuristic on validation, or the cheapest at least as good as the plain "
         "alternative (LoRA on the dense model, merged; measured by `run` on the same validation examples and "
-        "metric; the best sub-adapter when none is).",
+        "metric; the best sub-adapter when none is). 'auto': 'cheapest_above_plain' where the plain "
+        "alternative is measured (`run` with plain.enabled, `search --plain-quality`), else 'best_quality'.",
     )
     seed: int = 42
+
+    def resolved_select(self, plain_measured: bool) -> str:
+        """``select`` with 'auto' decided: the plain alternative's floor where NSGA-II runs and it is measured."""
+        if self.select != "auto":
+            return self.select
+        front = self.algorithm in ("NSGA2", "RNSGA2")
+        return "cheapest_above_plain" if front and plain_measured else "best_quality"
 
     @model_validator(mode="after")
     def _ref_points_for_rnsga2(self) -> SearchConfig:

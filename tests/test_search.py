@@ -236,3 +236,10 @@ def test_nsga_search_on_a_tiny_supernet(tmp_path, tokenizer):
     assert missed.details["floor"]["reached"] is False and missed.chosen_quality == qualities[-1]
     with pytest.raises(ValueError, match="cheapest_above_plain"):
         search_subadapter(supernet, objectives, plain, tmp_path, progress=False)
+    # select 'auto' (the default): the plain floor when the plain quality is measured, else the best point
+    auto = cheap.model_copy(update={"select": "auto"})
+    floored = search_subadapter(supernet, objectives, auto, tmp_path, plain_quality=floor, progress=False)
+    assert floored.details["floor"]["select"] == "cheapest_above_plain" and floored.chosen_cost == above.chosen_cost
+    best = search_subadapter(supernet, objectives, auto, tmp_path, progress=False)
+    assert best.details["select"] == "best_quality" and "floor" not in best.details
+    assert best.chosen_quality == qualities[-1]

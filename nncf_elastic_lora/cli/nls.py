@@ -95,13 +95,17 @@ def search(call: Call) -> int:
     args, config, output = call.args, call.config, call.output
     check_data(config, train=True)
     latency_predictor(config, args.latency_model)  # checked before the output is claimed
-    floored = config.bootstrapNAS.search.select == "cheapest_above_plain"
-    if floored != (args.plain_quality is not None):
+    s = config.bootstrapNAS.search
+    if s.select == "cheapest_above_plain" and args.plain_quality is None:
         raise ValueError(
             "bootstrapNAS.search.select 'cheapest_above_plain' needs the plain alternative's validation quality: "
-            "pass --plain-quality (`run` measures it itself)" if floored else
-            "--plain-quality is given but bootstrapNAS.search.select is not 'cheapest_above_plain'; set it "
-            "(--set bootstrapNAS.search.select=cheapest_above_plain) or drop --plain-quality"
+            "pass --plain-quality (`run` measures it itself)"
+        )
+    if args.plain_quality is not None and s.resolved_select(plain_measured=True) != "cheapest_above_plain":
+        raise ValueError(
+            f"--plain-quality is given but nothing uses it: bootstrapNAS.search.select is {s.select!r} with "
+            f"algorithm {s.algorithm!r}; it is the floor of NSGA-II's pick with select 'auto' or "
+            "'cheapest_above_plain', so set those or drop --plain-quality"
         )
     # No input fingerprints here: the evaluation log keys every measurement by its inputs, so a
     # resume on another base or super-adapter measures anew instead of reusing.

@@ -219,13 +219,13 @@ def _pareto_points(log: EvaluationLog, names: list[str]) -> list[tuple[int, ...]
 
 
 def _choose_on_front(
-    cfg: SearchConfig, log: EvaluationLog, front: list[tuple[int, ...]], floor: float | None
+    select: str, log: EvaluationLog, front: list[tuple[int, ...]], floor: float | None
 ) -> tuple[Evaluation, bool | None]:
     """NSGA-II's choice on the front and whether it reached ``floor``: the cheapest at ``floor`` or above
     (``cheapest_above_*``; the best when none reaches it), or the best (``best_quality``: None)."""
     on_front = [log.entries[config_key(p)] for p in front]
     best = max(on_front, key=lambda e: (e.quality, -e.cost))
-    if cfg.select == "best_quality":
+    if select == "best_quality":
         return best, None
     above = [e for e in on_front if e.quality >= floor]
     return (min(above, key=lambda e: e.cost), True) if above else (best, False)
@@ -280,9 +280,11 @@ def search_subadapter(
     ``base_fingerprint`` identifies the base model's weights: logged evaluations of another base
     (or super-adapter, or objective) are measured again, never reused. ``plain_quality``: the plain
     alternative's validation quality on the same examples and metric, the floor of ``select``
-    ``cheapest_above_plain`` (the cheapest front point at or above it ships; the best when none is).
+    ``cheapest_above_plain`` (the cheapest front point at or above it ships; the best when none is), and
+    of ``select`` 'auto' when given.
     """
-    if cfg.select == "cheapest_above_plain" and plain_quality is None:
+    select = cfg.resolved_select(plain_measured=plain_quality is not None)
+    if select == "cheapest_above_plain" and plain_quality is None:
         raise ValueError(
             "bootstrapNAS.search.select 'cheapest_above_plain' needs the plain alternative's validation quality "
             "(plain_quality=...; `run` measures it with the plain reference): choose another select"
@@ -319,15 +321,16 @@ def search_subadapter(
     bar.close()
     front = _pareto_points(log, names)
     if cfg.algorithm in ("NSGA2", "RNSGA2"):
-        floor = plain_quality if cfg.select == "cheapest_above_plain" else reference["heuristic"]["quality"]
-        entry, reached = _choose_on_front(cfg, log, front, floor)
+        floor = plain_quality if select == "cheapest_above_plain" else reference["heuristic"]["quality"]
+        entry, reached = _choose_on_front(select, log, front, floor)
         chosen = point_of(entry.config)
+        details["select"] = select
         if reached is not None:
-            details["floor"] = {"select": cfg.select, "quality": floor, "reached": reached}
+            details["floor"] = {"select": select, "quality": floor, "reached": reached}
             if not reached:
                 logger.warning(
                     "search: no sub-adapter on the front reaches the %s's validation quality (%.4f); "
-                    "shipping the best one (%.4f)", cfg.select.removeprefix("cheapest_above_"), floor, entry.quality
+                    "shipping the best one (%.4f)", select.removeprefix("cheapest_above_"), floor, entry.quality
                 )
     result = _search_result(cfg, objectives, log, chosen, used, details, reference, front, start)
     if writer:

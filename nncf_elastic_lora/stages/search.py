@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..data import Example, TaskData, load_task
+from ..formats import is_quantized_base
 from ..models import resolve_model_dir
 from ..outputs import fingerprint_path
 from ..provenance import model_fingerprint
@@ -72,6 +73,13 @@ def search(
     return {**result.to_dict(), "data": data.record}
 
 
+def plain_floor(config: PipelineConfig) -> bool:
+    """Whether `run`'s search takes the plain alternative's validation quality as its floor (select
+    'cheapest_above_plain', or 'auto' with NSGA-II and plain.enabled on a full-precision model)."""
+    measured = config.plain.enabled and not is_quantized_base(config.model.name_or_path)
+    return config.bootstrapNAS.search.resolved_select(measured) == "cheapest_above_plain"
+
+
 class Search(Stage):
     name, section = "search", "search"
 
@@ -80,12 +88,12 @@ class Search(Stage):
 
     def inputs(self, run: RunState) -> dict[str, str | None]:
         latency = fingerprint_path(run.latency_model) if run.latency_model else None
-        plain = plain_key(run.config) if run.config.bootstrapNAS.search.select == "cheapest_above_plain" else None
+        plain = plain_key(run.config) if plain_floor(run.config) else None
         return {**adapter_inputs(run), "latency_model": latency, "plain": plain}
 
     def compute(self, run: RunState) -> Any:
         s, floor = run.config.bootstrapNAS.search, None
-        if s.select == "cheapest_above_plain":  # the plain alternative on the original dense model
+        if plain_floor(run.config):  # the plain alternative on the original dense model
             floor = plain_validation_quality(
                 run.config, search_examples(run.config), s.metric, tasks=run.tasks, progress=run.progress
             )
