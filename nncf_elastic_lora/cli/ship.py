@@ -178,11 +178,18 @@ def _eval_adapters(model: str, items: list[str]) -> tuple[str | None, dict[str, 
     """``(folder, {})`` for one sub-adapter folder, or ``(None, {label: file})`` for GenAI adapter files."""
     from ..formats import is_openvino_dir
 
-    files = {label: path for label, path in _named_adapters(items).items() if not Path(path).is_dir()}
+    named: dict[str, str] = {}
+    for item in items:  # LABEL=PATH, or a PATH (which may hold a '=') named after its file
+        label, sep, path = item.partition("=")
+        label, path = (label, path) if sep and not Path(item).exists() else (Path(item).stem, item)
+        if label in named:
+            raise ValueError(f"--adapter label {label!r} is given twice; name them with LABEL=PATH")
+        named[label] = path
+    files = {label: path for label, path in named.items() if not Path(path).is_dir()}
     if not files:
         if len(items) > 1:
             raise ValueError(f"--adapter: one sub-adapter folder applies to a checkpoint, {len(items)} were given")
-        return (items[0] if items else None), {}
+        return next(iter(named.values()), None), {}
     if len(files) < len(items):
         raise ValueError("--adapter: give GenAI adapter files or one sub-adapter folder, not both")
     for path in files.values():
