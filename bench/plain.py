@@ -11,7 +11,8 @@ collects those rows from each ``report.json``:
 - **FQ-LoRA, INT4**: ``configs/fq_lora_smollm2.json`` (NNCF's FQ+LoRA on the dense model: the INT4 scales
   train with the elastic adapter; merged into INT4 codes under the trained scales); **FQ-LoRA all linears**:
   the same with every decoder linear adapted (o_proj and gate_proj too, as NNCF's example does), and so
-  every INT4 scale trained; its plain LoRA adapts all seven linears as well;
+  every INT4 scale trained; its plain LoRA adapts all seven linears as well; **FQ-LoRA fixed rank**: no NLS,
+  the rank-32 adapter trained alone (NNCF's FQ_LORA without the elastic rank), as the plain LoRA is trained;
 - **LoNAS heuristic, INT8 / INT4**, **LoNAS searched (NSGA-II on MACs, select ``cheapest_above_plain``: the
   cheapest sub-network whose validation loss is no worse than the plain LoRA's), INT8**, and **LoNAS heuristic
   with in-place distillation, INT8**: ``configs/lonas_smollm2.json`` with the overrides named in the table.
@@ -65,6 +66,8 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "SQFT + SparsePEFT": ("sqft_sparsepeft_smollm2", [], "int8"),
     "FQ-LoRA": ("fq_lora_smollm2", [], "int4"),
     "FQ-LoRA all linears": ("fq_lora_smollm2", [ALL_LINEARS, ALL_LINEAR_GROUPS], "int4"),
+    "FQ-LoRA fixed rank": ("fq_lora_smollm2", ["bootstrapNAS.training.algorithm=lora",
+                                               'bootstrapNAS.elasticity.width={"default_widths": [32]}'], "int4"),
     "LoNAS heuristic": (LONAS, [], "int8"),
     "LoNAS searched": (LONAS, ["bootstrapNAS.search.algorithm=NSGA2",
                                "bootstrapNAS.search.select=cheapest_above_plain"], "int8"),  # fmt: skip
