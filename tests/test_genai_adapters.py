@@ -146,7 +146,7 @@ def test_export_genai_and_benchmark_verbs(exported, tmp_path, capsys):
     assert not any((tmp_path / n).exists() for n in ("b2", "b3", "b4", "b5"))
 
 
-def test_eval_scores_runtime_adapters_through_genai_as_the_in_graph_ir(exported, tmp_path, capsys):
+def test_eval_scores_runtime_adapters_through_genai_as_the_in_graph_ir(exported, tmp_path, capsys, monkeypatch):
     """`eval IR --adapter FILE...`: GenAI's generations equal the in-graph IR's (optimum-intel), per adapter."""
     root, base, adapters, _ = exported
     config = str(Path(__file__).parent.parent / "configs" / "tiny_shears.json")
@@ -194,3 +194,6 @@ def test_eval_scores_runtime_adapters_through_genai_as_the_in_graph_ir(exported,
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (name, err)
         assert not (tmp_path / f"bad_{name}").exists(), name
+    monkeypatch.setattr("nncf_elastic_lora.distributed.world_size", lambda: 2)  # as under torchrun
+    assert main([*args, "--output", str(tmp_path / "bad_launched")]) == 2
+    assert "launch it without torchrun" in capsys.readouterr().err and not (tmp_path / "bad_launched").exists()

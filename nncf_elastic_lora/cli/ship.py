@@ -205,11 +205,14 @@ def _eval_adapters(model: str, items: list[str]) -> tuple[str | None, dict[str, 
 
 def _evaluate_genai(call: Call, adapters: dict[str, str]) -> int:
     """``eval IR --adapter FILE...``: each GenAI runtime adapter on the IR, one pipeline switched per request."""
+    from .. import distributed
     from ..evaluation import results_table
     from ..pipeline import evaluate_genai, write_eval
     from ..report.tables import print_table
 
     name = call.config.model.name_or_path
+    if distributed.world_size() > 1:
+        raise ValueError("eval through OpenVINO GenAI runs in one process: launch it without torchrun")
     with claim(call, "eval", *adapters.values()):
         results = evaluate_genai(call.config, name, adapters, progress=call.progress)
         labelled = {f"{name} + {label}": rs for label, rs in results.items()}
