@@ -158,6 +158,8 @@ def evaluate(call: Call) -> int:
     adapter, genai = _eval_adapters(name, call.args.adapters)
     if genai and call.args.harness == "lm-eval":
         raise ValueError("--harness lm-eval runs an IR through optimum-intel, which cannot apply GenAI adapter files")
+    if genai and distributed.world_size() > 1:  # every process would write the same output
+        raise ValueError("eval through OpenVINO GenAI runs in one process: launch it without torchrun")
     if call.args.harness == "lm-eval":
         return _evaluate_lm_eval(call, adapter)
     check_data(config, evaluate=True)
@@ -205,14 +207,11 @@ def _eval_adapters(model: str, items: list[str]) -> tuple[str | None, dict[str, 
 
 def _evaluate_genai(call: Call, adapters: dict[str, str]) -> int:
     """``eval IR --adapter FILE...``: each GenAI runtime adapter on the IR, one pipeline switched per request."""
-    from .. import distributed
     from ..evaluation import results_table
     from ..pipeline import evaluate_genai, write_eval
     from ..report.tables import print_table
 
     name = call.config.model.name_or_path
-    if distributed.world_size() > 1:
-        raise ValueError("eval through OpenVINO GenAI runs in one process: launch it without torchrun")
     with claim(call, "eval", *adapters.values()):
         results = evaluate_genai(call.config, name, adapters, progress=call.progress)
         labelled = {f"{name} + {label}": rs for label, rs in results.items()}
