@@ -134,7 +134,8 @@ def _with_codes(q: QuantizedWeight, codes: torch.Tensor) -> QuantizedWeight:
 
 def _on(q: QuantizedWeight, device: torch.device) -> QuantizedWeight:
     zp = None if q.zero_point is None else q.zero_point.to(device)
-    return QuantizedWeight(q.codes.to(device), q.scale.to(device), zp, q.group_size, q.bits)
+    fw = None if q.float_weight is None else q.float_weight.to(device)
+    return QuantizedWeight(q.codes.to(device), q.scale.to(device), zp, q.group_size, q.bits, fw)
 
 
 def plain_model(model: nn.Module, weights: dict[str, torch.Tensor], inplace: bool) -> nn.Module:

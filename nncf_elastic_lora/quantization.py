@@ -34,6 +34,9 @@ class QuantizedWeight:
     zero_point: torch.Tensor | None
     group_size: int
     bits: int = 4
+    # The float weight the codes were rounded from, where a caller loaded it (FQ-LoRA quantises it plus
+    # the update, as NNCF's FQ_LORA does); None for an INT4 base read on its own.
+    float_weight: torch.Tensor | None = None
 
     @property
     def sym(self) -> bool:

@@ -347,9 +347,14 @@ class FQLoraLinear(QASparsePeftLinear):
 
     kind = AdapterKind.FQ_LORA
 
-    def __init__(self, *args: Any, **kwargs: Any):  # QASparsePeftLinear's arguments and checks
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, quantized: QuantizedWeight, **kwargs: Any):  # as QASparsePeftLinear
+        super().__init__(*args, quantized=quantized, **kwargs)
         self.mask = None  # no mask: the update reaches every weight
+        if quantized.float_weight is not None:
+            # FQ of the float weight the codes came from, as NNCF's FQ_LORA: FQ of the dequantized one
+            # would round away every update under half a quantization step
+            with torch.no_grad():
+                self.base_layer.weight.copy_(quantized.float_weight.to(self.base_layer.weight))
         self.levels = 2**self.bits
         scale = self.scale.float().unsqueeze(-1)  # [out, groups, 1], NNCF's layout
         if self.zero_point is None:  # NNCF's symmetric scale is the range's half-width: s · levels / 2

@@ -19,6 +19,7 @@ from ..formats import QUANTIZATION_JSON, QUANTIZED_WEIGHTS, is_quantized_base
 from ..int4 import quantize_base, save_quantized_weights
 from ..models import load_model, model_placement, resolve_model_dir
 from ..outputs import fingerprint_path, save_checkpoint
+from ..provenance import model_fingerprint
 from ..sparsity import calibration_batches, linear_sparsity, sparsify_model
 from .engine import RunState, Stage, completed_or, pick
 
@@ -135,7 +136,10 @@ def quantize(config: PipelineConfig, output: str | Path, progress: bool = True) 
         tokenizer,
         verb="quantize",
         reports={"report.json": report},
-        extra=lambda tmp: save_quantized_weights(tmp, qweights, {"source": config.model.name_or_path}),
+        extra=lambda tmp: save_quantized_weights(
+            tmp, qweights, {"source": config.model.name_or_path, "source_model": config.model.model_dump(mode="json"),
+                            "source_fingerprint": model_fingerprint(config.model)},  # fq_lora reloads the float weights
+        ),
     )
     log.info(
         "quantized %d linears of %s to INT4 (group %d)", len(qweights), config.model.name_or_path, q.group_size

@@ -19,9 +19,9 @@ from ..data import TaskData, eval_only_sizes, load_examples, load_task, split_ex
 from ..deploy.export import attach_adapter
 from ..elastic.lora import AdapterKind
 from ..evaluation import CausalLM, TaskResult, evaluate_task, results_table
-from ..formats import is_openvino_dir, is_quantized_base
+from ..formats import QUANTIZATION_JSON, is_openvino_dir, is_quantized_base
 from ..harness import HARNESS_TASKS, harness_evaluate
-from ..int4 import load_quantized_weights
+from ..int4 import QuantizedBaseError, load_quantized_weights, read_quantization_info
 from ..merge import merge_adapter_from_dirs, read_sub_adapter_record
 from ..models import load_model, load_openvino_model, resolve_model_dir
 from ..outputs import fingerprint_path, write_json, write_text
@@ -31,10 +31,41 @@ from ..runtime import PIPELINE_PROPERTIES, check_properties
 from .engine import RunState, Stage
 
 
-def base_quantized_weights(model_config: ModelConfig) -> dict[str, Any] | None:
-    """The INT4 codes, scales and zero points beside a quantized base checkpoint (None otherwise)."""
+def base_quantized_weights(model_config: ModelConfig, *, float_source: bool = False) -> dict[str, Any] | None:
+    """The INT4 codes, scales and zero points beside a quantized base checkpoint (None otherwise);
+    ``float_source``: each with the float weight it was quantized from (:func:`attach_float_source`)."""
     base = Path(resolve_model_dir(model_config))
-    return load_quantized_weights(base) if is_quantized_base(base) else None
+    if not is_quantized_base(base):
+        return None
+    qweights = load_quantized_weights(base)
+    if float_source:
+        attach_float_source(base, qweights)
+    return qweights
+
+
+def attach_float_source(base: Path, qweights: dict[str, Any]) -> None:
+    """Set ``float_weight`` of each INT4 weight of ``base`` from the float model it was quantized from.
+
+    fq_lora trains through ``FQ(W + s·B A)`` on the float ``W``, as NNCF's FQ_LORA does: on the INT4
+    base's own dequantized weights every update under half a quantization step would round away. The
+    source is the model ``quantization.json`` records, refused when it is gone or has changed since.
+    """
+    info = read_quantization_info(base)
+    recorded = info.get("source_model")
+    if not recorded:
+        raise QuantizedBaseError(
+            f"fq_lora trains through the float weights {base} was quantized from, but its {QUANTIZATION_JSON} "
+            "does not record that model (an INT4 base written by an older version): quantize the float model again"
+        )
+    source = ModelConfig.model_validate({**recorded, "dtype": "float32"})
+    if model_fingerprint(source) != info.get("source_fingerprint"):
+        raise QuantizedBaseError(
+            f"fq_lora trains through the float weights {base} was quantized from, {source.name_or_path} "
+            f"(looked in {Path(resolve_model_dir(source)).resolve()}), but that model is missing or has changed since"
+        )
+    model, _ = load_model(source)
+    for name, q in qweights.items():
+        q.float_weight = model.get_submodule(name).weight.detach().float()
 
 
 def eval_splits(config: PipelineConfig) -> dict[str, TaskData]:
@@ -115,7 +146,7 @@ def load_for_eval(config: PipelineConfig, adapter: str | Path | None = None) -> 
             model=model,
             adapter_dir=adapter,
             adapter_kind=kind,  # a folder without our record (a super-adapter, a peft folder): the config's kind
-            quantized=base_quantized_weights(config.model),
+            quantized=base_quantized_weights(config.model, float_source=kind is AdapterKind.FQ_LORA),
             base_fingerprint=model_fingerprint(config.model),
             inplace=True,
         )

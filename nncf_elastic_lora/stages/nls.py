@@ -7,6 +7,7 @@ here; what differs (adapter kind, Mode B widths, the INT4 base) comes from the c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from .. import distributed
 from ..config import BootstrapNASConfig, ModelConfig, PipelineConfig
 from ..data import TaskData, load_task
 from ..elastic import ElasticLoraSuperNet
+from ..elastic.lora import AdapterKind
+from ..elastic.supernet import SEARCH_SPACE_FILE
 from ..formats import is_quantized_base
 from ..latency import LatencyModel, attention_layout, mlp_layout
 from ..models import load_model, meta_model, resolve_model_dir
@@ -71,7 +74,8 @@ def train(
     output = Path(output)
     check_trainable_base(config)
     model, tokenizer = load_model(config.model)
-    supernet = build_supernet(model, config.bootstrapNAS, base_quantized_weights(config.model))
+    fq = config.bootstrapNAS.training.adapter_kind == AdapterKind.FQ_LORA
+    supernet = build_supernet(model, config.bootstrapNAS, base_quantized_weights(config.model, float_source=fq))
     data = load_task(config.data)
     result, _ = train_super_adapter(
         supernet,
@@ -106,13 +110,21 @@ def train(
     return report
 
 
+def _kind_of(super_adapter: str | Path) -> str | None:
+    """The adapter kind a super-adapter folder records (None where unreadable: loading it says why)."""
+    try:
+        return json.loads((Path(super_adapter) / SEARCH_SPACE_FILE).read_text()).get("adapter_kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_supernet(model_config: ModelConfig, super_adapter: str | Path) -> tuple[ElasticLoraSuperNet, Any]:
     """The base model with a saved super-adapter attached, and its tokenizer."""
     model, tokenizer = load_model(model_config)
     supernet = ElasticLoraSuperNet.load_super_adapter(
         model,
         super_adapter,
-        quantized=base_quantized_weights(model_config),
+        quantized=base_quantized_weights(model_config, float_source=_kind_of(super_adapter) == AdapterKind.FQ_LORA),
         base_fingerprint=model_fingerprint(model_config),  # refuse a base it was not trained on
     )
     return supernet, tokenizer

@@ -16,6 +16,7 @@ from ..data import load_task, train_texts
 from ..deploy.benchmark import benchmark_models
 from ..deploy.export import export_openvino
 from ..deploy.genai_adapters import export_genai_adapters
+from ..elastic.lora import AdapterKind
 from ..formats import MERGE_REPORT
 from ..int4 import save_quantized_weights
 from ..merge import merge_to_directory, read_sub_adapter_record
@@ -41,10 +42,12 @@ def merge(
     start = time.perf_counter()
     dtype = model_placement(config.model).dtype  # the merge runs in float32, the checkpoint is in this dtype
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
-    quantized = base_quantized_weights(config.model)
-    base_sparsity = linear_sparsity(model)
+    record = read_sub_adapter_record(adapter)
     # A peft folder without our record: its kind comes from the config.
-    kind = None if read_sub_adapter_record(adapter) else config.bootstrapNAS.training.adapter_kind
+    kind = None if record else config.bootstrapNAS.training.adapter_kind
+    fq = (record["adapter_kind"] if record else kind) == AdapterKind.FQ_LORA
+    quantized = base_quantized_weights(config.model, float_source=fq)
+    base_sparsity = linear_sparsity(model)
     result = merge_to_directory(
         model=model,
         adapter_dir=adapter,
