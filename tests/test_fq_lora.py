@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from nncf_elastic_lora.deploy.ir import check_ir_codes
 from nncf_elastic_lora.elastic import ElasticLoraSuperNet, FQLoraLinear
 from nncf_elastic_lora.int4 import load_quantized_weights, quantize_base
 from nncf_elastic_lora.merge import merge_adapter_from_dirs, merge_qa
-from nncf_elastic_lora.models import build_tiny_llama
+from nncf_elastic_lora.models import build_tiny_llama, load_tokenizer
 from nncf_elastic_lora.quantization import QuantizedWeight, dequantize, quantize
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -209,3 +210,52 @@ def test_fq_lora_folder_with_foreign_quantizer_tensors_is_one_clear_error(tmp_pa
     with pytest.raises(MergeError, match="has quantizer tensors .* expected"):
         merge_adapter_from_dirs(model=AutoModelForCausalLM.from_pretrained(base), adapter_dir=sub,
                                 quantized=supernet.quantized)  # fmt: skip
+
+
+def test_fq_lora_quantises_the_float_weight_so_updates_under_half_a_step_move_codes():
+    """As NNCF's FQ_LORA: FQ(W + s·BA) on the float W; on the dequantized W such an update rounds away."""
+    torch.manual_seed(0)
+    float_weight = nn.Linear(IN, OUT, bias=False).weight.detach().clone()  # what _int4_linear quantises
+    layers = {}
+    for source in (True, False):
+        linear, q = _int4_linear(sym=False)
+        q = dataclasses.replace(q, float_weight=float_weight) if source else q
+        layers[source] = FQLoraLinear(linear, 8, 16.0, quantized=q, name="layer")
+    assert torch.equal(layers[True].base_layer.weight, float_weight)
+    assert (layers[True].codes() != q.codes).float().mean() < 0.01  # B = 0: the base's own rounding
+    step = q.scale.float().repeat_interleave(GROUP, dim=1)
+    for layer in layers.values():
+        with torch.no_grad():
+            layer.lora_B.weight.copy_(torch.randn_like(layer.lora_B.weight))
+            layer.lora_B.weight.mul_(0.4 * (step.min() / layer.delta_weight().abs().max()))
+        assert (layer.delta_weight().abs() < 0.5 * step).all()  # every update under half a step
+    assert (layers[True].codes() != q.codes).sum() > 0.02 * q.codes.numel()
+    assert torch.equal(layers[False].codes(), q.codes)
+
+
+def test_fq_lora_needs_the_float_model_its_int4_base_came_from(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from nncf_elastic_lora.int4 import QuantizedBaseError
+    from nncf_elastic_lora.pipeline import base_quantized_weights
+
+    source, base = tmp_path / "float", tmp_path / "int4"
+    tiny = ModelConfig(name_or_path="tiny-random-llama", tiny=TinyModelConfig())
+    build_tiny_llama(tiny).save_pretrained(source)
+    load_tokenizer(tiny).save_pretrained(source)
+    assert main(["quantize", "--model", str(source), "--output", str(base), "--no-progress",
+                 "--set", "quantization.group_size=32"]) == 0  # fmt: skip
+    qweights = base_quantized_weights(ModelConfig(name_or_path=str(base)), float_source=True)
+    state = load_file(source / "model.safetensors")
+    assert all(torch.equal(q.float_weight, state[f"{n}.weight"].float()) for n, q in qweights.items())
+    with torch.no_grad():  # the float model changed since it was quantized
+        state["model.layers.0.mlp.up_proj.weight"].add_(1.0)
+    save_file(state, source / "model.safetensors")
+    with pytest.raises(QuantizedBaseError, match="missing or has changed since"):
+        base_quantized_weights(ModelConfig(name_or_path=str(base)), float_source=True)
+    info = json.loads((base / "quantization.json").read_text())
+    info.pop("source_model")
+    (base / "quantization.json").write_text(json.dumps(info))
+    with pytest.raises(QuantizedBaseError, match="older version"):
+        base_quantized_weights(ModelConfig(name_or_path=str(base)), float_source=True)
+    assert base_quantized_weights(ModelConfig(name_or_path=str(base))) is not None  # QA needs no float source

@@ -332,6 +332,11 @@ class QASparsePeftLinear(SparsePeftLinear):
 class FQLoraLinear(QASparsePeftLinear):
     """NNCF's FQ+LoRA: the forward applies ``FQ(W + s · B A)`` with **trainable** per-group ranges.
 
+    ``W`` is the float weight the INT4 base was quantized from (``quantized.float_weight``, copied into the
+    base layer; the pipeline loads it from the model the base records), as NNCF's FQ_LORA keeps it: an update
+    under half a quantization step then moves the codes of the weights near a rounding boundary, where on
+    the dequantized weight it would round away. Without it, the base layer's own weight is ``W``.
+
     The quantise-dequantise is NNCF's own (``asymmetric_quantize_lora`` / ``symmetric_quantize_lora``,
     the functions behind ``CompressionFormat.FQ_LORA_NLS``: range tuning so that zero stays a code,
     gradients to the ranges as well as to the weight). The ranges start at the INT4 base's scales and
