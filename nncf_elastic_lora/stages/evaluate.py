@@ -237,8 +237,8 @@ def write_eval(
 ) -> None:
     """``eval.json``, ``eval.md`` and ``predictions.jsonl`` of one evaluated model in ``output``
     (or of several: ``label`` a mapping ``{label: results}``, each result tagged with its label)."""
-    by_label = label if isinstance(label, dict) else {label: results or []}
-    tagged = len(by_label) > 1 or isinstance(label, dict)
+    tagged = isinstance(label, dict)
+    by_label = label if tagged else {label: results or []}
     headers, rows = results_table(by_label)
     records = [{**r.to_dict(), **({"model": name} if tagged else {})} for name, rs in by_label.items() for r in rs]
     write_json(output / "eval.json", {**(extra or {}), "results": records})
