@@ -176,6 +176,9 @@ def test_task_result_outcomes_follow_the_primary_metric():
     (1.3, 0.05, 0.0, 0.02, "the shipped IR wins"),
     (1.3, None, -0.05, 0.02, "a trade"),
     (1.08, 0.1, 0.01, 0.02, "a tie: as fast within the run-to-run spread"),  # same-shape IRs: noise, not a win
+    (0.94, 0.09, 0.065, 0.031, "the shipped IR wins: as fast within the run-to-run spread and more accurate"),
+    (0.9, 0.02, 0.05, 0.02, "a trade: the plain alternative is faster, the shipped IR more accurate"),
+    (None, None, 0.05, 0.02, "more accurate"),
     (0.95, 0.1, -0.05, 0.02, "the plain alternative wins: as fast within the run-to-run spread and more accurate"),
     (0.9, 0.02, 0.01, 0.02, "the plain alternative wins: faster at the same accuracy"),
     (0.9, None, -0.05, 0.02, "the plain alternative wins: faster and more accurate"),

@@ -304,6 +304,7 @@ def verdict_line(v: dict[str, Any]) -> str:
         f" ± {100 * se:.1f} (paired standard error)" if se is not None else " (no paired outcomes: no standard error)"
     )
     not_below = v["difference"] >= -(se or 0.0)
+    above = v["difference"] > (se or 0.0)  # more accurate beyond one standard error
     b1 = (v["speedup"] or {}).get(1)
     # A ratio within one standard error of 1 (the run-to-run spread of both IRs) is a tie, not a win.
     b1_se = (v.get("speedup_stderr") or {}).get(1, 0.0)
@@ -313,13 +314,17 @@ def verdict_line(v: dict[str, Any]) -> str:
         speed = f"{b1:.2f}x its batch-1 decode speed" + (f" ± {b1_se:.2f}" if b1_se else "")
         faster = b1 - b1_se > 1.0
     if faster is None:
-        who = "accuracy not below it" if not_below else "less accurate"
+        who = "more accurate" if above else "accuracy not below it" if not_below else "less accurate"
     elif faster and not_below:
         who = "the shipped IR wins: faster, accuracy not below the plain alternative's (within one standard error)"
     elif faster:
         who = "a trade: the shipped IR is faster but less accurate"
+    elif b1 + b1_se >= 1.0 and above:
+        who = "the shipped IR wins: as fast within the run-to-run spread and more accurate"
     elif b1 + b1_se >= 1.0 and not_below:
         who = "a tie: as fast within the run-to-run spread, accuracy not below it; the plain alternative is as good"
+    elif above:
+        who = "a trade: the plain alternative is faster, the shipped IR more accurate"
     elif not_below:
         who = "the plain alternative wins: faster at the same accuracy"
     elif b1 + b1_se >= 1.0:
