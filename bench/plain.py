@@ -61,7 +61,7 @@ ALL_LINEAR_GROUPS = ('bootstrapNAS.elasticity.width.overwrite_groups=[["model.la
                      '"model.layers.{*}.self_attn.o_proj"], ["model.layers.{*}.mlp.gate_proj", '
                      '"model.layers.{*}.mlp.up_proj"], ["model.layers.{*}.mlp.down_proj"]]')  # fmt: skip
 # label -> (config, overrides, shipped precision)
-# (in the order they run: the main job first, then what can be faster than the plain alternative)
+# (in the order they run: the previous main job first, then what can be faster than the plain alternative)
 RECIPES: dict[str, tuple[str, list[str], str]] = {
     "SQFT + SparsePEFT": ("sqft_sparsepeft_smollm2", [], "int8"),
     "FQ-LoRA": ("fq_lora_smollm2", [], "int4"),
@@ -136,7 +136,22 @@ def cell_row(report: dict[str, Any], precision: str) -> dict[str, Any]:
         "ratio": {b: speed[b] / peer[b] for b in speed if peer.get(b)},
         "difference": verdict.get("difference"), "stderr": verdict.get("stderr"), "verdict": verdict.get("line"),
         "plain_reused": report["plain"]["reused"],
+        # against the plain export of the other format (an INT4 artifact against plain INT8, and back)
+        "other": {fmt: {"plain_acc": v["plain_score"], "difference": v["difference"],
+                        "ratio_b1": (v.get("speedup") or {}).get("1", (v.get("speedup") or {}).get(1))}
+                  for fmt, v in (report["plain"].get("other_verdicts") or {}).items()},
     }  # fmt: skip
+
+
+def _other(rows: list[dict[str, Any]]) -> str:
+    """``INT8: 0.580 ± 0.010, -0.7, 1.18x`` per other plain format the cells compared with."""
+    parts = []
+    for fmt in sorted({f for r in rows for f in r.get("other", {})}):
+        cells = [r["other"][fmt] for r in rows if fmt in r.get("other", {})]
+        ratios = [c["ratio_b1"] for c in cells if c["ratio_b1"] is not None]
+        parts.append(f"{fmt.upper()}: {_mean_std([c['plain_acc'] for c in cells])}, "
+                     f"{_mean([100 * c['difference'] for c in cells], '+.1f')}, {_mean(ratios)}x")  # fmt: skip
+    return "; ".join(parts) or "-"
 
 
 def _mean(values: list[float], spec: str = ".2f") -> str:
@@ -148,13 +163,14 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int) -> list
         f"### {task}",
         "",
         "| artifact | precision | seeds run | test acc (IR) | plain acc (same precision) | paired diff (points) "
-        "| IR MiB (plain) | tok/s b1 | × plain b1 | tok/s b4 | × plain b4 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| IR MiB (plain) | tok/s b1 | × plain b1 | tok/s b4 | × plain b4 | vs plain of the other format: acc, paired "
+        "diff, × b1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for recipe, rows in cells.items():
         precision = RECIPES[recipe][2].upper()
         if not rows:
-            lines.append(f"| {recipe} | {precision} | 0 / {seeds} | not run | | | | | | | |")
+            lines.append(f"| {recipe} | {precision} | 0 / {seeds} | not run | | | | | | | | |")
             continue
         diffs = [100 * r["difference"] for r in rows if r["difference"] is not None]
         lines.append(
@@ -163,7 +179,7 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int) -> list
             f"{_mean([r['mib'] for r in rows], '.1f')} ({_mean([r['plain_mib'] for r in rows], '.1f')}) | "
             f"{_mean([r['tok_s'][1] for r in rows], '.1f')} | {_mean([r['ratio'][1] for r in rows])} | "
             f"{_mean([r['tok_s'][4] for r in rows if 4 in r['tok_s']], '.1f')} | "
-            f"{_mean([r['ratio'][4] for r in rows if 4 in r['ratio']])} |"
+            f"{_mean([r['ratio'][4] for r in rows if 4 in r['ratio']])} | {_other(rows)} |"
         )
     return [*lines, ""]
 
