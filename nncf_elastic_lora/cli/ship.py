@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,13 +181,7 @@ def _eval_adapters(model: str, items: list[str]) -> tuple[str | None, dict[str, 
     """``(folder, {})`` for one sub-adapter folder, or ``(None, {label: file})`` for GenAI adapter files."""
     from ..formats import is_openvino_dir
 
-    named: dict[str, str] = {}
-    for item in items:  # LABEL=PATH, or a PATH (which may hold a '=') named after its file
-        label, sep, path = item.partition("=")
-        label, path = (label, path) if sep and not Path(item).exists() else (Path(item).stem, item)
-        if label in named:
-            raise ValueError(f"--adapter label {label!r} is given twice; name them with LABEL=PATH")
-        named[label] = path
+    named = _named_adapters(items, "LABEL=PATH", name_of=lambda p: p.stem)
     files = {label: path for label, path in named.items() if not Path(path).is_dir()}
     if not files:
         if len(items) > 1:
@@ -350,15 +345,18 @@ def export(call: Call) -> int:
     return 0
 
 
-def _named_adapters(items: list[str]) -> dict[str, str]:
-    """``{name: folder}`` from ``--adapter NAME=FOLDER`` (a bare FOLDER is named after itself)."""
+def _named_adapters(
+    items: list[str], form: str = "NAME=FOLDER", name_of: Callable[[Path], str] = lambda p: p.name
+) -> dict[str, str]:
+    """``{name: path}`` from ``--adapter NAME=PATH``; a bare PATH (one that exists may hold a '=') is
+    named ``name_of(PATH)``."""
     adapters: dict[str, str] = {}
     for item in items:
-        name, sep, folder = item.partition("=")
-        name, folder = (name, folder) if sep else (Path(item).name, item)
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep and not Path(item).exists() else (name_of(Path(item)), item)
         if name in adapters:
-            raise ValueError(f"--adapter name {name!r} is given twice; name them with NAME=FOLDER")
-        adapters[name] = folder
+            raise ValueError(f"--adapter name {name!r} is given twice; name them with {form}")
+        adapters[name] = path
     return adapters
 
 
