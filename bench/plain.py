@@ -15,7 +15,10 @@ collects those rows from each ``report.json``:
   the rank-32 adapter trained alone (NNCF's FQ_LORA without the elastic rank), as the plain LoRA is trained;
 - **LoNAS heuristic, INT8 / INT4**, **LoNAS searched (NSGA-II on MACs, select ``cheapest_above_plain``: the
   cheapest sub-network whose validation loss is no worse than the plain LoRA's), INT8**, and **LoNAS heuristic
-  with in-place distillation, INT8**: ``configs/lonas_smollm2.json`` with the overrides named in the table.
+  with in-place distillation, INT8**: ``configs/lonas_smollm2.json`` with the overrides named in the table;
+- **LoNAS + FQ-LoRA heuristic, INT4**: ``configs/lonas_fq_lora_smollm2.json`` (channels ordered, INT4 base, NLS
+  over MLP widths × ranks through FQ(W + s·BA) with training scales; the heuristic sub-network, MLPs at 75 %,
+  extracted as INT4 codes under the trained scales).
 
 Every recipe keeps the shipped configs' data, learning rate, rank and batch (the untuned baselines are not
 evaluated, and one dense INT8 IR is the benchmark's reference: the table needs neither); seeds change the training
@@ -72,6 +75,7 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "LoNAS searched": (LONAS, ["bootstrapNAS.search.algorithm=NSGA2",
                                "bootstrapNAS.search.select=cheapest_above_plain"], "int8"),  # fmt: skip
     "LoNAS heuristic INT4": (LONAS, ["export.weight_format=int4"], "int4"),
+    "LoNAS + FQ-LoRA heuristic": ("lonas_fq_lora_smollm2", [], "int4"),
     "SQFT + QA-SparsePEFT": ("sqft_qa_sparsepeft_smollm2", [], "int4"),
     "LoNAS heuristic + distillation": (LONAS, ["bootstrapNAS.training.distillation.enabled=true"], "int8"),
 }

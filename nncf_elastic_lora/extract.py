@@ -15,10 +15,11 @@ With elastic heads (``bootstrapNAS.elasticity.heads``) every attention keeps its
 KV groups, the same count in every layer, so ``num_attention_heads``, ``num_key_value_heads`` and an
 explicit ``head_dim`` describe it in a plain config.
 
-On an INT4 base (QA-SparsePEFT, :func:`extract_int4_subnet`) the merge writes the codes the trained
-forward computed with the base's frozen scales, and the slices keep whole quantization groups (every
-width is a multiple of ``down_proj``'s group size, checked when the super-network is built): the
-extracted model is an INT4 checkpoint whose codes, scales and zero points are the super-network's.
+On an INT4 base (QA-SparsePEFT or FQ-LoRA, :func:`extract_int4_subnet`) the merge writes the codes the
+trained forward computed, under the base's frozen scales (QA-SparsePEFT) or the trained ones (FQ-LoRA),
+and the slices keep whole quantization groups (every width is a multiple of ``down_proj``'s group size,
+checked when the super-network is built): the extracted model is an INT4 checkpoint whose codes, scales
+and zero points are the super-network's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from torch import nn
 
 from .elastic.channels import gated_mlps, set_mlp_widths
 from .elastic.heads import attentions, set_kv_groups
-from .elastic.lora import AdapterKind
 from .elastic.supernet import ElasticLoraSuperNet, SubnetConfig
 from .merge import check_finite, merge_qa, plain_model
 from .quantization import QuantizedWeight
@@ -40,12 +40,10 @@ def extract_subnet(supernet: ElasticLoraSuperNet, config: SubnetConfig | None = 
     Merges each adapter at its rank and slices each MLP to its width. The super-network is spent: its
     model is modified in place (load it again for another sub-network).
     """
-    if supernet.kind is AdapterKind.FQ_LORA:
+    if supernet.kind.int4_trained:
         raise ValueError(
-            "an fq_lora super-network merges into INT4 codes under its trained scales: use merge_qa"
+            f"a {supernet.kind.value} super-network merges into INT4 codes: use extract_int4_subnet"
         )
-    if supernet.kind is AdapterKind.QA_SPARSEPEFT:
-        raise ValueError("a qa_sparsepeft super-network merges into INT4 codes: use extract_int4_subnet")
     config = config or supernet.get_active_config()
     supernet.validate_config(config)
     with torch.no_grad():  # one module at a time, into its own weight: no second copy of the adapted weights
@@ -92,7 +90,7 @@ def slice_quantized(
 def extract_int4_subnet(
     supernet: ElasticLoraSuperNet, config: SubnetConfig | None = None
 ) -> tuple[nn.Module, dict[str, QuantizedWeight]]:
-    """A QA-SparsePEFT sub-network as a smaller INT4 model: ``(model with dequantized weights, codes)``.
+    """A QA-SparsePEFT or FQ-LoRA sub-network as a smaller INT4 model: ``(model with dequantized weights, codes)``.
 
     The codes are those of :func:`~nncf_elastic_lora.merge.merge_qa` (the trained forward's), sliced
     with the MLPs; the dict covers every module the base quantized. The super-network is spent.

@@ -429,6 +429,55 @@ def test_lonas_on_an_int4_base_extracts_the_qa_merged_codes(tmp_path):
     check_ir_codes(tmp_path / "mixed_ir" / "openvino_model.xml", mixed)
 
 
+def test_lonas_with_fq_lora_extracts_int4_codes_under_the_trained_scales(tmp_path):
+    """LoNAS + FQ-LoRA: reorder, INT4, NLS through FQ(W + s·BA) with training scales; the extracted sub-network's
+    codes are the merged, sliced ones under the trained scales, its logits the super-network's, its IR holds them."""
+    import json
+
+    from nncf_elastic_lora.cli import main
+    from nncf_elastic_lora.config import ModelConfig
+    from nncf_elastic_lora.deploy.ir import check_ir_codes
+    from nncf_elastic_lora.extract import slice_quantized
+    from nncf_elastic_lora.int4 import load_quantized_weights
+    from nncf_elastic_lora.models import load_model
+    from nncf_elastic_lora.pipeline import load_supernet
+
+    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
+    out = tmp_path / "run"
+    sets = [
+        "quantization.weight_format=int4",
+        "quantization.group_size=32",
+        "bootstrapNAS.training.adapter_kind=fq_lora",
+        "bootstrapNAS.training.lora_dropout=0",
+        "bootstrapNAS.elasticity.channels.fractions=[1.0, 0.75, 0.5]",
+        "export.weight_format=int4",
+        "bootstrapNAS.search.algorithm=heuristic",
+        'evaluation.subnets=["heuristic"]',
+        "benchmark.enabled=false",
+        "evaluation.limit=4",
+        "evaluation.tasks=null",
+    ]
+    argv = ["run", config, "--output", str(out), "--no-progress"]
+    assert main([*argv, *(x for s in sets for x in ("--set", s))]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"].index("reorder") < report["stages"].index("quantize_base")
+    assert report["extract"]["precision"] == "int4" and report["extract"]["mlp_widths"] == [96, 96]
+    extracted = load_quantized_weights(out / "extracted_model")
+    base = load_quantized_weights(out / "int4_model")
+    down = "model.layers.0.mlp.down_proj"
+    assert extracted[down].codes.shape == (64, 96) and extracted[down].scale.shape == (64, 3)
+    # FQ-LoRA trains the scales of the adapted linears: the extracted grid is not the base's.
+    assert not torch.equal(extracted[down].scale, slice_quantized(base[down], cols=96).scale)
+    check_ir_codes(out / "openvino" / "openvino_model.xml", extracted)
+    supernet, _ = load_supernet(
+        ModelConfig(name_or_path=str(out / "int4_model")), out / "nls" / "super_adapter"
+    )
+    supernet.activate_heuristic_subnet()
+    small, _ = load_model(ModelConfig(name_or_path=str(out / "extracted_model")))
+    # Up to the trained scales' float16 rounding in the INT4 format (< 1 % of a step, tests/test_fq_lora.py).
+    torch.testing.assert_close(model_logits(small), model_logits(supernet.model), atol=1e-3, rtol=0)
+
+
 def _cut(name: str, width: int) -> dict:
     if name.endswith(("gate_proj", "up_proj")):
         return {"rows": width}

@@ -88,7 +88,7 @@ class ElasticLoraSuperNet:
                         raise ValueError(
                             f"channel group {g.name}: widths {list(g.widths)} exceed the {size} channels"
                         )
-                    if self.kind is AdapterKind.QA_SPARSEPEFT:
+                    if self.kind.int4_trained:  # sliced along INT4 groups
                         _check_whole_groups(g, down, quantized)
                     self.channel_masks[down] = ChannelMask(model.get_submodule(down), size)
         # Mode B, attention: one KV-group count for every layer ("heads" group), masked on each o_proj.
@@ -107,7 +107,7 @@ class ElasticLoraSuperNet:
                         f"head group {g.name}: KV-group counts {list(g.widths)} exceed {att.name}'s "
                         f"{att.num_kv_heads} KV heads"
                     )
-                if self.kind is AdapterKind.QA_SPARSEPEFT:
+                if self.kind.int4_trained:
                     _check_whole_groups(g, o, quantized, step=att.channels_per_group)
                 self.head_masks[o] = ChannelMask(
                     model.get_submodule(o), att.num_kv_heads * att.channels_per_group
@@ -558,7 +558,7 @@ def _check_whole_groups(
     if q is None:
         raise ValueError(
             f"{what} group {group.name}: {module} is not in the INT4 base's quantized weights; a "
-            "qa_sparsepeft super-network slices INT4 layers only"
+            "super-network trained through INT4 (qa_sparsepeft, fq_lora) slices INT4 layers only"
         )
     off = [w for w in group.widths if (w * step) % q.group_size]
     if off:

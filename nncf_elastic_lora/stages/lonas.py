@@ -18,7 +18,6 @@ from ..data import load_task
 from ..elastic import ElasticLoraSuperNet
 from ..elastic.channels import gated_mlps, input_sq_sums, order_mlp_channels
 from ..elastic.heads import attentions, order_kv_groups
-from ..elastic.lora import AdapterKind
 from ..extract import extract_int4_subnet, extract_subnet
 from ..formats import LATENCY_MODEL, is_quantized_base
 from ..int4 import check_codes_match_weights, read_quantization_info, save_quantized_weights
@@ -138,7 +137,7 @@ def extract(
     chosen = subnet_config(supernet, subnet)
     size = _subnet_size(supernet, chosen, config.bootstrapNAS.search.seq_len)
     quantized = None
-    if supernet.kind is AdapterKind.QA_SPARSEPEFT:  # INT4 base: the merged codes, sliced with the MLPs
+    if supernet.kind.int4_trained:  # INT4 base: the merged codes, sliced with the MLPs
         model, quantized = extract_int4_subnet(supernet, chosen)
         check_codes_match_weights(model, quantized)
     else:

@@ -6,7 +6,7 @@
                   (search with select 'cheapest_above_plain' first trains or reuses the plain reference)
     LoNAS         eval_dense reorder train eval_subnets [[latency_model] search eval_searched] extract
                   eval_merged export ...
-    + QA-SparsePEFT   eval_dense reorder quantize_base eval_int4 train ... extract (INT4 codes sliced) ...
+    + QA-SparsePEFT or FQ-LoRA  eval_dense reorder quantize_base eval_int4 train ... extract (INT4 codes sliced) ...
     SQFT          ... sparsify eval_sparse quantize_base eval_int4 train ... export (INT4 base + adapter)
     + SparsePEFT  ... train eval_subnets [search ...] merge eval_merged export (the merged model) ...
     + QA-SparsePEFT   the same on the INT4 base; merge writes INT4 codes, export ships them
@@ -98,11 +98,11 @@ def _lonas_problems(config: PipelineConfig, given_int4: bool, int4_base: bool) -
     if elasticity.mode != "rank_and_channels":
         return []
     problems = []
-    if kind not in ("lora", "qa_sparsepeft"):
+    if kind not in ("lora", "qa_sparsepeft", "fq_lora"):
         problems.append(
             f"bootstrapNAS.training.adapter_kind: {kind!r} with mode 'rank_and_channels' (LoNAS): `run` extracts "
-            "the sub-network by merging a plain LoRA into a dense base, or a 'qa_sparsepeft' adapter into an "
-            "INT4 base; set adapter_kind to one of those"
+            "the sub-network by merging a plain LoRA into a dense base, or a 'qa_sparsepeft' or 'fq_lora' "
+            "adapter into an INT4 base; set adapter_kind to one of those"
         )
     if config.sparsity.method != "none":
         problems.append(
@@ -110,11 +110,11 @@ def _lonas_problems(config: PipelineConfig, given_int4: bool, int4_base: bool) -
             "sub-network merges a dense LoRA, which would fill the sparse base's zeros; set sparsity.method to "
             "'none' (LoNAS shrinks the model by its widths)"
         )
-    if int4_base and kind != "qa_sparsepeft":
+    if int4_base and kind not in ("qa_sparsepeft", "fq_lora"):
         problems.append(
             f"quantization.weight_format: an INT4 base with mode 'rank_and_channels' (LoNAS) and adapter_kind "
             f"{kind!r}: the extracted sub-network could not merge into the INT4 codes; use adapter_kind "
-            "'qa_sparsepeft', or keep the base in full precision and set export.weight_format to 'int4'"
+            "'fq_lora' or 'qa_sparsepeft', or keep the base in full precision and set export.weight_format to 'int4'"
         )
     if given_int4 and elasticity.channel_spec().order == "importance":
         problems.append(
