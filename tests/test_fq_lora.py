@@ -17,7 +17,7 @@ from nncf_elastic_lora.deploy.ir import check_ir_codes
 from nncf_elastic_lora.elastic import ElasticLoraSuperNet, FQLoraLinear
 from nncf_elastic_lora.int4 import load_quantized_weights, quantize_base
 from nncf_elastic_lora.merge import merge_adapter_from_dirs, merge_qa
-from nncf_elastic_lora.models import build_tiny_llama, load_tokenizer
+from nncf_elastic_lora.models import build_tiny_llama, load_model, load_tokenizer
 from nncf_elastic_lora.quantization import QuantizedWeight, dequantize, quantize
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -248,6 +248,14 @@ def test_fq_lora_needs_the_float_model_its_int4_base_came_from(tmp_path):
     qweights = base_quantized_weights(ModelConfig(name_or_path=str(base)), float_source=True)
     state = load_file(source / "model.safetensors")
     assert all(torch.equal(q.float_weight, state[f"{n}.weight"].float()) for n, q in qweights.items())
+    int4_model, _ = load_model(ModelConfig(name_or_path=str(base)))
+    supernet = ElasticLoraSuperNet.attach(
+        int4_model, target_modules=TARGETS, max_rank=8, alpha=16, default_widths=[8, 4], adapter_kind="fq_lora",
+        quantized=qweights,
+    )  # fmt: skip
+    for name, layer in supernet.adapters.items():  # the float weights live in the adapted bases, once
+        assert torch.equal(layer.base_layer.weight, state[f"{name}.weight"].float())
+    assert all(q.float_weight is None for q in qweights.values())
     with torch.no_grad():  # the float model changed since it was quantized
         state["model.layers.0.mlp.up_proj.weight"].add_(1.0)
     save_file(state, source / "model.safetensors")

@@ -188,6 +188,10 @@ class ElasticLoraSuperNet:
             p.requires_grad_(False)
         for name, layer in layers.items():
             _set_module(model, name, layer)
+        for q in (quantized or {}).values():
+            # fq_lora: the adapted layers copied their float weights into their bases; holding them here too
+            # (and those of every other INT4 module) would keep a second float model alive while training
+            q.float_weight = None
         return cls(model, layers, groups, quantized)
 
     # ------------------------------------------------------------------ the search space
