@@ -142,7 +142,7 @@ def cell_row(report: dict[str, Any], precision: str) -> dict[str, Any]:
         "plain_reused": report["plain"]["reused"],
         # against the plain export of the other format (an INT4 artifact against plain INT8, and back)
         "other": {fmt: {"plain_acc": v["plain_score"], "difference": v["difference"],
-                        "ratio_b1": (v.get("speedup") or {}).get("1", (v.get("speedup") or {}).get(1))}
+                        "ratio_b1": (v.get("speedup") or {}).get("1")}  # read from JSON: keys are strings
                   for fmt, v in (report["plain"].get("other_verdicts") or {}).items()},
     }  # fmt: skip
 

@@ -345,39 +345,60 @@ def test_mode_b_super_adapter_on_mlps_of_other_sizes_is_refused(tmp_path):
         ElasticLoraSuperNet.load_super_adapter(build_tiny_llama(TINY).eval(), tmp_path / "super")
 
 
+TINY_LONAS = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
+
+
+def _int4_lonas_flags(kind: str) -> list[str]:
+    """``--set`` flags of tiny LoNAS on an INT4 base (group 32) with ``kind`` adapters, shipping an INT4 IR."""
+    sets = [
+        "quantization.weight_format=int4",
+        "quantization.group_size=32",
+        f"bootstrapNAS.training.adapter_kind={kind}",
+        "bootstrapNAS.training.lora_dropout=0",
+        "bootstrapNAS.elasticity.channels.fractions=[1.0, 0.75, 0.5]",
+        "export.weight_format=int4",
+        "bootstrapNAS.search.algorithm=heuristic",
+        'evaluation.subnets=["heuristic"]',
+    ]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def _run_int4_lonas(tmp_path: Path, flags: list[str]) -> tuple[Path, dict]:
+    """``run`` of tiny LoNAS with ``flags`` (no benchmark, 4 examples): its folder and report."""
+    import json
+
+    from nncf_elastic_lora.cli import main
+
+    out = tmp_path / "run"
+    argv = ["run", TINY_LONAS, "--output", str(out), "--no-progress", "--set", "benchmark.enabled=false"]
+    assert main([*argv, "--set", "evaluation.limit=4", "--set", "evaluation.tasks=null", *flags]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def _extracted_and_supernet(out: Path):
+    """The run's super-network at its heuristic sub-network, and its extracted model."""
+    from nncf_elastic_lora.config import ModelConfig
+    from nncf_elastic_lora.models import load_model
+    from nncf_elastic_lora.pipeline import load_supernet
+
+    supernet, _ = load_supernet(ModelConfig(name_or_path=str(out / "int4_model")), out / "nls" / "super_adapter")
+    supernet.activate_heuristic_subnet()
+    small, _ = load_model(ModelConfig(name_or_path=str(out / "extracted_model")))
+    return supernet, small
+
+
 def test_lonas_on_an_int4_base_extracts_the_qa_merged_codes(tmp_path):
     """LoNAS + QA-SparsePEFT: reorder, then INT4; the extracted sub-network is an INT4 model whose codes are
     the merged, sliced codes, whose logits equal the super-network's, and whose IR holds those codes."""
     import json
 
     from nncf_elastic_lora.cli import main
-    from nncf_elastic_lora.config import ModelConfig
     from nncf_elastic_lora.deploy.ir import check_ir_codes
     from nncf_elastic_lora.extract import slice_quantized
     from nncf_elastic_lora.int4 import load_quantized_weights
-    from nncf_elastic_lora.models import load_model
-    from nncf_elastic_lora.pipeline import load_supernet
 
-    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
-    out = tmp_path / "run"
-    qa = ["--set", "quantization.weight_format=int4", "--set", "quantization.group_size=32"]
-    qa += [
-        "--set",
-        "bootstrapNAS.training.adapter_kind=qa_sparsepeft",
-        "--set",
-        "bootstrapNAS.training.lora_dropout=0",
-    ]
-    qa += [
-        "--set",
-        "bootstrapNAS.elasticity.channels.fractions=[1.0, 0.75, 0.5]",
-        "--set",
-        "export.weight_format=int4",
-    ]
-    qa += ["--set", "bootstrapNAS.search.algorithm=heuristic", "--set", 'evaluation.subnets=["heuristic"]']
-    argv = ["run", config, "--output", str(out), "--no-progress", "--set", "benchmark.enabled=false"]
-    argv += ["--set", "evaluation.limit=4", "--set", "evaluation.tasks=null", *qa]
-    assert main(argv) == 0
-    report = json.loads((out / "report.json").read_text())
+    qa = _int4_lonas_flags("qa_sparsepeft")
+    out, report = _run_int4_lonas(tmp_path, qa)
     names = report["stages"]
     assert (
         names.index("reorder") < names.index("quantize_base") < names.index("train") < names.index("extract")
@@ -396,16 +417,12 @@ def test_lonas_on_an_int4_base_extracts_the_qa_merged_codes(tmp_path):
     check_ir_codes(out / "openvino" / "openvino_model.xml", extracted)  # raises on any differing code
     assert report["export"]["parity"]["greedy_identical_genai"] == report["export"]["parity"]["prompts"]
     # The extracted model's logits are the super-network's at the heuristic configuration.
-    supernet, _ = load_supernet(
-        ModelConfig(name_or_path=str(out / "int4_model")), out / "nls" / "super_adapter"
-    )
-    supernet.activate_heuristic_subnet()
-    small, _ = load_model(ModelConfig(name_or_path=str(out / "extracted_model")))
+    supernet, small = _extracted_and_supernet(out)
     torch.testing.assert_close(model_logits(small), model_logits(supernet.model), atol=1e-5, rtol=0)
     # Per-layer widths: the INT4 checkpoint records them, reloads, and exports with exactly its codes.
     subnet = supernet.get_heuristic_config() | {"mlp_channels[0]": 128, "mlp_channels[1]": 64}
     (tmp_path / "subnet.json").write_text(json.dumps(subnet))
-    common = ["--config", config, "--no-progress", *qa]
+    common = ["--config", TINY_LONAS, "--no-progress", *qa]
     extract = [
         "extract",
         *common,
@@ -432,34 +449,12 @@ def test_lonas_on_an_int4_base_extracts_the_qa_merged_codes(tmp_path):
 def test_lonas_with_fq_lora_extracts_int4_codes_under_the_trained_scales(tmp_path):
     """LoNAS + FQ-LoRA: reorder, INT4, NLS through FQ(W + s·BA) with training scales; the extracted sub-network's
     codes are the merged, sliced ones under the trained scales, its logits the super-network's, its IR holds them."""
-    import json
 
-    from nncf_elastic_lora.cli import main
-    from nncf_elastic_lora.config import ModelConfig
     from nncf_elastic_lora.deploy.ir import check_ir_codes
     from nncf_elastic_lora.extract import slice_quantized
     from nncf_elastic_lora.int4 import load_quantized_weights
-    from nncf_elastic_lora.models import load_model
-    from nncf_elastic_lora.pipeline import load_supernet
 
-    config = str(Path(__file__).parent.parent / "configs" / "tiny_lonas.json")
-    out = tmp_path / "run"
-    sets = [
-        "quantization.weight_format=int4",
-        "quantization.group_size=32",
-        "bootstrapNAS.training.adapter_kind=fq_lora",
-        "bootstrapNAS.training.lora_dropout=0",
-        "bootstrapNAS.elasticity.channels.fractions=[1.0, 0.75, 0.5]",
-        "export.weight_format=int4",
-        "bootstrapNAS.search.algorithm=heuristic",
-        'evaluation.subnets=["heuristic"]',
-        "benchmark.enabled=false",
-        "evaluation.limit=4",
-        "evaluation.tasks=null",
-    ]
-    argv = ["run", config, "--output", str(out), "--no-progress"]
-    assert main([*argv, *(x for s in sets for x in ("--set", s))]) == 0
-    report = json.loads((out / "report.json").read_text())
+    out, report = _run_int4_lonas(tmp_path, _int4_lonas_flags("fq_lora"))
     assert report["stages"].index("reorder") < report["stages"].index("quantize_base")
     assert report["extract"]["precision"] == "int4" and report["extract"]["mlp_widths"] == [96, 96]
     extracted = load_quantized_weights(out / "extracted_model")
@@ -469,11 +464,7 @@ def test_lonas_with_fq_lora_extracts_int4_codes_under_the_trained_scales(tmp_pat
     # FQ-LoRA trains the scales of the adapted linears: the extracted grid is not the base's.
     assert not torch.equal(extracted[down].scale, slice_quantized(base[down], cols=96).scale)
     check_ir_codes(out / "openvino" / "openvino_model.xml", extracted)
-    supernet, _ = load_supernet(
-        ModelConfig(name_or_path=str(out / "int4_model")), out / "nls" / "super_adapter"
-    )
-    supernet.activate_heuristic_subnet()
-    small, _ = load_model(ModelConfig(name_or_path=str(out / "extracted_model")))
+    supernet, small = _extracted_and_supernet(out)
     # Up to the trained scales' float16 rounding in the INT4 format (< 1 % of a step, tests/test_fq_lora.py).
     torch.testing.assert_close(model_logits(small), model_logits(supernet.model), atol=1e-3, rtol=0)
 
