@@ -78,7 +78,21 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "LoNAS + FQ-LoRA heuristic": ("lonas_fq_lora_smollm2", [], "int4"),
     "SQFT + QA-SparsePEFT": ("sqft_qa_sparsepeft_smollm2", [], "int4"),
     "LoNAS heuristic + distillation": (LONAS, ["bootstrapNAS.training.distillation.enabled=true"], "int8"),
+    # select 'auto' (the default) is 'cheapest_above_plain' under NSGA-II: the cheapest sub-network whose
+    # validation loss is no worse than the plain LoRA's
+    "LoNAS + FQ-LoRA searched": ("lonas_fq_lora_smollm2", ["bootstrapNAS.search.algorithm=NSGA2"], "int4"),
 }
+# recipe -> the recipe it differs from only after training (search, export): its cell starts from that
+# recipe's finished training of the same task and seed rather than training the same super-network again
+SHARES_TRAINING = {
+    "LoNAS searched": "LoNAS heuristic",
+    "LoNAS heuristic INT4": "LoNAS heuristic",
+    "LoNAS + FQ-LoRA searched": "LoNAS + FQ-LoRA heuristic",
+}
+# what a run writes up to its training: the stage results and their folders
+TRAINING_STAGES = ("sparsify", "quantize_base", "reorder", "train", "eval_subnets", "reference_int8",
+                   "eval_reference_int8")  # fmt: skip
+TRAINING_DIRS = ("sparse_model", "int4_model", "ordered_model", "nls", "reference")
 BASE_SEED = 42
 
 
@@ -122,8 +136,35 @@ def run_cell(recipe: str, task: str, seed: int, steps: int) -> dict[str, Any]:
     out = WORK / task / slug(recipe) / f"seed{seed}"
     report = out / "report.json"
     if not report.exists():
+        if not out.exists() and recipe in SHARES_TRAINING:
+            seed_from_training(WORK / task / slug(SHARES_TRAINING[recipe]) / f"seed{seed}", out)
         run_pipeline(recipe_config(recipe, task, seed, steps), out, resume=True, progress=False)
     return json.loads(report.read_text())
+
+
+def seed_from_training(source: Path, out: Path) -> None:
+    """Start ``out`` from the training ``source`` finished (hard links: stages replace files, never edit them).
+
+    The run then resumes: each copied stage is reused only if its inputs (config section and the
+    fingerprints of what it read) equal this recipe's, and refused with an error otherwise; the stages
+    after training run anew. Without a finished training in ``source`` nothing is copied (the cell trains).
+    """
+    import os
+    import shutil
+
+    if not (source / "stages" / "train.json").is_file():
+        return
+    tmp = out.with_name(out.name + ".seeding")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "stages").mkdir(parents=True)
+    for name in TRAINING_STAGES:
+        if (source / "stages" / f"{name}.json").is_file():
+            os.link(source / "stages" / f"{name}.json", tmp / "stages" / f"{name}.json")
+    for name in TRAINING_DIRS:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, tmp / name, copy_function=os.link)
+    tmp.rename(out)
+    print(f"{out}: training reused from {source}", flush=True)
 
 
 def cell_row(report: dict[str, Any], precision: str) -> dict[str, Any]:

@@ -29,3 +29,31 @@ def test_unknown_recipe_is_one_clear_error():
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--recipes: unknown ['LoRA']" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("recipe", list(plain.SHARES_TRAINING))
+def test_a_recipe_sharing_training_differs_only_after_it(recipe):
+    source = plain.SHARES_TRAINING[recipe]
+    a, b = (plain.recipe_config(r, "basic_arithmetic", 1, 7) for r in (recipe, source))
+    for section in ("model", "data", "sparsity", "quantization", "plain"):
+        assert getattr(a, section) == getattr(b, section), section
+    assert a.bootstrapNAS.training == b.bootstrapNAS.training
+    assert a.bootstrapNAS.elasticity == b.bootstrapNAS.elasticity
+    assert (a.bootstrapNAS.search, a.export) != (b.bootstrapNAS.search, b.export)
+
+
+def test_seeding_copies_the_training_stages_only(tmp_path):
+    source, out = tmp_path / "heuristic", tmp_path / "searched"
+    plain.seed_from_training(source, out)  # nothing trained there: the cell trains itself
+    assert not out.exists()
+    for name in ("train", "reorder", "search", "extract", "export"):
+        (source / "stages").mkdir(parents=True, exist_ok=True)
+        (source / "stages" / f"{name}.json").write_text("{}")
+    for name in ("nls/super_adapter", "ordered_model", "extracted_model", "openvino"):
+        (source / name).mkdir(parents=True)
+        (source / name / "w.bin").write_text(name)
+    (source / "report.json").write_text("{}")
+    plain.seed_from_training(source, out)
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["reorder.json", "train.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["nls", "ordered_model", "stages"]
+    assert (out / "nls" / "super_adapter" / "w.bin").read_text() == "nls/super_adapter"
