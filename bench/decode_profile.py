@@ -14,11 +14,15 @@ steps, are grouped by the module they come from:
 
 From the MLP share the table derives the bound on cutting MLP width: halving every MLP saves at most
 half the MLP time, so the speed-up is at most ``1 / (1 - MLP share / 2)``, whatever the accuracy.
-``smollm2-135m`` is the bundled model; other shapes are randomly initialised with the published shapes
-(``bench/scale.py``): time does not depend on the weights' values. Compare within one run only.
+``--mlp 0.75`` also profiles each shape with every MLP cut to that width (what LoNAS's extract ships: the
+same graph with narrower MLPs), so what a cut buys is measured beside its bound, as the ratio of its wall
+time to the dense INT8 IR's of the same shape.
+``smollm2-135m`` is the bundled model; other shapes, and every cut, are randomly initialised with the
+published shapes (``bench/scale.py``): time does not depend on the weights' values. Compare within one
+run only.
 
     .venv/bin/python bench/decode_profile.py [--shapes smollm2-135m,llama-3.2-1b] [--formats int8,int4]
-                                             [--steps 32] [--repeats 3]
+                                             [--mlp 0.75] [--steps 32] [--repeats 3]
 
 IRs are cached under ``bench/results/decode_profile/``; the profiling reruns every time (each IR in its
 own process). Writes ``bench/results/decode_profile.{md,json}``. Run on an idle machine.
@@ -66,24 +70,38 @@ def part_of(node_name: str, node_type: str = "") -> str:
     return "other"
 
 
-def _dense_model(shape: str) -> Path | str:
-    if shape == "smollm2-135m":
+def _folder(shape: str, mlp: float) -> Path:
+    return WORK / (shape if mlp == 1.0 else f"{shape}_mlp{round(mlp * 100)}")
+
+
+def cut_shape(shape: str, mlp: float) -> dict[str, Any]:
+    """``shape``'s dimensions with every MLP at ``mlp`` of its width, in whole 64-channel steps (as
+    LoNAS's ``channel_step``)."""
+    from scale import SHAPES
+
+    dims = dict(SHAPES[shape])
+    dims["intermediate_size"] = max(64, round(dims["intermediate_size"] * mlp / 64) * 64)
+    return dims
+
+
+def _model(shape: str, mlp: float) -> Path | str:
+    if shape == "smollm2-135m" and mlp == 1.0:
         return "smollm2-135m"  # the bundled real model
     from scale import make_model
 
-    out = WORK / shape / "model"
+    out = _folder(shape, mlp) / "model"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        make_model(shape, out)
+        make_model(shape, out, cut_shape(shape, mlp))
     return out
 
 
-def export_ir(shape: str, fmt: str) -> Path:
+def export_ir(shape: str, fmt: str, mlp: float = 1.0) -> Path:
     from nncf_elastic_lora.deploy.export import export_openvino
 
-    out = WORK / shape / f"ir_{fmt}"
+    out = _folder(shape, mlp) / f"ir_{fmt}"
     if not (out / "openvino_model.xml").exists():
-        export_openvino(_dense_model(shape), out, weight_format=fmt, genai_device=None, overwrite=True)
+        export_openvino(_model(shape, mlp), out, weight_format=fmt, genai_device=None, overwrite=True)
     return out
 
 
@@ -170,19 +188,37 @@ def _median_profile(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def mlp_share(profile: dict[str, Any]) -> float:
+    return profile["parts_ms"]["MLP"] / (profile["nodes_ms"] + profile["outside_ms"])
+
+
+def cut_bound(dense: dict[str, Any], mlp: float) -> float:
+    """The most cutting every MLP to ``mlp`` of its width can buy over the ``dense`` profile: only the MLP
+    time shrinks, in proportion."""
+    return 1 / (1 - mlp_share(dense) * (1 - mlp))
+
+
 def table(results: list[dict[str, Any]]) -> list[str]:
-    head = "| shape | format | decode ms/token (wall) | " + " | ".join(PARTS) + " | outside the graph | "
-    head += "MLP share | bound: all MLPs halved | bound: MLPs removed |"
-    lines = [head, "|" + "---|" * (len(PARTS) + 7)]
+    head = "| shape | MLP width | format | decode ms/token (wall) | " + " | ".join(PARTS) + " | outside the graph | "
+    head += "MLP share | bound: all MLPs halved | bound: MLPs removed | × dense INT8 (wall) | bound of this cut |"
+    lines = [head, "|" + "---|" * (len(PARTS) + 10)]
     for r in results:
         p, wall = r["profile"], r["profile"]["wall_ms"]
         total = p["nodes_ms"] + p["outside_ms"]
         shares = [f"{p['parts_ms'][k]:.2f} ({p['parts_ms'][k] / total:.0%})" for k in PARTS]
-        mlp = p["parts_ms"]["MLP"] / total
+        mlp, width = mlp_share(p), r.get("mlp", 1.0)
+
+        def peer(fmt: str, r: dict[str, Any] = r) -> dict[str, Any] | None:
+            return next((q["profile"] for q in results if q["shape"] == r["shape"] and q.get("mlp", 1.0) == 1.0
+                         and q["format"] == fmt), None)  # fmt: skip
+
+        int8, same = peer("int8"), peer(r["format"])
+        ratio = f"{int8['wall_ms'] / wall:.2f}x" if int8 else "-"
+        bound = f"{cut_bound(same, width):.2f}x" if same and width < 1.0 else "-"
         lines.append(
-            f"| {r['shape']} | {r['format'].upper()} | {wall:.2f} | " + " | ".join(shares)
+            f"| {r['shape']} | {width:.0%} | {r['format'].upper()} | {wall:.2f} | " + " | ".join(shares)
             + f" | {p['outside_ms']:.2f} ({p['outside_ms'] / total:.0%}) | {mlp:.0%} | "
-            f"{1 / (1 - mlp / 2):.2f}x | {1 / (1 - mlp):.2f}x |"
+            f"{1 / (1 - mlp / 2):.2f}x | {1 / (1 - mlp):.2f}x | {ratio} | {bound} |"
         )
     return lines
 
@@ -193,6 +229,7 @@ def main() -> None:
     parser.add_argument("--formats", default="int8,int4")
     parser.add_argument("--steps", type=int, default=32, help="timed decode steps per profile (after 4 warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="profiles per IR, each in its own process")
+    parser.add_argument("--mlp", default="", help="MLP widths to profile beside the dense one, e.g. 0.75,0.5")
     args = parser.parse_args()
     from scale import SHAPES
 
@@ -202,17 +239,23 @@ def main() -> None:
         parser.error(f"unknown shape or format {unknown}: shapes {sorted(SHAPES)}, formats fp32, fp16, int8, int4")
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be at least 1")
+    try:
+        cuts = [float(w) for w in args.mlp.split(",") if w]
+    except ValueError:
+        cuts = [-1.0]
+    if not all(0 < w < 1 for w in cuts):
+        parser.error(f"--mlp {args.mlp}: comma-separated widths between 0 and 1 (exclusive), e.g. 0.75,0.5")
     from nncf_elastic_lora.runtime import machine_info
 
     start, results = time.time(), []
-    irs = {(s, f): export_ir(s, f) for s in shapes for f in formats}
-    for (shape, fmt), ir in irs.items():
+    irs = {(s, w, f): export_ir(s, f, w) for s in shapes for w in (1.0, *cuts) for f in formats}
+    for (shape, width, fmt), ir in irs.items():
         runs = [_child(ir, args.steps) for _ in range(args.repeats)]
-        results.append({"shape": shape, "format": fmt, "profile": _median_profile(runs)})
+        results.append({"shape": shape, "mlp": width, "format": fmt, "profile": _median_profile(runs)})
         print(table(results)[-1], flush=True)
     machine = machine_info()
     cmd = (f".venv/bin/python bench/decode_profile.py --shapes {args.shapes} --formats {args.formats} "
-           f"--steps {args.steps} --repeats {args.repeats}")  # fmt: skip
+           + (f"--mlp {args.mlp} " if cuts else "") + f"--steps {args.steps} --repeats {args.repeats}")  # fmt: skip
     text = "\n".join([
         "# Where batch-1 decode time goes (OpenVINO CPU, per-node profiling)",
         "",
@@ -220,8 +263,9 @@ def main() -> None:
         f"Each IR: {PROMPT_TOKENS}-token prompt, then {args.steps} timed greedy decode steps (after 4 warm-up), "
         f"median of {args.repeats} processes. Milliseconds per token (share of the wall time); node times are "
         "the runtime's own per-node real times, so they include its per-node scheduling.",
-        "The bounds assume nothing but the MLP time shrinks; speeds from a GenAI pipeline differ (sampling, "
-        "tokenisation), the shares do not.",
+        "The bounds assume nothing but the MLP time shrinks ('bound of this cut': from the dense profile of the "
+        "same shape and format); '× dense INT8': the dense INT8 IR's wall time over this IR's, same shape, this "
+        "run (profiling on). Speeds from a GenAI pipeline differ (sampling, tokenisation), the shares do not.",
         "",
         *table(results),
         "",

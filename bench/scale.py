@@ -99,16 +99,16 @@ def weights_bound(name: str, label: str) -> float | None:
     return matmul_params(shape) / matmul_params(shape, mlp, 0.5 if half_kv else 1.0)
 
 
-def make_model(name: str, out: Path) -> dict[str, Any]:
-    """A randomly initialised model of shape ``name``, saved in ``model.dtype: auto`` (float32 on the CPU,
-    bfloat16 on an accelerator) with the bundled tokenizer."""
+def make_model(name: str, out: Path, shape: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A randomly initialised model of shape ``name`` (or of ``shape``, a variant of it), saved in
+    ``model.dtype: auto`` (float32 on the CPU, bfloat16 on an accelerator) with the bundled tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from nncf_elastic_lora.devices import placement
     from nncf_elastic_lora.models import bundled_tokenizer_dir, cache_dir
 
-    shape = SHAPES[name]
+    shape = shape or SHAPES[name]
     dtype = placement("auto", "auto").dtype
     config = LlamaConfig(**shape, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     config.name_or_path = f"random weights, {name} shape (bench/scale.py)"
