@@ -315,6 +315,7 @@ CASES = [
     Case("bench-batch-zero", [*BENCH, "--batch-sizes", "0"], "--batch-sizes must be at least 1"),
     Case("bench-batch-text", [*BENCH, "--batch-sizes", "1,x"], "comma-separated integers"),
     Case("bench-new-tokens-one", [*BENCH, "--new-tokens", "1"], "--new-tokens must be at least 2"),
+    Case("bench-rounds-zero", [*BENCH, "--rounds", "0"], "--rounds must be at least 1"),
     Case("bench-runtime-unknown", [*BENCH[:3], "--runtime", "tensorrt"], "not one of"),
     Case("bench-genai-on-hf-dir", [*BENCH[:3], "--runtime", "genai"], "needs an OpenVINO IR directory"),
     Case("bench-model-missing", ["benchmark", "--model", "{ws}/nope"], "no such directory"),

@@ -191,8 +191,10 @@ def test_benchmark_verb(exported, tmp_path, capsys):
     ]
     assert main(bad) == 2
     err = capsys.readouterr().err
-    assert main([*args, "--overwrite"]) == 0  # our own benchmark output may be replaced
+    assert main([*args, "--overwrite", "--rounds", "2"]) == 0  # our own benchmark output may be replaced
     assert "PERFORMANCE_HINT" in err and "FASTEST" in err
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["settings"]["rounds"] == 2 and [r["rounds"] for r in report["results"]] == [2, 2]
     assert not (tmp_path / "b2").exists() or not any((tmp_path / "b2").iterdir())
 
 

@@ -27,6 +27,7 @@ def _runtimes_and_batch_sizes(args: argparse.Namespace) -> tuple[list[str], list
         ("--new-tokens", args.new_tokens, 2),  # decode latency needs a token after the first
         ("--repeats", args.repeats, 1),
         ("--warmup", args.warmup, 0),
+        ("--rounds", args.rounds, 1),
     ):
         if value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
@@ -106,6 +107,13 @@ BENCHMARK_FLAGS = (
     Flag(("--repeats",), type=int, default=3),
     Flag(("--warmup",), type=int, default=1),
     Flag(
+        ("--rounds",),
+        type=int,
+        default=1,
+        help="measure every model once per round, in reverse order every other round, and pool the runs: "
+        "a machine whose speed drifts over minutes (a shared VM) then slows every model alike (default 1)",
+    ),
+    Flag(
         ("--property",),
         dest="properties",
         action="append",
@@ -132,7 +140,8 @@ BENCHMARK_FLAGS = (
     help="measure inference speed and memory (OpenVINO GenAI, optimum-intel, torch)",
     description="Time to first token, decode latency and tokens/s at each batch size, compile time, "
     "size on disk and peak memory of each --model on each --runtime; medians over --repeats after "
-    "--warmup; every model and runtime in its own process. Writes benchmark.json and benchmark.md.",
+    "--warmup (pooled over --rounds); every model and runtime in its own process. Writes benchmark.json "
+    "and benchmark.md.",
     flags=BENCHMARK_FLAGS,
     prepare="launch",
 )
@@ -161,12 +170,12 @@ def benchmark(call: Call) -> int:
     )
     out = Path(args.output)
     with claim:
-        results = benchmark_models(models, isolate=not args.no_isolate, **settings)
+        results = benchmark_models(models, isolate=not args.no_isolate, rounds=args.rounds, **settings)
         headers, rows = results_table(results)
         notes = sorted({n for r in results for n in r["property_notes"]})
         report = {
             "machine": machine_info(args.device),
-            "settings": settings,
+            "settings": {**settings, "rounds": args.rounds},
             "notes": notes,
             "results": results,
         }
