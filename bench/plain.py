@@ -136,23 +136,51 @@ def run_cell(recipe: str, task: str, seed: int, steps: int) -> dict[str, Any]:
     out = WORK / task / slug(recipe) / f"seed{seed}"
     report = out / "report.json"
     if not report.exists():
+        config = recipe_config(recipe, task, seed, steps)
         if not out.exists() and recipe in SHARES_TRAINING:
-            seed_from_training(WORK / task / slug(SHARES_TRAINING[recipe]) / f"seed{seed}", out)
-        run_pipeline(recipe_config(recipe, task, seed, steps), out, resume=True, progress=False)
+            seed_from_training(WORK / task / slug(SHARES_TRAINING[recipe]) / f"seed{seed}", out, config)
+        run_pipeline(config, out, resume=True, progress=False)
     return json.loads(report.read_text())
 
 
-def seed_from_training(source: Path, out: Path) -> None:
-    """Start ``out`` from the training ``source`` finished (hard links: stages replace files, never edit them).
+def training_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The config sections (``model_dump(mode="json")``) that make runs ``a`` and ``b`` train, or measure their
+    training, differently: all but the search, the benchmark's settings and the shipped IR's weight format."""
+    keys = [(k,) for k in ("model", "data", "sparsity", "quantization", "evaluation", "plain", "input_info")]
+    keys += [("bootstrapNAS", "training"), ("bootstrapNAS", "elasticity"), ("benchmark", "references")]
 
-    The run then resumes: each copied stage is reused only if its inputs (config section and the
-    fingerprints of what it read) equal this recipe's, and refused with an error otherwise; the stages
-    after training run anew. Without a finished training in ``source`` nothing is copied (the cell trains).
+    def at(config: dict[str, Any], path: tuple[str, ...]) -> Any:
+        for k in path:
+            config = (config or {}).get(k)
+        return config
+
+    differ = [".".join(k) for k in keys if at(a, k) != at(b, k)]
+    strip = ("weight_format",)  # the reference IRs do not depend on it: only the shipped export does
+    if {k: v for k, v in a["export"].items() if k not in strip} != {k: v for k, v in b["export"].items() if k not in strip}:
+        differ.append("export (other than weight_format)")
+    return differ
+
+
+def seed_from_training(source: Path, out: Path, config: Any) -> None:
+    """Start ``out`` from the finished run ``source`` when it trained as ``config`` would (hard links: stages
+    replace files, never edit them).
+
+    Only a finished ``source`` (its report.json holds its config) whose config differs from ``config`` in the
+    search, the benchmark's settings or the shipped weight format alone is used; otherwise the cell trains
+    itself. The run then resumes: the copied stages are reused where their input fingerprints still match,
+    and the stages after training run anew. An FQ-LoRA base records its float source by path, in
+    ``source``: keep that folder while ``out`` is in use (a changed or missing source is an error, not a
+    silent fallback).
     """
     import os
     import shutil
 
-    if not (source / "stages" / "train.json").is_file():
+    if not (source / "report.json").is_file() or not (source / "stages" / "train.json").is_file():
+        return
+    differ = training_differences(json.loads((source / "report.json").read_text())["config"],
+                                  config.model_dump(mode="json"))  # fmt: skip
+    if differ:
+        print(f"{out}: training not reused from {source}, which ran with other {', '.join(differ)}", flush=True)
         return
     tmp = out.with_name(out.name + ".seeding")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,6 @@
 """bench/plain.py: every recipe is a config `run` accepts; a bad --recipes is one clear error."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,26 +35,44 @@ def test_unknown_recipe_is_one_clear_error():
 @pytest.mark.parametrize("recipe", list(plain.SHARES_TRAINING))
 def test_a_recipe_sharing_training_differs_only_after_it(recipe):
     source = plain.SHARES_TRAINING[recipe]
-    a, b = (plain.recipe_config(r, "basic_arithmetic", 1, 7) for r in (recipe, source))
-    for section in ("model", "data", "sparsity", "quantization", "plain"):
-        assert getattr(a, section) == getattr(b, section), section
-    assert a.bootstrapNAS.training == b.bootstrapNAS.training
-    assert a.bootstrapNAS.elasticity == b.bootstrapNAS.elasticity
-    assert (a.bootstrapNAS.search, a.export) != (b.bootstrapNAS.search, b.export)
+    a, b = (plain.recipe_config(r, "basic_arithmetic", 1, 7).model_dump(mode="json") for r in (recipe, source))
+    assert plain.training_differences(a, b) == []
+    assert (a["bootstrapNAS"]["search"], a["export"]) != (b["bootstrapNAS"]["search"], b["export"])
 
 
-def test_seeding_copies_the_training_stages_only(tmp_path):
+def test_training_differences_name_what_changes_the_training():
+    a = plain.recipe_config("LoNAS heuristic", "piqa", 0, 7).model_dump(mode="json")
+    for other, section in (
+        (plain.recipe_config("LoNAS heuristic", "piqa", 0, 9), "bootstrapNAS.training"),  # other steps
+        (plain.recipe_config("LoNAS heuristic", "piqa", 1, 7), "bootstrapNAS.training"),  # other seed
+        (plain.recipe_config("LoNAS heuristic", "basic_arithmetic", 0, 7), "data"),
+        (plain.recipe_config("LoNAS heuristic + distillation", "piqa", 0, 7), "bootstrapNAS.training"),
+    ):
+        assert section in plain.training_differences(a, other.model_dump(mode="json"))
+
+
+def _finished_run(source, config):
+    (source / "stages").mkdir(parents=True, exist_ok=True)
+    (source / "report.json").write_text(json.dumps({"config": config.model_dump(mode="json")}))
+
+
+def test_seeding_copies_the_training_stages_only(tmp_path, capsys):
     source, out = tmp_path / "heuristic", tmp_path / "searched"
-    plain.seed_from_training(source, out)  # nothing trained there: the cell trains itself
+    config = plain.recipe_config("LoNAS searched", "piqa", 0, 7)
+    plain.seed_from_training(source, out, config)  # nothing trained there: the cell trains itself
     assert not out.exists()
+    _finished_run(source, plain.recipe_config("LoNAS heuristic", "piqa", 0, 9))
+    (source / "stages" / "train.json").write_text("{}")
+    plain.seed_from_training(source, out, config)  # trained with other steps: not reused, and said so
+    assert not out.exists() and "ran with other bootstrapNAS.training" in capsys.readouterr().out
+    _finished_run(source, plain.recipe_config("LoNAS heuristic", "piqa", 0, 7))
     for name in ("train", "reorder", "search", "extract", "export"):
         (source / "stages").mkdir(parents=True, exist_ok=True)
         (source / "stages" / f"{name}.json").write_text("{}")
     for name in ("nls/super_adapter", "ordered_model", "extracted_model", "openvino"):
         (source / name).mkdir(parents=True)
         (source / name / "w.bin").write_text(name)
-    (source / "report.json").write_text("{}")
-    plain.seed_from_training(source, out)
+    plain.seed_from_training(source, out, config)
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["reorder.json", "train.json"]
     assert sorted(p.name for p in out.iterdir()) == ["nls", "ordered_model", "stages"]
     assert (out / "nls" / "super_adapter" / "w.bin").read_text() == "nls/super_adapter"

@@ -195,6 +195,7 @@ def test_benchmark_verb(exported, tmp_path, capsys):
     assert "PERFORMANCE_HINT" in err and "FASTEST" in err
     report = json.loads((out / "benchmark.json").read_text())
     assert report["settings"]["rounds"] == 2 and [r["rounds"] for r in report["results"]] == [2, 2]
+    assert [r["runtime"] for r in report["results"]] == ["genai", "optimum"]  # one label, two runtimes
     assert not (tmp_path / "b2").exists() or not any((tmp_path / "b2").iterdir())
 
 

@@ -356,9 +356,10 @@ def benchmark_models(
     if rounds > 1:
         per_round = []
         for r in range(rounds):
-            order = models if r % 2 == 0 else models[::-1]
-            got = {m["label"]: m for m in benchmark_models(order, isolate=isolate, **settings)}
-            per_round.append([got[m[0]] for m in models])
+            # matched by position: one label runs on several runtimes (and with adapters) in a row
+            forward = r % 2 == 0
+            got = benchmark_models(models if forward else models[::-1], isolate=isolate, **settings)
+            per_round.append(got if forward else got[::-1])
         return _merge_rounds(per_round, settings.get("new_tokens", 64))
     results = []
     for label, path, runtime, *rest in models:
