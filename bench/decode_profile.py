@@ -70,10 +70,6 @@ def part_of(node_name: str, node_type: str = "") -> str:
     return "other"
 
 
-def _folder(shape: str, mlp: float) -> Path:
-    return WORK / (shape if mlp == 1.0 else f"{shape}_mlp{round(mlp * 100)}")
-
-
 def cut_shape(shape: str, mlp: float) -> dict[str, Any]:
     """``shape``'s dimensions with every MLP at ``mlp`` of its width, in whole 64-channel steps (as
     LoNAS's ``channel_step``)."""
@@ -84,8 +80,20 @@ def cut_shape(shape: str, mlp: float) -> dict[str, Any]:
     return dims
 
 
+def built_width(shape: str, mlp: float) -> float:
+    """The MLP width a cut to ``mlp`` really has, after rounding to whole steps."""
+    from scale import SHAPES
+
+    return cut_shape(shape, mlp)["intermediate_size"] / SHAPES[shape]["intermediate_size"]
+
+
+def _folder(shape: str, mlp: float) -> Path:
+    cut = built_width(shape, mlp) < 1.0
+    return WORK / (f"{shape}_mlp{cut_shape(shape, mlp)['intermediate_size']}" if cut else shape)
+
+
 def _model(shape: str, mlp: float) -> Path | str:
-    if shape == "smollm2-135m" and mlp == 1.0:
+    if shape == "smollm2-135m" and built_width(shape, mlp) == 1.0:
         return "smollm2-135m"  # the bundled real model
     from scale import make_model
 
@@ -200,8 +208,9 @@ def cut_bound(dense: dict[str, Any], mlp: float) -> float:
 
 def table(results: list[dict[str, Any]]) -> list[str]:
     head = "| shape | MLP width | format | decode ms/token (wall) | " + " | ".join(PARTS) + " | outside the graph | "
-    head += "MLP share | bound: all MLPs halved | bound: MLPs removed | × dense INT8 (wall) | bound of this cut |"
-    lines = [head, "|" + "---|" * (len(PARTS) + 10)]
+    head += ("MLP share | bound: all MLPs halved | bound: MLPs removed | × dense INT8 (wall) | × dense, same format "
+             "(wall) | bound of this cut (same format) |")
+    lines = [head, "|" + "---|" * (len(PARTS) + 11)]
     for r in results:
         p, wall = r["profile"], r["profile"]["wall_ms"]
         total = p["nodes_ms"] + p["outside_ms"]
@@ -214,11 +223,12 @@ def table(results: list[dict[str, Any]]) -> list[str]:
 
         int8, same = peer("int8"), peer(r["format"])
         ratio = f"{int8['wall_ms'] / wall:.2f}x" if int8 else "-"
+        own = f"{same['wall_ms'] / wall:.2f}x" if same and width < 1.0 else "-"
         bound = f"{cut_bound(same, width):.2f}x" if same and width < 1.0 else "-"
         lines.append(
             f"| {r['shape']} | {width:.0%} | {r['format'].upper()} | {wall:.2f} | " + " | ".join(shares)
             + f" | {p['outside_ms']:.2f} ({p['outside_ms'] / total:.0%}) | {mlp:.0%} | "
-            f"{1 / (1 - mlp / 2):.2f}x | {1 / (1 - mlp):.2f}x | {ratio} | {bound} |"
+            f"{1 / (1 - mlp / 2):.2f}x | {1 / (1 - mlp):.2f}x | {ratio} | {own} | {bound} |"
         )
     return lines
 
@@ -248,10 +258,13 @@ def main() -> None:
     from nncf_elastic_lora.runtime import machine_info
 
     start, results = time.time(), []
+    if any(built_width(s, w) == 1.0 for s in shapes for w in cuts):
+        parser.error(f"--mlp {args.mlp}: a width rounds to the whole MLP (64-channel steps) on one of {shapes}")
     irs = {(s, w, f): export_ir(s, f, w) for s in shapes for w in (1.0, *cuts) for f in formats}
     for (shape, width, fmt), ir in irs.items():
         runs = [_child(ir, args.steps) for _ in range(args.repeats)]
-        results.append({"shape": shape, "mlp": width, "format": fmt, "profile": _median_profile(runs)})
+        results.append({"shape": shape, "mlp": built_width(shape, width), "format": fmt,
+                        "profile": _median_profile(runs)})
         print(table(results)[-1], flush=True)
     machine = machine_info()
     cmd = (f".venv/bin/python bench/decode_profile.py --shapes {args.shapes} --formats {args.formats} "
@@ -264,8 +277,8 @@ def main() -> None:
         f"median of {args.repeats} processes. Milliseconds per token (share of the wall time); node times are "
         "the runtime's own per-node real times, so they include its per-node scheduling.",
         "The bounds assume nothing but the MLP time shrinks ('bound of this cut': from the dense profile of the "
-        "same shape and format); '× dense INT8': the dense INT8 IR's wall time over this IR's, same shape, this "
-        "run (profiling on). Speeds from a GenAI pipeline differ (sampling, tokenisation), the shares do not.",
+        "same shape and format, to compare with '× dense, same format'); '× dense INT8': the dense INT8 IR's wall "
+        "time over this IR's, same shape, this run (profiling on); MLP width: as built, in 64-channel steps. Speeds from a GenAI pipeline differ (sampling, tokenisation), the shares do not.",
         "",
         *table(results),
         "",

@@ -7,7 +7,7 @@ from pathlib import Path
 BENCH = Path(__file__).parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
-from decode_profile import cut_bound, cut_shape, part_of, table  # noqa: E402
+from decode_profile import built_width, cut_bound, cut_shape, part_of, table  # noqa: E402
 
 
 def test_part_of_reads_optimum_intel_node_names():
@@ -41,6 +41,7 @@ def test_a_cut_keeps_the_shape_but_the_mlp_width_in_whole_steps():
     assert cut_shape("llama-3.2-1b", 0.75)["intermediate_size"] == 6144
     assert cut_shape("smollm2-135m", 0.75)["intermediate_size"] == 1152  # LoNAS's heuristic width
     assert cut_shape("smollm2-135m", 0.75)["hidden_size"] == 576
+    assert built_width("smollm2-135m", 0.6) == 896 / 1536  # the width the table shows is the one built
 
 
 def _profile(wall: float, mlp: float) -> dict:
@@ -54,8 +55,8 @@ def test_the_table_measures_a_cut_against_dense_int8_and_bounds_it_by_the_dense_
     rows = table([{"shape": "s", "mlp": 1.0, "format": "int8", "profile": dense8},
                   {"shape": "s", "mlp": 1.0, "format": "int4", "profile": dense4},
                   {"shape": "s", "mlp": 0.75, "format": "int4", "profile": cut4}])  # fmt: skip
-    assert rows[-1].endswith("| 1.67x | 1.14x |") and "| 75% | INT4 |" in rows[-1]
-    assert rows[-3].endswith("| 1.00x | - |")
+    assert rows[-1].endswith("| 1.67x | 1.33x | 1.14x |") and "| 75% | INT4 |" in rows[-1]
+    assert rows[-3].endswith("| 1.00x | - | - |")
 
 
 def test_decode_profile_refuses_a_width_outside_zero_one():
