@@ -88,8 +88,7 @@ def built_width(shape: str, mlp: float) -> float:
 
 
 def _folder(shape: str, mlp: float) -> Path:
-    cut = built_width(shape, mlp) < 1.0
-    return WORK / (f"{shape}_mlp{cut_shape(shape, mlp)['intermediate_size']}" if cut else shape)
+    return WORK / (f"{shape}_mlp{cut_shape(shape, mlp)['intermediate_size']}" if built_width(shape, mlp) < 1 else shape)
 
 
 def _model(shape: str, mlp: float) -> Path | str:
@@ -211,17 +210,13 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     head += ("MLP share | bound: all MLPs halved | bound: MLPs removed | × dense INT8 (wall) | × dense, same format "
              "(wall) | bound of this cut (same format) |")
     lines = [head, "|" + "---|" * (len(PARTS) + 11)]
+    dense = {(q["shape"], q["format"]): q["profile"] for q in results if q.get("mlp", 1.0) == 1.0}
     for r in results:
         p, wall = r["profile"], r["profile"]["wall_ms"]
         total = p["nodes_ms"] + p["outside_ms"]
         shares = [f"{p['parts_ms'][k]:.2f} ({p['parts_ms'][k] / total:.0%})" for k in PARTS]
         mlp, width = mlp_share(p), r.get("mlp", 1.0)
-
-        def peer(fmt: str, r: dict[str, Any] = r) -> dict[str, Any] | None:
-            return next((q["profile"] for q in results if q["shape"] == r["shape"] and q.get("mlp", 1.0) == 1.0
-                         and q["format"] == fmt), None)  # fmt: skip
-
-        int8, same = peer("int8"), peer(r["format"])
+        int8, same = dense.get((r["shape"], "int8")), dense.get((r["shape"], r["format"]))
         ratio = f"{int8['wall_ms'] / wall:.2f}x" if int8 else "-"
         own = f"{same['wall_ms'] / wall:.2f}x" if same and width < 1.0 else "-"
         bound = f"{cut_bound(same, width):.2f}x" if same and width < 1.0 else "-"

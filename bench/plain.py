@@ -146,19 +146,15 @@ def run_cell(recipe: str, task: str, seed: int, steps: int) -> dict[str, Any]:
 def training_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The config sections (``model_dump(mode="json")``) that make runs ``a`` and ``b`` train, or measure their
     training, differently: all but the search, the benchmark's settings and the shipped IR's weight format."""
-    keys = [(k,) for k in ("model", "data", "sparsity", "quantization", "evaluation", "plain", "input_info")]
-    keys += [("bootstrapNAS", "training"), ("bootstrapNAS", "elasticity"), ("benchmark", "references")]
+    from nncf_elastic_lora.outputs import config_differences
 
-    def at(config: dict[str, Any], path: tuple[str, ...]) -> Any:
-        for k in path:
-            config = (config or {}).get(k)
-        return config
-
-    differ = [".".join(k) for k in keys if at(a, k) != at(b, k)]
-    strip = ("weight_format",)  # the reference IRs do not depend on it: only the shipped export does
-    if {k: v for k, v in a["export"].items() if k not in strip} != {k: v for k, v in b["export"].items() if k not in strip}:
-        differ.append("export (other than weight_format)")
-    return differ
+    after_training = ("bootstrapNAS.search.", "benchmark.", "export.weight_format")
+    sections = set()
+    for key in config_differences(a, b):
+        if key.startswith("benchmark.references") or not key.startswith(after_training):
+            parts = key.split(".")
+            sections.add(".".join(parts[:2]) if parts[0] in ("bootstrapNAS", "benchmark") else parts[0])
+    return sorted(sections)
 
 
 def seed_from_training(source: Path, out: Path, config: Any) -> None:

@@ -401,19 +401,19 @@ def directory_size(path: str | Path, pattern: str = "*") -> int:
     return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file())
 
 
+def config_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs as JSON objects (``model_dump(mode="json")``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in config_differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def check_same_config(path: str | Path, config: dict[str, Any]) -> None:
     """On resume: refuse when ``path`` (a saved config) differs from ``config``; name what changed."""
     path = Path(path)
     if not path.is_file():
         return
-    saved = json.loads(path.read_text())
-
-    def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-        return [] if a == b else [prefix.rstrip(".")]
-
-    changed = diff(saved, config)
+    changed = config_differences(json.loads(path.read_text()), config)
     if changed:
         raise OutputExistsError(
             f"cannot resume in {path.parent}: the config differs from the one it was started with "
