@@ -452,7 +452,8 @@ class SearchConfig(_Section):
         description="NSGA-II's pick from the Pareto front: the highest quality, the cheapest sub-adapter "
         "at least as good as the heuristic on validation, or the cheapest at least as good as the plain "
         "alternative (LoRA on the dense model, merged; measured by `run` on the same validation examples and "
-        "metric; the best sub-adapter when none is). 'auto': 'cheapest_above_plain' where the plain "
+        "metric, at the candidates' precision: on a base the run quantizes to INT4, rounded to its INT4 grid; the "
+        "best sub-adapter when none is). 'auto': 'cheapest_above_plain' where the plain "
         "alternative is measured (`run` with plain.enabled, `search --plain-quality`), else 'best_quality'.",
     )
     seed: int = 42

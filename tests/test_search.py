@@ -1,6 +1,7 @@
 import itertools
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -243,3 +244,59 @@ def test_nsga_search_on_a_tiny_supernet(tmp_path, tokenizer):
     best = search_subadapter(supernet, objectives, auto, tmp_path, progress=False)
     assert best.details["select"] == "best_quality" and "floor" not in best.details
     assert best.chosen_quality == qualities[-1]
+
+
+def test_plain_floor_on_an_int4_base_is_the_merged_lora_on_the_runs_int4_grid(tmp_path, monkeypatch):
+    """On a base the run quantizes to INT4, every candidate is scored with INT4 weights: so is the plain floor
+    (its LoRA merged, then rounded data-free to the run's grid), or no candidate could ever reach it."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from nncf_elastic_lora.config import apply_overrides, load_config
+    from nncf_elastic_lora.data import load_task
+    from nncf_elastic_lora.models import load_model
+    from nncf_elastic_lora.stages import plain as plain_stage
+
+    config = apply_overrides(load_config(Path(__file__).parent.parent / "configs" / "tiny_sqft_qa_sparsepeft.json"),
+                             ["sparsity.method=none", "bootstrapNAS.training.adapter_kind=fq_lora"])  # fmt: skip
+    model, _ = load_model(config.model)
+    torch.manual_seed(0)
+    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "up_proj", "down_proj"]))
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.2)  # a LoRA that moves the weights by more than a quantization step
+    lora.save_pretrained(tmp_path / "ref" / "train" / "sub_adapter_heuristic")
+    monkeypatch.setattr(plain_stage, "plain_reference", lambda *_, **__: {"directory": str(tmp_path / "ref"),
+                                                                          "reused": True})  # fmt: skip
+    examples = load_task(config.data).validation[:8]
+    floor = plain_stage.plain_validation_quality(config, examples, "loss", progress=False)
+    as_float = apply_overrides(config, ["quantization.weight_format=none"])
+    float_floor = plain_stage.plain_validation_quality(as_float, examples, "loss", progress=False)
+    assert (floor["precision"], float_floor["precision"]) == ("int4", "float")
+    assert floor["quality"] != pytest.approx(float_floor["quality"], abs=1e-4)
+
+    name, adapter = "model.layers.0.mlp.up_proj", tmp_path / "ref" / "train" / "sub_adapter_heuristic"
+    base_up = model.get_submodule(name).base_layer.weight.detach().clone()
+    float_up = PeftModel.from_pretrained(load_model(config.model)[0], adapter).merge_and_unload()
+    float_up = float_up.get_submodule(name).weight.detach()
+    up = plain_stage.merged_on_int4_grid(config, adapter)[0].get_submodule(name).weight.detach()
+    group = config.quantization.group_size
+    rounded, exact, unmerged = (w.reshape(-1, group) for w in (up, float_up, base_up))
+    assert max(len(torch.unique(g)) for g in rounded) <= 16  # each group holds at most the 16 INT4 levels
+    half_step = (exact.amax(1) - exact.amin(1)) / 15 / 2  # asymmetric min/max scales
+    assert bool(((rounded - exact).abs().amax(1) <= half_step * 1.01 + 1e-6).all())  # the merged weight, rounded
+    assert (rounded - unmerged).abs().mean() > 2 * (rounded - exact).abs().mean()  # not the base's own weight
+
+
+def test_the_search_summary_and_report_name_the_floors_precision():
+    from nncf_elastic_lora.report.render import search_block
+    from nncf_elastic_lora.stages.search import Search
+
+    floor = {"select": "cheapest_above_plain", "quality": -1.5, "reached": True}
+    result = {"algorithm": "NSGA2", "chosen_quality": -1.4, "chosen_cost": 9.0, "evaluations_used": 8,
+              "new_evaluations": 8, "details": {"floor": floor}}  # fmt: skip
+    for precision, shown in (("int4", "floor (plain INT4's validation quality)"),
+                             ("float", "floor (plain's validation quality)")):  # fmt: skip
+        summary = Search("NSGA2").summary(None, {**result, "plain": {"precision": precision}})
+        assert summary["floor"]["precision"] == precision
+        assert [shown, "-1.5000: the cheapest at or above it"] in search_block(summary, {}).facts

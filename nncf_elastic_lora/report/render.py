@@ -87,6 +87,7 @@ def search_block(s: dict[str, Any], report: dict[str, Any]) -> Block:
     floor = s.get("floor")
     if floor:
         who = floor["select"].removeprefix("cheapest_above_")
+        who += " INT4" if floor.get("precision") == "int4" else ""  # scored on the run's INT4 grid
         outcome = "the cheapest at or above it" if floor["reached"] else "none reached it: the best one ships"
         facts.append([f"floor ({who}'s validation quality)", f"{floor['quality']:.4f}: {outcome}"])
     return Block("Search", facts)

@@ -27,8 +27,10 @@ from typing import Any
 from ..config import BootstrapNASConfig, ElasticityConfig, PipelineConfig, WidthElasticityConfig
 from ..data import Example, TaskData
 from ..deploy.benchmark import decode_speed_stderr
+from ..deploy.export import attach_adapter
 from ..evaluation import CausalLM, paired_difference
-from ..models import cache_dir, model_placement
+from ..int4 import quantize_base
+from ..models import cache_dir, load_model, model_placement
 from ..outputs import location_problem, output_lock, write_json
 from ..provenance import data_fingerprint, model_fingerprint
 from ..search import validation_quality
@@ -196,16 +198,42 @@ def plain_validation_quality(
     """The plain alternative's search quality on ``examples`` (``metric`` as the search scores it).
 
     The plain LoRA adapter of :func:`plain_reference` (trained, or reused from its cache) on the original
-    dense model, scored in torch as the sub-adapters are: the floor of select ``cheapest_above_plain``.
-    Returns ``{"quality", "metric", "examples", "directory", "reused"}``.
+    dense model, scored in torch as the sub-adapters are, at their precision (:func:`floor_precision`): the
+    floor of select ``cheapest_above_plain``. Returns ``{"quality", "metric", "examples", "precision",
+    "directory", "reused"}``.
     """
     reference = plain_reference(config, tasks=tasks, progress=progress)
     adapter = Path(reference["directory"]) / "train" / "sub_adapter_heuristic"
-    model, tokenizer, _ = load_for_eval(plain_config(config), adapter)
+    precision = floor_precision(config)
+    if precision == "int4":
+        model, tokenizer = merged_on_int4_grid(config, adapter)
+    else:
+        model, tokenizer, _ = load_for_eval(plain_config(config), adapter)
     quality = validation_quality(CausalLM(model, tokenizer), examples, metric, config.evaluation.batch_size)
-    log.info("plain reference: validation %s %.4f on %d examples (the search's floor)", metric, quality, len(examples))
-    return {"quality": quality, "metric": metric, "examples": len(examples),
+    log.info("plain reference (%s): validation %s %.4f on %d examples (the search's floor)", precision, metric,
+             quality, len(examples))  # fmt: skip
+    return {"quality": quality, "metric": metric, "examples": len(examples), "precision": precision,
             "directory": reference["directory"], "reused": reference["reused"]}  # fmt: skip
+
+
+def floor_precision(config: PipelineConfig) -> str:
+    """The precision the run's sub-adapters are scored at, and so the plain floor: ``"int4"`` on a base the run
+    quantizes (``quantization.weight_format`` 'int4': every candidate carries the INT4 rounding), else
+    ``"float"``. A float floor against INT4 candidates weighs the rounding, not the adapters: in the bench
+    (docs/benchmarks.md) no INT4 candidate reached it, even where the shipped IR tied plain INT8 on test."""
+    return "int4" if config.quantization.weight_format == "int4" else "float"
+
+
+def merged_on_int4_grid(config: PipelineConfig, adapter: str | Path) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: the plain LoRA ``adapter`` merged into ``config.model``, whose quantized linears are
+    then rounded data-free to the run's INT4 grid (``quantization``: group size, symmetry, fallback) as the plain
+    INT4 export rounds them: the plain alternative at the precision of the run's INT4 base, to score in torch."""
+    q = config.quantization
+    model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))  # NNCF rounds in float32
+    model, _ = attach_adapter(model, adapter, merge=True, base_fingerprint=model_fingerprint(config.model))
+    quantize_base(model, target_modules=q.target_modules, group_size=q.group_size, sym=q.sym,
+                  group_size_fallback=q.group_size_fallback, progress=False)  # fmt: skip
+    return model.to(model_placement(config.model).dtype), tokenizer
 
 
 class PlainReference(Stage):

@@ -20,7 +20,7 @@ from ..provenance import model_fingerprint
 from ..search import SubnetObjectives, search_subadapter
 from .engine import RunState, Stage, pick
 from .nls import adapter_inputs, evaluate_subnets, latency_predictor, load_supernet
-from .plain import plain_key, plain_validation_quality
+from .plain import floor_precision, plain_key, plain_validation_quality
 
 
 def search_examples(config: PipelineConfig, data: TaskData | None = None) -> list[Example]:
@@ -88,7 +88,7 @@ class Search(Stage):
 
     def inputs(self, run: RunState) -> dict[str, str | None]:
         latency = fingerprint_path(run.latency_model) if run.latency_model else None
-        plain = plain_key(run.config) if plain_floor(run.config) else None
+        plain = f"{plain_key(run.config)} {floor_precision(run.config)}" if plain_floor(run.config) else None
         return {**adapter_inputs(run), "latency_model": latency, "plain": plain}
 
     def compute(self, run: RunState) -> Any:
@@ -111,6 +111,8 @@ class Search(Stage):
         keys = ("algorithm", "chosen_quality", "chosen_cost", "evaluations_used", "new_evaluations")
         summary = pick(result, (*keys, "wall_s", "reference"))
         floor = result.get("details", {}).get("floor")
+        if floor and "plain" in result:  # the precision the plain alternative was scored at
+            floor = {**floor, "precision": result["plain"].get("precision", "float")}
         return {**summary, "floor": floor} if floor else summary
 
 
