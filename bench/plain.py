@@ -63,6 +63,9 @@ ALL_LINEAR_GROUPS = ('bootstrapNAS.elasticity.width.overwrite_groups=[["model.la
                      '"model.layers.{*}.self_attn.k_proj", "model.layers.{*}.self_attn.v_proj", '
                      '"model.layers.{*}.self_attn.o_proj"], ["model.layers.{*}.mlp.gate_proj", '
                      '"model.layers.{*}.mlp.up_proj"], ["model.layers.{*}.mlp.down_proj"]]')  # fmt: skip
+SEARCHED = ["bootstrapNAS.search.algorithm=NSGA2", "bootstrapNAS.search.select=cheapest_above_plain"]
+DISTILL = "bootstrapNAS.training.distillation.enabled=true"
+INT4 = "export.weight_format=int4"
 # label -> (config, overrides, shipped precision)
 # (in the order they run: the previous main job first, then what can be faster than the plain alternative)
 RECIPES: dict[str, tuple[str, list[str], str]] = {
@@ -72,12 +75,15 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "FQ-LoRA fixed rank": ("fq_lora_smollm2", ["bootstrapNAS.training.algorithm=lora",
                                                'bootstrapNAS.elasticity.width={"default_widths": [32]}'], "int4"),
     "LoNAS heuristic": (LONAS, [], "int8"),
-    "LoNAS searched": (LONAS, ["bootstrapNAS.search.algorithm=NSGA2",
-                               "bootstrapNAS.search.select=cheapest_above_plain"], "int8"),  # fmt: skip
-    "LoNAS heuristic INT4": (LONAS, ["export.weight_format=int4"], "int4"),
+    "LoNAS searched": (LONAS, SEARCHED, "int8"),
+    "LoNAS heuristic INT4": (LONAS, [INT4], "int4"),
     "LoNAS + FQ-LoRA heuristic": ("lonas_fq_lora_smollm2", [], "int4"),
     "SQFT + QA-SparsePEFT": ("sqft_qa_sparsepeft_smollm2", [], "int4"),
-    "LoNAS heuristic + distillation": (LONAS, ["bootstrapNAS.training.distillation.enabled=true"], "int8"),
+    "LoNAS heuristic + distillation": (LONAS, [DISTILL], "int8"),
+    "LoNAS searched + distillation": (LONAS, [DISTILL, *SEARCHED], "int8"),
+    "LoNAS searched INT4": (LONAS, [*SEARCHED, INT4], "int4"),
+    "LoNAS heuristic + distillation INT4": (LONAS, [DISTILL, INT4], "int4"),
+    "LoNAS searched + distillation INT4": (LONAS, [DISTILL, *SEARCHED, INT4], "int4"),
     # select 'auto' (the default) is 'cheapest_above_plain' under NSGA-II: the cheapest sub-network whose
     # validation loss is no worse than the plain LoRA's
     "LoNAS + FQ-LoRA searched": ("lonas_fq_lora_smollm2", ["bootstrapNAS.search.algorithm=NSGA2"], "int4"),
@@ -88,6 +94,10 @@ SHARES_TRAINING = {
     "LoNAS searched": "LoNAS heuristic",
     "LoNAS heuristic INT4": "LoNAS heuristic",
     "LoNAS + FQ-LoRA searched": "LoNAS + FQ-LoRA heuristic",
+    "LoNAS searched INT4": "LoNAS heuristic",
+    "LoNAS searched + distillation": "LoNAS heuristic + distillation",
+    "LoNAS heuristic + distillation INT4": "LoNAS heuristic + distillation",
+    "LoNAS searched + distillation INT4": "LoNAS heuristic + distillation",
 }
 # what a run writes up to its training: the stage results and their folders
 TRAINING_STAGES = ("sparsify", "quantize_base", "reorder", "train", "eval_subnets", "reference_int8",
