@@ -13,12 +13,17 @@ collects those rows from each ``report.json``:
   the same with every decoder linear adapted (o_proj and gate_proj too, as NNCF's example does), and so
   every INT4 scale trained; its plain LoRA adapts all seven linears as well; **FQ-LoRA fixed rank**: no NLS,
   the rank-32 adapter trained alone (NNCF's FQ_LORA without the elastic rank), as the plain LoRA is trained;
-- **LoNAS heuristic, INT8 / INT4**, **LoNAS searched (NSGA-II on MACs, select ``cheapest_above_plain``: the
-  cheapest sub-network whose validation loss is no worse than the plain LoRA's), INT8**, and **LoNAS heuristic
-  with in-place distillation, INT8**: ``configs/lonas_smollm2.json`` with the overrides named in the table;
+  **FQ-LoRA sym**: on a symmetric INT4 base (no zero points), which OpenVINO's CPU plugin decompresses faster
+  (``bench/int4_layout.py``); the plain INT4 peer stays optimum-cli's asymmetric export;
+- **LoNAS heuristic** and **LoNAS searched** (NSGA-II on MACs, select ``cheapest_above_plain``: the cheapest
+  sub-network whose validation loss is no worse than the plain LoRA's), each with and without in-place
+  distillation, at INT8 and INT4: ``configs/lonas_smollm2.json`` with the overrides named in the table (the
+  searched and INT4 cells start from the finished training of their heuristic recipe);
 - **LoNAS + FQ-LoRA heuristic, INT4**: ``configs/lonas_fq_lora_smollm2.json`` (channels ordered, INT4 base, NLS
   over MLP widths × ranks through FQ(W + s·BA) with training scales; the heuristic sub-network, MLPs at 75 %,
-  extracted as INT4 codes under the trained scales).
+  extracted as INT4 codes under the trained scales); **searched**: NSGA-II, select ``auto`` (the cheapest
+  sub-network at least as good as the plain LoRA on validation, the plain LoRA there rounded to the run's INT4
+  grid as every candidate is).
 
 Every recipe keeps the shipped configs' data, learning rate, rank and batch (the untuned baselines are not
 evaluated, and one dense INT8 IR is the benchmark's reference: the table needs neither); seeds change the training
@@ -71,6 +76,8 @@ INT4 = "export.weight_format=int4"
 RECIPES: dict[str, tuple[str, list[str], str]] = {
     "SQFT + SparsePEFT": ("sqft_sparsepeft_smollm2", [], "int8"),
     "FQ-LoRA": ("fq_lora_smollm2", [], "int4"),
+    # symmetric INT4 (no zero points): OpenVINO's CPU decompresses it faster (bench/results/int4_layout.md)
+    "FQ-LoRA sym": ("fq_lora_smollm2", ["quantization.sym=true"], "int4"),
     "FQ-LoRA all linears": ("fq_lora_smollm2", [ALL_LINEARS, ALL_LINEAR_GROUPS], "int4"),
     "FQ-LoRA fixed rank": ("fq_lora_smollm2", ["bootstrapNAS.training.algorithm=lora",
                                                'bootstrapNAS.elasticity.width={"default_widths": [32]}'], "int4"),
