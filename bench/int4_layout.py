@@ -113,14 +113,15 @@ def main() -> None:
     plain, tasks = plain_config(config), eval_splits(config)
     irs = {}
     for name, s in settings.items():
-        irs[name] = WORK / name
+        irs[name] = WORK / reference["key"] / name  # another plain reference, other IRs
         if not (irs[name] / "openvino_model.xml").exists():
             export_openvino(config.model, irs[name], adapter=adapter, merge_adapter=True, genai_device=None,
                             overwrite=True, **s)  # fmt: skip
-    accuracy = {}
+    accuracy, scored = {}, 0
     for name, ir in irs.items():
         scores = [r.to_dict() for r in evaluate_ir(plain, ir, tasks, progress=False)]
         accuracy[name] = primary_score(scores, config.data.task)[1]
+        scored = next(r["n"] for r in scores if r["task"] == config.data.task)
     b = config.benchmark
     speeds = benchmark_models([(name, ir, "genai") for name, ir in irs.items()], rounds=args.rounds,
                               repeats=args.repeats, batch_sizes=[1, 4], prompt_tokens=b.prompt_tokens,
@@ -135,7 +136,7 @@ def main() -> None:
         f"Command: `{cmd}`; wall time {(time.time() - start) / 60:.0f} min. Machine: {json.dumps(machine)}.",
         f"Model: the plain alternative of bench/plain.py's main cell (LoRA on the dense SmolLM2-135M, "
         f"{config.data.task}, seed 0, {config.bootstrapNAS.training.max_steps} steps), merged and exported per "
-        f"layout (NNCF data-free; embeddings and LM head INT8). Test accuracy on {config.evaluation.limit} "
+        f"layout (NNCF data-free; embeddings and LM head INT8). Test accuracy on {scored} "
         f"examples; GenAI decode, {b.prompt_tokens}-token prompt, {b.new_tokens} new tokens, median of "
         f"{args.repeats} runs per round × {args.rounds} rounds in alternating order; ratios ± their standard errors.",
         "",

@@ -13,8 +13,8 @@ collects those rows from each ``report.json``:
   the same with every decoder linear adapted (o_proj and gate_proj too, as NNCF's example does), and so
   every INT4 scale trained; its plain LoRA adapts all seven linears as well; **FQ-LoRA fixed rank**: no NLS,
   the rank-32 adapter trained alone (NNCF's FQ_LORA without the elastic rank), as the plain LoRA is trained;
-  **FQ-LoRA g192**: on an INT4 base of 192-channel groups, which OpenVINO's CPU plugin decompresses faster
-  than groups of 64 (``bench/int4_layout.py``); the plain INT4 peer stays at the shipped configs' group 64;
+  **FQ-LoRA g192**: on an INT4 base of 192-channel groups, which OpenVINO's CPU plugin decoded slightly faster
+  than groups of 64 at batch 1 (``bench/int4_layout.py``); the plain INT4 peer stays at group 64;
 - **LoNAS heuristic** and **LoNAS searched** (NSGA-II on MACs, select ``cheapest_above_plain``: the cheapest
   sub-network whose validation loss is no worse than the plain LoRA's), each with and without in-place
   distillation, at INT8 and INT4: ``configs/lonas_smollm2.json`` with the overrides named in the table (the
@@ -77,7 +77,8 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "SQFT + SparsePEFT": ("sqft_sparsepeft_smollm2", [], "int8"),
     "FQ-LoRA": ("fq_lora_smollm2", [], "int4"),
     # INT4 groups of 192 channels (a divisor of both SmolLM2 widths, 576 and 1536): fewer scales to apply per
-    # decoded token, 1.07-1.25x the group-64 layout's batch-1 speed (bench/results/int4_layout.md)
+    # decoded token; plain exports at batch 1: 1.25-1.27x INT8, 1.07-1.08x group 64 (about 2 standard errors),
+    # a tie at batch 4 (bench/results/int4_layout.md)
     "FQ-LoRA g192": ("fq_lora_smollm2", ["quantization.group_size=192"], "int4"),
     "FQ-LoRA all linears": ("fq_lora_smollm2", [ALL_LINEARS, ALL_LINEAR_GROUPS], "int4"),
     "FQ-LoRA fixed rank": ("fq_lora_smollm2", ["bootstrapNAS.training.algorithm=lora",

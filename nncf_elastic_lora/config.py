@@ -452,9 +452,15 @@ class SearchConfig(_Section):
         description="NSGA-II's pick from the Pareto front: the highest quality, the cheapest sub-adapter "
         "at least as good as the heuristic on validation, or the cheapest at least as good as the plain "
         "alternative (LoRA on the dense model, merged; measured by `run` on the same validation examples and "
-        "metric, at the candidates' precision: on a base the run quantizes to INT4, rounded to its INT4 grid; the "
-        "best sub-adapter when none is). 'auto': 'cheapest_above_plain' where the plain "
+        "metric, at `floor_precision`; the best sub-adapter when none is). 'auto': 'cheapest_above_plain' where the plain "
         "alternative is measured (`run` with plain.enabled, `search --plain-quality`), else 'best_quality'.",
+    )
+    floor_precision: Literal["auto", "float"] = Field(
+        "auto",
+        description="Precision of select 'cheapest_above_plain''s floor. 'auto': the candidates' own, so on a "
+        "base the run quantizes to INT4 the plain LoRA is merged and rounded data-free to that INT4 grid (the "
+        "plain INT4 alternative); 'float': the plain LoRA unrounded, a bar near plain INT8's that INT4 "
+        "candidates, scored with their rounding, rarely reach on 'loss'.",
     )
     seed: int = 42
 

@@ -326,6 +326,7 @@ CASES = [
     Case("export-w8a8-int4", [*EXPORT, "--weight-format", "int4", "--activations", "int8"], "set weight_format to 'int8'"),
     Case("floor-without-nsga", [*RUN, "--set", "bootstrapNAS.search.select=cheapest_above_plain"], "set algorithm to 'NSGA2'"),
     Case("floor-without-plain", [*RUN, "--set", "bootstrapNAS.search.algorithm=NSGA2", "--set", "bootstrapNAS.search.select=cheapest_above_plain", "--set", "plain.enabled=false"], "set plain.enabled to true"),
+    Case("floor-precision-bad", [*RUN, "--set", "bootstrapNAS.search.floor_precision=int8"], "bootstrapNAS.search.floor_precision: got \"int8\"; Input should be 'auto' or 'float'"),
     Case("search-verb-floor", [*SEARCH, "--super-adapter", "{ws}/super", "--set", "bootstrapNAS.search.algorithm=NSGA2", "--set", "bootstrapNAS.search.select=cheapest_above_plain"], "pass --plain-quality"),
     Case("search-verb-stray-floor", [*SEARCH, "--super-adapter", "{ws}/super", "--plain-quality", "-1.5"], "drop --plain-quality"),
     Case("plain-formats-repeat", [*RUN, "--set", 'plain.weight_formats=["int8", "int8"]'], "repeats a format"),

@@ -274,6 +274,8 @@ def test_plain_floor_on_an_int4_base_is_the_merged_lora_on_the_runs_int4_grid(tm
     float_floor = plain_stage.plain_validation_quality(as_float, examples, "loss", progress=False)
     assert (floor["precision"], float_floor["precision"]) == ("int4", "float")
     assert floor["quality"] != pytest.approx(float_floor["quality"], abs=1e-4)
+    asked_float = apply_overrides(config, ["bootstrapNAS.search.floor_precision=float"])  # the stricter bar, on request
+    assert plain_stage.plain_validation_quality(asked_float, examples, "loss", progress=False) == float_floor
 
     name, adapter = "model.layers.0.mlp.up_proj", tmp_path / "ref" / "train" / "sub_adapter_heuristic"
     base_up = model.get_submodule(name).base_layer.weight.detach().clone()
@@ -300,3 +302,19 @@ def test_the_search_summary_and_report_name_the_floors_precision():
         summary = Search("NSGA2").summary(None, {**result, "plain": {"precision": precision}})
         assert summary["floor"]["precision"] == precision
         assert [shown, "-1.5000: the cheapest at or above it"] in search_block(summary, {}).facts
+
+
+def test_the_floors_precision_is_a_search_input_that_float_runs_of_older_versions_still_match():
+    from nncf_elastic_lora.config import apply_overrides, load_config
+    from nncf_elastic_lora.outputs import changed_inputs
+    from nncf_elastic_lora.stages.plain import plain_key
+    from nncf_elastic_lora.stages.search import floor_inputs
+
+    tiny = Path(__file__).parent.parent / "configs" / "tiny_sqft_qa_sparsepeft.json"
+    config = apply_overrides(load_config(tiny), ["bootstrapNAS.search.algorithm=NSGA2", "plain.enabled=true"])
+    as_float = apply_overrides(config, ["quantization.weight_format=none", "bootstrapNAS.training.adapter_kind=lora"])
+    asked_float = apply_overrides(config, ["bootstrapNAS.search.floor_precision=float"])
+    for floats in (as_float, asked_float):  # recorded before the precision was an input: {"plain": key}
+        assert changed_inputs({"plain": plain_key(floats)}, floor_inputs(floats)) == []
+    assert changed_inputs({"plain": plain_key(config)}, floor_inputs(config)) == ["plain_precision"]
+    assert floor_inputs(apply_overrides(config, ["bootstrapNAS.search.algorithm=heuristic"])) == {"plain": None}

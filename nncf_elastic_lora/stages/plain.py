@@ -210,24 +210,29 @@ def plain_validation_quality(
     else:
         model, tokenizer, _ = load_for_eval(plain_config(config), adapter)
     quality = validation_quality(CausalLM(model, tokenizer), examples, metric, config.evaluation.batch_size)
-    log.info("plain reference (%s): validation %s %.4f on %d examples (the search's floor)", precision, metric,
-             quality, len(examples))  # fmt: skip
+    log.info("plain reference (%s): validation %s %.4f on %d examples (the search's floor)",
+             precision, metric, quality, len(examples))  # fmt: skip
     return {"quality": quality, "metric": metric, "examples": len(examples), "precision": precision,
             "directory": reference["directory"], "reused": reference["reused"]}  # fmt: skip
 
 
 def floor_precision(config: PipelineConfig) -> str:
-    """The precision the run's sub-adapters are scored at, and so the plain floor: ``"int4"`` on a base the run
-    quantizes (``quantization.weight_format`` 'int4': every candidate carries the INT4 rounding), else
-    ``"float"``. A float floor against INT4 candidates weighs the rounding, not the adapters: in the bench
-    (docs/benchmarks.md) no INT4 candidate reached it, even where the shipped IR tied plain INT8 on test."""
+    """The precision of the plain floor (``bootstrapNAS.search.floor_precision``): with 'auto', the candidates'
+    own, ``"int4"`` on a base the run quantizes (``quantization.weight_format`` 'int4': every candidate carries
+    the INT4 rounding), else ``"float"``. A float floor against INT4 candidates weighs the rounding, not the
+    adapters: in the bench (docs/benchmarks.md) no INT4 candidate reached it, even where the shipped IR tied
+    plain INT8 on test."""
+    if config.bootstrapNAS.search.floor_precision == "float":
+        return "float"
     return "int4" if config.quantization.weight_format == "int4" else "float"
 
 
 def merged_on_int4_grid(config: PipelineConfig, adapter: str | Path) -> tuple[Any, Any]:
-    """``(model, tokenizer)``: the plain LoRA ``adapter`` merged into ``config.model``, whose quantized linears are
-    then rounded data-free to the run's INT4 grid (``quantization``: group size, symmetry, fallback) as the plain
-    INT4 export rounds them: the plain alternative at the precision of the run's INT4 base, to score in torch."""
+    """``(model, tokenizer)``: the plain LoRA ``adapter`` merged into ``config.model``, whose linears are then
+    rounded to INT4 with the run's base settings (``quantization``: targets, group size, symmetry, fallback),
+    data-free whatever the base used (a plain export's default), embeddings and head left as the candidates
+    have them. The same scheme as the candidates', not the same groups where LoNAS reordered the base's
+    channels first."""
     q = config.quantization
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))  # NNCF rounds in float32
     model, _ = attach_adapter(model, adapter, merge=True, base_fingerprint=model_fingerprint(config.model))

@@ -80,6 +80,15 @@ def plain_floor(config: PipelineConfig) -> bool:
     return config.bootstrapNAS.search.resolved_select(measured) == "cheapest_above_plain"
 
 
+def floor_inputs(config: PipelineConfig) -> dict[str, str | None]:
+    """What the plain floor depends on: the plain reference, and its precision where it is not float (None, as
+    runs written before floors on INT4 grids recorded nothing, so those float runs still resume)."""
+    if not plain_floor(config):
+        return {"plain": None}
+    precision = floor_precision(config)
+    return {"plain": plain_key(config), "plain_precision": None if precision == "float" else precision}
+
+
 class Search(Stage):
     name, section = "search", "search"
 
@@ -88,8 +97,7 @@ class Search(Stage):
 
     def inputs(self, run: RunState) -> dict[str, str | None]:
         latency = fingerprint_path(run.latency_model) if run.latency_model else None
-        plain = f"{plain_key(run.config)} {floor_precision(run.config)}" if plain_floor(run.config) else None
-        return {**adapter_inputs(run), "latency_model": latency, "plain": plain}
+        return {**adapter_inputs(run), "latency_model": latency, **floor_inputs(run.config)}
 
     def compute(self, run: RunState) -> Any:
         s, floor = run.config.bootstrapNAS.search, None
