@@ -44,6 +44,7 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
     )
     assert verdict["line"].startswith("Shipped vs plain LoRA, merged, int8 IR on basic_arithmetic: ")
     assert verdict["line"] in (out / "report.md").read_text()
+    assert verdict["speedup_control"] is None  # no dense IR of the plain one's format (int8) in this run
     # A second run with the same plain inputs reuses the reference: no second LoRA training.
     again = tmp_path / "again"
     cheap = ["--set", "sparsity.method=none", "--set", "bootstrapNAS.enabled=false", "--set", "evaluation.baseline=false"]

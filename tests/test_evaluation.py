@@ -196,6 +196,26 @@ def test_verdict_line(speed, speed_se, diff, se, expected):
         assert f"{speed:.2f}x its batch-1 decode speed ± {speed_se:.2f}" in line
 
 
+@pytest.mark.parametrize("control,expected", [
+    (1.02, "the shipped IR wins: faster"),  # a steady run: the standard error decides
+    (1.23, "a tie: as fast within the run-to-run spread"),  # the same shapes read 1.23x: 1.18x is not a gain
+    (0.80, "a tie: as fast within the run-to-run spread"),
+])  # fmt: skip
+def test_verdict_widens_the_speed_spread_to_the_runs_same_shape_control(control, expected):
+    from nncf_elastic_lora.stages.plain import same_shape_control, verdict_line
+
+    rows = {"dense OpenVINO IR (int8)": {"decode_tokens_per_s": {1: 100.0 * control, 4: 300.0}},
+            "plain LoRA, merged, int8 IR": {"decode_tokens_per_s": {1: 100.0, 4: 0.0}}}  # fmt: skip
+    measured = same_shape_control(rows, "dense OpenVINO IR (int8)", "plain LoRA, merged, int8 IR")
+    assert measured == {1: pytest.approx(control)}  # batch 4 unmeasured on one side: no control there
+    assert same_shape_control(rows, "dense OpenVINO IR (fp32)", "plain LoRA, merged, int8 IR") is None
+    v = {"plain": "plain LoRA, merged, int8 IR", "task": "piqa", "metric": "acc", "difference": 0.0, "stderr": 0.02,
+         "speedup": {1: 1.18}, "speedup_stderr": {1: 0.05}, "speedup_control": measured}
+    line = verdict_line(v)
+    assert expected in line
+    assert ("same-shape control" in line) == (abs(control - 1) > 0.05)
+
+
 def test_decode_speed_stderr_from_the_repeated_runs():
     from nncf_elastic_lora.deploy.benchmark import decode_speed_stderr
 
