@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 import time
@@ -50,14 +49,14 @@ def parse_layout(name: str) -> dict[str, Any]:
 
 
 def ratio_with_se(a: dict[str, Any], b: dict[str, Any], batch: int) -> tuple[float, float | None]:
-    """``a``'s decode speed over ``b``'s at ``batch``, and the ratio's standard error (relative errors in
-    quadrature; None without repeated runs)."""
-    from nncf_elastic_lora.deploy.benchmark import decode_speed_stderr
+    """``a``'s decode speed over ``b``'s at ``batch``, and the ratio's standard error as the verdicts compute it
+    (:func:`~nncf_elastic_lora.stages.plain.speedup_stderr`; None without repeated runs)."""
+    from nncf_elastic_lora.stages.plain import speedup_stderr
 
     fa, fb = (next(x for x in r["batches"] if x["batch_size"] == batch) for r in (a, b))
     ratio = fa["decode_tokens_per_s"] / fb["decode_tokens_per_s"]
-    sa, sb = decode_speed_stderr(fa, a["new_tokens"]), decode_speed_stderr(fb, b["new_tokens"])
-    return ratio, None if sa is None or sb is None else ratio * math.hypot(sa, sb)
+    se = speedup_stderr([{**a, "label": "a"}, {**b, "label": "b"}], "a", "b", {batch: ratio}).get(batch)
+    return ratio, se
 
 
 def _fmt(pair: tuple[float, float | None]) -> str:

@@ -304,8 +304,7 @@ def plain_verdict(run: RunState, fmt: str | None = None) -> dict[str, Any] | Non
     bench = run.results.get("benchmark")
     if bench:
         rows = {r["label"]: r for r in benchmark_rows(run, bench["results"])}
-        speeds = rows[ours]["decode_tokens_per_s"], rows.get(theirs, {}).get("decode_tokens_per_s", {})
-        speedup = {b: speeds[0][b] / speeds[1][b] for b in speeds[0] if speeds[1].get(b)}
+        speedup = _speed_ratio(rows[ours], rows.get(theirs, {}))
         speed_se = speedup_stderr(bench["results"], ours, theirs, speedup)
         control = same_shape_control(rows, f"dense OpenVINO IR ({fmt})", theirs)
     verdict = {"shipped": ours, "plain": theirs, "task": task, "metric": a[0], "shipped_score": a[1],
@@ -320,8 +319,13 @@ def same_shape_control(rows: dict[str, dict[str, Any]], dense: str, plain: str) 
     (on a shared VM it exceeds the repeated runs' standard error: 0.87-1.26x in the bench's runs)."""
     if dense not in rows or plain not in rows:
         return None
-    a, b = rows[dense]["decode_tokens_per_s"], rows[plain]["decode_tokens_per_s"]
-    return {batch: a[batch] / b[batch] for batch in a if b.get(batch)} or None
+    return _speed_ratio(rows[dense], rows[plain]) or None
+
+
+def _speed_ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[int, float]:
+    """Per batch size measured in both benchmark rows, ``a``'s decode speed over ``b``'s."""
+    sa, sb = a["decode_tokens_per_s"], b.get("decode_tokens_per_s", {})
+    return {batch: sa[batch] / sb[batch] for batch in sa if sb.get(batch)}
 
 
 def speedup_stderr(
