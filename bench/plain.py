@@ -38,10 +38,19 @@ issue 21: a row at ≥ 1.25× the plain alternative's batch-1 speed with accurac
 
     .venv/bin/python bench/plain.py [--tasks basic_arithmetic,piqa] [--seeds 3]
                                     [--steps basic_arithmetic=250,piqa=100] [--recipes all]
+                                    [--interleaved ROUNDS [--speed-seed 0]] [--report-only]
 
 Each run lives in ``bench/results/plain/<task>/<recipe>/seed<k>/`` and resumes (rerun to continue);
 a cell that has no report yet is shown as not run. Writes ``bench/results/plain.{md,json}``.
 Run on an idle machine: the speeds are measured inside each run.
+
+In-run ratios carry the drift of a shared machine between one IR's turn and the next (same-shape INT8 IRs have
+read 0.87-1.26x each other within a run). ``--interleaved ROUNDS`` therefore also measures, per task, the shipped
+IR of every finished seed-``--speed-seed`` cell together with the plain INT8 and INT4 IRs it was compared with,
+in one benchmark: every IR once per round, in reverse order every other round, pooled over ROUNDS rounds
+(``nncf-elastic-lora benchmark --rounds``). The table's "interleaved" columns read that pass; it is kept in
+``bench/results/plain/<task>/interleaved_seed<k>.json`` and measured again only when its set of IRs (or an IR's
+weights) changes, so run it once the cells are done, on an idle machine.
 """
 
 from __future__ import annotations
@@ -210,6 +219,90 @@ def seed_from_training(source: Path, out: Path, config: Any) -> None:
     print(f"{out}: training reused from {source}", flush=True)
 
 
+def plain_label(row: dict[str, Any]) -> str:
+    """``plain INT8 (<plain cache key>)``: recipes whose plain LoRA differs (all linears) have their own peers."""
+    fmt = "INT8" if row["label"].endswith("int8 IR") else "INT4"
+    return f"plain {fmt} ({Path(row['path']).parent.name})"
+
+
+def speed_irs(task: str, recipes: list[str], seed: int) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The IRs of the interleaved pass: ``{label: IR folder}`` (each finished seed-``seed`` cell's shipped IR,
+    labelled by its recipe, and the plain IRs it was compared with) and ``{recipe: {"INT8"|"INT4": plain label}}``."""
+    irs: dict[str, str] = {}
+    peers: dict[str, dict[str, str]] = {}
+    for recipe in recipes:
+        report = WORK / task / slug(recipe) / f"seed{seed}" / "report.json"
+        if not report.is_file():
+            continue
+        for row in json.loads(report.read_text())["benchmark"]["rows"]:
+            if row["shipped"]:
+                irs[recipe] = row["path"]
+            elif row["plain"]:
+                label = plain_label(row)
+                irs[label] = row["path"]
+                peers.setdefault(recipe, {})[label.split()[1]] = label
+    return irs, peers
+
+
+def _fingerprint(irs: dict[str, str]) -> dict[str, list]:
+    """Per IR: its folder, and its weights file's size and change time (a re-exported IR is measured anew)."""
+    out = {}
+    for label, path in irs.items():
+        stat = (Path(path) / "openvino_model.bin").stat()
+        out[label] = [path, stat.st_size, stat.st_mtime_ns]
+    return out
+
+
+def interleaved_speeds(task: str, irs: dict[str, str], seed: int, rounds: int | None,
+                       repeats: int = 3) -> dict[str, Any] | None:  # fmt: skip
+    """The interleaved pass over ``irs`` on ``task``: measured when ``rounds`` is given and the kept pass was of
+    other IRs or settings; otherwise the kept pass, or None. ``{"irs", "rounds", "repeats", "machine",
+    "results": {label: benchmark result}}``."""
+    path = WORK / task / f"interleaved_seed{seed}.json"
+    kept = json.loads(path.read_text()) if path.is_file() else None
+    fingerprint = _fingerprint(irs)
+    if rounds is None or not irs:
+        if kept is None:
+            return None
+        # only what was measured of the IRs as they are now: a re-exported IR's old figures are not its own
+        same = {label for label, f in kept["irs"].items() if fingerprint.get(label) == f}
+        return {**kept, "results": {k: v for k, v in kept["results"].items() if k in same}}
+    if kept and (kept["irs"], kept["rounds"], kept["repeats"]) == (fingerprint, rounds, repeats):
+        return kept
+    from nncf_elastic_lora.deploy.benchmark import benchmark_models
+    from nncf_elastic_lora.runtime import machine_info
+
+    print(f"{task}: interleaved benchmark of {len(irs)} IRs, {rounds} rounds x {repeats} runs", flush=True)
+    b = recipe_config(*MAIN_CELL).benchmark
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    measured = benchmark_models([(label, ir, "genai") for label, ir in irs.items()], rounds=rounds, repeats=repeats,
+                                batch_sizes=[1, 4], prompt_tokens=b.prompt_tokens, new_tokens=b.new_tokens,
+                                warmup=b.warmup)  # fmt: skip
+    result = {"irs": fingerprint, "seed": seed, "rounds": rounds, "repeats": repeats, "started": started,
+              "machine": machine_info(), "results": dict(zip(irs, measured, strict=True))}  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
+def interleaved_cells(recipe: str, peers: dict[str, str], speeds: dict[str, Any] | None) -> list[str]:
+    """The table's interleaved cells of ``recipe``: its batch-1 speed over its plain INT8 and INT4 IRs', ± the
+    ratio's standard error, from one pass; ``-`` where the pass did not measure the pair."""
+    from int4_layout import ratio_with_se
+
+    results = (speeds or {}).get("results", {})
+    cells = []
+    for fmt in ("INT8", "INT4"):
+        peer = peers.get(fmt)
+        if recipe not in results or peer not in results:
+            cells.append("-")
+            continue
+        ratio, se = ratio_with_se(results[recipe], results[peer], 1)
+        cells.append(f"{ratio:.2f}" + (f" ± {se:.2f}" if se is not None else ""))
+    return cells
+
+
 def cell_row(report: dict[str, Any], precision: str) -> dict[str, Any]:
     """Shipped and same-precision plain figures from one report."""
     rows = report["benchmark"]["rows"]
@@ -246,20 +339,24 @@ def _mean(values: list[float], spec: str = ".2f") -> str:
     return format(statistics.fmean(values), spec) if values else "-"
 
 
-def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int) -> list[str]:
+def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int,
+          speeds: dict[str, Any] | None = None, peers: dict[str, dict[str, str]] | None = None) -> list[str]:  # fmt: skip
+    """The task's markdown table; ``speeds`` and ``peers``: the interleaved pass and each recipe's plain labels
+    (:func:`speed_irs`)."""
     lines = [
         f"### {task}",
         "",
         "| artifact | precision | seeds run | test acc (IR) | plain acc (same precision) | paired diff (points) "
         "| IR MiB (plain) | tok/s b1 | × plain b1 | tok/s b4 | × plain b4 | vs plain of the other format: acc, paired "
-        "diff, × b1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "diff, × b1 | interleaved b1: × plain INT8 | interleaved b1: × plain INT4 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for recipe, rows in cells.items():
         precision = RECIPES[recipe][2].upper()
         if not rows:
-            lines.append(f"| {recipe} | {precision} | 0 / {seeds} | not run | | | | | | | | |")
+            lines.append(f"| {recipe} | {precision} | 0 / {seeds} | not run | | | | | | | | | | |")
             continue
+        interleaved = interleaved_cells(recipe, (peers or {}).get(recipe, {}), speeds)
         diffs = [100 * r["difference"] for r in rows if r["difference"] is not None]
         lines.append(
             f"| {recipe} | {precision} | {len(rows)} / {seeds} | {_mean_std([r['acc'] for r in rows])} | "
@@ -267,8 +364,12 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int) -> list
             f"{_mean([r['mib'] for r in rows], '.1f')} ({_mean([r['plain_mib'] for r in rows], '.1f')}) | "
             f"{_mean([r['tok_s'][1] for r in rows], '.1f')} | {_mean([r['ratio'][1] for r in rows])} | "
             f"{_mean([r['tok_s'][4] for r in rows if 4 in r['tok_s']], '.1f')} | "
-            f"{_mean([r['ratio'][4] for r in rows if 4 in r['ratio']])} | {_other(rows)} |"
+            f"{_mean([r['ratio'][4] for r in rows if 4 in r['ratio']])} | {_other(rows)} | "
+            f"{' | '.join(interleaved)} |"
         )
+    if speeds:
+        lines += ["", f"Interleaved: seed-{speeds['seed']} IRs, {speeds['rounds']} rounds × {speeds['repeats']} "
+                      f"runs, started {speeds['started']} on {speeds['machine']['cpu']}."]  # fmt: skip
     return [*lines, ""]
 
 
@@ -279,6 +380,10 @@ def main() -> None:
     parser.add_argument("--steps", default="basic_arithmetic=250,piqa=100")
     parser.add_argument("--recipes", default="all", help=f"comma-separated, or 'all': {', '.join(RECIPES)}")
     parser.add_argument("--report-only", action="store_true", help="tabulate the runs that finished; run none")
+    parser.add_argument("--interleaved", type=int, metavar="ROUNDS",
+                        help="also measure the finished cells' IRs of --speed-seed in one interleaved benchmark per "
+                             "task, over ROUNDS rounds (kept and reused while its IRs stay the same)")
+    parser.add_argument("--speed-seed", type=int, default=0, help="the seed whose IRs --interleaved measures")
     args = parser.parse_args()
     tasks = args.tasks.split(",")
     recipes = list(RECIPES) if args.recipes == "all" else args.recipes.split(",")
@@ -287,6 +392,10 @@ def main() -> None:
         parser.error(f"--recipes: unknown {unknown}; choose from {list(RECIPES)} or 'all'")
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds}: need at least 1")
+    if args.interleaved is not None and args.interleaved < 1:
+        parser.error(f"--interleaved {args.interleaved}: need at least 1 round")
+    if not 0 <= args.speed_seed < args.seeds:
+        parser.error(f"--speed-seed {args.speed_seed}: choose one of the seeds run, 0 to {args.seeds - 1}")
     steps = parse_steps(args.steps, tasks)
     start, results, text = time.time(), {}, []
     for task in tasks:
@@ -298,19 +407,23 @@ def main() -> None:
                 if done or not args.report_only:
                     rows.append(cell_row(run_cell(recipe, task, seed, steps[task]), RECIPES[recipe][2]))
             cells[recipe] = rows
-        results[task] = cells
-        text += table(task, cells, args.seeds)
+        irs, peers = speed_irs(task, recipes, args.speed_seed)
+        speeds = interleaved_speeds(task, irs, args.speed_seed, args.interleaved)
+        results[task] = {"cells": cells, "interleaved": speeds}
+        text += table(task, cells, args.seeds, speeds, peers)
     from nncf_elastic_lora.runtime import machine_info
 
     cmd = (f".venv/bin/python bench/plain.py --tasks {args.tasks} --seeds {args.seeds} --steps {args.steps} "
-           f"--recipes '{args.recipes}'")
+           f"--recipes '{args.recipes}'" + (f" --interleaved {args.interleaved}" if args.interleaved else "")
+           + (f" --speed-seed {args.speed_seed}" if args.speed_seed else ""))
     head = [
         "# Shipped artifacts against the plain alternative (LoRA on the dense model → merge → INT8 / INT4 IR)",
         "",
         f"Command: `{cmd}`; wall time {(time.time() - start) / 60:.0f} min (finished runs reused). "
         f"Machine: {json.dumps(machine_info())}. SmolLM2-135M-Instruct, test split of each task; speeds: "
         "OpenVINO GenAI decode, measured inside each run beside that run's plain IRs; ratios are the mean "
-        "over seeds of each run's own ratio.",
+        "over seeds of each run's own ratio. Interleaved columns: one benchmark per task of the seed's shipped "
+        "and plain IRs, every IR once per round in alternating order, pooled; ratio ± its standard error.",
         "",
     ]
     (OUT / "plain.md").write_text("\n".join(head + text))

@@ -76,3 +76,78 @@ def test_seeding_copies_the_training_stages_only(tmp_path, capsys):
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["reorder.json", "train.json"]
     assert sorted(p.name for p in out.iterdir()) == ["nls", "ordered_model", "stages"]
     assert (out / "nls" / "super_adapter" / "w.bin").read_text() == "nls/super_adapter"
+
+
+def _cell(work, task, recipe, seed, plain_dir, shipped_dir):
+    """A finished cell's report.json with its shipped IR and its plain INT8 / INT4 peers, each a folder with
+    weights."""
+    rows = [{"label": "OpenVINO IR (int4)", "path": str(shipped_dir), "shipped": True, "plain": False},
+            {"label": "dense OpenVINO IR (int8)", "path": str(work / "dense"), "shipped": False, "plain": False}]  # fmt: skip
+    for fmt in ("int8", "int4"):
+        rows.append({"label": f"plain LoRA, merged, {fmt} IR", "path": str(plain_dir / f"openvino_{fmt}"),
+                     "shipped": False, "plain": True})  # fmt: skip
+    for row in rows:
+        Path(row["path"]).mkdir(parents=True, exist_ok=True)
+        (Path(row["path"]) / "openvino_model.bin").write_bytes(b"w" * 8)
+    cell = work / task / plain.slug(recipe) / f"seed{seed}"
+    cell.mkdir(parents=True)
+    (cell / "report.json").write_text(json.dumps({"benchmark": {"rows": rows}}))
+
+
+def _speed(tok_s: float) -> dict:
+    fulls = [0.1 + 63 / (tok_s * f) for f in (0.95, 1.0, 1.05)]
+    return {"new_tokens": 64, "batches": [{"batch_size": 1, "decode_tokens_per_s": tok_s, "ttft_runs_s": [0.1] * 3,
+                                           "generate_runs_s": fulls}]}  # fmt: skip
+
+
+def test_the_interleaved_pass_measures_each_ir_once_and_is_kept_while_they_stay(tmp_path, monkeypatch):
+    from nncf_elastic_lora import runtime
+    from nncf_elastic_lora.deploy import benchmark
+
+    monkeypatch.setattr(plain, "WORK", tmp_path)
+    monkeypatch.setattr(runtime, "machine_info", lambda: {"cpu": "test CPU"})
+    _cell(tmp_path, "piqa", "FQ-LoRA", 0, tmp_path / "cache" / "key1", tmp_path / "fq")
+    _cell(tmp_path, "piqa", "FQ-LoRA all linears", 0, tmp_path / "cache" / "key2", tmp_path / "fq_all")
+    recipes = ["FQ-LoRA", "FQ-LoRA all linears", "LoNAS heuristic"]  # the last has not run
+    irs, peers = plain.speed_irs("piqa", recipes, 0)
+    assert sorted(irs) == ["FQ-LoRA", "FQ-LoRA all linears", "plain INT4 (key1)", "plain INT4 (key2)",
+                           "plain INT8 (key1)", "plain INT8 (key2)"]  # fmt: skip
+    assert peers["FQ-LoRA all linears"] == {"INT8": "plain INT8 (key2)", "INT4": "plain INT4 (key2)"}
+    assert "LoNAS heuristic" not in peers
+
+    calls = []
+    tok_s = {"FQ-LoRA": 120.0, "plain INT8 (key1)": 100.0, "plain INT4 (key1)": 125.0}
+
+    def fake_benchmark(models, *, rounds, **settings):
+        calls.append(([m[0] for m in models], rounds))
+        return [_speed(tok_s.get(label, 90.0)) for label, _, _ in models]
+
+    monkeypatch.setattr(benchmark, "benchmark_models", fake_benchmark)
+    assert plain.interleaved_speeds("piqa", irs, 0, None) is None  # nothing measured, none asked for
+    speeds = plain.interleaved_speeds("piqa", irs, 0, 3)
+    assert calls == [(list(irs), 3)] and speeds["seed"] == 0
+    assert plain.interleaved_speeds("piqa", irs, 0, 3) == speeds and len(calls) == 1  # kept: the same IRs
+    cells = plain.interleaved_cells("FQ-LoRA", peers["FQ-LoRA"], speeds)
+    assert cells[0].startswith("1.20 ± ") and cells[1].startswith("0.96 ± ")
+    assert plain.interleaved_cells("LoNAS heuristic", {}, speeds) == ["-", "-"]
+
+    # the FQ-LoRA IR is exported again: its old figures are not shown, and asking measures the pass anew
+    (tmp_path / "fq" / "openvino_model.bin").write_bytes(b"w" * 9)
+    kept = plain.interleaved_speeds("piqa", irs, 0, None)
+    assert "FQ-LoRA" not in kept["results"] and "plain INT8 (key1)" in kept["results"]
+    assert plain.interleaved_cells("FQ-LoRA", peers["FQ-LoRA"], kept) == ["-", "-"]
+    plain.interleaved_speeds("piqa", irs, 0, 3)
+    assert len(calls) == 2
+    table = "\n".join(plain.table("piqa", {"FQ-LoRA": []}, 3, speeds, peers))
+    assert "interleaved b1: × plain INT8" in table and "3 rounds × 3 runs" in table and "test CPU" in table
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--interleaved", "0"], "--interleaved 0: need at least 1 round"),
+    (["--seeds", "2", "--speed-seed", "2"], "--speed-seed 2: choose one of the seeds run, 0 to 1"),
+])  # fmt: skip
+def test_bad_interleaved_flags_are_one_clear_error(flags, error):
+    done = subprocess.run([sys.executable, str(BENCH / "plain.py"), "--report-only", *flags],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert error in done.stderr.strip().splitlines()[-1]
