@@ -174,10 +174,13 @@ def run_cell(recipe: str, task: str, seed: int, steps: int) -> dict[str, Any]:
 def training_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The config sections (``model_dump(mode="json")``) that make runs ``a`` and ``b`` train, or measure their
     training, differently: all but the search, the benchmark's settings and the shipped IR's weight format."""
+    from nncf_elastic_lora.config import PipelineConfig
     from nncf_elastic_lora.outputs import config_differences
 
     after_training = ("bootstrapNAS.search.", "benchmark.", "export.weight_format")
     sections = set()
+    # both as this version reads them: an option added since ``a`` ran holds its default there
+    a, b = (PipelineConfig.model_validate(c).model_dump(mode="json") for c in (a, b))
     for key in config_differences(a, b):
         if key.startswith("benchmark.references") or not key.startswith(after_training):
             parts = key.split(".")

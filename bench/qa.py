@@ -5,6 +5,9 @@ one task, the same data, batch, steps, warm-up and linear schedule for every row
 
 - **SQFT**: NLS of a plain LoRA on the INT4 base, heuristic sub-adapter unmerged (the accuracy to reach);
 - **QA-SparsePEFT, lr X**: NLS through the base's frozen scales and zero points, one row per ``--lrs``;
+  ``--base-weights dequantized,float`` adds the rows **on the float weights** (``qa_base_weight: float``: the
+  update is added to the weights the INT4 base was quantized from, not to its dequantized ones, under the
+  same frozen grid and mask);
 - **NNCF FQ_LORA_NLS** on the dense model and on the Wanda-50 % model: ``nncf.compress_weights(...,
   compression_format=FQ_LORA_NLS)``, every INT4 linear's LoRA inside its fake quantiser, the scales
   trained too (at a tenth of the LoRA learning rate, as NNCF's ``downstream_qat_with_nls`` example does),
@@ -17,6 +20,9 @@ through frozen scales), and for QA the median |update| in units of the quantisat
 below half a step rounds away). Cells are cached under ``bench/results/qa/`` (rerun to resume).
 
     .venv/bin/python bench/qa.py [--task basic_arithmetic] [--steps 100] [--lrs 3e-4,1e-3,3e-3] [--limit 200]
+                                 [--base-weights dequantized[,float]] [--no-nncf] [--output qa]
+
+Writes ``bench/results/<output>.{md,json}``.
 """
 
 from __future__ import annotations
@@ -45,12 +51,14 @@ def _tail_loss(losses: list[float]) -> float:
     return statistics.fmean(tail)
 
 
-def _row_config(row: str, task: str, steps: int, limit: int, lr: float, base: Path):
+def _row_config(row: str, task: str, steps: int, limit: int, lr: float, base: Path, base_weight: str = "dequantized"):
     from nncf_elastic_lora.config import apply_overrides
 
     config = config_for(row, task, 0, steps, limit)
     config = apply_overrides(config, [f"bootstrapNAS.training.learning_rate={lr}",
-                                      "bootstrapNAS.training.logging_steps=5"])  # fmt: skip
+                                      "bootstrapNAS.training.logging_steps=5",
+                                      *([f"bootstrapNAS.training.qa_base_weight={base_weight}"]
+                                        if base_weight != "dequantized" else [])])  # fmt: skip
     return config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": str(base)})})
 
 
@@ -74,8 +82,10 @@ def qa_code_stats(supernet) -> dict:
     return {"codes_changed": changed / total, "median_update_in_steps": float(torch.cat(ratios).median())}
 
 
-def library_cell(row: str, task: str, steps: int, limit: int, lr: float, base: Path) -> dict:
-    """SQFT or QA-SparsePEFT through the library's own stages (train, heuristic sub-adapter, torch score)."""
+def library_cell(row: str, task: str, steps: int, limit: int, lr: float, base: Path,
+                 base_weight: str = "dequantized") -> dict:  # fmt: skip
+    """SQFT or QA-SparsePEFT through the library's own stages (train, heuristic sub-adapter, torch score);
+    ``base_weight``: QA-SparsePEFT's ``qa_base_weight``."""
     from nncf_elastic_lora.models import load_model
     from nncf_elastic_lora.pipeline import (
         eval_splits,
@@ -86,8 +96,9 @@ def library_cell(row: str, task: str, steps: int, limit: int, lr: float, base: P
         train,
     )
 
-    config = _row_config(row, task, steps, limit, lr, base)
-    work = WORK / task / f"{row.replace(' ', '_').replace('+', 'p')}-lr{lr:g}-{steps}steps-limit{limit}"
+    config = _row_config(row, task, steps, limit, lr, base, base_weight)
+    label = row if base_weight == "dequantized" else f"{row} on the float weights"
+    work = WORK / task / f"{label.replace(' ', '_').replace('+', 'p')}-lr{lr:g}-{steps}steps-limit{limit}"
     report = _cached(work / "train.json", lambda: train(config, work / "nls", resume=True, progress=False))
     tasks = eval_splits(config)
     qa = config.bootstrapNAS.training.adapter_kind == "qa_sparsepeft"
@@ -107,7 +118,7 @@ def library_cell(row: str, task: str, steps: int, limit: int, lr: float, base: P
         return {**out, "acc": _score(metrics)}
 
     scores = _cached(work / "scores.json", score)
-    return {"row": f"{row}, lr {lr:g}", "lr": lr, "steps": report["steps"], "time_s": report["time_s"],
+    return {"row": f"{label}, lr {lr:g}", "lr": lr, "steps": report["steps"], "time_s": report["time_s"],
             "tail_loss": _tail_loss(report["losses"]), "losses": report["losses"], **scores}  # fmt: skip
 
 
@@ -256,7 +267,17 @@ def main() -> None:
     parser.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="QA-SparsePEFT learning rates")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--no-nncf", action="store_true", help="leave out NNCF's FQ_LORA_NLS rows")
+    parser.add_argument("--base-weights", default="dequantized",
+                        help="QA-SparsePEFT rows per qa_base_weight, comma-separated: dequantized (SQFT's reference: "
+                             "the update is added to the INT4 base's own weights), float (to the weights it was "
+                             "quantized from)")
+    parser.add_argument("--output", default="qa", help="writes bench/results/OUTPUT.{md,json} (default qa)")
     args = parser.parse_args()
+    base_weights = args.base_weights.split(",")
+    if not base_weights or any(b not in ("dequantized", "float") for b in base_weights):
+        parser.error(f"--base-weights {args.base_weights!r}: give dequantized and/or float, comma-separated")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.output):
+        parser.error(f"--output {args.output!r}: a file name stem (letters, digits, _ and -), not a path")
     try:
         lrs = [float(x) for x in args.lrs.split(",")]
     except ValueError:
@@ -270,13 +291,16 @@ def main() -> None:
     start = time.time()
     base = bases(args.task, args.steps, args.limit)
     cells = [library_cell("SQFT", args.task, args.steps, args.limit, 3e-4, base["int4"])]
-    cells += [library_cell("SQFT + QA-SparsePEFT", args.task, args.steps, args.limit, lr, base["int4"]) for lr in lrs]
+    cells += [library_cell("SQFT + QA-SparsePEFT", args.task, args.steps, args.limit, lr, base["int4"], b)
+              for b in base_weights for lr in lrs]  # fmt: skip
     if not args.no_nncf:
         cells.append(nncf_cell("dense", args.task, args.steps, args.limit, 3e-4, None))
         cells.append(nncf_cell("Wanda 50 %", args.task, args.steps, args.limit, 3e-4, base["sparse"]))
     from nncf_elastic_lora.runtime import machine_info
 
     cmd = f".venv/bin/python bench/qa.py --task {args.task} --steps {args.steps} --lrs {args.lrs} --limit {args.limit}"
+    cmd += "".join(f" --{k} {v}" for k, v, default in (("base-weights", args.base_weights, "dequantized"),
+                                                       ("output", args.output, "qa")) if v != default)  # fmt: skip
     text = "\n".join([
         "# QA-SparsePEFT's learning, and NNCF's FQ_LORA_NLS: SmolLM2-135M, Wanda 50 %, INT4 asym group 64",
         "",
@@ -287,8 +311,8 @@ def main() -> None:
         table(cells),
         "",
     ])  # fmt: skip
-    (OUT / "qa.md").write_text(text)
-    (OUT / "qa.json").write_text(json.dumps({"command": cmd, "cells": cells}, indent=1))
+    (OUT / f"{args.output}.md").write_text(text)
+    (OUT / f"{args.output}.json").write_text(json.dumps({"command": cmd, "cells": cells}, indent=1))
     print(text)
 
 

@@ -180,6 +180,15 @@ class NLSTrainingConfig(_Section):
         "an INT4 model under the trained scales; not masked, so a sparse base's zeros are not kept (needs "
         "quantization.weight_format 'int4').",
     )
+    qa_base_weight: Literal["dequantized", "float"] = Field(
+        "dequantized",
+        description="'qa_sparsepeft' only: the weight its masked update is added to inside the frozen INT4 "
+        "quantiser. 'dequantized': the INT4 base's own weights, as SQFT's reference (every update under half a "
+        "quantization step rounds away, so the forward cannot see it); 'float': the float weights the base was "
+        "quantized from (as fq_lora and NNCF's FQ_LORA), so an update moves the codes of the weights near a "
+        "rounding boundary. The mask is the zeros of that weight; the merge uses the same, so it still equals "
+        "the trained model.",
+    )
     quantizer_lr_ratio: float = Field(
         0.1,
         gt=0,

@@ -35,8 +35,10 @@ from .elastic.lora import (
     FQLoraLinear,
     QASparsePeftLinear,
     check_dequantized_base,
+    check_float_source,
     qa_codes,
     sparse_merged_weight,
+    trains_on_float_weights,
 )
 from .elastic.supernet import (
     SUB_ADAPTER_FILE,
@@ -387,6 +389,15 @@ def merge_adapter_from_dirs(
                 if q is None:
                     raise MergeError(f"module {name!r} is adapted but the quantized weights do not cover it")
                 check_dequantized_base(w, q, name)
+                if trains_on_float_weights(kind, record):  # the weight its update was trained on
+                    if q.float_weight is None:
+                        raise MergeError(
+                            f"{adapter_dir} was trained on the float weights its INT4 base was quantized from "
+                            f"(qa_base_weight 'float'), but none were loaded for {name!r}: load the base with "
+                            "its float source (base_quantized_weights(..., float_source=True))"
+                        )
+                    check_float_source(q.float_weight, q, name)
+                    w = q.float_weight.to(w)
                 q = _on(q, w.device)
             a, b = a.to(w.device), b.to(w.device)
             weights[name], c, n = merge_module(name=name, weight=w, a=a, b=b, scaling=scaling, quantized=q)

@@ -408,12 +408,24 @@ def config_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def check_same_config(path: str | Path, config: dict[str, Any]) -> None:
-    """On resume: refuse when ``path`` (a saved config) differs from ``config``; name what changed."""
+def check_same_config(
+    path: str | Path, config: dict[str, Any], normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> None:
+    """On resume: refuse when ``path`` (a saved config) differs from ``config``; name what changed.
+
+    ``normalize`` maps the saved config to its current form (an option added since it was saved holds its
+    default there, which is not a change); a saved config it cannot read is compared as it is.
+    """
     path = Path(path)
     if not path.is_file():
         return
-    changed = config_differences(json.loads(path.read_text()), config)
+    saved = json.loads(path.read_text())
+    if normalize is not None:
+        try:
+            saved = normalize(saved)
+        except ValueError:
+            pass  # compared as saved: the error names what differs
+    changed = config_differences(saved, config)
     if changed:
         raise OutputExistsError(
             f"cannot resume in {path.parent}: the config differs from the one it was started with "

@@ -1,4 +1,4 @@
-"""bench/qa.py refuses to start on a stale torch-extension lock (torch would wait on it forever)."""
+"""bench/qa.py: a stale torch-extension lock (torch would wait on it forever) and bad flags are one clear error."""
 
 import os
 import subprocess
@@ -27,3 +27,14 @@ def test_stale_lock_is_one_clear_error(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert str(lock) in last and "delete it, or pass --no-nncf" in last
     assert lock.exists()  # the user decides; nothing is deleted behind their back
+
+
+def test_bad_base_weights_and_output_are_one_clear_error(tmp_path):
+    for flags, error in (
+        (["--base-weights", "float,int4"], "--base-weights 'float,int4': give dequantized and/or float"),
+        (["--output", "../qa"], "--output '../qa': a file name stem"),
+    ):
+        done = subprocess.run([sys.executable, str(SCRIPT), "--no-nncf", *flags], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert error in done.stderr.strip().splitlines()[-1]

@@ -246,6 +246,12 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, capsys):
         == 2
     )
     assert "sparsity.ratio" in capsys.readouterr().err
+    # a run started by a version without an option since added resumes: the option holds its default there
+    saved = json.loads((out / "config.json").read_text())
+    del saved["bootstrapNAS"]["training"]["qa_base_weight"]
+    (out / "config.json").write_text(json.dumps(saved))
+    resume = ["run", TINY_CONFIG, "--output", str(out), "--resume", *FAST, "--set", "bootstrapNAS.enabled=false"]
+    assert main(resume) == 0, capsys.readouterr().err
 
 
 def test_value_errors_are_clear_cli_errors(tmp_path, capsys):

@@ -507,3 +507,81 @@ def test_super_adapter_round_trip(kind, tmp_path):
         ElasticLoraSuperNet.load_super_adapter(
             int4_base()[0], tmp_path / "super", quantized=quantized, base_fingerprint="base-2"
         )
+
+
+# ---------------------------------------------------------------------- QA-SparsePEFT on the float weights
+
+
+def float_sourced_int4_base() -> tuple[nn.Module, dict[str, QuantizedWeight], dict[str, torch.Tensor]]:
+    """The INT4 base of :func:`int4_base` with each INT4 weight's float source attached, and those weights."""
+    model = sparse_base()
+    floats = {n: m.weight.detach().clone() for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and n.rpartition(".")[2] in ALL_LINEARS}  # fmt: skip
+    qweights = {}
+    with torch.no_grad():
+        for name, w in floats.items():
+            q = qweights[name] = minmax_int4(w)
+            model.get_submodule(name).weight.copy_(q.dequantize())
+            q.float_weight = w.clone()
+    return model, qweights, floats
+
+
+def test_an_update_under_half_a_step_moves_codes_only_on_the_float_weight():
+    """The straight-through estimator's resolution: on the dequantized weight a small update rounds back to the
+    base's codes (the forward never sees it), on the float weight it moves the codes near a boundary."""
+    changed = {}
+    for base_weight in ("dequantized", "float"):
+        model, qweights, _ = float_sourced_int4_base()
+        if base_weight == "dequantized":
+            for q in qweights.values():
+                q.float_weight = None
+        sn = attach(model, "qa_sparsepeft", qweights)
+        assert sn.base_weight() == base_weight
+        changed[base_weight] = 0
+        for name, layer in sn.adapters.items():
+            with torch.no_grad():  # every |update| under a quarter of its quantization step
+                step = layer.scale.float().repeat_interleave(layer.group_size, dim=1)
+                delta = layer.delta_weight()
+                layer.lora_B.weight.mul_(0.25 / float((delta.abs() / step).max()))
+                assert float((layer.delta_weight().abs() / step).max()) <= 0.25 + 1e-6
+            changed[base_weight] += int((layer.codes() != qweights[name].codes).sum())
+    assert changed["dequantized"] == 0 and changed["float"] > 0
+
+
+def test_qa_on_float_weights_merges_what_it_trained_live_and_from_disk(tmp_path):
+    model, qweights, floats = float_sourced_int4_base()
+    sn = attach(model, "qa_sparsepeft", qweights)
+    for name, layer in sn.adapters.items():
+        assert layer.on_float_weight and torch.equal(layer.base_layer.weight, floats[name])
+        assert torch.equal(layer.mask, floats[name] != 0)  # the sparse model's zeros
+    config = sn.get_heuristic_config()
+    sn.activate_config(config)
+    expected = logits(model, IDS)
+    live, live_q = merge_qa(supernet=sn, config=config)
+    torch.testing.assert_close(logits(live, IDS), expected, atol=1e-5, rtol=0)
+    for name in sn.adapters:
+        w = live.get_submodule(name).weight
+        assert not w[floats[name] == 0].any(), name  # the pruned weights stay zero through the INT4 merge
+        assert torch.equal(w, live_q[name].dequantize())
+
+    sn.save_sub_adapter(tmp_path / "sub", config, base_fingerprint="base-1")
+    assert json.loads((tmp_path / "sub" / "elastic_lora_sub.json").read_text())["base_weight"] == "float"
+    fresh, fresh_q, _ = float_sourced_int4_base()
+    result = merge_adapter_from_dirs(model=fresh, adapter_dir=tmp_path / "sub", quantized=fresh_q,
+                                     base_fingerprint="base-1")  # fmt: skip
+    for name in sn.adapters:
+        assert torch.equal(result.quantized[name].codes, live_q[name].codes), name
+    # without the float weights the merge would round another weight than the one trained: refused
+    fresh, fresh_q, _ = float_sourced_int4_base()
+    for q in fresh_q.values():
+        q.float_weight = None
+    with pytest.raises(MergeError, match="trained on the float weights"):
+        merge_adapter_from_dirs(model=fresh, adapter_dir=tmp_path / "sub", quantized=fresh_q, base_fingerprint="base-1")
+
+
+def test_a_float_source_the_codes_did_not_come_from_is_refused():
+    model, qweights, floats = float_sourced_int4_base()
+    name = next(n for n in qweights if n.endswith("up_proj"))
+    qweights[name].float_weight = floats[name] * 1.5  # rescaled, as AWQ does to the weights it quantizes
+    with pytest.raises(ValueError, match=f"module '{name}': the float source rounds to other INT4 codes"):
+        attach(model, "qa_sparsepeft", qweights)

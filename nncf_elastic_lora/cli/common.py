@@ -83,7 +83,9 @@ def resumable_output(call: Call, verb: str, config_name: str) -> Iterator[Path]:
     args, config = call.args, call.config
     output, data = call.output, config.model_dump(mode="json")
     if args.resume:
-        check_same_config(output / config_name, data)
+        # the saved config as this version reads it: an option added since holds its default, not a change
+        check_same_config(output / config_name, data,
+                          normalize=lambda saved: type(config).model_validate(saved).model_dump(mode="json"))  # fmt: skip
     with claim_output(
         output,
         verb=verb,

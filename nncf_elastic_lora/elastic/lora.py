@@ -29,6 +29,7 @@ so a merge reproduces the trained forward bit for bit.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
@@ -273,6 +274,13 @@ class QASparsePeftLinear(SparsePeftLinear):
     would silently train against the wrong grid). Only ``A`` and ``B`` train; the straight-through
     estimator passes the gradient of the quantised weight to ``W + Lp``. With ``B = 0`` the codes
     are the base's own, so the forward is the base's exactly.
+
+    With ``quantized.float_weight`` (``qa_base_weight: float``) ``W`` is instead the float weight the codes
+    were quantized from, copied into the base layer: on the dequantized weight every update under half a
+    quantization step rounds back to the same code, so the forward never sees it and the loss cannot follow
+    the gradient (the straight-through estimator's resolution); on the float weight the weights near a
+    rounding boundary move first. The mask is then the float weight's zeros (the sparse model's), and
+    ``FQ(W)`` at rank 0 is the base's codes up to the float16 scales' rounding (checked).
     """
 
     kind = AdapterKind.QA_SPARSEPEFT
@@ -294,7 +302,13 @@ class QASparsePeftLinear(SparsePeftLinear):
                 "weight, so there is no separate adapter input to drop; set lora_dropout to 0"
             )
         check_dequantized_base(base_layer.weight, quantized, name)
-        super().__init__(base_layer, max_rank, alpha, dropout, generator)
+        on_float = quantized.float_weight is not None
+        if on_float:
+            check_float_source(quantized.float_weight, quantized, name)
+            with torch.no_grad():
+                base_layer.weight.copy_(quantized.float_weight.to(base_layer.weight))
+        super().__init__(base_layer, max_rank, alpha, dropout, generator)  # the mask: zeros of W as set here
+        self.on_float_weight = on_float
         device = base_layer.weight.device
         self.register_buffer("scale", quantized.scale.detach().to(device), persistent=False)
         zp = quantized.zero_point
@@ -308,7 +322,8 @@ class QASparsePeftLinear(SparsePeftLinear):
 
     @property
     def quantized_base(self) -> QuantizedWeight:
-        """The base's INT4 weight; its codes recomputed from ``W`` (equal to the original's, checked)."""
+        """The base's INT4 weight; its codes recomputed from ``W`` (equal to the original's, checked; on the
+        float weight up to the float16 scales' rounding)."""
         qw = self.grid
         qw.codes = qa_codes(self.base_layer.weight, qw)
         return qw
@@ -324,7 +339,7 @@ class QASparsePeftLinear(SparsePeftLinear):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.active_rank == 0:  # FQ(W) == W bitwise (checked at construction)
+        if self.active_rank == 0 and not self.on_float_weight:  # FQ(W) == W bitwise (checked at construction)
             return self.base_layer(x)
         return self._masked_linear(x, (self.scale, self.zero_point, self.group_size, self.bits))
 
@@ -353,13 +368,10 @@ class FQLoraLinear(QASparsePeftLinear):
     kind = AdapterKind.FQ_LORA
 
     def __init__(self, *args: Any, quantized: QuantizedWeight, **kwargs: Any):  # as QASparsePeftLinear
+        # FQ of the float weight the codes came from (copied in by QASparsePeftLinear), as NNCF's FQ_LORA: FQ of
+        # the dequantized one would round away every update under half a quantization step
         super().__init__(*args, quantized=quantized, **kwargs)
         self.mask = None  # no mask: the update reaches every weight
-        if quantized.float_weight is not None:
-            # FQ of the float weight the codes came from, as NNCF's FQ_LORA: FQ of the dequantized one
-            # would round away every update under half a quantization step
-            with torch.no_grad():
-                self.base_layer.weight.copy_(quantized.float_weight.to(self.base_layer.weight))
         self.levels = 2**self.bits
         scale = self.scale.float().unsqueeze(-1)  # [out, groups, 1], NNCF's layout
         if self.zero_point is None:  # NNCF's symmetric scale is the range's half-width: s · levels / 2
@@ -491,6 +503,46 @@ def check_dequantized_base(weight: torch.Tensor, quantized: QuantizedWeight, nam
         raise ValueError(
             f"{label}: re-quantising the dequantized weight does not give its INT4 codes back (codes out of "
             f"range for {quantized.bits} bits?); the quantized weights are inconsistent"
+        )
+
+
+def trains_on_float_weights(kind: AdapterKind | str | None, record: Mapping[str, Any] | None) -> bool:
+    """Whether an adapter of ``kind`` whose folder records ``record`` (``elastic_lora.json`` or the sub-adapter
+    record) trained on the float weights its INT4 base was quantized from: fq_lora always, qa_sparsepeft when
+    it records ``base_weight: float``. Loading or merging it needs those weights again."""
+    if kind is None:
+        return False
+    kind = AdapterKind.parse(kind)
+    return kind is AdapterKind.FQ_LORA or (
+        kind is AdapterKind.QA_SPARSEPEFT and (record or {}).get("base_weight") == "float"
+    )
+
+
+# Float weights whose own rounding under the base's scales gives other codes than the base's at more than this
+# share of positions were not what the codes came from (AWQ rescales weights: 22-92 % of a tiny model's codes
+# differ; another model). The float16 scales' boundary cases: 0.1 % at most (RTN, scale estimation).
+FLOAT_SOURCE_TOLERANCE = 0.01
+
+
+def check_float_source(float_weight: torch.Tensor, quantized: QuantizedWeight, name: str = "") -> None:
+    """Refuse a float weight the INT4 codes were not quantized from: training through ``FQ(W + update)`` on it
+    would start from another model than the INT4 base (at rank 0 it must give the base's codes)."""
+    label = f"module {name!r}" if name else "the float weight"
+    if tuple(float_weight.shape) != tuple(quantized.codes.shape):
+        raise ValueError(
+            f"{label}: the float source has shape {list(float_weight.shape)} but the INT4 codes have "
+            f"{list(quantized.codes.shape)}; it is not the model the INT4 base was quantized from"
+        )
+    w = float_weight.detach().float()
+    codes = quantize(w, quantized.scale.to(w.device), _to(quantized.zero_point, w.device),
+                     quantized.group_size, quantized.bits)  # fmt: skip
+    differ = int((codes != quantized.codes.to(device=w.device, dtype=codes.dtype)).sum())
+    if differ > FLOAT_SOURCE_TOLERANCE * w.numel():
+        raise ValueError(
+            f"{label}: the float source rounds to other INT4 codes than the base's at {differ} of {w.numel()} "
+            f"positions (more than {FLOAT_SOURCE_TOLERANCE:.1%}): the base was not quantized from these weights "
+            "as they are (AWQ rescales the weights it quantizes); train on the dequantized weights "
+            "(qa_base_weight 'dequantized') or quantize the base without awq"
         )
 
 

@@ -360,6 +360,7 @@ class ElasticLoraSuperNet:
         any_adapter = next(iter(self.adapters.values()))
         return {
             "adapter_kind": self.kind.value,
+            "base_weight": self.base_weight(),
             "scales_fingerprint": self.scales_fingerprint(),
             "max_rank": any_adapter.max_rank,
             "alpha": any_adapter.alpha,
@@ -411,6 +412,14 @@ class ElasticLoraSuperNet:
             base_model_name_or_path=base_model,
         )
 
+    def base_weight(self) -> str | None:
+        """What an INT4-trained adapter's update is added to inside the quantiser: ``"float"`` (the weights the
+        base was quantized from) or ``"dequantized"`` (the base's own); None for other kinds. Loading and
+        merging it again need the same (:func:`~nncf_elastic_lora.elastic.lora.trains_on_float_weights`)."""
+        if not self.kind.int4_trained:
+            return None
+        return "float" if any(getattr(a, "on_float_weight", False) for a in self.adapters.values()) else "dequantized"
+
     def scales_fingerprint(self) -> str | None:
         """The fingerprint of the INT4 base's scales and zero points (qa_sparsepeft), else None."""
         return scales_fingerprint(self.quantized) if self.quantized is not None else None
@@ -421,6 +430,7 @@ class ElasticLoraSuperNet:
         any_adapter = next(iter(self.adapters.values()))
         return {
             "adapter_kind": self.kind.value,
+            "base_weight": self.base_weight(),
             "max_rank": any_adapter.max_rank,
             "alpha": any_adapter.alpha,
             "scaling": any_adapter.scaling,

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from ..config import ModelConfig, PipelineConfig
 from ..data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
 from ..deploy.export import attach_adapter
-from ..elastic.lora import AdapterKind
+from ..elastic.lora import AdapterKind, trains_on_float_weights
 from ..evaluation import CausalLM, TaskResult, evaluate_task, results_table
 from ..formats import QUANTIZATION_JSON, is_openvino_dir, is_quantized_base
 from ..harness import HARNESS_TASKS, harness_evaluate
@@ -43,11 +43,20 @@ def base_quantized_weights(model_config: ModelConfig, *, float_source: bool = Fa
     return qweights
 
 
+def float_source_for(kind: AdapterKind | str, record: dict[str, Any] | None, config: PipelineConfig) -> bool:
+    """Whether loading or merging an adapter of ``kind`` needs its INT4 base's float source weights
+    (:func:`~nncf_elastic_lora.elastic.lora.trains_on_float_weights`); a folder without our record (a peft
+    folder) trained as ``config`` says."""
+    fallback = {"base_weight": config.bootstrapNAS.training.qa_base_weight}
+    return trains_on_float_weights(kind, record if record else fallback)
+
+
 def attach_float_source(base: Path, qweights: dict[str, Any]) -> None:
     """Set ``float_weight`` of each INT4 weight of ``base`` from the float model it was quantized from.
 
-    fq_lora trains through ``FQ(W + s·B A)`` on the float ``W``, as NNCF's FQ_LORA does: on the INT4
-    base's own dequantized weights every update under half a quantization step would round away. The
+    fq_lora (and qa_sparsepeft with ``qa_base_weight: float``) trains through ``FQ(W + update)`` on the float
+    ``W``, as NNCF's FQ_LORA does: on the INT4 base's own dequantized weights every update under half a
+    quantization step would round away. The
     source is the model ``quantization.json`` records, refused when it is gone or has changed since.
     """
     info = read_quantization_info(base)
@@ -146,7 +155,7 @@ def load_for_eval(config: PipelineConfig, adapter: str | Path | None = None) -> 
             model=model,
             adapter_dir=adapter,
             adapter_kind=kind,  # a folder without our record (a super-adapter, a peft folder): the config's kind
-            quantized=base_quantized_weights(config.model, float_source=kind is AdapterKind.FQ_LORA),
+            quantized=base_quantized_weights(config.model, float_source=float_source_for(kind, record, config)),
             base_fingerprint=model_fingerprint(config.model),
             inplace=True,
         )

@@ -148,6 +148,19 @@ def _adapter_kind_problems(config: PipelineConfig, int4_base: bool) -> list[str]
             f"model.dtype: {config.model.dtype!r}{resolved}; {kind!r} must train in float32 so that the "
             "merge (in float32) rounds every code as training did: set model.dtype to 'float32'"
         )
+    if kind != "qa_sparsepeft" and t.qa_base_weight != "dequantized":
+        problems.append(
+            f"bootstrapNAS.training.qa_base_weight: {t.qa_base_weight!r} applies to adapter_kind 'qa_sparsepeft' "
+            f"only (fq_lora always trains on the float weights), but adapter_kind is {kind!r}; remove it"
+        )
+    on_float = kind == "fq_lora" or (kind == "qa_sparsepeft" and t.qa_base_weight == "float")
+    if on_float and int4_base and config.quantization.awq:
+        problems.append(
+            f"quantization.awq: {kind!r} trains on the float weights the INT4 base is quantized from, but AWQ "
+            "rescales the weights it quantizes (and folds the inverse into the layer before), so those float "
+            "weights are not what the codes came from: set quantization.awq to false (scale_estimation is fine)"
+            + (", or qa_base_weight to 'dequantized'" if kind == "qa_sparsepeft" else "")
+        )
     default_ratio = type(t).model_fields["quantizer_lr_ratio"].default  # a dumped config carries the default
     if kind != "fq_lora" and t.quantizer_lr_ratio != default_ratio:
         problems.append(

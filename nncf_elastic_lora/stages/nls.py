@@ -15,7 +15,7 @@ from .. import distributed
 from ..config import BootstrapNASConfig, ModelConfig, PipelineConfig
 from ..data import TaskData, load_task
 from ..elastic import ElasticLoraSuperNet
-from ..elastic.lora import AdapterKind
+from ..elastic.lora import trains_on_float_weights
 from ..elastic.supernet import SEARCH_SPACE_FILE
 from ..formats import is_quantized_base
 from ..latency import LatencyModel, attention_layout, mlp_layout
@@ -74,8 +74,9 @@ def train(
     output = Path(output)
     check_trainable_base(config)
     model, tokenizer = load_model(config.model)
-    fq = config.bootstrapNAS.training.adapter_kind == AdapterKind.FQ_LORA
-    supernet = build_supernet(model, config.bootstrapNAS, base_quantized_weights(config.model, float_source=fq))
+    t = config.bootstrapNAS.training
+    float_source = trains_on_float_weights(t.adapter_kind, {"base_weight": t.qa_base_weight})
+    supernet = build_supernet(model, config.bootstrapNAS, base_quantized_weights(config.model, float_source=float_source))
     data = load_task(config.data)
     result, _ = train_super_adapter(
         supernet,
@@ -110,21 +111,24 @@ def train(
     return report
 
 
-def _kind_of(super_adapter: str | Path) -> str | None:
-    """The adapter kind a super-adapter folder records (None where unreadable: loading it says why)."""
+def _spec_of(super_adapter: str | Path) -> dict[str, Any]:
+    """What a super-adapter folder records (adapter kind, base weight; empty where unreadable: loading it says
+    why)."""
     try:
-        return json.loads((Path(super_adapter) / SEARCH_SPACE_FILE).read_text()).get("adapter_kind")
-    except (OSError, ValueError, AttributeError):
-        return None
+        spec = json.loads((Path(super_adapter) / SEARCH_SPACE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return spec if isinstance(spec, dict) else {}
 
 
 def load_supernet(model_config: ModelConfig, super_adapter: str | Path) -> tuple[ElasticLoraSuperNet, Any]:
     """The base model with a saved super-adapter attached, and its tokenizer."""
     model, tokenizer = load_model(model_config)
+    spec = _spec_of(super_adapter)
     supernet = ElasticLoraSuperNet.load_super_adapter(
         model,
         super_adapter,
-        quantized=base_quantized_weights(model_config, float_source=_kind_of(super_adapter) == AdapterKind.FQ_LORA),
+        quantized=base_quantized_weights(model_config, float_source=trains_on_float_weights(spec.get("adapter_kind"), spec)),
         base_fingerprint=model_fingerprint(model_config),  # refuse a base it was not trained on
     )
     return supernet, tokenizer

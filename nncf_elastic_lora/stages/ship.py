@@ -16,7 +16,6 @@ from ..data import load_task, train_texts
 from ..deploy.benchmark import benchmark_models
 from ..deploy.export import export_openvino
 from ..deploy.genai_adapters import export_genai_adapters
-from ..elastic.lora import AdapterKind
 from ..formats import MERGE_REPORT
 from ..int4 import save_quantized_weights
 from ..merge import merge_to_directory, read_sub_adapter_record
@@ -26,7 +25,7 @@ from ..provenance import model_fingerprint
 from ..runtime import machine_info
 from ..sparsity import linear_sparsity
 from .engine import RunState, Stage, completed_or, pick
-from .evaluate import base_quantized_weights, evaluate_ir
+from .evaluate import base_quantized_weights, evaluate_ir, float_source_for
 
 
 def merge(
@@ -45,8 +44,9 @@ def merge(
     record = read_sub_adapter_record(adapter)
     # A peft folder without our record: its kind comes from the config.
     kind = None if record else config.bootstrapNAS.training.adapter_kind
-    fq = (record["adapter_kind"] if record else kind) == AdapterKind.FQ_LORA
-    quantized = base_quantized_weights(config.model, float_source=fq)
+    quantized = base_quantized_weights(
+        config.model, float_source=float_source_for(record["adapter_kind"] if record else kind, record, config)
+    )
     base_sparsity = linear_sparsity(model)
     result = merge_to_directory(
         model=model,
