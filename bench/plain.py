@@ -163,24 +163,30 @@ def run_cell(recipe: str, task: str, seed: int, steps: int) -> dict[str, Any]:
 
     out = WORK / task / slug(recipe) / f"seed{seed}"
     report = out / "report.json"
+    config = recipe_config(recipe, task, seed, steps)
     if not report.exists():
-        config = recipe_config(recipe, task, seed, steps)
         if not out.exists() and recipe in SHARES_TRAINING:
             seed_from_training(WORK / task / slug(SHARES_TRAINING[recipe]) / f"seed{seed}", out, config)
         run_pipeline(config, out, resume=True, progress=False)
-    return json.loads(report.read_text())
+    done = json.loads(report.read_text())
+    # a cell finished before the recipe changed (its config file, say) is not this recipe's result
+    differ = training_differences(done["config"], config.model_dump(mode="json"))
+    if differ:
+        raise SystemExit(f"{out}: finished with other {', '.join(differ)} than recipe {recipe!r} now has; move the "
+                         "folder away (to keep it) or delete it, and run again")  # fmt: skip
+    return done
 
 
 def training_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The config sections (``model_dump(mode="json")``) that make runs ``a`` and ``b`` train, or measure their
     training, differently: all but the search, the benchmark's settings and the shipped IR's weight format."""
-    from nncf_elastic_lora.config import PipelineConfig
+    from nncf_elastic_lora.config import with_added_options
     from nncf_elastic_lora.outputs import config_differences
 
     after_training = ("bootstrapNAS.search.", "benchmark.", "export.weight_format")
     sections = set()
-    # both as this version reads them: an option added since ``a`` ran holds its default there
-    a, b = (PipelineConfig.model_validate(c).model_dump(mode="json") for c in (a, b))
+    # an option added since ``a`` ran holds the value that reproduces what it ran with
+    a, b = with_added_options(a), with_added_options(b)
     for key in config_differences(a, b):
         if key.startswith("benchmark.references") or not key.startswith(after_training):
             parts = key.split(".")

@@ -71,8 +71,8 @@ def qa_code_stats(supernet) -> dict:
     changed = total = 0
     ratios = []
     with torch.no_grad():
-        for adapter in supernet.adapters.values():
-            base = adapter.quantized_base.codes
+        for name, adapter in supernet.adapters.items():
+            base = supernet.quantized[name].codes  # the INT4 base's own (on the float weights they are not FQ(W)'s)
             new = adapter.codes()
             changed += int((new != base).sum())
             total += base.numel()
@@ -105,20 +105,20 @@ def library_cell(row: str, task: str, steps: int, limit: int, lr: float, base: P
     qa = config.bootstrapNAS.training.adapter_kind == "qa_sparsepeft"
 
     def score() -> dict:
-        supernet, tokenizer = load_supernet(config.model, work / "nls" / "super_adapter")
-        out = {}
         if qa:
-            out = qa_code_stats(supernet)
             merge(config, work / "merged", work / "nls" / "sub_adapter_heuristic", progress=False)
             model, tokenizer = load_model(config.model.model_copy(update={"name_or_path": str(work / "merged")}))
             metrics = evaluate_model(model, tokenizer, config, tasks, False)[0].to_dict()["metrics"]
         else:
+            supernet, tokenizer = load_supernet(config.model, work / "nls" / "super_adapter")
             metrics = evaluate_subnets(supernet, tokenizer, config, ["heuristic"], tasks, False)["heuristic"][0][
                 "metrics"
             ]
-        return {**out, "acc": _score(metrics)}
+        return {"acc": _score(metrics)}
 
     scores = _cached(work / "scores.json", score)
+    if qa:  # cached on their own: counted against the INT4 base's codes since 2026-12-07 (scores.json may hold older)
+        scores |= _cached(work / "codes.json", lambda: qa_code_stats(load_supernet(config.model, work / "nls" / "super_adapter")[0]))
     return {"row": f"{label}, lr {lr:g}", "lr": lr, "steps": report["steps"], "time_s": report["time_s"],
             "tail_loss": _tail_loss(report["losses"]), "losses": report["losses"], **scores}  # fmt: skip
 

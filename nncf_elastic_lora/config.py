@@ -9,6 +9,7 @@ models.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -734,6 +735,26 @@ class PlainReferenceConfig(_Section):
             if len(set(self.weight_formats)) != len(self.weight_formats):
                 raise ValueError(f"plain.weight_formats {self.weight_formats} repeats a format")
         return self
+
+
+# Options added after runs were first saved, with the value that reproduces what versions without them did. A
+# saved config that lacks one is read with that value (resume, reuse of a finished run's training); any other
+# missing or changed key is a change. An option whose default does not reproduce the old behaviour stays out.
+ADDED_OPTIONS: dict[str, Any] = {"bootstrapNAS.training.qa_base_weight": "dequantized"}
+
+
+def with_added_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (``model_dump(mode="json")`` of an older version) with :data:`ADDED_OPTIONS` it lacks filled
+    in; a copy, the rest untouched."""
+    out = copy.deepcopy(saved)
+    for dotted, value in ADDED_OPTIONS.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return out
 
 
 class PipelineConfig(_Section):

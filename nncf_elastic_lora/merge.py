@@ -41,6 +41,7 @@ from .elastic.lora import (
     trains_on_float_weights,
 )
 from .elastic.supernet import (
+    SEARCH_SPACE_FILE,
     SUB_ADAPTER_FILE,
     ElasticLoraSuperNet,
     SubnetConfig,
@@ -333,6 +334,49 @@ def check_not_channel_sliced(adapter: str | Path) -> None:
         )
 
 
+def adapter_base_weight(adapter_dir: str | Path) -> str | None:
+    """The ``base_weight`` an adapter folder records (:func:`~nncf_elastic_lora.elastic.lora.trains_on_float_weights`):
+    from its sub-adapter record, else (a super-adapter folder) from its search space; None where neither does."""
+    record = read_sub_adapter_record(adapter_dir)
+    if record is not None:
+        return record.get("base_weight")
+    spec = Path(adapter_dir) / SEARCH_SPACE_FILE
+    try:
+        data = json.loads(spec.read_text()) if spec.is_file() else {}
+    except ValueError:
+        return None  # loading the folder says what is wrong with it
+    return data.get("base_weight") if isinstance(data, dict) else None
+
+
+def _on_float(adapter_dir: Path, kind: AdapterKind, quantized: dict[str, QuantizedWeight] | None) -> bool:
+    """Whether the adapter in ``adapter_dir`` trained on its INT4 base's float source weights. A QA folder that
+    records no base weight (a plain peft folder) trained as its caller loaded the base: on the float
+    weights when they are given for every module."""
+    recorded = adapter_base_weight(adapter_dir)
+    if recorded is None and kind is AdapterKind.QA_SPARSEPEFT:
+        given = bool(quantized) and all(q.float_weight is not None for q in quantized.values())
+        recorded = "float" if given else "dequantized"
+    try:
+        return trains_on_float_weights(kind, {"base_weight": recorded})
+    except ValueError as exc:
+        raise MergeError(f"adapter {adapter_dir.resolve()}: {exc}") from None
+
+
+def _trained_weight(name: str, q: QuantizedWeight, on_float: bool, adapter_dir: Path) -> QuantizedWeight:
+    """``q`` as the adapter trained through it: its float source kept where it trained on it (refused when it is
+    missing, as the merge would round another weight than the trained one), dropped where it did not."""
+    if not on_float:
+        return QuantizedWeight(q.codes, q.scale, q.zero_point, q.group_size, q.bits)
+    if q.float_weight is None:
+        raise MergeError(
+            f"{adapter_dir} was trained on the float weights its INT4 base was quantized from, but none were "
+            f"loaded for {name!r}: load the base with its float source "
+            "(nncf_elastic_lora.stages.evaluate.base_quantized_weights(..., float_source=True))"
+        )
+    check_float_source(q.float_weight, q, name)
+    return q
+
+
 def merge_adapter_from_dirs(
     *,
     model: nn.Module | str | Path,
@@ -370,37 +414,39 @@ def merge_adapter_from_dirs(
     peft_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     weights, codes, ranks, new_zeros = {}, {}, {}, 0
     zeros_lost = 0
+    on_float = kind.int4_trained and _on_float(adapter_dir, kind, quantized)
     if kind is AdapterKind.FQ_LORA:
-        weights, codes, ranks = _merge_fq_from_dir(model, adapter_dir, record, quantized)
+        weights, codes, ranks = _merge_fq_from_dir(model, adapter_dir, record, quantized, on_float)
         for name, merged in weights.items():  # not masked: count what the update did to the base's zeros
             base_zero = model.get_submodule(name).weight == 0
             zeros_lost += int((base_zero & (merged != 0)).sum())
             new_zeros += int((~base_zero & (merged == 0)).sum())
     masked = {} if kind is AdapterKind.FQ_LORA else _load_adapter_tensors(adapter_dir)  # fq_lora: merged above
+    if on_float:  # a module at rank 0 (not in the folder) still re-rounds its float weight, as the forward did
+        for name, rank in (record or {}).get("module_ranks", {}).items():
+            if rank == 0 and name not in masked:
+                linear = model.get_submodule(name)
+                masked[name] = (torch.zeros(0, linear.in_features), torch.zeros(linear.out_features, 0))
     with torch.no_grad():
         for name, (a, b) in sorted(masked.items()):
             linear = model.get_submodule(name)
             w = linear.weight
             rank = ranks[name] = int(a.shape[0])
-            scaling = float(record["scaling"]) if record else peft_scaling(peft_config, name, rank)
+            scaling = float(record["scaling"]) if record else peft_scaling(peft_config, name, max(rank, 1))
             q = None
             if kind is AdapterKind.QA_SPARSEPEFT:
                 q = (quantized or {}).get(name)
                 if q is None:
                     raise MergeError(f"module {name!r} is adapted but the quantized weights do not cover it")
                 check_dequantized_base(w, q, name)
-                if trains_on_float_weights(kind, record):  # the weight its update was trained on
-                    if q.float_weight is None:
-                        raise MergeError(
-                            f"{adapter_dir} was trained on the float weights its INT4 base was quantized from "
-                            f"(qa_base_weight 'float'), but none were loaded for {name!r}: load the base with "
-                            "its float source (base_quantized_weights(..., float_source=True))"
-                        )
-                    check_float_source(q.float_weight, q, name)
-                    w = q.float_weight.to(w)
-                q = _on(q, w.device)
+                q = _on(_trained_weight(name, q, on_float, adapter_dir), w.device)
             a, b = a.to(w.device), b.to(w.device)
-            weights[name], c, n = merge_module(name=name, weight=w, a=a, b=b, scaling=scaling, quantized=q)
+            trained = q.float_weight.to(w) if q is not None and q.float_weight is not None else w
+            weights[name], c, n = merge_module(name=name, weight=trained, a=a, b=b, scaling=scaling, quantized=q)
+            if trained is not w:  # the zeros the masked update kept are the float weight's: count the INT4 base's
+                base_zero = w == 0
+                zeros_lost += int((base_zero & (weights[name] != 0)).sum())
+                n = int((~base_zero & (weights[name] == 0)).sum())
             new_zeros += n
             if c is not None:
                 codes[name] = c
@@ -427,8 +473,10 @@ def _merge_fq_from_dir(
     adapter_dir: Path,
     record: dict[str, Any] | None,
     quantized: dict[str, QuantizedWeight] | None,
+    on_float: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, QuantizedWeight], dict[str, int]]:
-    """An ``fq_lora`` sub-adapter's merge: each module rebuilt as the trained layer (its ranges from the folder)."""
+    """An ``fq_lora`` sub-adapter's merge: each module rebuilt as the trained layer (its ranges from the folder),
+    on its float source weights where it trained on them (``on_float``)."""
     from safetensors.torch import load_file
 
     if record is None:
@@ -446,8 +494,9 @@ def _merge_fq_from_dir(
         linear = model.get_submodule(name)
         a, b = pairs.get(name, (torch.zeros(0, linear.in_features), torch.zeros(linear.out_features, 0)))
         rank = ranks[name] = int(a.shape[0])
+        trained = _on(_trained_weight(name, q, on_float, adapter_dir), linear.weight.device)
         layer = FQLoraLinear(linear, max(rank, 1), float(record["scaling"]) * max(rank, 1),
-                             quantized=_on(q, linear.weight.device), name=name)  # fmt: skip
+                             quantized=trained, name=name)  # fmt: skip
         state = layer.quantizer_state()
         if set(ranges[name]) != set(state):
             raise MergeError(

@@ -413,18 +413,15 @@ def check_same_config(
 ) -> None:
     """On resume: refuse when ``path`` (a saved config) differs from ``config``; name what changed.
 
-    ``normalize`` maps the saved config to its current form (an option added since it was saved holds its
-    default there, which is not a change); a saved config it cannot read is compared as it is.
+    ``normalize`` maps the saved config to its current form (e.g. options added since, with the value that
+    reproduces what the run did: :func:`~nncf_elastic_lora.config.with_added_options`).
     """
     path = Path(path)
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
     if normalize is not None:
-        try:
-            saved = normalize(saved)
-        except ValueError:
-            pass  # compared as saved: the error names what differs
+        saved = normalize(saved)
     changed = config_differences(saved, config)
     if changed:
         raise OutputExistsError(

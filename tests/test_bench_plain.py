@@ -151,3 +151,20 @@ def test_bad_interleaved_flags_are_one_clear_error(flags, error):
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert error in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_finished_cell_of_another_recipe_version_is_refused_not_reported(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(plain, "WORK", tmp_path)
+    config = plain.recipe_config("SQFT + QA-SparsePEFT", "piqa", 0, 7)
+    saved = config.model_dump(mode="json")
+    del saved["bootstrapNAS"]["training"]["qa_base_weight"]  # finished before the option existed: dequantized
+    assert config.bootstrapNAS.training.qa_base_weight == "float"  # what the recipe trains on now
+    assert plain.training_differences(saved, config.model_dump(mode="json")) == ["bootstrapNAS.training"]
+    cell = tmp_path / "piqa" / plain.slug("SQFT + QA-SparsePEFT") / "seed0"
+    cell.mkdir(parents=True)
+    (cell / "report.json").write_text(json.dumps({"config": saved}))
+    with pytest.raises(SystemExit, match="finished with other bootstrapNAS.training than recipe"):
+        plain.run_cell("SQFT + QA-SparsePEFT", "piqa", 0, 7)
+    saved["bootstrapNAS"]["training"]["qa_base_weight"] = "float"
+    (cell / "report.json").write_text(json.dumps({"config": saved}))
+    assert plain.run_cell("SQFT + QA-SparsePEFT", "piqa", 0, 7)["config"] == saved

@@ -139,3 +139,25 @@ def test_numbers_are_finite_numbers(override, accepted):
     else:
         config = apply_overrides(PipelineConfig(), [override])
         assert config.bootstrapNAS.training.lora_r == accepted
+
+
+def test_a_saved_config_without_an_added_option_reads_as_the_old_behaviour(tmp_path):
+    from nncf_elastic_lora.config import ADDED_OPTIONS, with_added_options
+    from nncf_elastic_lora.outputs import OutputExistsError, check_same_config
+
+    current = PipelineConfig().model_dump(mode="json")
+    saved = json.loads(json.dumps(current))
+    del saved["bootstrapNAS"]["training"]["qa_base_weight"]  # a run started before the option existed
+    assert with_added_options(saved) == current and "qa_base_weight" not in saved["bootstrapNAS"]["training"]
+    assert ADDED_OPTIONS["bootstrapNAS.training.qa_base_weight"] == current["bootstrapNAS"]["training"]["qa_base_weight"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_same_config(tmp_path / "config.json", current, normalize=with_added_options)
+    # what the old version did is not what the new value does: that resume is refused, naming the option
+    current["bootstrapNAS"]["training"]["qa_base_weight"] = "float"
+    with pytest.raises(OutputExistsError, match="bootstrapNAS.training.qa_base_weight"):
+        check_same_config(tmp_path / "config.json", current, normalize=with_added_options)
+    # any other missing key is still a change
+    del saved["bootstrapNAS"]["training"]["lora_r"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(OutputExistsError, match="bootstrapNAS.training.lora_r"):
+        check_same_config(tmp_path / "config.json", PipelineConfig().model_dump(mode="json"), normalize=with_added_options)

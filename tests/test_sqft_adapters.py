@@ -550,6 +550,7 @@ def test_an_update_under_half_a_step_moves_codes_only_on_the_float_weight():
 
 def test_qa_on_float_weights_merges_what_it_trained_live_and_from_disk(tmp_path):
     model, qweights, floats = float_sourced_int4_base()
+    qweights_deq = {n: q.dequantize() for n, q in qweights.items()}
     sn = attach(model, "qa_sparsepeft", qweights)
     for name, layer in sn.adapters.items():
         assert layer.on_float_weight and torch.equal(layer.base_layer.weight, floats[name])
@@ -559,10 +560,14 @@ def test_qa_on_float_weights_merges_what_it_trained_live_and_from_disk(tmp_path)
     expected = logits(model, IDS)
     live, live_q = merge_qa(supernet=sn, config=config)
     torch.testing.assert_close(logits(live, IDS), expected, atol=1e-5, rtol=0)
-    for name in sn.adapters:
+    differ = 0
+    for name, layer in sn.adapters.items():
         w = live.get_submodule(name).weight
         assert not w[floats[name] == 0].any(), name  # the pruned weights stay zero through the INT4 merge
         assert torch.equal(w, live_q[name].dequantize())
+        on_dequantized = lora_module.qa_codes(qweights_deq[name] + layer.delta_weight(), layer.grid)
+        differ += int((on_dequantized != live_q[name].codes).sum())
+    assert differ > 0, "the float weights should round to other codes than the dequantized ones"
 
     sn.save_sub_adapter(tmp_path / "sub", config, base_fingerprint="base-1")
     assert json.loads((tmp_path / "sub" / "elastic_lora_sub.json").read_text())["base_weight"] == "float"
@@ -577,11 +582,81 @@ def test_qa_on_float_weights_merges_what_it_trained_live_and_from_disk(tmp_path)
         q.float_weight = None
     with pytest.raises(MergeError, match="trained on the float weights"):
         merge_adapter_from_dirs(model=fresh, adapter_dir=tmp_path / "sub", quantized=fresh_q, base_fingerprint="base-1")
+    # a plain peft folder (no record) merges on the weights its caller loaded: the float ones here
+    (tmp_path / "sub" / "elastic_lora_sub.json").unlink()
+    fresh, fresh_q, _ = float_sourced_int4_base()
+    result = merge_adapter_from_dirs(model=fresh, adapter_dir=tmp_path / "sub", adapter_kind="qa_sparsepeft",
+                                     quantized=fresh_q)  # fmt: skip
+    for name in sn.adapters:
+        assert torch.equal(result.quantized[name].codes, live_q[name].codes), name
 
 
-def test_a_float_source_the_codes_did_not_come_from_is_refused():
+def boundary_flipped(model: nn.Module, qweights: dict[str, QuantizedWeight]) -> None:
+    """One code per INT4 weight moved by a step, as a float16 scale's rounding moves a weight at a boundary: the
+    base's codes then differ from those its float source rounds to (the base still its own dequantisation)."""
+    with torch.no_grad():
+        for name, q in qweights.items():
+            q.codes[0, 0] = 1 if int(q.codes[0, 0]) == 0 else int(q.codes[0, 0]) - 1
+            model.get_submodule(name).weight.copy_(q.dequantize())
+
+
+def test_a_module_at_rank_zero_merges_from_disk_as_its_forward_rounds_it(tmp_path):
+    model, qweights, _ = float_sourced_int4_base()
+    boundary_flipped(model, qweights)
+    sn = ElasticLoraSuperNet.attach(model, target_modules=TARGETS, max_rank=8, alpha=16, overwrite_groups=GROUPS,
+                                    overwrite_groups_widths=[[8, 0]] * 3, adapter_kind="qa_sparsepeft",
+                                    quantized=qweights)  # fmt: skip
+    config = {name: 0 for name in sn.get_search_space()}
+    config[next(iter(config))] = 8
+    sn.activate_config(config)
+    live, live_q = merge_qa(supernet=sn, config=config)
+    sn.save_sub_adapter(tmp_path / "sub", config)
+    fresh, fresh_q, _ = float_sourced_int4_base()
+    boundary_flipped(fresh, fresh_q)
+    result = merge_adapter_from_dirs(model=fresh, adapter_dir=tmp_path / "sub", quantized=fresh_q)
+    for name in sn.adapters:
+        assert torch.equal(result.quantized[name].codes, live_q[name].codes), name
+        assert torch.equal(result.model.get_submodule(name).weight, live.get_submodule(name).weight), name
+
+
+def test_a_super_adapter_loads_on_the_weights_it_trained_on(tmp_path):
+    for base_weight in ("float", "dequantized"):
+        model, qweights, _ = float_sourced_int4_base()
+        if base_weight == "dequantized":
+            for q in qweights.values():
+                q.float_weight = None
+        sn = attach(model, "qa_sparsepeft", qweights)
+        sn.save_super_adapter(tmp_path / base_weight)
+        assert json.loads((tmp_path / base_weight / "elastic_lora.json").read_text())["base_weight"] == base_weight
+        expected = logits(model, IDS)
+        fresh, fresh_q, _ = float_sourced_int4_base()  # float weights given either way
+        loaded = ElasticLoraSuperNet.load_super_adapter(fresh, tmp_path / base_weight, quantized=fresh_q)
+        assert loaded.base_weight() == base_weight
+        torch.testing.assert_close(logits(loaded.model, IDS), expected, atol=0, rtol=0)
+    fresh, fresh_q, _ = float_sourced_int4_base()
+    for q in fresh_q.values():
+        q.float_weight = None
+    with pytest.raises(ValueError, match="was trained on the float weights"):
+        ElasticLoraSuperNet.load_super_adapter(fresh, tmp_path / "float", quantized=fresh_q)
+
+
+def test_a_float_source_the_codes_did_not_come_from_is_refused_before_the_model_changes():
     model, qweights, floats = float_sourced_int4_base()
-    name = next(n for n in qweights if n.endswith("up_proj"))
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    name = sorted(n for n in qweights if n.endswith("up_proj"))[-1]  # the last target: the others come first
     qweights[name].float_weight = floats[name] * 1.5  # rescaled, as AWQ does to the weights it quantizes
     with pytest.raises(ValueError, match=f"module '{name}': the float source rounds to other INT4 codes"):
         attach(model, "qa_sparsepeft", qweights)
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+    qweights[name].float_weight = None  # float weights for some targets only: a mix is refused too
+    with pytest.raises(ValueError, match="for none"):
+        attach(model, "qa_sparsepeft", qweights)
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+def test_an_unknown_recorded_base_weight_is_an_error():
+    assert lora_module.trains_on_float_weights("fq_lora", None) and not lora_module.trains_on_float_weights(
+        "fq_lora", {"base_weight": "dequantized"})
+    assert not lora_module.trains_on_float_weights("qa_sparsepeft", None)
+    with pytest.raises(ValueError, match="base_weight is 'Float'; expected 'float' or 'dequantized'"):
+        lora_module.trains_on_float_weights("qa_sparsepeft", {"base_weight": "Float"})

@@ -77,15 +77,15 @@ def resumable_output(call: Call, verb: str, config_name: str) -> Iterator[Path]:
     On resume the config must equal the one the output was started with (checked first, so the
     error names the changed keys), and the model and data must be the same (their fingerprints).
     """
+    from ..config import with_added_options
     from ..outputs import check_same_config, claim_output, write_json
     from ..provenance import input_fingerprints
 
     args, config = call.args, call.config
     output, data = call.output, config.model_dump(mode="json")
     if args.resume:
-        # the saved config as this version reads it: an option added since holds its default, not a change
-        check_same_config(output / config_name, data,
-                          normalize=lambda saved: type(config).model_validate(saved).model_dump(mode="json"))  # fmt: skip
+        # an option added since the run started holds the value that reproduces what it ran with: not a change
+        check_same_config(output / config_name, data, normalize=with_added_options)
     with claim_output(
         output,
         verb=verb,

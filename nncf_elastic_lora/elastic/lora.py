@@ -508,14 +508,18 @@ def check_dequantized_base(weight: torch.Tensor, quantized: QuantizedWeight, nam
 
 def trains_on_float_weights(kind: AdapterKind | str | None, record: Mapping[str, Any] | None) -> bool:
     """Whether an adapter of ``kind`` whose folder records ``record`` (``elastic_lora.json`` or the sub-adapter
-    record) trained on the float weights its INT4 base was quantized from: fq_lora always, qa_sparsepeft when
-    it records ``base_weight: float``. Loading or merging it needs those weights again."""
+    record) trained on the float weights its INT4 base was quantized from: fq_lora unless it records
+    ``base_weight: dequantized`` (built without its float source), qa_sparsepeft when it records
+    ``base_weight: float``. Loading or merging it needs those weights again."""
     if kind is None:
         return False
     kind = AdapterKind.parse(kind)
-    return kind is AdapterKind.FQ_LORA or (
-        kind is AdapterKind.QA_SPARSEPEFT and (record or {}).get("base_weight") == "float"
-    )
+    recorded = (record or {}).get("base_weight")
+    if recorded not in (None, "float", "dequantized"):
+        raise ValueError(f"base_weight is {recorded!r}; expected 'float' or 'dequantized' (re-create the adapter)")
+    if kind is AdapterKind.FQ_LORA:  # folders of older versions record none: they trained on the float weights
+        return recorded != "dequantized"
+    return kind is AdapterKind.QA_SPARSEPEFT and recorded == "float"
 
 
 # Float weights whose own rounding under the base's scales gives other codes than the base's at more than this

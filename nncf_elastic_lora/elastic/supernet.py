@@ -36,7 +36,14 @@ from ..patterns import find_linears
 from ..quantization import QuantizedWeight, scales_fingerprint
 from .channels import ChannelMask, GatedMLP, gated_mlps, intermediate_size
 from .heads import Attention, attentions, uniform_attentions
-from .lora import AdapterKind, ElasticLoraLinear, FQLoraLinear, create_adapter_layer
+from .lora import (
+    AdapterKind,
+    ElasticLoraLinear,
+    FQLoraLinear,
+    check_float_source,
+    create_adapter_layer,
+    trains_on_float_weights,
+)
 from .search_space import Group, build_groups
 
 log = logging.getLogger(__name__)
@@ -167,6 +174,7 @@ class ElasticLoraSuperNet:
             )  # fmt: skip
         if kind.int4_trained:
             _check_quantized_covers(targets, quantized, kind)
+            _check_float_sources(targets, quantized)
         elif quantized is not None:
             raise ValueError(
                 f"quantized weights are only used by qa_sparsepeft and fq_lora adapters, not {kind.value!r}"
@@ -418,7 +426,7 @@ class ElasticLoraSuperNet:
         merging it again need the same (:func:`~nncf_elastic_lora.elastic.lora.trains_on_float_weights`)."""
         if not self.kind.int4_trained:
             return None
-        return "float" if any(getattr(a, "on_float_weight", False) for a in self.adapters.values()) else "dequantized"
+        return "float" if all(getattr(a, "on_float_weight", False) for a in self.adapters.values()) else "dequantized"
 
     def scales_fingerprint(self) -> str | None:
         """The fingerprint of the INT4 base's scales and zero points (qa_sparsepeft), else None."""
@@ -536,6 +544,8 @@ class ElasticLoraSuperNet:
             base_fingerprint=base_fingerprint,
             quantized=quantized,
         )
+        if kind.int4_trained and quantized is not None:
+            quantized = _as_trained(directory, kind, spec, quantized, modules)
         supernet = cls.attach(
             model,
             target_modules=[f"{{re}}{re.escape(m)}" for m in modules],
@@ -604,6 +614,41 @@ def _check_quantized_covers(
             f"{kind.value}: the quantized weights do not cover {len(missing)} target module(s), e.g. "
             f"{missing[:3]}; quantize every target linear of the base"
         )
+
+
+def _as_trained(
+    directory: Path, kind: AdapterKind, spec: dict[str, Any], quantized: dict[str, QuantizedWeight], modules: list[str]
+) -> dict[str, QuantizedWeight]:
+    """``quantized`` as the super-adapter in ``directory`` was trained: with the float source weights where it
+    records them (refused when they are missing), without them where it trained on the dequantized weights."""
+    try:
+        on_float = trains_on_float_weights(kind, spec)
+    except ValueError as exc:
+        raise ValueError(f"{directory / SEARCH_SPACE_FILE}: {exc}") from None
+    if on_float:
+        missing = [m for m in modules if m in quantized and quantized[m].float_weight is None]
+        if missing:
+            raise ValueError(
+                f"super-adapter {directory.resolve()} was trained on the float weights its INT4 base was quantized "
+                f"from, but none were given for {missing[:3]}: load the base's with them "
+                "(nncf_elastic_lora.stages.evaluate.base_quantized_weights(..., float_source=True))"
+            )
+        return quantized
+    return {n: QuantizedWeight(q.codes, q.scale, q.zero_point, q.group_size, q.bits) for n, q in quantized.items()}
+
+
+def _check_float_sources(targets: dict[str, nn.Module], quantized: dict[str, QuantizedWeight] | None) -> None:
+    """Every target with its float source, or none (a mix would train half the layers on other weights), and
+    each source the one its codes came from; checked before any layer copies one into the model."""
+    with_float = [n for n in targets if quantized[n].float_weight is not None]
+    if with_float and len(with_float) != len(targets):
+        missing = sorted(set(targets) - set(with_float))
+        raise ValueError(
+            f"float source weights are given for {len(with_float)} of {len(targets)} target modules (none for "
+            f"{missing[:3]}): give them for every target, or for none"
+        )
+    for name in with_float:
+        check_float_source(quantized[name].float_weight, quantized[name], name)
 
 
 def _whole(value: Any, name: str) -> int:

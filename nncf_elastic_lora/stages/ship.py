@@ -45,7 +45,7 @@ def merge(
     # A peft folder without our record: its kind comes from the config.
     kind = None if record else config.bootstrapNAS.training.adapter_kind
     quantized = base_quantized_weights(
-        config.model, float_source=float_source_for(record["adapter_kind"] if record else kind, record, config)
+        config.model, float_source=float_source_for(record["adapter_kind"] if record else kind, adapter, config)
     )
     base_sparsity = linear_sparsity(model)
     result = merge_to_directory(
@@ -64,7 +64,9 @@ def merge(
             "precision": "int4" if r.quantized is not None else str(dtype).removeprefix("torch."),
             "sparsity": linear_sparsity(r.model),
             "base_sparsity": base_sparsity,
-            # merge_to_directory refuses a masked merge that loses one of the base's zeros; fq_lora has no mask
+            # a masked merge refuses to lose a zero its mask keeps (on the float weights: the sparse model's);
+            # zeros_lost counts the INT4 base's zeros it filled (fq_lora: no mask; QA on the float weights: weights
+            # that had rounded to zero)
             "zeros_kept": r.report["zeros_lost"] == 0,
             "time_s": time.perf_counter() - start,
         },
