@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -117,6 +118,10 @@ SHARES_TRAINING = {
     "LoNAS heuristic + distillation INT4": "LoNAS heuristic + distillation",
     "LoNAS searched + distillation INT4": "LoNAS heuristic + distillation",
 }
+# what a finished cell no longer needs (the table reads report.json, the interleaved pass the IRs, a cell that shares
+# the training its nls/ adapters and bases): checkpoints to resume from, the merged and extracted torch models the
+# IR was exported from; about 1 GB a cell
+INTERMEDIATES = ("nls/checkpoints", "merged_model", "extracted_model")
 # what a run writes up to its training: the stage results and their folders
 TRAINING_STAGES = ("sparsify", "quantize_base", "reorder", "train", "eval_subnets", "reference_int8",
                    "eval_reference_int8")  # fmt: skip
@@ -157,8 +162,9 @@ def recipe_config(recipe: str, task: str, seed: int, steps: int):
     ])  # fmt: skip
 
 
-def run_cell(recipe: str, task: str, seed: int, steps: int) -> dict[str, Any]:
-    """One `run` (resumed if interrupted); its report.json."""
+def run_cell(recipe: str, task: str, seed: int, steps: int, keep: bool = False) -> dict[str, Any]:
+    """One `run` (resumed if interrupted); its report.json. A cell this call finishes loses its
+    :data:`INTERMEDIATES` unless ``keep``."""
     from nncf_elastic_lora.pipeline import run_pipeline
 
     out = WORK / task / slug(recipe) / f"seed{seed}"
@@ -168,6 +174,9 @@ def run_cell(recipe: str, task: str, seed: int, steps: int) -> dict[str, Any]:
         if not out.exists() and recipe in SHARES_TRAINING:
             seed_from_training(WORK / task / slug(SHARES_TRAINING[recipe]) / f"seed{seed}", out, config)
         run_pipeline(config, out, resume=True, progress=False)
+        if not keep:
+            for name in INTERMEDIATES:
+                shutil.rmtree(out / name, ignore_errors=True)
     done = json.loads(report.read_text())
     # a cell finished before the recipe changed (its config file, say) is not this recipe's result
     differ = training_differences(done["config"], config.model_dump(mode="json"))
@@ -393,6 +402,8 @@ def main() -> None:
                         help="also measure the finished cells' IRs of --speed-seed in one interleaved benchmark per "
                              "task, over ROUNDS rounds (kept and reused while its IRs stay the same)")
     parser.add_argument("--speed-seed", type=int, default=0, help="the seed whose IRs --interleaved measures")
+    parser.add_argument("--keep-intermediates", action="store_true",
+                        help=f"keep a finished cell's {', '.join(INTERMEDIATES)} (deleted by default: ~1 GB a cell)")
     args = parser.parse_args()
     tasks = args.tasks.split(",")
     recipes = list(RECIPES) if args.recipes == "all" else args.recipes.split(",")
@@ -414,7 +425,8 @@ def main() -> None:
             for seed in range(args.seeds):
                 done = (WORK / task / slug(recipe) / f"seed{seed}" / "report.json").exists()
                 if done or not args.report_only:
-                    rows.append(cell_row(run_cell(recipe, task, seed, steps[task]), RECIPES[recipe][2]))
+                    report = run_cell(recipe, task, seed, steps[task], keep=args.keep_intermediates)
+                    rows.append(cell_row(report, RECIPES[recipe][2]))
             cells[recipe] = rows
         irs, peers = speed_irs(task, recipes, args.speed_seed)
         speeds = interleaved_speeds(task, irs, args.speed_seed, args.interleaved)

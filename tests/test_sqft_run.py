@@ -21,6 +21,10 @@ def _zeros(path: Path) -> dict[str, torch.Tensor]:
     return {n: m.weight == 0 for n, m in model.named_modules() if n.endswith(("q_proj", "up_proj", "down_proj"))}
 
 
+def _dequantized(qweights: dict) -> dict[str, torch.Tensor]:
+    return {n: q.dequantize() for n, q in qweights.items()}
+
+
 def test_run_sqft_sparsepeft(tmp_path):
     out = tmp_path / "run"
     assert main(["run", str(CONFIGS / "tiny_sqft_sparsepeft.json"), "--output", str(out), *FAST]) == 0
@@ -39,15 +43,25 @@ def test_run_sqft_sparsepeft(tmp_path):
     assert report["export"]["adapter"] is None and report["export"]["ir_sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
-def test_run_sqft_qa_sparsepeft_ships_the_merged_int4_codes(tmp_path):
+@pytest.mark.parametrize("base_weight", ["dequantized", "float"])
+def test_run_sqft_qa_sparsepeft_ships_the_merged_int4_codes(base_weight, tmp_path):
     out = tmp_path / "run"
-    assert main(["run", str(CONFIGS / "tiny_sqft_qa_sparsepeft.json"), "--output", str(out), *FAST]) == 0
+    weight = ["--set", f"bootstrapNAS.training.qa_base_weight={base_weight}"]
+    assert main(["run", str(CONFIGS / "tiny_sqft_qa_sparsepeft.json"), "--output", str(out), *FAST, *weight]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["stages"][3:5] == ["quantize_base", "eval_int4"]
     assert report["quantization"]["zeros_kept"] and report["merge"]["precision"] == "int4"
     merged = load_quantized_weights(out / "merged_model")
     base = load_quantized_weights(out / "int4_model")
     assert sum(int((merged[n].codes != base[n].codes).sum()) for n in base) > 0  # training moved codes
+    sub = json.loads((out / "nls" / "sub_adapter_heuristic" / "elastic_lora_sub.json").read_text())
+    assert sub["base_weight"] == base_weight
+    # the merge rounds what training saw: its torch score is the trained sub-adapter's, example by example
+    evaluation = report["evaluation"]
+    trained = next(v for k, v in evaluation.items() if k.endswith("(heuristic)"))[0]["outcomes"]
+    assert next(v for k, v in evaluation.items() if k.endswith("merged)"))[0]["outcomes"] == trained
+    sparse = _zeros(out / "sparse_model")  # the pruned weights are zero in the merged INT4 model
+    assert all(not merged_w[sparse[n]].any() for n, merged_w in _dequantized(merged).items() if n in sparse)
     check = check_ir_codes(out / "openvino" / "openvino_model.xml", merged)
     assert check  # raises on the first code, scale or zero point that differs
     assert report["export"]["weight_format"] == "int4"
