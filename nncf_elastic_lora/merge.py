@@ -411,17 +411,49 @@ def merge_adapter_from_dirs(
         base_fingerprint=base_fingerprint,
         quantized=quantized,
     )
-    peft_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-    weights, codes, ranks, new_zeros = {}, {}, {}, 0
-    zeros_lost = 0
     on_float = kind.int4_trained and _on_float(adapter_dir, kind, quantized)
     if kind is AdapterKind.FQ_LORA:
         weights, codes, ranks = _merge_fq_from_dir(model, adapter_dir, record, quantized, on_float)
+        zeros_lost = new_zeros = 0
         for name, merged in weights.items():  # not masked: count what the update did to the base's zeros
             base_zero = model.get_submodule(name).weight == 0
             zeros_lost += int((base_zero & (merged != 0)).sum())
             new_zeros += int((~base_zero & (merged == 0)).sum())
-    masked = {} if kind is AdapterKind.FQ_LORA else _load_adapter_tensors(adapter_dir)  # fq_lora: merged above
+    else:
+        weights, codes, ranks, new_zeros, zeros_lost = _merge_masked_from_dir(
+            model, adapter_dir, kind, record, quantized, on_float
+        )
+    qweights = None
+    if kind.int4_trained:
+        assert quantized is not None
+        qweights = _all_quantized(quantized, codes)
+    report = {
+        "adapter": str(adapter_dir.resolve()),
+        "adapter_kind": kind.value,
+        "modules_merged": len(weights),
+        "module_ranks": ranks,
+        "base_zeros": sum(int((model.get_submodule(n).weight == 0).sum()) for n in weights),
+        "new_zeros": new_zeros,
+        "zeros_lost": zeros_lost,
+        "base_fingerprint": base_fingerprint,
+        "scales_fingerprint": (record or {}).get("scales_fingerprint"),
+    }
+    return MergeResult(plain_model(model, weights, inplace), kind, qweights, report)
+
+
+def _merge_masked_from_dir(
+    model: nn.Module,
+    adapter_dir: Path,
+    kind: AdapterKind,
+    record: dict[str, Any] | None,
+    quantized: dict[str, QuantizedWeight] | None,
+    on_float: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int], int, int]:
+    """A SparsePEFT / QA-SparsePEFT sub-adapter's merge: ``(weights, codes, ranks, new zeros, zeros lost)``, the
+    zeros counted against the base ``model`` holds (for QA on the float weights: the INT4 base's)."""
+    peft_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    weights, codes, ranks, new_zeros, zeros_lost = {}, {}, {}, 0, 0
+    masked = _load_adapter_tensors(adapter_dir)
     if on_float:  # a module at rank 0 (not in the folder) still re-rounds its float weight, as the forward did
         for name, rank in (record or {}).get("module_ranks", {}).items():
             if rank == 0 and name not in masked:
@@ -450,22 +482,7 @@ def merge_adapter_from_dirs(
             new_zeros += n
             if c is not None:
                 codes[name] = c
-    qweights = None
-    if kind.int4_trained:
-        assert quantized is not None
-        qweights = _all_quantized(quantized, codes)
-    report = {
-        "adapter": str(adapter_dir.resolve()),
-        "adapter_kind": kind.value,
-        "modules_merged": len(weights),
-        "module_ranks": ranks,
-        "base_zeros": sum(int((model.get_submodule(n).weight == 0).sum()) for n in weights),
-        "new_zeros": new_zeros,
-        "zeros_lost": zeros_lost,
-        "base_fingerprint": base_fingerprint,
-        "scales_fingerprint": (record or {}).get("scales_fingerprint"),
-    }
-    return MergeResult(plain_model(model, weights, inplace), kind, qweights, report)
+    return weights, codes, ranks, new_zeros, zeros_lost
 
 
 def _merge_fq_from_dir(
