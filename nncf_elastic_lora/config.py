@@ -740,7 +740,10 @@ class PlainReferenceConfig(_Section):
 # Options added after runs were first saved, with the value that reproduces what versions without them did. A
 # saved config that lacks one is read with that value (resume, reuse of a finished run's training); any other
 # missing or changed key is a change. An option whose default does not reproduce the old behaviour stays out.
-ADDED_OPTIONS: dict[str, Any] = {"bootstrapNAS.training.qa_base_weight": "dequantized"}
+ADDED_OPTIONS: dict[str, Any] = {
+    "bootstrapNAS.training.qa_base_weight": "dequantized",
+    "bootstrapNAS.search.floor_precision": "float",  # the default became "auto": such a run resumes only with float
+}
 
 
 def with_added_options(saved: dict[str, Any]) -> dict[str, Any]:

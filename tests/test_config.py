@@ -156,8 +156,16 @@ def test_a_saved_config_without_an_added_option_reads_as_the_old_behaviour(tmp_p
     current["bootstrapNAS"]["training"]["qa_base_weight"] = "float"
     with pytest.raises(OutputExistsError, match="bootstrapNAS.training.qa_base_weight"):
         check_same_config(tmp_path / "config.json", current, normalize=with_added_options)
+    # an added option whose default is not the old behaviour: the old value resumes, the new default does not
+    del saved["bootstrapNAS"]["search"]["floor_precision"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(OutputExistsError, match="bootstrapNAS.search.floor_precision"):
+        check_same_config(tmp_path / "config.json", PipelineConfig().model_dump(mode="json"), normalize=with_added_options)
+    old = PipelineConfig().model_dump(mode="json")
+    old["bootstrapNAS"]["search"]["floor_precision"] = "float"
+    check_same_config(tmp_path / "config.json", old, normalize=with_added_options)
     # any other missing key is still a change
     del saved["bootstrapNAS"]["training"]["lora_r"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(OutputExistsError, match="bootstrapNAS.training.lora_r"):
-        check_same_config(tmp_path / "config.json", PipelineConfig().model_dump(mode="json"), normalize=with_added_options)
+        check_same_config(tmp_path / "config.json", old, normalize=with_added_options)
