@@ -348,18 +348,17 @@ def adapter_base_weight(adapter_dir: str | Path) -> str | None:
     return data.get("base_weight") if isinstance(data, dict) else None
 
 
-def _on_float(adapter_dir: Path, kind: AdapterKind, quantized: dict[str, QuantizedWeight] | None) -> bool:
-    """Whether the adapter in ``adapter_dir`` trained on its INT4 base's float source weights. A QA folder that
-    records no base weight (a plain peft folder) trained as its caller loaded the base: on the float
-    weights when they are given for every module."""
+def adapter_trains_on_float(adapter_dir: str | Path, kind: AdapterKind | str, qa_default: str) -> bool:
+    """Whether the adapter folder ``adapter_dir`` of ``kind`` trained on its INT4 base's float source weights
+    (:func:`~nncf_elastic_lora.elastic.lora.trains_on_float_weights`), as the folder records
+    (:func:`adapter_base_weight`); a QA folder that records none (a plain peft folder) trained on ``qa_default``."""
     recorded = adapter_base_weight(adapter_dir)
-    if recorded is None and kind is AdapterKind.QA_SPARSEPEFT:
-        given = bool(quantized) and all(q.float_weight is not None for q in quantized.values())
-        recorded = "float" if given else "dequantized"
+    if recorded is None and AdapterKind.parse(kind) is AdapterKind.QA_SPARSEPEFT:
+        recorded = qa_default
     try:
         return trains_on_float_weights(kind, {"base_weight": recorded})
     except ValueError as exc:
-        raise MergeError(f"adapter {adapter_dir.resolve()}: {exc}") from None
+        raise MergeError(f"adapter {Path(adapter_dir).resolve()}: {exc}") from None
 
 
 def _trained_weight(name: str, q: QuantizedWeight, on_float: bool, adapter_dir: Path) -> QuantizedWeight:
@@ -373,7 +372,6 @@ def _trained_weight(name: str, q: QuantizedWeight, on_float: bool, adapter_dir: 
             f"loaded for {name!r}: load the base with its float source "
             "(nncf_elastic_lora.stages.evaluate.base_quantized_weights(..., float_source=True))"
         )
-    check_float_source(q.float_weight, q, name)
     return q
 
 
@@ -411,7 +409,9 @@ def merge_adapter_from_dirs(
         base_fingerprint=base_fingerprint,
         quantized=quantized,
     )
-    on_float = kind.int4_trained and _on_float(adapter_dir, kind, quantized)
+    # a folder recording no base weight trained as its caller loaded the base: on float weights if all are given
+    given = bool(quantized) and all(q.float_weight is not None for q in quantized.values())
+    on_float = kind.int4_trained and adapter_trains_on_float(adapter_dir, kind, "float" if given else "dequantized")
     if kind is AdapterKind.FQ_LORA:
         weights, codes, ranks = _merge_fq_from_dir(model, adapter_dir, record, quantized, on_float)
         zeros_lost = new_zeros = 0
@@ -472,6 +472,8 @@ def _merge_masked_from_dir(
                     raise MergeError(f"module {name!r} is adapted but the quantized weights do not cover it")
                 check_dequantized_base(w, q, name)
                 q = _on(_trained_weight(name, q, on_float, adapter_dir), w.device)
+                if q.float_weight is not None:  # no layer is built here to check it (FQLoraLinear checks its own)
+                    check_float_source(q.float_weight, q, name)
             a, b = a.to(w.device), b.to(w.device)
             trained = q.float_weight.to(w) if q is not None and q.float_weight is not None else w
             weights[name], c, n = merge_module(name=name, weight=trained, a=a, b=b, scaling=scaling, quantized=q)

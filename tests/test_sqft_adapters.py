@@ -512,8 +512,11 @@ def test_super_adapter_round_trip(kind, tmp_path):
 # ---------------------------------------------------------------------- QA-SparsePEFT on the float weights
 
 
-def float_sourced_int4_base() -> tuple[nn.Module, dict[str, QuantizedWeight], dict[str, torch.Tensor]]:
-    """The INT4 base of :func:`int4_base` with each INT4 weight's float source attached, and those weights."""
+def float_sourced_int4_base(
+    with_float: bool = True,
+) -> tuple[nn.Module, dict[str, QuantizedWeight], dict[str, torch.Tensor]]:
+    """The INT4 base of :func:`int4_base` with each INT4 weight's float source attached (unless not
+    ``with_float``), and those float weights."""
     model = sparse_base()
     floats = {n: m.weight.detach().clone() for n, m in model.named_modules()
               if isinstance(m, nn.Linear) and n.rpartition(".")[2] in ALL_LINEARS}  # fmt: skip
@@ -522,7 +525,7 @@ def float_sourced_int4_base() -> tuple[nn.Module, dict[str, QuantizedWeight], di
         for name, w in floats.items():
             q = qweights[name] = minmax_int4(w)
             model.get_submodule(name).weight.copy_(q.dequantize())
-            q.float_weight = w.clone()
+            q.float_weight = w.clone() if with_float else None
     return model, qweights, floats
 
 
@@ -531,10 +534,7 @@ def test_an_update_under_half_a_step_moves_codes_only_on_the_float_weight():
     base's codes (the forward never sees it), on the float weight it moves the codes near a boundary."""
     changed = {}
     for base_weight in ("dequantized", "float"):
-        model, qweights, _ = float_sourced_int4_base()
-        if base_weight == "dequantized":
-            for q in qweights.values():
-                q.float_weight = None
+        model, qweights, _ = float_sourced_int4_base(with_float=base_weight == "float")
         sn = attach(model, "qa_sparsepeft", qweights)
         assert sn.base_weight() == base_weight
         changed[base_weight] = 0
@@ -577,9 +577,7 @@ def test_qa_on_float_weights_merges_what_it_trained_live_and_from_disk(tmp_path)
     for name in sn.adapters:
         assert torch.equal(result.quantized[name].codes, live_q[name].codes), name
     # without the float weights the merge would round another weight than the one trained: refused
-    fresh, fresh_q, _ = float_sourced_int4_base()
-    for q in fresh_q.values():
-        q.float_weight = None
+    fresh, fresh_q, _ = float_sourced_int4_base(with_float=False)
     with pytest.raises(MergeError, match="trained on the float weights"):
         merge_adapter_from_dirs(model=fresh, adapter_dir=tmp_path / "sub", quantized=fresh_q, base_fingerprint="base-1")
     # a plain peft folder (no record) merges on the weights its caller loaded: the float ones here
@@ -621,10 +619,7 @@ def test_a_module_at_rank_zero_merges_from_disk_as_its_forward_rounds_it(tmp_pat
 
 def test_a_super_adapter_loads_on_the_weights_it_trained_on(tmp_path):
     for base_weight in ("float", "dequantized"):
-        model, qweights, _ = float_sourced_int4_base()
-        if base_weight == "dequantized":
-            for q in qweights.values():
-                q.float_weight = None
+        model, qweights, _ = float_sourced_int4_base(with_float=base_weight == "float")
         sn = attach(model, "qa_sparsepeft", qweights)
         sn.save_super_adapter(tmp_path / base_weight)
         assert json.loads((tmp_path / base_weight / "elastic_lora.json").read_text())["base_weight"] == base_weight
@@ -633,9 +628,7 @@ def test_a_super_adapter_loads_on_the_weights_it_trained_on(tmp_path):
         loaded = ElasticLoraSuperNet.load_super_adapter(fresh, tmp_path / base_weight, quantized=fresh_q)
         assert loaded.base_weight() == base_weight
         torch.testing.assert_close(logits(loaded.model, IDS), expected, atol=0, rtol=0)
-    fresh, fresh_q, _ = float_sourced_int4_base()
-    for q in fresh_q.values():
-        q.float_weight = None
+    fresh, fresh_q, _ = float_sourced_int4_base(with_float=False)
     with pytest.raises(ValueError, match="was trained on the float weights"):
         ElasticLoraSuperNet.load_super_adapter(fresh, tmp_path / "float", quantized=fresh_q)
 

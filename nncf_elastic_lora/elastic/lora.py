@@ -320,14 +320,6 @@ class QASparsePeftLinear(SparsePeftLinear):
         """The base's frozen scales and zero points (``codes`` left empty: they depend on the update)."""
         return QuantizedWeight(torch.empty(0), self.scale, self.zero_point, self.group_size, self.bits)
 
-    @property
-    def quantized_base(self) -> QuantizedWeight:
-        """The base's INT4 weight; its codes recomputed from ``W`` (equal to the original's, checked; on the
-        float weight up to the float16 scales' rounding)."""
-        qw = self.grid
-        qw.codes = qa_codes(self.base_layer.weight, qw)
-        return qw
-
     def codes(self, rank: int | None = None) -> torch.Tensor:
         """The INT4 codes of ``W + Lp`` at ``rank``: what the forward fake-quantises, what a merge stores."""
         return qa_codes(self.merged_weight(rank), self.grid)
@@ -391,13 +383,6 @@ class FQLoraLinear(QASparsePeftLinear):
             n: getattr(self, n)
             for n in (("input_scale",) if self.zero_point is None else ("input_low", "input_range"))
         }
-
-    @property
-    def quantized_base(self) -> QuantizedWeight:
-        """The base's INT4 weight under its own (frozen) scales, not the trained ones."""
-        qw = QuantizedWeight(torch.empty(0), self.scale, self.zero_point, self.group_size, self.bits)
-        qw.codes = qa_codes(self.base_layer.weight, qw)
-        return qw
 
     def delta_weight(self, rank: int | None = None) -> torch.Tensor:
         return ElasticLoraLinear.delta_weight(self, rank)

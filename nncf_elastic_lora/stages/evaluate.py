@@ -17,12 +17,12 @@ from transformers import AutoTokenizer
 from ..config import ModelConfig, PipelineConfig
 from ..data import TaskData, eval_only_sizes, load_examples, load_task, split_examples
 from ..deploy.export import attach_adapter
-from ..elastic.lora import AdapterKind, trains_on_float_weights
+from ..elastic.lora import AdapterKind
 from ..evaluation import CausalLM, TaskResult, evaluate_task, results_table
 from ..formats import QUANTIZATION_JSON, is_openvino_dir, is_quantized_base
 from ..harness import HARNESS_TASKS, harness_evaluate
 from ..int4 import QuantizedBaseError, load_quantized_weights, read_quantization_info
-from ..merge import adapter_base_weight, merge_adapter_from_dirs, read_sub_adapter_record
+from ..merge import adapter_trains_on_float, merge_adapter_from_dirs, read_sub_adapter_record
 from ..models import load_model, load_openvino_model, resolve_model_dir
 from ..outputs import fingerprint_path, write_json, write_text
 from ..provenance import model_fingerprint
@@ -41,16 +41,6 @@ def base_quantized_weights(model_config: ModelConfig, *, float_source: bool = Fa
     if float_source:
         attach_float_source(base, qweights)
     return qweights
-
-
-def float_source_for(kind: AdapterKind | str, adapter: str | Path, config: PipelineConfig) -> bool:
-    """Whether merging the adapter folder ``adapter`` of ``kind`` needs its INT4 base's float source weights
-    (:func:`~nncf_elastic_lora.elastic.lora.trains_on_float_weights`): as the folder records; a folder that
-    records none (a plain peft folder) trained as ``config`` says."""
-    recorded = adapter_base_weight(adapter)
-    if recorded is None and AdapterKind.parse(kind) is AdapterKind.QA_SPARSEPEFT:
-        recorded = config.bootstrapNAS.training.qa_base_weight
-    return trains_on_float_weights(kind, {"base_weight": recorded})
 
 
 def attach_float_source(base: Path, qweights: dict[str, Any]) -> None:
@@ -157,7 +147,7 @@ def load_for_eval(config: PipelineConfig, adapter: str | Path | None = None) -> 
             model=model,
             adapter_dir=adapter,
             adapter_kind=kind,  # a folder without our record (a super-adapter, a peft folder): the config's kind
-            quantized=base_quantized_weights(config.model, float_source=float_source_for(kind, adapter, config)),
+            quantized=base_quantized_weights(config.model, float_source=adapter_trains_on_float(adapter, kind, config.bootstrapNAS.training.qa_base_weight)),
             base_fingerprint=model_fingerprint(config.model),
             inplace=True,
         )

@@ -18,14 +18,14 @@ from ..deploy.export import export_openvino
 from ..deploy.genai_adapters import export_genai_adapters
 from ..formats import MERGE_REPORT
 from ..int4 import save_quantized_weights
-from ..merge import merge_to_directory, read_sub_adapter_record
+from ..merge import adapter_trains_on_float, merge_to_directory, read_sub_adapter_record
 from ..models import load_model, model_placement
 from ..outputs import fingerprint_path
 from ..provenance import model_fingerprint
 from ..runtime import machine_info
 from ..sparsity import linear_sparsity
 from .engine import RunState, Stage, completed_or, pick
-from .evaluate import base_quantized_weights, evaluate_ir, float_source_for
+from .evaluate import base_quantized_weights, evaluate_ir
 
 
 def merge(
@@ -44,9 +44,9 @@ def merge(
     record = read_sub_adapter_record(adapter)
     # A peft folder without our record: its kind comes from the config.
     kind = None if record else config.bootstrapNAS.training.adapter_kind
-    quantized = base_quantized_weights(
-        config.model, float_source=float_source_for(record["adapter_kind"] if record else kind, adapter, config)
-    )
+    on_float = adapter_trains_on_float(adapter, record["adapter_kind"] if record else kind,
+                                       config.bootstrapNAS.training.qa_base_weight)  # fmt: skip
+    quantized = base_quantized_weights(config.model, float_source=on_float)
     base_sparsity = linear_sparsity(model)
     result = merge_to_directory(
         model=model,
