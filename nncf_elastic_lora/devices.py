@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .process_memory import peak_rss_bytes, reset_peak_rss
 
 DEVICE_SPEC = re.compile(r"^(auto|cpu|(cuda|xpu|mps)(:\d+)?)$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -171,35 +172,6 @@ def empty_cache(device: torch.device) -> None:
         backend.empty_cache()
 
 
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux: VmHWM) to its current RSS; False where it cannot be."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def status_mib(field: str) -> float | None:
-    """A memory line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB; None where there is none."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_bytes() -> int:
-    peak = status_mib("VmHWM")
-    if peak is not None:
-        return int(peak * 2**20)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # since the process started
-
-
 class ResourceMeter:
     """What a block of work cost: ``with ResourceMeter(device) as m: ...; m.record()``.
 
@@ -234,7 +206,7 @@ class ResourceMeter:
         if self.device is not None:
             synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
-        self.peak_rss = _peak_rss_bytes()
+        self.peak_rss = peak_rss_bytes()
         backend = self._backend()
         self.peak_accelerator = int(backend.max_memory_allocated(self.device)) if backend is not None else None
 

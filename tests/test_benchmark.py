@@ -12,6 +12,7 @@ from nncf_elastic_lora.deploy.benchmark import (
     benchmark_model,
     benchmark_models,
     measure_memory_bandwidth,
+    ordinary_token_ids,
     prompt_ids,
     results_table,
 )
@@ -118,14 +119,29 @@ def test_wrong_model_kind_for_runtime_is_an_error(exported):
         benchmark_model(exported / "ir", runtime="torch", **SETTINGS)
 
 
-def test_prompts_have_exact_length_and_are_fresh_each_time(tokenizer):
+def test_prompts_have_exact_length_and_are_fresh_each_time(tokenizer, exported):
     import numpy as np
 
+    ordinary = ordinary_token_ids(exported / "ir")
+    # every special token of either library is out: the chat-template markers too, not only BOS/EOS
+    specials = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special} | set(tokenizer.all_special_ids)
+    assert ordinary.tolist() == sorted(set(range(tokenizer.vocab_size)) - specials)
     rng = np.random.default_rng(0)
-    first, second = prompt_ids(tokenizer, 300, 3, rng), prompt_ids(tokenizer, 300, 3, rng)
+    first, second = prompt_ids(ordinary, 300, 3, rng), prompt_ids(ordinary, 300, 3, rng)
     assert first.shape == (3, 300)
     assert (first[0] != first[1]).any() and (first != second).any()  # no prefix a runtime could reuse
     assert not set(first.flatten().tolist()) & set(tokenizer.all_special_ids)
+
+
+def test_prompt_vocabulary_without_tokenizer_json_comes_from_transformers(tmp_path, monkeypatch):
+    import transformers
+
+    class SentencePieceLike:  # a tokenizer saved without tokenizer.json (e.g. only tokenizer.model)
+        vocab_size, all_special_ids = 6, [0, 5]
+
+    loaded = []
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda p: loaded.append(p) or SentencePieceLike)
+    assert ordinary_token_ids(tmp_path).tolist() == [1, 2, 3, 4] and loaded == [tmp_path]
 
 
 def test_bad_runtime_properties_fail_with_their_name(exported):

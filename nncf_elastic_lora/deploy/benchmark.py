@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import reset_peak_rss, status_mib
 from ..formats import OV_MODEL, OV_WEIGHTS, is_openvino_dir
 from ..outputs import directory_size
+from ..process_memory import reset_peak_rss, status_mib
 from ..runtime import check_properties
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,30 @@ class BenchmarkError(RuntimeError):
     """A benchmark could not run (bad model path for the runtime, worker failure)."""
 
 
-def prompt_ids(tokenizer: Any, prompt_tokens: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-    """``[batch, prompt_tokens]`` random ordinary token ids (no special tokens), fresh at each call."""
-    ordinary = np.setdiff1d(np.arange(tokenizer.vocab_size), tokenizer.all_special_ids or [])
+def ordinary_token_ids(path: Path) -> np.ndarray:
+    """The ids a benchmark prompt draws from: the base vocabulary without special tokens.
+
+    Read from ``tokenizer.json`` with ``tokenizers`` where there is one (every optimum-intel export and
+    fast-tokenizer checkpoint): the GenAI worker then never imports transformers, whose import costs
+    ~5 s per measured process on these CPUs. A tokenizer without that file is loaded by transformers.
+    """
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        vocab = tokenizer.get_vocab_size(with_added_tokens=False)
+        special = [i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special]
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        vocab, special = tokenizer.vocab_size, tokenizer.all_special_ids or []
+    return np.setdiff1d(np.arange(vocab), special)
+
+
+def prompt_ids(ordinary: np.ndarray, prompt_tokens: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """``[batch, prompt_tokens]`` random ids drawn from ``ordinary`` (:func:`ordinary_token_ids`), fresh at each
+    call."""
     return rng.choice(ordinary, size=(batch_size, prompt_tokens)).astype(np.int64)
 
 
@@ -121,11 +142,7 @@ class _HF:
         return out.shape[1] - ids.shape[1]
 
 
-def _load(
-    path: Path, runtime: Runtime, device: str, properties: dict[str, Any], adapter: Path | None = None
-) -> tuple[Any, Any]:
-    from transformers import AutoTokenizer
-
+def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any], adapter: Path | None = None) -> Any:
     if adapter is not None and runtime is not Runtime.GENAI:
         raise BenchmarkError(f"a runtime adapter ({adapter}) is applied by OpenVINO GenAI only, not {runtime.value}")
 
@@ -135,19 +152,18 @@ def _load(
         import torch
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        return _HF(model), AutoTokenizer.from_pretrained(path)
+        return _HF(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval())
     if not is_openvino_dir(path):
         raise BenchmarkError(
             f"the {runtime.value} runtime needs an exported OpenVINO directory; {path} has no {OV_MODEL}"
         )
     if runtime is Runtime.GENAI:
-        return _GenAI(path, device, properties, adapter), AutoTokenizer.from_pretrained(path)
+        return _GenAI(path, device, properties, adapter)
     # Imported here: the benchmark worker reads its memory baseline before loading transformers.
     from ..models import load_openvino_model
 
-    model, tokenizer = load_openvino_model(path, device, properties)
-    return _HF(model), tokenizer
+    model, _ = load_openvino_model(path, device, properties)
+    return _HF(model)
 
 
 def weights_bytes(path: str | Path) -> int:
@@ -271,14 +287,15 @@ def benchmark_model(
     rss_before = status_mib("VmRSS")
     peak_reset = reset_peak_rss()
     start = time.perf_counter()
-    runner, tokenizer = _load(path, runtime, device, properties, adapter)
+    runner = _load(path, runtime, device, properties, adapter)
     compile_s = time.perf_counter() - start
+    ordinary = ordinary_token_ids(path)
     batches = []
     rng = np.random.default_rng(seed)
     for batch in batch_sizes:
 
         def fresh(batch: int = batch) -> np.ndarray:
-            return prompt_ids(tokenizer, prompt_tokens, batch, rng)
+            return prompt_ids(ordinary, prompt_tokens, batch, rng)
 
         firsts, fulls, genai = _timed_runs(
             runner, fresh, runtime, new_tokens=new_tokens, repeats=repeats, warmup=warmup
