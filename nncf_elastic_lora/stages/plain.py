@@ -57,7 +57,7 @@ def plain_formats(config: PipelineConfig) -> list[str]:
 def plain_config(config: PipelineConfig) -> PipelineConfig:
     """The run's config as the plain alternative: LoRA at the maximal rank on the original dense model."""
     t = config.bootstrapNAS.training
-    t = t.model_copy(update={"algorithm": "lora", "adapter_kind": "lora",
+    t = t.model_copy(update={"algorithm": "lora", "adapter_kind": "lora", "qa_base_weight": "dequantized",
                              "distillation": t.distillation.model_copy(update={"enabled": False})})
     bnas = BootstrapNASConfig(
         training=t, elasticity=ElasticityConfig(width=WidthElasticityConfig(default_widths=[t.lora_r]))
@@ -83,9 +83,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-# Settings the plain reference does not train with (it is LoRA at the maximal rank, no NLS).
+# Settings the plain reference does not train with (it is LoRA at the maximal rank on the dense model, no NLS,
+# no INT4 base): a run that differs only in them reuses the same cached reference.
 _NOT_PLAIN_TRAINING = {"algorithm", "adapter_kind", "quantizer_lr_ratio", "logging_steps", "save_steps",
-                       "distillation"}  # fmt: skip
+                       "distillation", "qa_base_weight"}  # fmt: skip
 
 
 def plain_inputs(config: PipelineConfig) -> dict[str, Any]:
