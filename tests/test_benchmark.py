@@ -133,6 +133,31 @@ def test_prompts_have_exact_length_and_are_fresh_each_time(tokenizer, exported):
     assert not set(first.flatten().tolist()) & set(tokenizer.all_special_ids)
 
 
+def test_tokens_the_config_names_special_are_left_out_too(exported, tmp_path):
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(exported / "ir" / name, tmp_path / name)
+    before = set(ordinary_token_ids(tmp_path).tolist())
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    # another tool's export: a pad token and extra tokens declared special only in the config files
+    config.update(pad_token="a", extra_special_tokens={"x": "b"})
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"additional_special_tokens": [{"content": "c"}]}))
+    from tokenizers import Tokenizer
+
+    ids = {Tokenizer.from_file(str(tmp_path / "tokenizer.json")).token_to_id(t) for t in "abc"}
+    assert ids <= before and set(ordinary_token_ids(tmp_path).tolist()) == before - ids
+
+
+def test_the_genai_worker_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, nncf_elastic_lora.deploy.benchmark; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 def test_prompt_vocabulary_without_tokenizer_json_comes_from_transformers(tmp_path, monkeypatch):
     import transformers
 

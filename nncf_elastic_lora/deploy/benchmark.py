@@ -7,9 +7,10 @@ Every runtime is measured the same way, so the figures compare:
 - **decode latency**: ``(T(n) - TTFT) / (n - 1)`` per step, where ``T(n)`` is the wall time of a
   generation of exactly ``n`` new tokens (EOS ignored); at batch ``b`` a step yields ``b`` tokens;
 - **tokens/s**: decode tokens per second (``b / decode latency``), and end to end (``b * n / T(n)``);
-- **compile time**: load plus compile (GenAI: pipeline construction; torch: ``from_pretrained``);
+- **compile time**: load plus compile (GenAI: pipeline construction; torch: ``from_pretrained``), the
+  runtime's Python libraries imported before it starts;
 - **peak memory**: the process's peak resident set (``VmHWM``) over load and all runs, and its
-  growth over the resident set before loading. Each model and runtime runs in its own process
+  growth over the resident set before loading (libraries imported, so the growth is the model's). Each model and runtime runs in its own process
   (:func:`benchmark_models`), so one measurement never inherits another's peak.
 
 On GenAI, every ``new_tokens`` generation's own ``perf_metrics`` (TTFT, TPOT per output token,
@@ -67,20 +68,47 @@ def ordinary_token_ids(path: Path) -> np.ndarray:
 
     Read from ``tokenizer.json`` with ``tokenizers`` where there is one (every optimum-intel export and
     fast-tokenizer checkpoint): the GenAI worker then never imports transformers, whose import costs
-    ~5 s per measured process on these CPUs. A tokenizer without that file is loaded by transformers.
+    ~5 s per measured process on these CPUs. Special: every added token flagged special, and every token
+    ``tokenizer_config.json`` / ``special_tokens_map.json`` name (BOS, EOS, padding...). A tokenizer
+    without ``tokenizer.json`` is loaded by transformers.
     """
-    if (path / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        vocab = tokenizer.get_vocab_size(with_added_tokens=False)
-        special = [i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special]
-    else:
+    if not (path / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
-        vocab, special = tokenizer.vocab_size, tokenizer.all_special_ids or []
-    return np.setdiff1d(np.arange(vocab), special)
+        return np.setdiff1d(np.arange(tokenizer.vocab_size), tokenizer.all_special_ids or [])
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
+    named = (tokenizer.token_to_id(t) for t in _named_special_tokens(path))
+    special |= {i for i in named if i is not None}
+    return np.setdiff1d(np.arange(tokenizer.get_vocab_size(with_added_tokens=False)), sorted(special))
+
+
+def _named_special_tokens(path: Path) -> set[str]:
+    """Tokens the tokenizer's config files name as special (``bos_token``, ``additional_special_tokens``...)."""
+    names: set[str] = set()
+
+    def add(value: Any) -> None:
+        if isinstance(value, str):
+            names.add(value)
+        elif isinstance(value, dict):  # a serialised AddedToken, or extra_special_tokens' {name: token}
+            for v in [value["content"]] if "content" in value else value.values():
+                add(v)
+        elif isinstance(value, list):
+            for v in value:
+                add(v)
+
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            config = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for key, value in config.items() if isinstance(config, dict) else ():
+            if key.endswith("_token") or key in ("additional_special_tokens", "extra_special_tokens"):
+                add(value)
+    return names
 
 
 def prompt_ids(ordinary: np.ndarray, prompt_tokens: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -142,24 +170,45 @@ class _HF:
         return out.shape[1] - ids.shape[1]
 
 
-def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any], adapter: Path | None = None) -> Any:
+def _check_model(path: Path, runtime: Runtime, adapter: Path | None) -> None:
+    """A clear error where ``path`` (and ``adapter``) is not what ``runtime`` runs."""
     if adapter is not None and runtime is not Runtime.GENAI:
         raise BenchmarkError(f"a runtime adapter ({adapter}) is applied by OpenVINO GenAI only, not {runtime.value}")
-
     if runtime is Runtime.TORCH:
         if not (path / "config.json").is_file() or is_openvino_dir(path):
             raise BenchmarkError(f"the torch runtime needs a Hugging Face checkpoint; {path} is not one")
+    elif not is_openvino_dir(path):
+        raise BenchmarkError(
+            f"the {runtime.value} runtime needs an exported OpenVINO directory; {path} has no {OV_MODEL}"
+        )
+
+
+def _import_runtime(runtime: Runtime, adapter: Path | None) -> None:
+    """Import the libraries ``runtime`` loads a model with, before the memory baseline and the load timer:
+    compile time and memory growth are the model's, not an import's (torch and transformers: ~1-5 s and
+    ~200-500 MiB on these CPUs)."""
+    if runtime is Runtime.GENAI:
+        import openvino_genai  # noqa: F401
+
+        if adapter is not None:
+            from . import genai_adapters  # noqa: F401
+    elif runtime is Runtime.TORCH:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    else:
+        import optimum.intel  # noqa: F401
+
+        from .. import models  # noqa: F401
+
+
+def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any], adapter: Path | None = None) -> Any:
+    if runtime is Runtime.TORCH:
         import torch
         from transformers import AutoModelForCausalLM
 
         return _HF(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval())
-    if not is_openvino_dir(path):
-        raise BenchmarkError(
-            f"the {runtime.value} runtime needs an exported OpenVINO directory; {path} has no {OV_MODEL}"
-        )
     if runtime is Runtime.GENAI:
         return _GenAI(path, device, properties, adapter)
-    # Imported here: the benchmark worker reads its memory baseline before loading transformers.
     from ..models import load_openvino_model
 
     model, _ = load_openvino_model(path, device, properties)
@@ -281,15 +330,17 @@ def benchmark_model(
     if new_tokens < 2 or repeats < 1 or prompt_tokens < 1 or not batch_sizes:
         raise ValueError("need new_tokens >= 2, repeats >= 1, prompt_tokens >= 1 and at least one batch size")
     properties = dict(properties or {}) if runtime is not Runtime.TORCH else {}
+    _check_model(path, runtime, adapter)
     checked = None
-    if runtime is not Runtime.TORCH and is_openvino_dir(path):
+    if runtime is not Runtime.TORCH:
         checked = check_properties(properties, device, path / OV_MODEL)  # before the peak is reset
+    ordinary = ordinary_token_ids(path)
+    _import_runtime(runtime, adapter)
     rss_before = status_mib("VmRSS")
     peak_reset = reset_peak_rss()
     start = time.perf_counter()
     runner = _load(path, runtime, device, properties, adapter)
     compile_s = time.perf_counter() - start
-    ordinary = ordinary_token_ids(path)
     batches = []
     rng = np.random.default_rng(seed)
     for batch in batch_sizes:
