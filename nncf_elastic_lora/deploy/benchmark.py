@@ -358,13 +358,7 @@ def benchmark_model(
                 "%s batch %d: our figures and GenAI's perf_metrics differ by more than %.0f %% (%s)", path.name,
                 batch, 100 * GENAI_TOLERANCE, ", ".join(f"{k} {v:+.1%}" for k, v in figures["genai"]["ours_vs_genai"].items()),
             )  # fmt: skip
-        log.info(
-            "%s %s batch %d: %.1f decode tok/s",
-            path.name,
-            runtime.value,
-            batch,
-            figures["decode_tokens_per_s"],
-        )
+        log.info("%s %s batch %d: %.1f decode tok/s", path.name, runtime.value, batch, figures["decode_tokens_per_s"])
     peak = status_mib("VmHWM")
     return {
         "label": label or path.name,
