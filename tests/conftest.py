@@ -34,3 +34,15 @@ def tokenizer():
 @pytest.fixture
 def tiny_model():
     return build_tiny_llama(TINY).eval()
+
+
+# Whole pipelines (notebooks, `run` end to end): the longest files. pytest-xdist hands out whole files
+# (--dist loadfile) in collection order (--no-loadscope-reorder), so these go first and the short files fill
+# in behind them: otherwise its default order (most tests first) left the notebooks for last, on one worker.
+LONGEST_FIRST = ("test_notebooks.py", "test_cli.py", "test_lonas.py", "test_sqft_run.py", "test_fq_lora.py",
+                 "test_genai_adapters.py", "test_distributed.py", "test_export.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
