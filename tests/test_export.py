@@ -418,3 +418,25 @@ def test_w8a8_export_is_what_the_sparse_kernels_need(sources, tmp_path):
         export_openvino(sources[0], tmp_path / "x", adapter=adapter, weight_format="int8", activations="int8",
                         calibration=texts)  # fmt: skip
     assert not (tmp_path / "x").exists()
+
+
+def test_a_tokenizer_is_converted_once_per_process_and_a_changed_one_again(tokenizer, tmp_path, monkeypatch):
+    import copy
+
+    import openvino_tokenizers
+
+    from nncf_elastic_lora.deploy import export as export_module
+
+    calls = []
+    convert = openvino_tokenizers.convert_tokenizer
+    monkeypatch.setattr(openvino_tokenizers, "convert_tokenizer", lambda *a, **k: calls.append(1) or convert(*a, **k))
+    monkeypatch.setattr(export_module, "_CONVERTED_TOKENIZERS", {})
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = "{% for m in messages %}{{ m['content'] }}|{% endfor %}"
+    for name, tok in (("a", tokenizer), ("b", tokenizer), ("c", chat)):
+        (tmp_path / name).mkdir()
+        export_module._export_tokenizer(tok, tmp_path / name)
+    assert len(calls) == 2  # "b" reused "a"'s conversion; the changed chat template was converted anew
+    files = [OV_TOKENIZER, OV_TOKENIZER.replace(".xml", ".bin"), OV_DETOKENIZER, OV_DETOKENIZER.replace(".xml", ".bin")]
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert (tmp_path / "a" / OV_TOKENIZER).read_bytes() != (tmp_path / "c" / OV_TOKENIZER).read_bytes()

@@ -125,11 +125,40 @@ def attach_adapter(
     return merged, info
 
 
+# Converted tokenizers of this process, by :func:`_tokenizer_digest`: {IR file name: bytes}. A run exports
+# the same tokenizer several times (the shipped IR, dense references, the plain alternative's, LoNAS's latency
+# sub-networks), and each conversion costs ~2 s.
+_CONVERTED_TOKENIZERS: dict[str, dict[str, bytes]] = {}
+
+
+def _tokenizer_digest(tokenizer: Any) -> str | None:
+    """A digest of everything openvino-tokenizers converts (vocabulary, merges, normalisers, special tokens, chat
+    template, init options) and of its version; None for a tokenizer without a serialisable fast backend."""
+    import hashlib
+    import json
+    from importlib.metadata import version
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    state = {"class": type(tokenizer).__name__, "backend": backend.to_str(), "chat_template": tokenizer.chat_template,
+             "init_kwargs": tokenizer.init_kwargs, "special": tokenizer.special_tokens_map,
+             "openvino_tokenizers": version("openvino-tokenizers")}  # fmt: skip
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _export_tokenizer(tokenizer: Any, output: Path) -> None:
-    """openvino_tokenizer.xml and openvino_detokenizer.xml, as LLMPipeline needs them."""
+    """openvino_tokenizer.xml and openvino_detokenizer.xml, as LLMPipeline needs them (converted once per process
+    and tokenizer, then copied)."""
     import openvino as ov
     from openvino_tokenizers import convert_tokenizer
 
+    names = [f for xml in (OV_TOKENIZER, OV_DETOKENIZER) for f in (xml, xml.removesuffix(".xml") + ".bin")]
+    digest = _tokenizer_digest(tokenizer)
+    if digest in _CONVERTED_TOKENIZERS:
+        for name, data in _CONVERTED_TOKENIZERS[digest].items():
+            (output / name).write_bytes(data)
+        return
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # batched generation pads on the left, as optimum-intel exports it
     try:
@@ -142,6 +171,8 @@ def _export_tokenizer(tokenizer: Any, output: Path) -> None:
         tokenizer.padding_side = side
     ov.save_model(ov_tokenizer, output / OV_TOKENIZER)
     ov.save_model(ov_detokenizer, output / OV_DETOKENIZER)
+    if digest is not None:
+        _CONVERTED_TOKENIZERS[digest] = {name: (output / name).read_bytes() for name in names}
 
 
 def quantization_config(
