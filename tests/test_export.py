@@ -431,12 +431,18 @@ def test_a_tokenizer_is_converted_once_per_process_and_a_changed_one_again(token
     convert = openvino_tokenizers.convert_tokenizer
     monkeypatch.setattr(openvino_tokenizers, "convert_tokenizer", lambda *a, **k: calls.append(1) or convert(*a, **k))
     monkeypatch.setattr(export_module, "_CONVERTED_TOKENIZERS", {})
+    from transformers import AutoTokenizer
+
     chat = copy.deepcopy(tokenizer)
     chat.chat_template = "{% for m in messages %}{{ m['content'] }}|{% endfor %}"
-    for name, tok in (("a", tokenizer), ("b", tokenizer), ("c", chat)):
+    truncating = copy.deepcopy(tokenizer)
+    truncating.truncation_side = "left"  # set after loading: not in init_kwargs, read by the conversion
+    tokenizer.save_pretrained(tmp_path / "saved")  # a copy elsewhere, as LoNAS saves one per sub-network
+    moved = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    for name, tok in (("a", tokenizer), ("b", tokenizer), ("c", chat), ("d", moved), ("e", truncating)):
         (tmp_path / name).mkdir()
         export_module._export_tokenizer(tok, tmp_path / name)
-    assert len(calls) == 2  # "b" reused "a"'s conversion; the changed chat template was converted anew
+    assert len(calls) == 3  # "b" and "d" reused "a"'s conversion; the template and the truncation side are new
     files = [OV_TOKENIZER, OV_TOKENIZER.replace(".xml", ".bin"), OV_DETOKENIZER, OV_DETOKENIZER.replace(".xml", ".bin")]
-    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
-    assert (tmp_path / "a" / OV_TOKENIZER).read_bytes() != (tmp_path / "c" / OV_TOKENIZER).read_bytes()
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / x / f).read_bytes() for f in files for x in "bd")
+    assert all((tmp_path / "a" / OV_TOKENIZER).read_bytes() != (tmp_path / x / OV_TOKENIZER).read_bytes() for x in "ce")

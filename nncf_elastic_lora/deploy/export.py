@@ -131,6 +131,10 @@ def attach_adapter(
 _CONVERTED_TOKENIZERS: dict[str, dict[str, bytes]] = {}
 
 
+_LOAD_LOCATION = {"name_or_path", "is_local", "vocab_file", "merges_file", "tokenizer_file", "_commit_hash"}
+_CONVERTED_SETTINGS = ("model_max_length", "truncation_side", "clean_up_tokenization_spaces", "model_input_names")
+
+
 def _tokenizer_digest(tokenizer: Any) -> str | None:
     """A digest of everything openvino-tokenizers converts (vocabulary, merges, normalisers, special tokens, chat
     template, init options) and of its version; None for a tokenizer without a serialisable fast backend."""
@@ -141,8 +145,12 @@ def _tokenizer_digest(tokenizer: Any) -> str | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
+    # where it was loaded from is not converted: a copy saved elsewhere (LoNAS's sub-networks) converts the same
+    init = {k: v for k, v in tokenizer.init_kwargs.items() if k not in _LOAD_LOCATION}
+    # settings the conversion reads as they are now (set after loading, init_kwargs would not show them)
+    now = {k: getattr(tokenizer, k, None) for k in _CONVERTED_SETTINGS}
     state = {"class": type(tokenizer).__name__, "backend": backend.to_str(), "chat_template": tokenizer.chat_template,
-             "init_kwargs": tokenizer.init_kwargs, "special": tokenizer.special_tokens_map,
+             "init_kwargs": init, "settings": now, "special": tokenizer.special_tokens_map,
              "openvino_tokenizers": version("openvino-tokenizers")}  # fmt: skip
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
 
