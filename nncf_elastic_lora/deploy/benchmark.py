@@ -10,8 +10,9 @@ Every runtime is measured the same way, so the figures compare:
 - **compile time**: load plus compile (GenAI: pipeline construction; torch: ``from_pretrained``), the
   runtime's Python libraries imported before it starts;
 - **peak memory**: the process's peak resident set (``VmHWM``) over load and all runs, and its
-  growth over the resident set before loading (libraries imported, so the growth is the model's). Each model and runtime runs in its own process
-  (:func:`benchmark_models`), so one measurement never inherits another's peak.
+  growth over the resident set before loading (libraries imported, so the growth is the model's). Each
+  model and runtime runs in its own process (:func:`benchmark_models`), so one measurement never
+  inherits another's peak.
 
 On GenAI, every ``new_tokens`` generation's own ``perf_metrics`` (TTFT, TPOT per output token,
 throughput; what ``llm_bench`` prints as first and other tokens' latency) are kept beside these

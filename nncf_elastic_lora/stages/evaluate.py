@@ -143,11 +143,12 @@ def load_for_eval(config: PipelineConfig, adapter: str | Path | None = None) -> 
         model, info = attach_adapter(model, adapter, merge=False, base_fingerprint=model_fingerprint(config.model))
     else:  # merged in float32, as `merge` writes it
         model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}))
+        on_float = adapter_trains_on_float(adapter, kind, config.bootstrapNAS.training.qa_base_weight)
         result = merge_adapter_from_dirs(
             model=model,
             adapter_dir=adapter,
             adapter_kind=kind,  # a folder without our record (a super-adapter, a peft folder): the config's kind
-            quantized=base_quantized_weights(config.model, float_source=adapter_trains_on_float(adapter, kind, config.bootstrapNAS.training.qa_base_weight)),
+            quantized=base_quantized_weights(config.model, float_source=on_float),
             base_fingerprint=model_fingerprint(config.model),
             inplace=True,
         )

@@ -54,11 +54,14 @@ def plain_formats(config: PipelineConfig) -> list[str]:
     return [fmt] if fmt in ("int8", "int4") else [fmt, "int8", "int4"]
 
 
+# What the plain alternative trains as, whatever the run's method (distillation is switched off too).
+_PLAIN_TRAINING = {"algorithm": "lora", "adapter_kind": "lora", "qa_base_weight": "dequantized"}
+
+
 def plain_config(config: PipelineConfig) -> PipelineConfig:
     """The run's config as the plain alternative: LoRA at the maximal rank on the original dense model."""
     t = config.bootstrapNAS.training
-    t = t.model_copy(update={"algorithm": "lora", "adapter_kind": "lora", "qa_base_weight": "dequantized",
-                             "distillation": t.distillation.model_copy(update={"enabled": False})})
+    t = t.model_copy(update={**_PLAIN_TRAINING, "distillation": t.distillation.model_copy(update={"enabled": False})})
     bnas = BootstrapNASConfig(
         training=t, elasticity=ElasticityConfig(width=WidthElasticityConfig(default_widths=[t.lora_r]))
     )
@@ -83,10 +86,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-# Settings the plain reference does not train with (it is LoRA at the maximal rank on the dense model, no NLS,
-# no INT4 base): a run that differs only in them reuses the same cached reference.
-_NOT_PLAIN_TRAINING = {"algorithm", "adapter_kind", "quantizer_lr_ratio", "logging_steps", "save_steps",
-                       "distillation", "qa_base_weight"}  # fmt: skip
+# Settings the plain reference does not train with, out of its cache key: those plain_config sets (LoRA at the
+# maximal rank on the dense model: no NLS, no distillation, no INT4 base) and those that change no number.
+_NOT_PLAIN_TRAINING = {*_PLAIN_TRAINING, "distillation", "quantizer_lr_ratio", "logging_steps", "save_steps"}
 
 
 def plain_inputs(config: PipelineConfig) -> dict[str, Any]:
