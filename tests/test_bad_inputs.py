@@ -101,6 +101,11 @@ def ws(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bad-inputs")
     shutil.copy(TINY_CONFIG, root / "tiny.json")
     model = _save_model(root / "model")
+    no_tokenizer = root / "model_no_tokenizer"  # weights only: a benchmark has no vocabulary to draw prompts from
+    no_tokenizer.mkdir()
+    for f in model.iterdir():
+        if not f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, no_tokenizer / f.name)
     _save_super_adapter(root / "super")
     _save_super_adapter(root / "super_wide", hidden=96)  # trained on another base: shapes do not fit
     (root / "bad.json").write_text("{ not json")
@@ -320,6 +325,7 @@ CASES = [
     Case("bench-genai-on-hf-dir", [*BENCH[:3], "--runtime", "genai"], "needs an OpenVINO IR directory"),
     Case("bench-model-missing", ["benchmark", "--model", "{ws}/nope"], "no such directory"),
     Case("bench-duplicate-label", [*BENCH, "--model", "{ws}/model"], "given twice"),
+    Case("bench-no-tokenizer", [*BENCH[:2], "{ws}/model_no_tokenizer", *BENCH[3:]], "has no tokenizer"),
     Case("bench-unknown-property", ["benchmark", "--model", "{ws}/model", "--runtime", "torch", "--property", "NO_SUCH_PROP=1"], "NO_SUCH_PROP"),
     # SQFT config keys and verbs
     Case("plain-formats-empty", [*RUN, "--set", "plain.weight_formats=[]"], "plain.weight_formats is empty"),

@@ -77,14 +77,19 @@ def ordinary_token_ids(path: Path) -> np.ndarray:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return np.setdiff1d(np.arange(tokenizer.vocab_size), tokenizer.all_special_ids or [])
-    from tokenizers import Tokenizer
+        vocab, special = tokenizer.vocab_size, set(tokenizer.all_special_ids or [])
+    else:
+        from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
-    named = (tokenizer.token_to_id(t) for t in _named_special_tokens(path))
-    special |= {i for i in named if i is not None}
-    return np.setdiff1d(np.arange(tokenizer.get_vocab_size(with_added_tokens=False)), sorted(special))
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        vocab = tokenizer.get_vocab_size(with_added_tokens=False)
+        special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
+        named = (tokenizer.token_to_id(t) for t in _named_special_tokens(path))
+        special |= {i for i in named if i is not None}
+    ordinary = np.setdiff1d(np.arange(vocab), sorted(special))
+    if not len(ordinary):
+        raise BenchmarkError(f"the tokenizer of {path} has no ordinary (non-special) token to draw prompts from")
+    return ordinary
 
 
 def _named_special_tokens(path: Path) -> set[str]:
@@ -181,6 +186,10 @@ def _check_model(path: Path, runtime: Runtime, adapter: Path | None) -> None:
     elif not is_openvino_dir(path):
         raise BenchmarkError(
             f"the {runtime.value} runtime needs an exported OpenVINO directory; {path} has no {OV_MODEL}"
+        )
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise BenchmarkError(
+            f"{path} has no tokenizer (tokenizer.json or tokenizer_config.json): prompts are drawn from its vocabulary"
         )
 
 
@@ -427,6 +436,7 @@ def benchmark_models(
     results = []
     for label, path, runtime, *rest in models:
         adapter = str(rest[0]) if rest and rest[0] is not None else None
+        _check_model(Path(path), Runtime(runtime), None if adapter is None else Path(adapter))  # one line, not a worker's
         if not isolate:
             results.append(benchmark_model(path, runtime=runtime, label=label, adapter=adapter, **settings))
             continue
