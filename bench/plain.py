@@ -98,6 +98,8 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "LoNAS heuristic INT4": (LONAS, [INT4], "int4"),
     "LoNAS + FQ-LoRA heuristic": ("lonas_fq_lora_smollm2", [], "int4"),
     "SQFT + QA-SparsePEFT": ("sqft_qa_sparsepeft_smollm2", [], "int4"),
+    # QA-SparsePEFT's mask inside FQ-LoRA's trainable quantiser: the scales train, the pruned zeros stay
+    "SQFT + FQ-SparsePEFT": ("sqft_fq_sparsepeft_smollm2", [], "int4"),
     "LoNAS heuristic + distillation": (LONAS, [DISTILL], "int8"),
     "LoNAS searched + distillation": (LONAS, [DISTILL, *SEARCHED], "int8"),
     "LoNAS searched INT4": (LONAS, [*SEARCHED, INT4], "int4"),

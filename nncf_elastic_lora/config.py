@@ -170,7 +170,7 @@ class NLSTrainingConfig(_Section):
     lora_r: int = Field(32, gt=0, description="The super-adapter's (maximal) rank.")
     lora_alpha: float = Field(64.0, gt=0, description="Scaling is lora_alpha / lora_r at every active rank.")
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    adapter_kind: Literal["lora", "sparsepeft", "qa_sparsepeft", "fq_lora"] = Field(
+    adapter_kind: Literal["lora", "sparsepeft", "qa_sparsepeft", "fq_lora", "fq_sparsepeft"] = Field(
         "lora",
         description="'lora': a plain low-rank update, shipped unmerged (Shears, SQFT); 'sparsepeft': the "
         "update is masked by the base's zeros, so it merges into a model exactly as sparse (SQFT + "
@@ -179,6 +179,8 @@ class NLSTrainingConfig(_Section):
         "quantization.weight_format 'int4'); 'fq_lora': NNCF's FQ+LoRA (CompressionFormat.FQ_LORA_NLS): the "
         "update is added inside the INT4 base's fake quantiser, whose per-group ranges train too, and merges into "
         "an INT4 model under the trained scales; not masked, so a sparse base's zeros are not kept (needs "
+        "quantization.weight_format 'int4'); 'fq_sparsepeft': fq_lora's trainable quantiser with SparsePEFT's "
+        "mask, so the merged INT4 model keeps the sparse base's zeros under the trained scales (needs "
         "quantization.weight_format 'int4').",
     )
     qa_base_weight: Literal["dequantized", "float"] = Field(
@@ -186,7 +188,7 @@ class NLSTrainingConfig(_Section):
         description="'qa_sparsepeft' only: the weight its masked update is added to inside the frozen INT4 "
         "quantiser. 'dequantized': the INT4 base's own weights, as SQFT's reference (every update under half a "
         "quantization step rounds away, so the forward cannot see it); 'float': the float weights the base was "
-        "quantized from (as fq_lora and NNCF's FQ_LORA), so an update moves the codes of the weights near a "
+        "quantized from (as fq_lora, fq_sparsepeft and NNCF's FQ_LORA), so an update moves the codes of the weights near a "
         "rounding boundary. The mask is the zeros of that weight; the merge uses the same, so it still equals "
         "the trained model.",
     )
@@ -194,7 +196,8 @@ class NLSTrainingConfig(_Section):
         0.1,
         gt=0,
         le=1,
-        description="'fq_lora' only: the quantisers' ranges train at learning_rate × this (NNCF's example: 0.1).",
+        description="'fq_lora' and 'fq_sparsepeft' only: the quantisers' ranges train at learning_rate × this "
+        "(NNCF's example: 0.1).",
     )
     learning_rate: float = Field(3e-4, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)

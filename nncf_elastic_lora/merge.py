@@ -30,9 +30,11 @@ from torch import nn
 
 from .adapters import check_adapter_fits
 from .elastic.lora import (
+    ADAPTER_LAYERS,
     AdapterKind,
     ElasticLoraLinear,
     FQLoraLinear,
+    FQSparsePeftLinear,
     QASparsePeftLinear,
     check_dequantized_base,
     check_float_source,
@@ -169,6 +171,7 @@ def _require_kind(supernet: ElasticLoraSuperNet, kind: AdapterKind, entry: str) 
         AdapterKind.SPARSEPEFT: "use merge_sparse / merged_model",
         AdapterKind.QA_SPARSEPEFT: "use merge_qa (it merges into the INT4 grid)",
         AdapterKind.FQ_LORA: "use merge_qa (it merges into the trained INT4 grid)",
+        AdapterKind.FQ_SPARSEPEFT: "use merge_qa (it merges into the trained INT4 grid)",
     }[supernet.kind]
     raise MergeError(
         f"{entry} merges {kind.value} adapters, this super-network's are {supernet.kind.value}: {hint}"
@@ -176,9 +179,11 @@ def _require_kind(supernet: ElasticLoraSuperNet, kind: AdapterKind, entry: str) 
 
 
 def merge_fq_module(*, name: str, layer: FQLoraLinear, rank: int) -> tuple[torch.Tensor, QuantizedWeight]:
-    """One ``fq_lora`` module's merge: ``(dequantized weight in the base's dtype, codes under the trained grid)``.
+    """One ``fq_lora`` / ``fq_sparsepeft`` module's merge: ``(dequantized weight in the base's dtype, codes under
+    the trained grid)``.
 
-    The codes are those of the trained ``FQ(W + s · B A)``; the scales are the trained ones, in float16.
+    The codes are those of the trained ``FQ(W + update)``; the scales are the trained ones, in float16. A masked
+    (``fq_sparsepeft``) module whose merge is not zero at a pruned position is refused.
     """
     a, b = layer.lora_weights(rank)
     check_finite(name=name, tensors={"lora_A": a, "lora_B": b, **layer.quantizer_state()})
@@ -187,6 +192,12 @@ def merge_fq_module(*, name: str, layer: FQLoraLinear, rank: int) -> tuple[torch
         q.codes = layer.codes(rank)
         merged = q.dequantize(layer.base_layer.weight.dtype)
     check_finite(name=name, tensors={"merged weight": merged})
+    lost = layer.lost_zeros(merged) if isinstance(layer, FQSparsePeftLinear) else 0
+    if lost:
+        raise MergeError(
+            f"module {name!r}: the merged INT4 weight is not zero at {lost} pruned positions (a trained range "
+            "without a zero code?); the fq_sparsepeft merge must keep the base's zeros"
+        )
     return merged, _with_codes(q, q.codes)
 
 
@@ -412,10 +423,11 @@ def merge_adapter_from_dirs(
     # a folder recording no base weight trained as its caller loaded the base: on float weights if all are given
     given = bool(quantized) and all(q.float_weight is not None for q in quantized.values())
     on_float = kind.int4_trained and adapter_trains_on_float(adapter_dir, kind, "float" if given else "dequantized")
-    if kind is AdapterKind.FQ_LORA:
-        weights, codes, ranks = _merge_fq_from_dir(model, adapter_dir, record, quantized, on_float)
+    if kind.trains_ranges:
+        weights, codes, ranks = _merge_fq_from_dir(model, adapter_dir, kind, record, quantized, on_float)
         zeros_lost = new_zeros = 0
-        for name, merged in weights.items():  # not masked: count what the update did to the base's zeros
+        for name, merged in weights.items():  # count what the update did to the INT4 base's zeros (fq_lora: not
+            # masked; fq_sparsepeft: kept the pruned ones, checked per module, but moved weights that rounded to 0)
             base_zero = model.get_submodule(name).weight == 0
             zeros_lost += int((base_zero & (merged != 0)).sum())
             new_zeros += int((~base_zero & (merged == 0)).sum())
@@ -490,16 +502,17 @@ def _merge_masked_from_dir(
 def _merge_fq_from_dir(
     model: nn.Module,
     adapter_dir: Path,
+    kind: AdapterKind,
     record: dict[str, Any] | None,
     quantized: dict[str, QuantizedWeight] | None,
     on_float: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, QuantizedWeight], dict[str, int]]:
-    """An ``fq_lora`` sub-adapter's merge: each module rebuilt as the trained layer (its ranges from the folder),
-    on its float source weights where it trained on them (``on_float``)."""
+    """An ``fq_lora`` / ``fq_sparsepeft`` sub-adapter's merge: each module rebuilt as the trained layer (its ranges
+    from the folder), on its float source weights where it trained on them (``on_float``)."""
     from safetensors.torch import load_file
 
     if record is None:
-        raise MergeError(f"adapter {adapter_dir.resolve()}: an fq_lora adapter needs its {SUB_ADAPTER_FILE}")
+        raise MergeError(f"adapter {adapter_dir.resolve()}: an {kind.value} adapter needs its {SUB_ADAPTER_FILE}")
     pairs, ranges = _load_adapter_tensors(adapter_dir), {}
     for key, tensor in load_file(adapter_dir / ADAPTER_WEIGHTS).items():
         m = _QUANTIZER_KEY.match(key)
@@ -514,8 +527,8 @@ def _merge_fq_from_dir(
         a, b = pairs.get(name, (torch.zeros(0, linear.in_features), torch.zeros(linear.out_features, 0)))
         rank = ranks[name] = int(a.shape[0])
         trained = _on(_trained_weight(name, q, on_float, adapter_dir), linear.weight.device)
-        layer = FQLoraLinear(linear, max(rank, 1), float(record["scaling"]) * max(rank, 1),
-                             quantized=trained, name=name)  # fmt: skip
+        layer = ADAPTER_LAYERS[kind](linear, max(rank, 1), float(record["scaling"]) * max(rank, 1),
+                                     quantized=trained, name=name)  # fmt: skip
         state = layer.quantizer_state()
         if set(ranges[name]) != set(state):
             raise MergeError(

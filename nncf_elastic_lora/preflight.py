@@ -13,6 +13,7 @@ from .config import ConfigError, PipelineConfig
 from .data import load_examples, load_task
 from .elastic.channels import gated_mlps, intermediate_size
 from .elastic.heads import attentions, check_config_rebuilds, uniform_attentions
+from .elastic.lora import AdapterKind
 from .elastic.search_space import build_groups
 from .int4.quantize import plan_group_sizes
 from .models import meta_model
@@ -67,7 +68,7 @@ def check_config_against_model(
         except ValueError as exc:
             problems.append(f"bootstrapNAS.training.target_modules: {exc}")
         else:
-            if t.adapter_kind in ("qa_sparsepeft", "fq_lora") and config.quantization.weight_format == "int4":
+            if AdapterKind(t.adapter_kind).int4_trained and config.quantization.weight_format == "int4":
                 problems += _qa_targets_quantized(model, config, adapted)
                 problems += _elastic_slices_keep_int4_groups(model, config)
             problems += _kv_groups_fit(model, config)

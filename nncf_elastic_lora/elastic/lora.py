@@ -20,6 +20,9 @@ Three kinds of adapter (:class:`AdapterKind`), one layer class each, registered 
   FQ+LoRA quantiser function, whose per-group ranges train with the adapter (NNCF's
   ``CompressionFormat.FQ_LORA_NLS``); no mask, so a sparse base's zeros are not kept. It merges into
   INT4 codes under the *trained* scales.
+- ``fq_sparsepeft`` (:class:`FQSparsePeftLinear`): ``FQ(W + Lp)`` with SparsePEFT's mask inside the same
+  trainable quantiser: the ranges train as in ``fq_lora``, and a pruned weight stays exactly zero under any
+  trained range (NNCF's range tuning keeps zero a code), so the merged INT4 model keeps the base's sparsity.
 
 The maths lives in the pure functions :func:`lora_delta`, :func:`sparse_merged_weight` and
 :func:`qa_codes`; the layers' forward and :mod:`nncf_elastic_lora.merge` call the same ones,
@@ -47,11 +50,17 @@ class AdapterKind(str, Enum):
     SPARSEPEFT = "sparsepeft"
     QA_SPARSEPEFT = "qa_sparsepeft"
     FQ_LORA = "fq_lora"
+    FQ_SPARSEPEFT = "fq_sparsepeft"
 
     @property
     def int4_trained(self) -> bool:
         """Trained through an INT4 base's quantiser, so it merges into INT4 codes (and needs the base's)."""
-        return self in (AdapterKind.QA_SPARSEPEFT, AdapterKind.FQ_LORA)
+        return self in (AdapterKind.QA_SPARSEPEFT, AdapterKind.FQ_LORA, AdapterKind.FQ_SPARSEPEFT)
+
+    @property
+    def trains_ranges(self) -> bool:
+        """Its INT4 quantisers' ranges train with the adapter (NNCF's FQ+LoRA), so it merges under new scales."""
+        return self in (AdapterKind.FQ_LORA, AdapterKind.FQ_SPARSEPEFT)
 
     @classmethod
     def parse(cls, value: AdapterKind | str) -> AdapterKind:
@@ -462,6 +471,51 @@ class FQLoraLinear(QASparsePeftLinear):
         return super().train(mode)
 
 
+class FQSparsePeftLinear(FQLoraLinear):
+    """FQ-SparsePEFT: ``FQ(W + Lp)``, SparsePEFT's masked update inside FQ-LoRA's **trainable** quantiser.
+
+    ``Lp = (s · B A) ⊙ M`` with ``M = (W ≠ 0)`` of the float weight the INT4 base was quantized from (the
+    sparse model's), so a pruned weight enters the quantiser as exactly 0. NNCF's range tuning keeps zero a
+    code under any trained range (the zero point is an integer), so it leaves as the zero point's code: the
+    merged INT4 model keeps the sparse model's zeros while its scales train, which QA-SparsePEFT's frozen
+    grid does not allow. Merges and strips as ``fq_lora`` (codes under the trained grid).
+    """
+
+    kind = AdapterKind.FQ_SPARSEPEFT
+
+    def __init__(self, *args: Any, quantized: QuantizedWeight, **kwargs: Any):  # as FQLoraLinear
+        super().__init__(*args, quantized=quantized, **kwargs)
+        self.mask = self.base_layer.weight.detach() != 0  # zeros of W as copied in: the sparse float model's
+
+    def delta_weight(self, rank: int | None = None) -> torch.Tensor:
+        return SparsePeftLinear.delta_weight(self, rank)
+
+    def merged_weight(self, rank: int | None = None) -> torch.Tensor:
+        return SparsePeftLinear.merged_weight(self, rank)
+
+    def effective_weight(self, rank: int | None = None) -> torch.Tensor:
+        """``FQ(W + Lp)`` at ``rank`` through NNCF's quantise-dequantise (as ``asymmetric_quantize_lora`` /
+        ``symmetric_quantize_lora`` apply it, with the masked sum in place of ``W + B A``)."""
+        from nncf.torch.quantization.quantize_functions import (
+            QuantizeAsymmetricTorch,
+            QuantizeSymmetricTorch,
+            TuneRange,
+        )
+
+        merged = self.merged_weight(rank)
+        shape = (self.out_features, self.in_features // self.group_size, self.group_size)
+        low, high = code_range(self.bits, self.zero_point is None)
+        if self.zero_point is None:
+            scale = torch.where(self.input_scale.abs() < _NNCF_EPS, _NNCF_EPS, self.input_scale)
+            return QuantizeSymmetricTorch.apply(merged, shape, scale, low, high, self.levels)
+        input_low, input_range = TuneRange.apply(self.input_low, self.input_range.abs() + _NNCF_EPS, self.levels)
+        return QuantizeAsymmetricTorch.apply(merged, shape, input_low, input_range, low, high, self.levels)
+
+    def lost_zeros(self, merged: torch.Tensor) -> int:
+        """How many masked (pruned) positions of ``merged`` are not zero: 0 unless a range lost its zero code."""
+        return int((~self.mask & (merged != 0)).sum())
+
+
 # NNCF's quantisers add this to a range before dividing by it.
 _NNCF_EPS = 1e-16
 
@@ -493,7 +547,7 @@ def check_dequantized_base(weight: torch.Tensor, quantized: QuantizedWeight, nam
 
 def trains_on_float_weights(kind: AdapterKind | str | None, record: Mapping[str, Any] | None) -> bool:
     """Whether an adapter of ``kind`` whose folder records ``record`` (``elastic_lora.json`` or the sub-adapter
-    record) trained on the float weights its INT4 base was quantized from: fq_lora unless it records
+    record) trained on the float weights its INT4 base was quantized from: fq_lora / fq_sparsepeft unless it records
     ``base_weight: dequantized`` (built without its float source), qa_sparsepeft when it records
     ``base_weight: float``. Loading or merging it needs those weights again."""
     if kind is None:
@@ -502,7 +556,7 @@ def trains_on_float_weights(kind: AdapterKind | str | None, record: Mapping[str,
     recorded = (record or {}).get("base_weight")
     if recorded not in (None, "float", "dequantized"):
         raise ValueError(f"base_weight is {recorded!r}; expected 'float' or 'dequantized' (re-create the adapter)")
-    if kind is AdapterKind.FQ_LORA:  # folders of older versions record none: they trained on the float weights
+    if kind.trains_ranges:  # fq_lora folders of older versions record none: they trained on the float weights
         return recorded != "dequantized"
     return kind is AdapterKind.QA_SPARSEPEFT and recorded == "float"
 
@@ -544,6 +598,7 @@ ADAPTER_LAYERS: dict[AdapterKind, type[ElasticLoraLinear]] = {
     AdapterKind.SPARSEPEFT: SparsePeftLinear,
     AdapterKind.QA_SPARSEPEFT: QASparsePeftLinear,
     AdapterKind.FQ_LORA: FQLoraLinear,
+    AdapterKind.FQ_SPARSEPEFT: FQSparsePeftLinear,
 }
 
 

@@ -76,6 +76,7 @@ class RunState:
             "sparsepeft": " SparsePEFT",
             "qa_sparsepeft": " QA-SparsePEFT",
             "fq_lora": " FQ-LoRA",
+            "fq_sparsepeft": " FQ-SparsePEFT",
         }[t.adapter_kind]
         algo = "NLS" if t.algorithm == "nls" else "LoRA"
         return f"{self.base_label}+{algo}{kind}" if self.base_label != "dense" else f"{algo}{kind}"

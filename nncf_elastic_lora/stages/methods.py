@@ -19,6 +19,7 @@ A new method adds its stages to a family module and its branch here.
 from __future__ import annotations
 
 from ..config import ConfigError, PipelineConfig, int4_base_export_conflicts
+from ..elastic.lora import AdapterKind
 from ..formats import is_quantized_base
 from ..models import model_placement
 from .bases import QuantizeBase, Sparsify
@@ -98,11 +99,11 @@ def _lonas_problems(config: PipelineConfig, given_int4: bool, int4_base: bool) -
     if elasticity.mode != "rank_and_channels":
         return []
     problems = []
-    if kind not in ("lora", "qa_sparsepeft", "fq_lora"):
+    if kind not in ("lora", "qa_sparsepeft", "fq_lora", "fq_sparsepeft"):
         problems.append(
             f"bootstrapNAS.training.adapter_kind: {kind!r} with mode 'rank_and_channels' (LoNAS): `run` extracts "
-            "the sub-network by merging a plain LoRA into a dense base, or a 'qa_sparsepeft' or 'fq_lora' "
-            "adapter into an INT4 base; set adapter_kind to one of those"
+            "the sub-network by merging a plain LoRA into a dense base, or a 'qa_sparsepeft', 'fq_lora' or "
+            "'fq_sparsepeft' adapter into an INT4 base; set adapter_kind to one of those"
         )
     if config.sparsity.method != "none":
         problems.append(
@@ -110,7 +111,7 @@ def _lonas_problems(config: PipelineConfig, given_int4: bool, int4_base: bool) -
             "sub-network merges a dense LoRA, which would fill the sparse base's zeros; set sparsity.method to "
             "'none' (LoNAS shrinks the model by its widths)"
         )
-    if int4_base and kind not in ("qa_sparsepeft", "fq_lora"):
+    if int4_base and not AdapterKind(kind).int4_trained:
         problems.append(
             f"quantization.weight_format: an INT4 base with mode 'rank_and_channels' (LoNAS) and adapter_kind "
             f"{kind!r}: the extracted sub-network could not merge into the INT4 codes; use adapter_kind "
@@ -131,18 +132,19 @@ def _adapter_kind_problems(config: PipelineConfig, int4_base: bool) -> list[str]
     if not config.bootstrapNAS.enabled:
         return []
     problems, kind = [], t.adapter_kind
-    if kind in ("qa_sparsepeft", "fq_lora") and not int4_base:
+    int4_trained = AdapterKind(kind).int4_trained
+    if int4_trained and not int4_base:
         problems.append(
             f"bootstrapNAS.training.adapter_kind: {kind!r} trains through an INT4 base's scales: "
             "set quantization.weight_format to 'int4'"
         )
-    if kind in ("qa_sparsepeft", "fq_lora") and t.lora_dropout > 0:
+    if int4_trained and t.lora_dropout > 0:
         problems.append(
             f"bootstrapNAS.training.lora_dropout: {t.lora_dropout}; {kind!r} quantizes the update together "
             "with the base weight, so there is no separate branch to drop out: set it to 0"
         )
     where = model_placement(config.model)
-    if kind in ("qa_sparsepeft", "fq_lora") and where.dtype_name != "float32":
+    if int4_trained and where.dtype_name != "float32":
         resolved = f" ({where.dtype_name} on {where.device})" if config.model.dtype == "auto" else ""
         problems.append(
             f"model.dtype: {config.model.dtype!r}{resolved}; {kind!r} must train in float32 so that the "
@@ -151,9 +153,9 @@ def _adapter_kind_problems(config: PipelineConfig, int4_base: bool) -> list[str]
     if kind != "qa_sparsepeft" and t.qa_base_weight != "dequantized":
         problems.append(
             f"bootstrapNAS.training.qa_base_weight: {t.qa_base_weight!r} applies to adapter_kind 'qa_sparsepeft' "
-            f"only (fq_lora always trains on the float weights), but adapter_kind is {kind!r}; remove it"
+            f"only (fq_lora and fq_sparsepeft always train on the float weights), but adapter_kind is {kind!r}; remove it"
         )
-    on_float = kind == "fq_lora" or (kind == "qa_sparsepeft" and t.qa_base_weight == "float")
+    on_float = AdapterKind(kind).trains_ranges or (kind == "qa_sparsepeft" and t.qa_base_weight == "float")
     if on_float and int4_base and config.quantization.awq:
         problems.append(
             f"quantization.awq: {kind!r} trains on the float weights the INT4 base is quantized from, but AWQ "
@@ -162,10 +164,10 @@ def _adapter_kind_problems(config: PipelineConfig, int4_base: bool) -> list[str]
             + (", or qa_base_weight to 'dequantized'" if kind == "qa_sparsepeft" else "")
         )
     default_ratio = type(t).model_fields["quantizer_lr_ratio"].default  # a dumped config carries the default
-    if kind != "fq_lora" and t.quantizer_lr_ratio != default_ratio:
+    if not AdapterKind(kind).trains_ranges and t.quantizer_lr_ratio != default_ratio:
         problems.append(
-            f"bootstrapNAS.training.quantizer_lr_ratio: only 'fq_lora' trains its quantisers' ranges, but "
-            f"adapter_kind is {kind!r}; remove it or set adapter_kind to 'fq_lora'"
+            f"bootstrapNAS.training.quantizer_lr_ratio: only 'fq_lora' and 'fq_sparsepeft' train their quantisers' "
+            f"ranges, but adapter_kind is {kind!r}; remove it or set adapter_kind to one of those"
         )
     return problems
 

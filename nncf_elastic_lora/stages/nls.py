@@ -15,7 +15,7 @@ from .. import distributed
 from ..config import BootstrapNASConfig, ModelConfig, PipelineConfig
 from ..data import TaskData, load_task
 from ..elastic import ElasticLoraSuperNet
-from ..elastic.lora import trains_on_float_weights
+from ..elastic.lora import AdapterKind, trains_on_float_weights
 from ..elastic.supernet import SEARCH_SPACE_FILE
 from ..formats import is_quantized_base
 from ..latency import LatencyModel, attention_layout, mlp_layout
@@ -30,7 +30,7 @@ from .evaluate import base_quantized_weights, evaluate_model
 def check_trainable_base(config: PipelineConfig) -> None:
     """QA-SparsePEFT trains through the INT4 codes beside its base: refuse a base without them."""
     kind = config.bootstrapNAS.training.adapter_kind
-    if kind not in ("qa_sparsepeft", "fq_lora"):
+    if not AdapterKind(kind).int4_trained:
         return
     base = resolve_model_dir(config.model)
     if not is_quantized_base(base):
@@ -57,7 +57,7 @@ def build_supernet(
         default_widths=width.default_widths or [t.lora_r],
         seed=t.seed,
         adapter_kind=t.adapter_kind,
-        quantized=quantized if t.adapter_kind in ("qa_sparsepeft", "fq_lora") else None,
+        quantized=quantized if AdapterKind(t.adapter_kind).int4_trained else None,
         channels=bnas.elasticity.channel_spec(),
         heads=bnas.elasticity.head_spec(),
     )
