@@ -3,6 +3,7 @@
 import json
 import statistics
 
+import numpy as np
 import pytest
 
 from nncf_elastic_lora.cli import main
@@ -167,6 +168,19 @@ def test_prompt_vocabulary_without_tokenizer_json_comes_from_transformers(tmp_pa
     loaded = []
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda p: loaded.append(p) or SentencePieceLike)
     assert ordinary_token_ids(tmp_path).tolist() == [1, 2, 3, 4] and loaded == [tmp_path]
+
+
+def test_the_optimum_runtime_loads_no_tokenizer_inside_its_timed_load(exported, monkeypatch):
+    import transformers
+
+    from nncf_elastic_lora.deploy.benchmark import Runtime, _load
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tokenizer was loaded: the benchmark feeds token ids")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    runner = _load(exported / "ir", Runtime.OPTIMUM, "CPU", {})
+    assert runner.generate(np.array([[1, 2, 3]]), 2) == 2
 
 
 def test_bad_runtime_properties_fail_with_their_name(exported):

@@ -221,7 +221,7 @@ def _load(path: Path, runtime: Runtime, device: str, properties: dict[str, Any],
         return _GenAI(path, device, properties, adapter)
     from ..models import load_openvino_model
 
-    model, _ = load_openvino_model(path, device, properties)
+    model, _ = load_openvino_model(path, device, properties, tokenizer=False)  # prompts are token ids
     return _HF(model)
 
 
