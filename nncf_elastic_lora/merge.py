@@ -248,10 +248,11 @@ def merged_model(
 def merge_qa(
     *, supernet: ElasticLoraSuperNet, config: SubnetConfig | None = None, inplace: bool = False
 ) -> tuple[nn.Module, dict[str, QuantizedWeight]]:
-    """A QA-SparsePEFT merge: ``(plain model with dequantized weights, {module: QuantizedWeight})``.
+    """A QA-SparsePEFT, FQ-LoRA or FQ-SparsePEFT merge: ``(plain model with dequantized weights, {module:
+    QuantizedWeight})``.
 
-    The codes are ``quantize(W + Lp)`` with the base's frozen scales and zero points, those the
-    trained forward computed; the returned dict covers every module the base quantized (the
+    The codes are those the trained forward computed: ``quantize(W + Lp)`` with the base's frozen scales and
+    zero points (QA-SparsePEFT), or under the trained scales (FQ kinds, which carry them in their entries); the returned dict covers every module the base quantized (the
     non-adapted ones keep their codes), so it describes the whole merged INT4 model.
     """
     if not supernet.kind.int4_trained:
@@ -426,8 +427,8 @@ def merge_adapter_from_dirs(
     if kind.trains_ranges:
         weights, codes, ranks = _merge_fq_from_dir(model, adapter_dir, kind, record, quantized, on_float)
         zeros_lost = new_zeros = 0
-        for name, merged in weights.items():  # count what the update did to the INT4 base's zeros (fq_lora: not
-            # masked; fq_sparsepeft: kept the pruned ones, checked per module, but moved weights that rounded to 0)
+        for name, merged in weights.items():  # what the update did to the INT4 base's zeros (fq_lora: not masked;
+            # fq_sparsepeft: kept the sparse model's, checked per module, but may move weights that had rounded to 0)
             base_zero = model.get_submodule(name).weight == 0
             zeros_lost += int((base_zero & (merged != 0)).sum())
             new_zeros += int((~base_zero & (merged == 0)).sum())
@@ -527,7 +528,9 @@ def _merge_fq_from_dir(
         a, b = pairs.get(name, (torch.zeros(0, linear.in_features), torch.zeros(linear.out_features, 0)))
         rank = ranks[name] = int(a.shape[0])
         trained = _on(_trained_weight(name, q, on_float, adapter_dir), linear.weight.device)
-        layer = ADAPTER_LAYERS[kind](linear, max(rank, 1), float(record["scaling"]) * max(rank, 1),
+        # around a copy: the layer puts its float source into its base linear, and the model's must stay the INT4
+        # base (the caller's, unless inplace; and what the merge report counts zeros against)
+        layer = ADAPTER_LAYERS[kind](copy.deepcopy(linear), max(rank, 1), float(record["scaling"]) * max(rank, 1),
                                      quantized=trained, name=name)  # fmt: skip
         state = layer.quantizer_state()
         if set(ranges[name]) != set(state):

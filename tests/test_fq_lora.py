@@ -95,20 +95,21 @@ def test_fq_lora_layer_starts_at_the_base_and_merges_as_nncf_strips(sym):
     assert ((merged - layer.effective_weight().detach()).abs() / step).max() < 0.01
 
 
-def _fq_supernet(tmp_path: Path) -> tuple[ElasticLoraSuperNet, Path]:
+def _fq_supernet(tmp_path: Path, kind: str = "fq_lora") -> tuple[ElasticLoraSuperNet, Path]:
     model = build_tiny_llama(ModelConfig(name_or_path="tiny-random-llama", tiny=TinyModelConfig()))
     quantized = quantize_base(model, target_modules=TARGETS, group_size=32, progress=False)
     base = tmp_path / "base"
     model.save_pretrained(base)
     supernet = ElasticLoraSuperNet.attach(
-        model, target_modules=TARGETS, max_rank=8, alpha=16, default_widths=[8, 4], adapter_kind="fq_lora",
+        model, target_modules=TARGETS, max_rank=8, alpha=16, default_widths=[8, 4], adapter_kind=kind,
         quantized=quantized,
     )  # fmt: skip
     return supernet, base
 
 
-def test_fq_lora_sub_adapter_on_disk_merges_as_the_live_one(tmp_path):
-    supernet, base = _fq_supernet(tmp_path)
+@pytest.mark.parametrize("kind", ["fq_lora", "fq_sparsepeft"])
+def test_fq_lora_sub_adapter_on_disk_merges_as_the_live_one(tmp_path, kind):
+    supernet, base = _fq_supernet(tmp_path, kind)
     with torch.no_grad():
         for layer in supernet.adapters.values():
             layer.lora_B.weight.normal_(0, 0.02)
@@ -124,12 +125,40 @@ def test_fq_lora_sub_adapter_on_disk_merges_as_the_live_one(tmp_path):
     result = merge_adapter_from_dirs(
         model=AutoModelForCausalLM.from_pretrained(base), adapter_dir=sub, quantized=supernet.quantized
     )
-    assert result.kind.value == "fq_lora" and set(result.quantized) == set(live)
+    assert result.kind.value == kind and set(result.quantized) == set(live)
     for name, q in live.items():
         assert torch.equal(result.quantized[name].codes, q.codes), name
         assert torch.equal(result.quantized[name].scale, q.scale), name
     adapted = next(iter(supernet.adapters))
     assert not torch.equal(live[adapted].scale, supernet.quantized[adapted].scale)
+
+
+@pytest.mark.parametrize("kind", ["fq_lora", "fq_sparsepeft"])
+def test_a_merge_on_the_float_source_leaves_the_callers_int4_model_alone_and_counts_its_zeros(tmp_path, kind):
+    from transformers import AutoModelForCausalLM
+
+    model = build_tiny_llama(ModelConfig(name_or_path="tiny-random-llama", tiny=TinyModelConfig()))
+    source = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    quantized = quantize_base(model, target_modules=TARGETS, group_size=32, progress=False)
+    model.save_pretrained(tmp_path / "base")
+    with_source = {n: dataclasses.replace(q, float_weight=source[n]) for n, q in quantized.items()}
+    supernet = ElasticLoraSuperNet.attach(
+        model, target_modules=TARGETS, max_rank=8, alpha=16, default_widths=[8, 4], adapter_kind=kind,
+        quantized={n: dataclasses.replace(q) for n, q in with_source.items()},
+    )  # fmt: skip
+    with torch.no_grad():
+        for layer in supernet.adapters.values():
+            layer.lora_B.weight.normal_(0, 0.02)
+    sub = supernet.save_sub_adapter(tmp_path / "sub", supernet.get_heuristic_config())
+    int4 = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    before = {n: int4.get_submodule(n).weight.clone() for n in supernet.adapters}
+    result = merge_adapter_from_dirs(model=int4, adapter_dir=sub, quantized=with_source)
+    assert all(torch.equal(int4.get_submodule(n).weight, w) for n, w in before.items())  # not the float source
+    zeros = sum(int((w == 0).sum()) for w in before.values())  # weights that rounded to zero in INT4
+    assert zeros > 0 and result.report["base_zeros"] == zeros
+    assert result.report["zeros_lost"] == sum(
+        int(((w == 0) & (result.model.get_submodule(n).weight != 0)).sum()) for n, w in before.items()
+    )
 
 
 def test_fq_lora_ranges_train_in_their_own_optimizer_group(tmp_path):

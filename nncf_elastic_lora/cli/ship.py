@@ -79,7 +79,9 @@ def merge(call: Call) -> int:
     print(
         f"merged {report['adapter_kind']} sub-adapter ({report['modules_merged']} modules) into "
         f"{report['precision']} weights: wrote {output}; zeros {100 * report['sparsity']:.2f}% "
-        f"(base {100 * report['base_sparsity']:.2f}%; every zero of the base kept, {report['new_zeros']:,} new)"
+        f"(base {100 * report['base_sparsity']:.2f}%; "
+        + ("every zero of the base kept" if report["zeros_lost"] == 0 else f"{report['zeros_lost']:,} zeros of the base filled")
+        + f", {report['new_zeros']:,} new)"
     )
     if ir is not None:
         print(

@@ -7,7 +7,7 @@ the Shears reference does; a sub-adapter saved for peft keeps it through ``alpha
 (``alpha_i = alpha · r_i / r_max``). At an active rank ``r`` the branch costs what a plain LoRA of
 rank ``r`` costs: the weights are sliced, never masked.
 
-Three kinds of adapter (:class:`AdapterKind`), one layer class each, registered in
+Five kinds of adapter (:class:`AdapterKind`), one layer class each, registered in
 :data:`ADAPTER_LAYERS` the way peft registers its layer types:
 
 - ``lora`` (:class:`ElasticLoraLinear`): the plain low-rank branch above (Shears).
@@ -26,7 +26,8 @@ Three kinds of adapter (:class:`AdapterKind`), one layer class each, registered 
 
 The maths lives in the pure functions :func:`lora_delta`, :func:`sparse_merged_weight` and
 :func:`qa_codes`; the layers' forward and :mod:`nncf_elastic_lora.merge` call the same ones,
-so a merge reproduces the trained forward bit for bit.
+so a merge reproduces the trained forward bit for bit (the FQ kinds: up to their trained scales' float16
+storage, codes identical).
 """
 
 from __future__ import annotations
@@ -359,11 +360,11 @@ class FQLoraLinear(QASparsePeftLinear):
     zero points (as NNCF initialises them from ``compress_weights``), so with ``B = 0`` the forward is
     the base's (up to float rounding: NNCF's float32 FQ against the float16 dequantisation). Unlike
     QA-SparsePEFT the update is not masked: where the quantiser's scales move, a frozen grid could not
-    hold the update; where zeros must survive, use ``qa_sparsepeft``.
+    hold the update; where zeros must survive, use ``fq_sparsepeft`` (or ``qa_sparsepeft``, its grid frozen).
 
     The merge (:meth:`codes` under :attr:`grid`) stores the trained scales in float16, as every INT4
-    base here does: the merged weight differs from the trained forward by that rounding only
-    (at most ``15 · |s − fp16(s)|`` per weight, about 2⁻⁷ of a quantisation step), codes identical.
+    base here does: the merged weight differs from the trained forward by that rounding, and the float16
+    product ``(q − z) · s`` rounding once more, only (about 1 % of a quantisation step at most), codes identical.
     """
 
     kind = AdapterKind.FQ_LORA
@@ -474,18 +475,20 @@ class FQLoraLinear(QASparsePeftLinear):
 class FQSparsePeftLinear(FQLoraLinear):
     """FQ-SparsePEFT: ``FQ(W + Lp)``, SparsePEFT's masked update inside FQ-LoRA's **trainable** quantiser.
 
-    ``Lp = (s · B A) ⊙ M`` with ``M = (W ≠ 0)`` of the float weight the INT4 base was quantized from (the
-    sparse model's), so a pruned weight enters the quantiser as exactly 0. NNCF's range tuning keeps zero a
-    code under any trained range (the zero point is an integer), so it leaves as the zero point's code: the
-    merged INT4 model keeps the sparse model's zeros while its scales train, which QA-SparsePEFT's frozen
-    grid does not allow. Merges and strips as ``fq_lora`` (codes under the trained grid).
+    ``Lp = (s · B A) ⊙ M`` with ``M = (W ≠ 0)`` of the base layer's weight as the layer is built: the float
+    weight the INT4 base was quantized from (the sparse model's; the INT4 base's own where it was built without
+    it, ``base_weight: dequantized``), so a pruned weight enters the quantiser as exactly 0. NNCF's range
+    tuning keeps 0 inside every trained range, and its quantiser derives the zero point and the output from
+    one product, so a 0 input comes out as 0 and its code is the zero point, which dequantizes to 0 under any
+    stored scale: the merged INT4 model keeps the sparse model's zeros while its scales train, which
+    QA-SparsePEFT's frozen grid does not allow. Merges and strips as ``fq_lora`` (codes under the trained grid).
     """
 
     kind = AdapterKind.FQ_SPARSEPEFT
 
     def __init__(self, *args: Any, quantized: QuantizedWeight, **kwargs: Any):  # as FQLoraLinear
         super().__init__(*args, quantized=quantized, **kwargs)
-        self.mask = self.base_layer.weight.detach() != 0  # zeros of W as copied in: the sparse float model's
+        self.mask = self.base_layer.weight.detach() != 0  # zeros of W as copied in (the sparse float model's)
 
     def delta_weight(self, rank: int | None = None) -> torch.Tensor:
         return SparsePeftLinear.delta_weight(self, rank)

@@ -144,7 +144,8 @@ class ElasticLoraSuperNet:
 
         ``lora_A`` is initialised from a generator seeded with ``seed`` (``lora_B`` is zero), so the
         super-adapter's starting point depends on the config only, whatever the kind.
-        ``adapter_kind``: ``lora``, ``sparsepeft`` or ``qa_sparsepeft``; the last needs ``quantized``
+        ``adapter_kind``: ``lora``, ``sparsepeft``, ``qa_sparsepeft``, ``fq_lora`` or ``fq_sparsepeft``; the last
+        three need ``quantized``
         (``{module name: QuantizedWeight}`` of the INT4 base, covering every target), checked
         against the model's weights before anything is modified. ``channels`` (a
         :class:`~nncf_elastic_lora.config.ChannelElasticityConfig`, Mode B) adds one group per decoder
@@ -177,7 +178,7 @@ class ElasticLoraSuperNet:
             _check_float_sources(targets, quantized)
         elif quantized is not None:
             raise ValueError(
-                f"quantized weights are only used by qa_sparsepeft and fq_lora adapters, not {kind.value!r}"
+                f"quantized weights are only used by qa_sparsepeft, fq_lora and fq_sparsepeft adapters, not {kind.value!r}"
             )
         layers = {}
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -582,7 +583,7 @@ def _check_whole_groups(
     if q is None:
         raise ValueError(
             f"{what} group {group.name}: {module} is not in the INT4 base's quantized weights; a "
-            "super-network trained through INT4 (qa_sparsepeft, fq_lora) slices INT4 layers only"
+            "super-network trained through INT4 (qa_sparsepeft, fq_lora, fq_sparsepeft) slices INT4 layers only"
         )
     off = [w for w in group.widths if (w * step) % q.group_size]
     if off:

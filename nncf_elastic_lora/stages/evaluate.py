@@ -55,13 +55,13 @@ def attach_float_source(base: Path, qweights: dict[str, Any]) -> None:
     recorded = info.get("source_model")
     if not recorded:
         raise QuantizedBaseError(
-            f"fq_lora trains through the float weights {base} was quantized from, but its {QUANTIZATION_JSON} "
+            f"fq_lora / fq_sparsepeft train through the float weights {base} was quantized from, but its {QUANTIZATION_JSON} "
             "does not record that model (an INT4 base written by an older version): quantize the float model again"
         )
     source = ModelConfig.model_validate({**recorded, "dtype": "float32"})
     if model_fingerprint(source) != info.get("source_fingerprint"):
         raise QuantizedBaseError(
-            f"fq_lora trains through the float weights {base} was quantized from, {source.name_or_path} "
+            f"fq_lora / fq_sparsepeft train through the float weights {base} was quantized from, {source.name_or_path} "
             f"(looked in {Path(resolve_model_dir(source)).resolve()}), but that model is missing or has changed since"
         )
     model, _ = load_model(source)

@@ -99,11 +99,12 @@ def _lonas_problems(config: PipelineConfig, given_int4: bool, int4_base: bool) -
     if elasticity.mode != "rank_and_channels":
         return []
     problems = []
-    if kind not in ("lora", "qa_sparsepeft", "fq_lora", "fq_sparsepeft"):
+    if kind not in ("lora", "qa_sparsepeft", "fq_lora"):
         problems.append(
             f"bootstrapNAS.training.adapter_kind: {kind!r} with mode 'rank_and_channels' (LoNAS): `run` extracts "
-            "the sub-network by merging a plain LoRA into a dense base, or a 'qa_sparsepeft', 'fq_lora' or "
-            "'fq_sparsepeft' adapter into an INT4 base; set adapter_kind to one of those"
+            "the sub-network by merging a plain LoRA into a dense base, or a 'qa_sparsepeft' or 'fq_lora' "
+            "adapter into an INT4 base (a LoNAS base is dense: no zeros for a mask to keep); set adapter_kind to "
+            "one of those"
         )
     if config.sparsity.method != "none":
         problems.append(
@@ -201,8 +202,8 @@ def _int4_export_problems(config: PipelineConfig, given_int4: bool, int4_base: b
     if trains and kind == "sparsepeft" and int4_base:
         problems.append(
             "bootstrapNAS.training.adapter_kind: 'sparsepeft' merges into full precision, which would undo "
-            "the INT4 base (quantization.weight_format 'int4'): use 'qa_sparsepeft', or 'lora' to ship the "
-            "adapter unmerged"
+            "the INT4 base (quantization.weight_format 'int4'): use 'fq_sparsepeft' or 'qa_sparsepeft' (they merge "
+            "into INT4 and keep the zeros), or 'lora' to ship the adapter unmerged"
         )
     if int4_base and ex.enabled and ex.weight_format != "int4":
         problems.append(
@@ -212,7 +213,8 @@ def _int4_export_problems(config: PipelineConfig, given_int4: bool, int4_base: b
     if int4_base and ex.enabled and trains and kind == "lora" and ex.merge_adapter:
         problems.append(
             "export.merge_adapter: with an INT4 base it would merge a dense update into INT4 weights; "
-            "use adapter_kind 'qa_sparsepeft' (merges into INT4 exactly) or ship the adapter unmerged"
+            "use adapter_kind 'fq_lora', 'fq_sparsepeft' or 'qa_sparsepeft' (they merge into INT4 exactly) or ship "
+            "the adapter unmerged"
         )
     return problems
 

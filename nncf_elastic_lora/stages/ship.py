@@ -31,11 +31,12 @@ from .evaluate import base_quantized_weights, evaluate_ir
 def merge(
     config: PipelineConfig, output: str | Path, adapter: str | Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Merge a SparsePEFT / QA-SparsePEFT / fq_lora sub-adapter into its base (``config.model``).
+    """Merge a SparsePEFT / QA-SparsePEFT / FQ-LoRA / FQ-SparsePEFT sub-adapter into its base (``config.model``).
 
     SparsePEFT gives a standard Hugging Face checkpoint whose zeros are the base's; QA-SparsePEFT an
     INT4 checkpoint (dequantized weights + codes) whose codes are those the trained forward computed,
-    which ``export`` ships as an INT4 IR; fq_lora an INT4 checkpoint under its trained scales. Refused, writing nothing: an adapter trained on another base
+    which ``export`` ships as an INT4 IR; the FQ kinds an INT4 checkpoint under their trained scales (FQ-SparsePEFT
+    keeping the sparse model's zeros). Refused, writing nothing: an adapter trained on another base
     or through other scales. Writes ``merge_report.json``; returns it.
     """
     start = time.perf_counter()
@@ -65,8 +66,8 @@ def merge(
             "sparsity": linear_sparsity(r.model),
             "base_sparsity": base_sparsity,
             # a masked merge refuses to lose a zero its mask keeps (on the float weights: the sparse model's);
-            # zeros_lost counts the INT4 base's zeros it filled (fq_lora: no mask; QA on the float weights: weights
-            # that had rounded to zero)
+            # zeros_lost counts the INT4 base's zeros it filled (fq_lora: no mask; QA and fq_sparsepeft on the float
+            # weights: weights that had rounded to zero)
             "zeros_kept": r.report["zeros_lost"] == 0,
             "time_s": time.perf_counter() - start,
         },
@@ -138,7 +139,7 @@ def export_genai(
 
 
 class Merge(Stage):
-    """SparsePEFT / QA-SparsePEFT: the chosen sub-adapter merged into the base, zeros (and INT4) kept."""
+    """SparsePEFT / QA-SparsePEFT / FQ kinds: the chosen sub-adapter merged into the base, zeros (and INT4) kept."""
 
     name, title, section = "merge", "merge sub-adapter", "merge"
 
