@@ -200,6 +200,8 @@ def test_run_fq_lora_ships_the_trained_int4_codes(tmp_path):
         "quantize_base", "train", "eval_subnets", "merge", "eval_merged", "export", "eval_ir", "plain_reference"
     ]  # fmt: skip
     assert report["merge"]["adapter_kind"] == "fq_lora" and report["merge"]["precision"] == "int4"
+    # trained on the float weights the INT4 base came from (qa_base_weight's default is QA's alone)
+    assert json.loads((out / "nls" / "sub_adapter_heuristic" / "elastic_lora_sub.json").read_text())["base_weight"] == "float"
     merged, base = load_quantized_weights(out / "merged_model"), load_quantized_weights(out / "int4_model")
     assert any(not torch.equal(merged[n].scale, base[n].scale) for n in base)  # the scales trained
     assert check_ir_codes(out / "openvino" / "openvino_model.xml", merged)  # raises on any code that differs

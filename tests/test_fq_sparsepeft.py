@@ -97,6 +97,7 @@ def test_run_fq_sparsepeft_ships_a_sparse_int4_model_under_trained_scales(tmp_pa
     assert main(["run", str(CONFIGS / "tiny_sqft_qa_sparsepeft.json"), "--output", str(out), *fast, *kind]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["merge"]["adapter_kind"] == "fq_sparsepeft" and report["merge"]["precision"] == "int4"
+    assert json.loads((out / "nls" / "sub_adapter_heuristic" / "elastic_lora_sub.json").read_text())["base_weight"] == "float"
     merged, base = load_quantized_weights(out / "merged_model"), load_quantized_weights(out / "int4_model")
     assert any(not torch.equal(merged[n].scale, base[n].scale) for n in base)  # the scales trained
     sparse, _ = load_model(ModelConfig(name_or_path=str(out / "sparse_model")))

@@ -564,6 +564,15 @@ def trains_on_float_weights(kind: AdapterKind | str | None, record: Mapping[str,
     return kind is AdapterKind.QA_SPARSEPEFT and recorded == "float"
 
 
+def run_trains_on_float_weights(kind: AdapterKind | str, qa_base_weight: str) -> bool:
+    """Whether a run that trains adapters of ``kind`` (its ``qa_base_weight`` setting given) trains them on the
+    float weights its INT4 base was quantized from: the FQ kinds always, ``qa_sparsepeft`` when it is "float".
+    ``qa_base_weight`` belongs to QA alone: its default ("dequantized") must not turn the FQ kinds off their
+    float weights (it did from 2026-12-07 12:00 to this fix: fq_lora runs then trained on the INT4 weights)."""
+    kind = AdapterKind.parse(kind)
+    return trains_on_float_weights(kind, {"base_weight": qa_base_weight} if kind is AdapterKind.QA_SPARSEPEFT else None)
+
+
 # Float weights whose own rounding under the base's scales gives other codes than the base's at more than this
 # share of positions were not what the codes came from (AWQ rescales weights: 22-92 % of a tiny model's codes
 # differ; another model). The float16 scales' boundary cases: 0.1 % at most (RTN, scale estimation).

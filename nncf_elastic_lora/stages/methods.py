@@ -19,7 +19,7 @@ A new method adds its stages to a family module and its branch here.
 from __future__ import annotations
 
 from ..config import ConfigError, PipelineConfig, int4_base_export_conflicts
-from ..elastic.lora import AdapterKind
+from ..elastic.lora import AdapterKind, run_trains_on_float_weights
 from ..formats import is_quantized_base
 from ..models import model_placement
 from .bases import QuantizeBase, Sparsify
@@ -156,7 +156,7 @@ def _adapter_kind_problems(config: PipelineConfig, int4_base: bool) -> list[str]
             f"bootstrapNAS.training.qa_base_weight: {t.qa_base_weight!r} applies to adapter_kind 'qa_sparsepeft' "
             f"only (fq_lora and fq_sparsepeft always train on the float weights), but adapter_kind is {kind!r}; remove it"
         )
-    on_float = AdapterKind(kind).trains_ranges or (kind == "qa_sparsepeft" and t.qa_base_weight == "float")
+    on_float = run_trains_on_float_weights(kind, t.qa_base_weight)
     if on_float and int4_base and config.quantization.awq:
         problems.append(
             f"quantization.awq: {kind!r} trains on the float weights the INT4 base is quantized from, but AWQ "

@@ -15,7 +15,7 @@ from .. import distributed
 from ..config import BootstrapNASConfig, ModelConfig, PipelineConfig
 from ..data import TaskData, load_task
 from ..elastic import ElasticLoraSuperNet
-from ..elastic.lora import AdapterKind, trains_on_float_weights
+from ..elastic.lora import AdapterKind, run_trains_on_float_weights, trains_on_float_weights
 from ..elastic.supernet import SEARCH_SPACE_FILE
 from ..formats import is_quantized_base
 from ..latency import LatencyModel, attention_layout, mlp_layout
@@ -75,7 +75,7 @@ def train(
     check_trainable_base(config)
     model, tokenizer = load_model(config.model)
     t = config.bootstrapNAS.training
-    float_source = trains_on_float_weights(t.adapter_kind, {"base_weight": t.qa_base_weight})
+    float_source = run_trains_on_float_weights(t.adapter_kind, t.qa_base_weight)
     supernet = build_supernet(model, config.bootstrapNAS, base_quantized_weights(config.model, float_source=float_source))
     data = load_task(config.data)
     result, _ = train_super_adapter(
