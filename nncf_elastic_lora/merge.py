@@ -34,7 +34,6 @@ from .elastic.lora import (
     AdapterKind,
     ElasticLoraLinear,
     FQLoraLinear,
-    FQSparsePeftLinear,
     QASparsePeftLinear,
     check_dequantized_base,
     check_float_source,
@@ -192,7 +191,7 @@ def merge_fq_module(*, name: str, layer: FQLoraLinear, rank: int) -> tuple[torch
         q.codes = layer.codes(rank)
         merged = q.dequantize(layer.base_layer.weight.dtype)
     check_finite(name=name, tensors={"merged weight": merged})
-    lost = layer.lost_zeros(merged) if isinstance(layer, FQSparsePeftLinear) else 0
+    lost = layer.lost_zeros(merged)
     if lost:
         raise MergeError(
             f"module {name!r}: the merged INT4 weight is not zero at {lost} pruned positions (a trained range "

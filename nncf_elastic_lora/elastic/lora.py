@@ -368,12 +368,14 @@ class FQLoraLinear(QASparsePeftLinear):
     """
 
     kind = AdapterKind.FQ_LORA
+    masked = False  # FQSparsePeftLinear keeps the mask QASparsePeftLinear computed
 
     def __init__(self, *args: Any, quantized: QuantizedWeight, **kwargs: Any):  # as QASparsePeftLinear
         # FQ of the float weight the codes came from (copied in by QASparsePeftLinear), as NNCF's FQ_LORA: FQ of
         # the dequantized one would round away every update under half a quantization step
         super().__init__(*args, quantized=quantized, **kwargs)
-        self.mask = None  # no mask: the update reaches every weight
+        if not self.masked:
+            self.mask = None  # no mask: the update reaches every weight
         self.levels = 2**self.bits
         scale = self.scale.float().unsqueeze(-1)  # [out, groups, 1], NNCF's layout
         if self.zero_point is None:  # NNCF's symmetric scale is the range's half-width: s · levels / 2
@@ -467,6 +469,11 @@ class FQLoraLinear(QASparsePeftLinear):
             self._cached_weight, self._cached_key = self.effective_weight().detach(), key
         return self._cached_weight
 
+    def lost_zeros(self, merged: torch.Tensor) -> int:
+        """How many masked (pruned) positions of ``merged`` are not zero: 0 unmasked, or unless a range lost its
+        zero code."""
+        return 0 if self.mask is None else int((~self.mask & (merged != 0)).sum())
+
     def train(self, mode: bool = True) -> FQLoraLinear:
         self._cached_weight = self._cached_key = None  # one weight's worth of memory, not kept while training
         return super().train(mode)
@@ -485,10 +492,7 @@ class FQSparsePeftLinear(FQLoraLinear):
     """
 
     kind = AdapterKind.FQ_SPARSEPEFT
-
-    def __init__(self, *args: Any, quantized: QuantizedWeight, **kwargs: Any):  # as FQLoraLinear
-        super().__init__(*args, quantized=quantized, **kwargs)
-        self.mask = self.base_layer.weight.detach() != 0  # zeros of W as copied in (the sparse float model's)
+    masked = True  # the mask: zeros of W as copied in (the sparse float model's)
 
     def delta_weight(self, rank: int | None = None) -> torch.Tensor:
         return SparsePeftLinear.delta_weight(self, rank)
@@ -513,10 +517,6 @@ class FQSparsePeftLinear(FQLoraLinear):
             return QuantizeSymmetricTorch.apply(merged, shape, scale, low, high, self.levels)
         input_low, input_range = TuneRange.apply(self.input_low, self.input_range.abs() + _NNCF_EPS, self.levels)
         return QuantizeAsymmetricTorch.apply(merged, shape, input_low, input_range, low, high, self.levels)
-
-    def lost_zeros(self, merged: torch.Tensor) -> int:
-        """How many masked (pruned) positions of ``merged`` are not zero: 0 unless a range lost its zero code."""
-        return int((~self.mask & (merged != 0)).sum())
 
 
 # NNCF's quantisers add this to a range before dividing by it.
