@@ -41,7 +41,8 @@ issue 21: a row at ≥ 1.25× the plain alternative's batch-1 speed with accurac
                                     [--interleaved ROUNDS [--speed-seed 0]] [--report-only]
 
 Each run lives in ``bench/results/plain/<task>/<recipe>/seed<k>/`` and resumes (rerun to continue);
-a cell that has no report yet is shown as not run. Writes ``bench/results/plain.{md,json}``.
+a cell that has no report yet is shown as not run, unless the committed ``plain.json`` holds its row (a fresh
+clone has no run folders): that row is shown again, counted as "kept" in the seeds column. Writes ``bench/results/plain.{md,json}``.
 Run on an idle machine: the speeds are measured inside each run.
 
 In-run ratios carry the drift of a shared machine between one IR's turn and the next (same-shape INT8 IRs have
@@ -344,6 +345,12 @@ def cell_row(report: dict[str, Any], precision: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _int_batches(row: dict[str, Any]) -> dict[str, Any]:
+    """A row read back from JSON, its per-batch figures keyed by int again, as :func:`cell_row` makes them."""
+    per_batch = ("tok_s", "plain_tok_s", "ratio")
+    return {k: {int(b): x for b, x in v.items()} if k in per_batch else v for k, v in row.items()}
+
+
 def _other(rows: list[dict[str, Any]]) -> str:
     """``INT8: 0.580 ± 0.010, -0.7, 1.18x`` per other plain format the cells compared with."""
     parts = []
@@ -359,12 +366,22 @@ def _mean(values: list[float], spec: str = ".2f") -> str:
     return format(statistics.fmean(values), spec) if values else "-"
 
 
-def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int,
-          speeds: dict[str, Any] | None = None, peers: dict[str, dict[str, str]] | None = None) -> list[str]:  # fmt: skip
-    """The task's markdown table; ``speeds`` and ``peers``: the interleaved pass and each recipe's plain labels
-    (:func:`speed_irs`)."""
+def machine_label(machine: dict[str, Any]) -> str:
+    """``AMD EPYC, AVX-512 BF16``: the CPU and the instruction set its decode speed depends on (these 2-core
+    machines differ: AVX2 only, or AVX-512 with BF16; AMX where present)."""
+    if machine.get("avx512"):
+        isa = "AVX-512 BF16" if "BF16" in machine.get("optimization_capabilities", []) else "AVX-512"
+    else:
+        isa = "AVX2"
+    return f"{machine.get('cpu', 'unknown CPU')}, {isa}" + (", AMX" if machine.get("amx") else "")
+
+
+def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int, interleaved: dict[str, list[str]],
+          speeds: dict[str, Any] | None = None, machine: str = "") -> list[str]:  # fmt: skip
+    """The markdown table of ``task`` on one machine class: ``cells`` holds that machine's rows per recipe,
+    ``interleaved`` each recipe's interleaved cells (:func:`interleaved_cells`) from the pass ``speeds``."""
     lines = [
-        f"### {task}",
+        f"### {task}" + (f" · {machine}" if machine else ""),
         "",
         "| artifact | precision | seeds run | test acc (IR) | plain acc (same precision) | paired diff (points) "
         "| IR MiB (plain) | tok/s b1 | × plain b1 | tok/s b4 | × plain b4 | vs plain of the other format: acc, paired "
@@ -376,21 +393,40 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int,
         if not rows:
             lines.append(f"| {recipe} | {precision} | 0 / {seeds} | not run | | | | | | | | | | |")
             continue
-        interleaved = interleaved_cells(recipe, (peers or {}).get(recipe, {}), speeds)
         diffs = [100 * r["difference"] for r in rows if r["difference"] is not None]
+        kept = sum(bool(r.get("kept")) for r in rows)
         lines.append(
-            f"| {recipe} | {precision} | {len(rows)} / {seeds} | {_mean_std([r['acc'] for r in rows])} | "
+            f"| {recipe} | {precision} | {len(rows)} / {seeds}{f' ({kept} kept)' if kept else ''} | "
+            f"{_mean_std([r['acc'] for r in rows])} | "
             f"{_mean_std([r['plain_acc'] for r in rows])} | {_mean(diffs, '+.1f')} | "
             f"{_mean([r['mib'] for r in rows], '.1f')} ({_mean([r['plain_mib'] for r in rows], '.1f')}) | "
             f"{_mean([r['tok_s'][1] for r in rows], '.1f')} | {_mean([r['ratio'][1] for r in rows])} | "
             f"{_mean([r['tok_s'][4] for r in rows if 4 in r['tok_s']], '.1f')} | "
             f"{_mean([r['ratio'][4] for r in rows if 4 in r['ratio']])} | {_other(rows)} | "
-            f"{' | '.join(interleaved)} |"
+            f"{' | '.join(interleaved.get(recipe, ['-', '-']))} |"
         )
     if speeds:
         lines += ["", f"Interleaved: seed-{speeds['seed']} IRs, {speeds['rounds']} rounds × {speeds['repeats']} "
                       f"runs, started {speeds['started']} on {speeds['machine']['cpu']}."]  # fmt: skip
     return [*lines, ""]
+
+
+def recipe_rows(task: str, recipe: str, seeds: int, steps: int, kept: list[dict[str, Any]], *, here: str,
+                report_only: bool, keep: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """``recipe``'s rows on ``task``, one per seed and machine class: from each finished run here (a missing one
+    is run unless ``report_only``, or unless ``kept`` holds its seed measured on this machine class, ``here``),
+    and the ``kept`` rows (the committed ``plain.json``'s) of the other seeds and machines, marked ``kept``."""
+    committed = {(r["seed"], r["machine"]): r for r in kept}
+    rows = []
+    for seed in range(seeds):
+        done = (WORK / task / slug(recipe) / f"seed{seed}" / "report.json").exists()
+        if done or not (report_only or (seed, here) in committed):
+            report = run_cell(recipe, task, seed, steps, keep=keep)
+            rows.append({"seed": seed, "machine": machine_label(report["benchmark"]["machine"]),
+                         **cell_row(report, RECIPES[recipe][2])})  # fmt: skip
+    fresh = {(r["seed"], r["machine"]) for r in rows}
+    rows += [{**_int_batches(r), "kept": True} for key, r in committed.items() if key not in fresh and key[0] < seeds]
+    return sorted(rows, key=lambda r: (r["machine"], r["seed"]))
 
 
 def main() -> None:
@@ -419,23 +455,28 @@ def main() -> None:
     if not 0 <= args.speed_seed < args.seeds:
         parser.error(f"--speed-seed {args.speed_seed}: choose one of the seeds run, 0 to {args.seeds - 1}")
     steps = parse_steps(args.steps, tasks)
-    start, results, text = time.time(), {}, []
-    for task in tasks:
-        cells: dict[str, list[dict[str, Any]]] = {}
-        for recipe in recipes:
-            rows = []
-            for seed in range(args.seeds):
-                done = (WORK / task / slug(recipe) / f"seed{seed}" / "report.json").exists()
-                if done or not args.report_only:
-                    report = run_cell(recipe, task, seed, steps[task], keep=args.keep_intermediates)
-                    rows.append(cell_row(report, RECIPES[recipe][2]))
-            cells[recipe] = rows
-        irs, peers = speed_irs(task, recipes, args.speed_seed)
-        speeds = interleaved_speeds(task, irs, args.speed_seed, args.interleaved)
-        results[task] = {"cells": cells, "interleaved": speeds}
-        text += table(task, cells, args.seeds, speeds, peers)
+    committed = json.loads((OUT / "plain.json").read_text())["results"] if (OUT / "plain.json").is_file() else {}
     from nncf_elastic_lora.runtime import machine_info
 
+    here = machine_label(machine_info())
+    start, results, text = time.time(), {}, []
+    for task in tasks:
+        before = committed.get(task, {})
+        cells = {recipe: recipe_rows(task, recipe, args.seeds, steps[task], before.get("cells", {}).get(recipe, []),
+                                     here=here, report_only=args.report_only, keep=args.keep_intermediates)
+                 for recipe in recipes}  # fmt: skip
+        irs, peers = speed_irs(task, recipes, args.speed_seed)
+        # one interleaved pass per machine class: this machine's replaces the committed one of its class
+        passes, shown = dict(before.get("interleaved", {})), dict(before.get("interleaved_cells", {}))
+        speeds = interleaved_speeds(task, irs, args.speed_seed, args.interleaved)
+        if speeds:
+            label = machine_label(speeds["machine"])
+            passes[label] = speeds
+            shown[label] = {r: interleaved_cells(r, peers.get(r, {}), speeds) for r in recipes}
+        results[task] = {"cells": cells, "interleaved": passes, "interleaved_cells": shown}
+        for machine in sorted({r["machine"] for rows in cells.values() for r in rows} or {here}):
+            mine = {recipe: [r for r in rows if r["machine"] == machine] for recipe, rows in cells.items()}
+            text += table(task, mine, args.seeds, shown.get(machine, {}), passes.get(machine), machine)
     cmd = (f".venv/bin/python bench/plain.py --tasks {args.tasks} --seeds {args.seeds} --steps {args.steps} "
            f"--recipes '{args.recipes}'" + (f" --interleaved {args.interleaved}" if args.interleaved else "")
            + (f" --speed-seed {args.speed_seed}" if args.speed_seed else ""))
@@ -443,10 +484,13 @@ def main() -> None:
         "# Shipped artifacts against the plain alternative (LoRA on the dense model → merge → INT8 / INT4 IR)",
         "",
         f"Command: `{cmd}`; wall time {(time.time() - start) / 60:.0f} min (finished runs reused). "
-        f"Machine: {json.dumps(machine_info())}. SmolLM2-135M-Instruct, test split of each task; speeds: "
-        "OpenVINO GenAI decode, measured inside each run beside that run's plain IRs; ratios are the mean "
-        "over seeds of each run's own ratio. Interleaved columns: one benchmark per task of the seed's shipped "
-        "and plain IRs, every IR once per round in alternating order, pooled; ratio ± its standard error.",
+        f"This run's machine: {json.dumps(machine_info())}. SmolLM2-135M-Instruct, test split of each task; "
+        "speeds: OpenVINO GenAI decode, measured inside each run beside that run's plain IRs; ratios are the mean "
+        "over seeds of each run's own ratio. One table per task and machine class (these machines differ: AVX2 "
+        "only, or AVX-512 with BF16), each row from runs on its table's machine class: compare speeds only within "
+        "a table, as ratios. 'kept': rows of the committed plain.json whose run folders are not on this machine. "
+        "Interleaved columns: one benchmark per task of the seed's shipped and plain IRs, every IR once per round "
+        "in alternating order, pooled; ratio ± its standard error.",
         "",
     ]
     (OUT / "plain.md").write_text("\n".join(head + text))

@@ -138,8 +138,44 @@ def test_the_interleaved_pass_measures_each_ir_once_and_is_kept_while_they_stay(
     assert plain.interleaved_cells("FQ-LoRA", peers["FQ-LoRA"], kept) == ["-", "-"]
     plain.interleaved_speeds("piqa", irs, 0, 3)
     assert len(calls) == 2
-    table = "\n".join(plain.table("piqa", {"FQ-LoRA": []}, 3, speeds, peers))
+    table = "\n".join(plain.table("piqa", {"FQ-LoRA": []}, 3, {"FQ-LoRA": cells}, speeds, "test CPU, AVX2"))
     assert "interleaved b1: × plain INT8" in table and "3 rounds × 3 runs" in table and "test CPU" in table
+    assert "### piqa · test CPU, AVX2" in table
+
+
+def test_machine_label_names_the_instruction_set():
+    avx512 = {"cpu": "AMD EPYC", "avx512": True, "amx": False, "optimization_capabilities": ["BF16", "INT8"]}
+    assert plain.machine_label(avx512) == "AMD EPYC, AVX-512 BF16"
+    assert plain.machine_label({**avx512, "avx512": False}) == "AMD EPYC, AVX2"
+    assert plain.machine_label({**avx512, "amx": True}) == "AMD EPYC, AVX-512 BF16, AMX"
+
+
+def test_committed_rows_stand_in_for_missing_run_folders_per_machine_class(tmp_path, monkeypatch):
+    monkeypatch.setattr(plain, "WORK", tmp_path)
+    ran = []
+    avx2 = {"cpu": "C", "avx512": False}
+    monkeypatch.setattr(plain, "run_cell", lambda recipe, task, seed, steps, keep: ran.append(seed) or
+                        {"benchmark": {"machine": avx2}})  # fmt: skip
+    monkeypatch.setattr(plain, "cell_row", lambda report, precision: {"acc": 0.5, "tok_s": {1: 9.0}})
+    kept = [{"seed": s, "machine": "C, AVX-512 BF16", "acc": 0.6, "tok_s": {"1": 10.0}, "ratio": {"1": 1.2}}
+            for s in (0, 1)]  # fmt: skip
+    args = dict(here="C, AVX2", report_only=True, keep=False)
+    rows = plain.recipe_rows("piqa", "FQ-LoRA", 3, 7, kept, **args)
+    assert ran == [] and [(r["seed"], r["kept"]) for r in rows] == [(0, True), (1, True)]
+    assert rows[0]["tok_s"] == {1: 10.0} and rows[0]["ratio"] == {1: 1.2}  # batch keys as cell_row makes them
+    cell = tmp_path / "piqa" / plain.slug("FQ-LoRA") / "seed0"
+    cell.mkdir(parents=True)
+    (cell / "report.json").write_text("{}")
+    rows = plain.recipe_rows("piqa", "FQ-LoRA", 3, 7, kept, **args)
+    # the run here is a row of its own machine class; the committed seed 0 of the other class stays
+    assert ran == [0] and [(r["machine"], r["seed"], "kept" in r) for r in rows] == [
+        ("C, AVX-512 BF16", 0, True), ("C, AVX-512 BF16", 1, True), ("C, AVX2", 0, False)]
+    ran.clear()
+    # not report-only: missing cells run, except a seed committed from this machine class
+    rows = plain.recipe_rows("piqa", "FQ-LoRA", 2, 7, kept, **{**args, "here": "C, AVX-512 BF16", "report_only": False})
+    assert ran == [0] and len(rows) == 3
+    plain.recipe_rows("piqa", "FQ-LoRA", 3, 7, kept, **{**args, "report_only": False})
+    assert ran == [0, 0, 1, 2]
 
 
 @pytest.mark.parametrize("flags, error", [
