@@ -25,7 +25,7 @@ run only.
                                              [--mlp 0.75] [--steps 32] [--repeats 3]
 
 IRs are cached under ``bench/results/decode_profile/``; the profiling reruns every time (each IR in its
-own process). Writes ``bench/results/decode_profile.{md,json}``. Run on an idle machine.
+own process). Writes ``bench/results/<--name>.{md,json}`` (``decode_profile`` by default). Run on an idle machine.
 """
 
 from __future__ import annotations
@@ -235,6 +235,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="timed decode steps per profile (after 4 warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="profiles per IR, each in its own process")
     parser.add_argument("--mlp", default="", help="MLP widths to profile beside the dense one, e.g. 0.75,0.5")
+    parser.add_argument("--name", default="decode_profile",
+                        help="results file stem under bench/results/ (another machine class's profile beside this "
+                             "one, e.g. decode_profile_avx2)")  # fmt: skip
     args = parser.parse_args()
     from scale import SHAPES
 
@@ -242,6 +245,8 @@ def main() -> None:
     unknown = [s for s in shapes if s not in SHAPES] + [f for f in formats if f not in ("fp32", "fp16", "int8", "int4")]
     if unknown:
         parser.error(f"unknown shape or format {unknown}: shapes {sorted(SHAPES)}, formats fp32, fp16, int8, int4")
+    if not args.name.isidentifier():
+        parser.error(f"--name {args.name!r}: letters, digits and underscores, e.g. decode_profile_avx2")
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be at least 1")
     try:
@@ -263,7 +268,8 @@ def main() -> None:
         print(table(results)[-1], flush=True)
     machine = machine_info()
     cmd = (f".venv/bin/python bench/decode_profile.py --shapes {args.shapes} --formats {args.formats} "
-           + (f"--mlp {args.mlp} " if cuts else "") + f"--steps {args.steps} --repeats {args.repeats}")  # fmt: skip
+           + (f"--mlp {args.mlp} " if cuts else "") + f"--steps {args.steps} --repeats {args.repeats}"
+           + (f" --name {args.name}" if args.name != "decode_profile" else ""))  # fmt: skip
     text = "\n".join([
         "# Where batch-1 decode time goes (OpenVINO CPU, per-node profiling)",
         "",
@@ -278,8 +284,8 @@ def main() -> None:
         *table(results),
         "",
     ])  # fmt: skip
-    (OUT / "decode_profile.md").write_text(text)
-    (OUT / "decode_profile.json").write_text(json.dumps({"command": cmd, "machine": machine, "results": results},
+    (OUT / f"{args.name}.md").write_text(text)
+    (OUT / f"{args.name}.json").write_text(json.dumps({"command": cmd, "machine": machine, "results": results},
                                                         indent=1))  # fmt: skip
     print(text)
 

@@ -64,3 +64,10 @@ def test_decode_profile_refuses_a_width_outside_zero_one():
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--mlp 0.75,1.5: comma-separated widths between 0 and 1" in done.stderr.strip().splitlines()[-1]
+
+
+def test_decode_profile_refuses_a_results_name_that_is_not_a_file_stem():
+    done = subprocess.run([sys.executable, str(BENCH / "decode_profile.py"), "--name", "../elsewhere"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--name '../elsewhere': letters, digits and underscores" in done.stderr.strip().splitlines()[-1]
