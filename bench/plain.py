@@ -394,9 +394,9 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int, interle
             lines.append(f"| {recipe} | {precision} | 0 / {seeds} | not run | | | | | | | | | | |")
             continue
         diffs = [100 * r["difference"] for r in rows if r["difference"] is not None]
-        kept = sum(bool(r.get("kept")) for r in rows)
+        kept, of = sum(bool(r.get("kept")) for r in rows), max(seeds, 1 + max(r["seed"] for r in rows))
         lines.append(
-            f"| {recipe} | {precision} | {len(rows)} / {seeds}{f' ({kept} kept)' if kept else ''} | "
+            f"| {recipe} | {precision} | {len(rows)} / {of}{f' ({kept} kept)' if kept else ''} | "
             f"{_mean_std([r['acc'] for r in rows])} | "
             f"{_mean_std([r['plain_acc'] for r in rows])} | {_mean(diffs, '+.1f')} | "
             f"{_mean([r['mib'] for r in rows], '.1f')} ({_mean([r['plain_mib'] for r in rows], '.1f')}) | "
@@ -407,7 +407,7 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int, interle
         )
     if speeds:
         lines += ["", f"Interleaved: seed-{speeds['seed']} IRs, {speeds['rounds']} rounds × {speeds['repeats']} "
-                      f"runs, started {speeds['started']} on {speeds['machine']['cpu']}."]  # fmt: skip
+                      f"runs, started {speeds['started']} on {machine_label(speeds['machine'])}."]  # fmt: skip
     return [*lines, ""]
 
 
@@ -425,8 +425,35 @@ def recipe_rows(task: str, recipe: str, seeds: int, steps: int, kept: list[dict[
             rows.append({"seed": seed, "machine": machine_label(report["benchmark"]["machine"]),
                          **cell_row(report, RECIPES[recipe][2])})  # fmt: skip
     fresh = {(r["seed"], r["machine"]) for r in rows}
-    rows += [{**_int_batches(r), "kept": True} for key, r in committed.items() if key not in fresh and key[0] < seeds]
+    rows += [{**_int_batches(r), "kept": True} for key, r in committed.items() if key not in fresh]
     return sorted(rows, key=lambda r: (r["machine"], r["seed"]))
+
+
+def _as_kept(entry: dict[str, Any]) -> dict[str, Any]:
+    """A task's committed results, its rows marked kept and keyed by int batch size again."""
+    cells = {recipe: [{**_int_batches(r), "kept": True} for r in rows] for recipe, rows in entry["cells"].items()}
+    return {**entry, "cells": cells}
+
+
+def task_results(task: str, recipes: list[str], args: argparse.Namespace, steps: int, before: dict[str, Any],
+                 here: str) -> dict[str, Any]:  # fmt: skip
+    """``task``'s entry of plain.json: every recipe's rows (``recipes`` read from their runs, run where missing
+    unless --report-only; the others as ``before``, the committed entry, holds them), and one interleaved pass
+    per machine class with the cells it gives each recipe."""
+    cells = _as_kept(before)["cells"] if before else {}
+    for recipe in recipes:
+        cells[recipe] = recipe_rows(task, recipe, args.seeds, steps, before.get("cells", {}).get(recipe, []),
+                                    here=here, report_only=args.report_only, keep=args.keep_intermediates)  # fmt: skip
+    cells = {recipe: cells[recipe] for recipe in RECIPES if recipe in cells}
+    irs, peers = speed_irs(task, list(cells), args.speed_seed)
+    # one interleaved pass per machine class: this machine's replaces the committed one of its class
+    passes, shown = dict(before.get("interleaved", {})), dict(before.get("interleaved_cells", {}))
+    speeds = interleaved_speeds(task, irs, args.speed_seed, args.interleaved)
+    if speeds:
+        label = machine_label(speeds["machine"])
+        passes[label] = speeds
+        shown[label] = {r: interleaved_cells(r, peers.get(r, {}), speeds) for r in cells}
+    return {"cells": cells, "interleaved": passes, "interleaved_cells": shown}
 
 
 def main() -> None:
@@ -459,21 +486,14 @@ def main() -> None:
     from nncf_elastic_lora.runtime import machine_info
 
     here = machine_label(machine_info())
-    start, results, text = time.time(), {}, []
+    start = time.time()
+    # plain.json accumulates: the tasks and recipes this command does not name keep their committed rows
+    results = {task: _as_kept(entry) for task, entry in committed.items()}
     for task in tasks:
-        before = committed.get(task, {})
-        cells = {recipe: recipe_rows(task, recipe, args.seeds, steps[task], before.get("cells", {}).get(recipe, []),
-                                     here=here, report_only=args.report_only, keep=args.keep_intermediates)
-                 for recipe in recipes}  # fmt: skip
-        irs, peers = speed_irs(task, recipes, args.speed_seed)
-        # one interleaved pass per machine class: this machine's replaces the committed one of its class
-        passes, shown = dict(before.get("interleaved", {})), dict(before.get("interleaved_cells", {}))
-        speeds = interleaved_speeds(task, irs, args.speed_seed, args.interleaved)
-        if speeds:
-            label = machine_label(speeds["machine"])
-            passes[label] = speeds
-            shown[label] = {r: interleaved_cells(r, peers.get(r, {}), speeds) for r in recipes}
-        results[task] = {"cells": cells, "interleaved": passes, "interleaved_cells": shown}
+        results[task] = task_results(task, recipes, args, steps[task], committed.get(task, {}), here)
+    text = []
+    for task, entry in results.items():
+        cells, shown, passes = entry["cells"], entry["interleaved_cells"], entry["interleaved"]
         for machine in sorted({r["machine"] for rows in cells.values() for r in rows} or {here}):
             mine = {recipe: [r for r in rows if r["machine"] == machine] for recipe, rows in cells.items()}
             text += table(task, mine, args.seeds, shown.get(machine, {}), passes.get(machine), machine)
@@ -483,12 +503,14 @@ def main() -> None:
     head = [
         "# Shipped artifacts against the plain alternative (LoRA on the dense model → merge → INT8 / INT4 IR)",
         "",
-        f"Command: `{cmd}`; wall time {(time.time() - start) / 60:.0f} min (finished runs reused). "
+        f"Latest command: `{cmd}`; wall time {(time.time() - start) / 60:.0f} min (finished runs reused); the tables "
+        "hold every row plain.json has gathered, whichever command ran it. "
         f"This run's machine: {json.dumps(machine_info())}. SmolLM2-135M-Instruct, test split of each task; "
         "speeds: OpenVINO GenAI decode, measured inside each run beside that run's plain IRs; ratios are the mean "
         "over seeds of each run's own ratio. One table per task and machine class (these machines differ: AVX2 "
         "only, or AVX-512 with BF16), each row from runs on its table's machine class: compare speeds only within "
-        "a table, as ratios. 'kept': rows of the committed plain.json whose run folders are not on this machine. "
+        "a table, as ratios. 'kept': rows read back from plain.json (a recipe or task this command did not name, or a "
+        "run folder that is not on this machine). "
         "Interleaved columns: one benchmark per task of the seed's shipped and plain IRs, every IR once per round "
         "in alternating order, pooled; ratio ± its standard error.",
         "",

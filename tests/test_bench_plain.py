@@ -204,3 +204,22 @@ def test_a_finished_cell_of_another_recipe_version_is_refused_not_reported(tmp_p
     saved["bootstrapNAS"]["training"]["qa_base_weight"] = "float"
     (cell / "report.json").write_text(json.dumps({"config": saved}))
     assert plain.run_cell("SQFT + QA-SparsePEFT", "piqa", 0, 7)["config"] == saved
+
+
+def test_a_command_naming_some_recipes_keeps_the_others_rows(tmp_path, monkeypatch):
+    import argparse
+
+    monkeypatch.setattr(plain, "WORK", tmp_path)
+    fq = {"seed": 0, "machine": "C, AVX2", "acc": 0.6}
+    monkeypatch.setattr(plain, "recipe_rows", lambda task, recipe, seeds, steps, kept, **kw: [fq])
+    lonas = {"seed": 2, "machine": "C, AVX-512 BF16", "acc": 0.5, "plain_acc": 0.6, "difference": -0.1, "mib": 1.0,
+             "plain_mib": 2.0, "tok_s": {"1": 9.0}, "ratio": {"1": 1.1}}  # fmt: skip
+    before = {"cells": {"LoNAS heuristic": [lonas]}, "interleaved": {"C, AVX-512 BF16": {"seed": 0}},
+              "interleaved_cells": {"C, AVX-512 BF16": {"LoNAS heuristic": ["1.09 ± 0.06", "-"]}}}  # fmt: skip
+    args = argparse.Namespace(seeds=1, report_only=True, keep_intermediates=False, speed_seed=0, interleaved=None)
+    entry = plain.task_results("piqa", ["FQ-LoRA"], args, 7, before, "C, AVX2")
+    assert list(entry["cells"]) == ["FQ-LoRA", "LoNAS heuristic"]  # in RECIPES' order
+    assert entry["cells"]["LoNAS heuristic"] == [{**lonas, "tok_s": {1: 9.0}, "ratio": {1: 1.1}, "kept": True}]
+    assert entry["interleaved_cells"] == before["interleaved_cells"]
+    table = "\n".join(plain.table("piqa", {"LoNAS heuristic": entry["cells"]["LoNAS heuristic"]}, 1, {}))
+    assert "| LoNAS heuristic | INT8 | 1 / 3 (1 kept) |" in table  # seed 2 ran: out of 3, not of this command's 1
