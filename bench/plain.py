@@ -69,6 +69,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from sqft import _mean_std, parse_steps  # noqa: E402
 
+from nncf_elastic_lora.runtime import machine_class  # noqa: E402
+
 OUT = ROOT / "bench" / "results"
 WORK = OUT / "plain"
 LONAS = "lonas_smollm2"
@@ -366,16 +368,6 @@ def _mean(values: list[float], spec: str = ".2f") -> str:
     return format(statistics.fmean(values), spec) if values else "-"
 
 
-def machine_label(machine: dict[str, Any]) -> str:
-    """``AMD EPYC, AVX-512 BF16``: the CPU and the instruction set its decode speed depends on (these 2-core
-    machines differ: AVX2 only, or AVX-512 with BF16; AMX where present)."""
-    if machine.get("avx512"):
-        isa = "AVX-512 BF16" if "BF16" in machine.get("optimization_capabilities", []) else "AVX-512"
-    else:
-        isa = "AVX2"
-    return f"{machine.get('cpu', 'unknown CPU')}, {isa}" + (", AMX" if machine.get("amx") else "")
-
-
 def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int, interleaved: dict[str, list[str]],
           speeds: dict[str, Any] | None = None, machine: str = "") -> list[str]:  # fmt: skip
     """The markdown table of ``task`` on one machine class: ``cells`` holds that machine's rows per recipe,
@@ -407,7 +399,7 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int, interle
         )
     if speeds:
         lines += ["", f"Interleaved: seed-{speeds['seed']} IRs, {speeds['rounds']} rounds × {speeds['repeats']} "
-                      f"runs, started {speeds['started']} on {machine_label(speeds['machine'])}."]  # fmt: skip
+                      f"runs, started {speeds['started']} on {machine_class(speeds['machine'])}."]  # fmt: skip
     return [*lines, ""]
 
 
@@ -422,7 +414,7 @@ def recipe_rows(task: str, recipe: str, seeds: int, steps: int, kept: list[dict[
         done = (WORK / task / slug(recipe) / f"seed{seed}" / "report.json").exists()
         if done or not (report_only or (seed, here) in committed):
             report = run_cell(recipe, task, seed, steps, keep=keep)
-            rows.append({"seed": seed, "machine": machine_label(report["benchmark"]["machine"]),
+            rows.append({"seed": seed, "machine": machine_class(report["benchmark"]["machine"]),
                          **cell_row(report, RECIPES[recipe][2])})  # fmt: skip
     fresh = {(r["seed"], r["machine"]) for r in rows}
     rows += [{**_int_batches(r), "kept": True} for key, r in committed.items() if key not in fresh]
@@ -450,7 +442,7 @@ def task_results(task: str, recipes: list[str], args: argparse.Namespace, steps:
     passes, shown = dict(before.get("interleaved", {})), dict(before.get("interleaved_cells", {}))
     speeds = interleaved_speeds(task, irs, args.speed_seed, args.interleaved)
     if speeds:
-        label = machine_label(speeds["machine"])
+        label = machine_class(speeds["machine"])
         passes[label] = speeds
         shown[label] = {r: interleaved_cells(r, peers.get(r, {}), speeds) for r in cells}
     return {"cells": cells, "interleaved": passes, "interleaved_cells": shown}
@@ -485,7 +477,7 @@ def main() -> None:
     committed = json.loads((OUT / "plain.json").read_text())["results"] if (OUT / "plain.json").is_file() else {}
     from nncf_elastic_lora.runtime import machine_info
 
-    here = machine_label(machine_info())
+    here = machine_class(machine_info())
     start = time.time()
     # plain.json accumulates: the tasks and recipes this command does not name keep their committed rows
     results = {task: _as_kept(entry) for task, entry in committed.items()}

@@ -143,13 +143,6 @@ def test_the_interleaved_pass_measures_each_ir_once_and_is_kept_while_they_stay(
     assert "### piqa · test CPU, AVX2" in table
 
 
-def test_machine_label_names_the_instruction_set():
-    avx512 = {"cpu": "AMD EPYC", "avx512": True, "amx": False, "optimization_capabilities": ["BF16", "INT8"]}
-    assert plain.machine_label(avx512) == "AMD EPYC, AVX-512 BF16"
-    assert plain.machine_label({**avx512, "avx512": False}) == "AMD EPYC, AVX2"
-    assert plain.machine_label({**avx512, "amx": True}) == "AMD EPYC, AVX-512 BF16, AMX"
-
-
 def test_committed_rows_stand_in_for_missing_run_folders_per_machine_class(tmp_path, monkeypatch):
     monkeypatch.setattr(plain, "WORK", tmp_path)
     ran = []

@@ -196,6 +196,19 @@ def test_verdict_line(speed, speed_se, diff, se, expected):
         assert f"{speed:.2f}x its batch-1 decode speed ± {speed_se:.2f}" in line
 
 
+def test_verdict_names_the_machine_class_its_speed_ratio_holds_on():
+    from nncf_elastic_lora.runtime import machine_class
+    from nncf_elastic_lora.stages.plain import verdict_line
+
+    avx512 = {"cpu": "AMD EPYC", "avx512": True, "amx": False, "optimization_capabilities": ["BF16", "INT8"]}
+    assert machine_class(avx512) == "AMD EPYC, AVX-512 BF16"
+    assert machine_class({**avx512, "avx512": False}) == "AMD EPYC, AVX2"
+    assert machine_class({**avx512, "amx": True}) == "AMD EPYC, AVX-512 BF16, AMX"
+    v = {"plain": "plain LoRA, merged, int8 IR", "task": "piqa", "metric": "acc", "difference": 0.0, "stderr": 0.02,
+         "speedup": {1: 0.93}, "speedup_stderr": {1: 0.05}, "machine": machine_class({**avx512, "avx512": False})}
+    assert "0.93x its batch-1 decode speed ± 0.05 on AMD EPYC, AVX2," in verdict_line(v)
+
+
 @pytest.mark.parametrize("control,expected", [
     (1.02, "the shipped IR wins: faster"),  # a steady run: the standard error decides
     (1.23, "a tie: as fast within the run-to-run spread"),  # the same shapes read 1.23x: 1.18x is not a gain

@@ -33,6 +33,7 @@ from ..int4 import quantize_base
 from ..models import cache_dir, load_model, model_placement
 from ..outputs import location_problem, output_lock, write_json
 from ..provenance import data_fingerprint, model_fingerprint
+from ..runtime import machine_class
 from ..search import validation_quality
 from .engine import RunState, Stage, read_reused
 from .evaluate import eval_splits, evaluate_ir, load_for_eval
@@ -312,7 +313,8 @@ def plain_verdict(run: RunState, fmt: str | None = None) -> dict[str, Any] | Non
         control = same_shape_control(rows, f"dense OpenVINO IR ({fmt})", theirs)
     verdict = {"shipped": ours, "plain": theirs, "task": task, "metric": a[0], "shipped_score": a[1],
                "plain_score": b[1], "difference": diff, "stderr": stderr, "speedup": speedup,
-               "speedup_stderr": speed_se, "speedup_control": control}
+               "speedup_stderr": speed_se, "speedup_control": control,
+               "machine": machine_class(bench["machine"]) if bench and bench.get("machine") else None}
     return {**verdict, "line": verdict_line(verdict)}
 
 
@@ -365,6 +367,8 @@ def verdict_line(v: dict[str, Any]) -> str:
         speed, faster = "speed not measured", None
     else:
         speed = f"{b1:.2f}x its batch-1 decode speed" + (f" ± {b1_se:.2f}" if b1_se else "")
+        # a ratio holds on its machine class only (INT4 against INT8 turns over between AVX2 and AVX-512)
+        speed += f" on {v['machine']}" if v.get("machine") else ""
         if control is not None and abs(control - 1) > b1_se:
             b1_se = abs(control - 1)
             speed += (f" (this run's same-shape control, the dense IR against the plain one, read {control:.2f}x: "
