@@ -67,7 +67,11 @@ def test_decode_profile_refuses_a_width_outside_zero_one():
 
 
 def test_decode_profile_refuses_a_results_name_that_is_not_a_file_stem():
+    results = BENCH / "results"
+    before = {p: p.stat().st_mtime_ns for p in results.glob("*")}
     done = subprocess.run([sys.executable, str(BENCH / "decode_profile.py"), "--name", "../elsewhere"],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--name '../elsewhere': letters, digits and underscores" in done.stderr.strip().splitlines()[-1]
+    assert {p: p.stat().st_mtime_ns for p in results.glob("*")} == before  # nothing written, here or elsewhere
+    assert not (BENCH / "elsewhere.md").exists()
