@@ -126,6 +126,18 @@ def machine_class(info: dict[str, Any]) -> str:
     return f"{info.get('cpu', 'unknown CPU')}, {isa}" + (", AMX" if info.get("amx") else "")
 
 
+def scoring_class(device: str = "CPU") -> str:
+    """What an IR's scores depend on besides the IR: on a CPU its :func:`machine_class` (the runtime's default
+    inference precision follows the instruction set: bf16 where the CPU has it, f32 elsewhere), on another
+    device that device's name. Scores move between such machines: the plain INT8 IR of one training recipe
+    (final train loss equal to 6 digits on both) scored 0.590 on an AVX-512 BF16 machine and 0.560 on an AVX2
+    one, on the same 200 examples (docs/benchmarks.md)."""
+    info = machine_info(device)
+    if device.upper().startswith("CPU"):
+        return machine_class(info)
+    return f"{device}: {info.get('device_name', 'unknown device')}"
+
+
 def check_device(device: str) -> None:
     import openvino as ov
 

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from nncf_elastic_lora.cli import main
+from nncf_elastic_lora.runtime import scoring_class
 
 TINY_CONFIG = str(Path(__file__).parent.parent / "configs" / "tiny_shears.json")
 FAST = ["--no-progress", "--set", 'evaluation.tasks=["basic_arithmetic"]', "--set", "evaluation.limit=8"]
@@ -37,6 +38,7 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
     assert rows[2]["decode_tokens_per_s"]["1"] > 0
     plain = report["plain"]
     assert plain["reused"] is False and plain["train"]["steps"] == 6
+    assert plain["scored_on"] == scoring_class("CPU") and plain["rescored"] == []
     verdict = plain["verdict"]
     assert verdict["plain"] == "plain LoRA, merged, int8 IR" and verdict["stderr"] is not None
     assert verdict["speedup"]["1"] == pytest.approx(
@@ -44,6 +46,7 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
     )
     assert verdict["line"].startswith("Shipped vs plain LoRA, merged, int8 IR on basic_arithmetic: ")
     assert verdict["line"] in (out / "report.md").read_text()
+    assert f"| scored on | {plain['scored_on']} |" in (out / "report.md").read_text()
     assert verdict["speedup_control"] is None  # no dense IR of the plain one's format (int8) in this run
     # A second run with the same plain inputs reuses the reference: no second LoRA training.
     again = tmp_path / "again"
@@ -51,6 +54,7 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
     assert main(["run", TINY_CONFIG, "--output", str(again), *FAST, *cheap]) == 0
     second = json.loads((again / "report.json").read_text())
     assert second["plain"]["reused"] is True and second["plain"]["directory"] == plain["directory"]
+    assert second["plain"]["rescored"] == []  # scored on this machine class when it was computed
     assert second["evaluation"]["plain LoRA, merged, int8 IR"] == report["evaluation"]["plain LoRA, merged, int8 IR"]
     assert "reused from the cache" in (again / "report.md").read_text()
     assert (out / "accuracy_vs_speed.png").read_bytes()[:4] == b"\x89PNG"

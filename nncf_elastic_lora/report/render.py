@@ -206,6 +206,10 @@ def plain_block(p: dict[str, Any], report: dict[str, Any]) -> Block:
         ["computed", "reused from the cache (same inputs)" if p["reused"] else "in this run"],
         ["folder", p["directory"]],
     ]
+    if p.get("scored_on"):
+        again = p.get("rescored")
+        facts.append(["scored on", p["scored_on"] + (f" (the cached {', '.join(again)} IR scored again here: it was "
+                                                     "scored on another machine class)" if again else "")])
     for fmt, ir in p["irs"].items():
         if ir.get("size_bytes"):
             facts.append([f"{fmt} IR weights", f"{ir['size_bytes']['model_bin'] / 2**20:.1f} MiB"])

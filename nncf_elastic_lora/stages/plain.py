@@ -33,7 +33,7 @@ from ..int4 import quantize_base
 from ..models import cache_dir, load_model, model_placement
 from ..outputs import location_problem, output_lock, write_json
 from ..provenance import data_fingerprint, model_fingerprint
-from ..runtime import machine_class
+from ..runtime import machine_class, scoring_class
 from ..search import validation_quality
 from .engine import RunState, Stage, read_reused
 from .evaluate import eval_splits, evaluate_ir, load_for_eval
@@ -135,8 +135,11 @@ def plain_key(config: PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(plain_inputs(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _compute(config: PipelineConfig, work: Path, tasks: dict[str, TaskData], progress: bool) -> dict[str, Any]:
-    """Train, merge, export and score the plain reference in ``work`` (resumable: each step once)."""
+def _compute(
+    config: PipelineConfig, work: Path, tasks: dict[str, TaskData], progress: bool, here: str
+) -> dict[str, Any]:
+    """Train, merge, export and score (on machine class ``here``) the plain reference in ``work`` (resumable:
+    each step once)."""
     start = time.perf_counter()
     plain = plain_config(config)
     trained = work / "train"
@@ -153,7 +156,7 @@ def _compute(config: PipelineConfig, work: Path, tasks: dict[str, TaskData], pro
         )
         scores = [r.to_dict() for r in evaluate_ir(plain, ir, tasks, progress)]
         irs[fmt] = {"export": {k: exported.get(k) for k in ("weight_format", "size_bytes", "parity")},
-                    "evaluation": scores}
+                    "evaluation": scores, "scores": {here: scores}}
     shutil.rmtree(trained / "checkpoints", ignore_errors=True)  # the adapter is kept, its resume points are not
     steps = trained_report.get("steps")
     return {"train": {"steps": steps, "train_loss": trained_report.get("train_loss"),
@@ -166,29 +169,57 @@ def plain_reference(
 ) -> dict[str, Any]:
     """The plain alternative for ``config``: LoRA on ``config.model`` (dense), merged, exported, scored.
 
-    Returns ``{"key", "directory", "reused", "inputs", "train", "irs": {fmt: {"path", "export",
-    "evaluation"}}}``. Reuses ``<cache>/<key>/`` when a reference of the same inputs was finished
-    there (by any run); otherwise computes it under a lock (another process computing the same key
-    is waited for), in ``<key>.work/`` so an interrupted one resumes, then renames it into place.
+    Returns ``{"key", "directory", "reused", "rescored", "scored_on", "inputs", "train", "irs": {fmt: {"path",
+    "export", "evaluation", "scores"}}}``. Reuses ``<cache>/<key>/`` when a reference of the same inputs
+    was finished there (by any run); otherwise computes it under a lock (another process computing the same
+    key is waited for), in ``<key>.work/`` so an interrupted one resumes, then renames it into place.
+
+    The IRs are the same on every machine, their scores are not (:func:`~nncf_elastic_lora.runtime.scoring_class`):
+    each IR's ``scores`` are kept per machine class, ``evaluation`` is this class's (``scored_on``), and a reused
+    reference not yet scored on it (a cache on shared storage, or copied) is scored here first, so that the
+    verdict pairs two IRs run alike; ``rescored`` names those formats.
     """
     tasks = tasks if tasks is not None else eval_splits(config)
-    root, key = plain_cache_root(config), plain_key(config)
+    root, key, here = plain_cache_root(config), plain_key(config), scoring_class(config.export.device)
     final, work = root / key, root / f"{key}.work"
     with output_lock(final, wait=True):
         reused = (final / REPORT).is_file()
         if reused:
             log.info("plain reference: reusing %s (same inputs)", final)
             report = read_reused(final / REPORT)
+            rescored = _score_here(config, final, report, tasks, progress, here)
         else:
+            rescored = []
             work.mkdir(parents=True, exist_ok=True)
-            report = {"key": key, "inputs": plain_inputs(config), **_compute(config, work, tasks, progress)}
+            report = {"key": key, "inputs": plain_inputs(config), **_compute(config, work, tasks, progress, here)}
             write_json(work / REPORT, report)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(work, final)
     for fmt, ir in report["irs"].items():
         ir["path"] = str(final / f"openvino_{fmt}")
-    return {**report, "directory": str(final), "reused": reused}
+    return {**report, "directory": str(final), "reused": reused, "rescored": rescored, "scored_on": here}
+
+
+def _score_here(
+    config: PipelineConfig, final: Path, report: dict[str, Any], tasks: dict[str, TaskData], progress: bool, here: str
+) -> list[str]:
+    """Point each IR's ``evaluation`` at its scores on machine class ``here``, scoring it first where it has none
+    (a reference cached before scores were kept per class counts as scored nowhere); returns those formats."""
+    rescored = []
+    for fmt, ir in report["irs"].items():
+        scores = ir.setdefault("scores", {})
+        if here not in scores:
+            log.info("plain reference: its %s IR was scored on %s, not on %s: scoring it here (each machine "
+                     "class runs an IR at its own default precision)", fmt, ", ".join(scores) or "an unrecorded "
+                     "machine", here)  # fmt: skip
+            ir_dir = final / f"openvino_{fmt}"
+            scores[here] = [r.to_dict() for r in evaluate_ir(plain_config(config), ir_dir, tasks, progress)]
+            rescored.append(fmt)
+        ir["evaluation"] = scores[here]
+    if rescored:
+        write_json(final / REPORT, report)
+    return rescored
 
 
 def plain_validation_quality(
@@ -265,8 +296,9 @@ class PlainReference(Stage):
     def summary(self, run: RunState, result: Any) -> Any:
         irs = {fmt: {"path": ir["path"], "weight_format": fmt, "size_bytes": ir["export"].get("size_bytes")}
                for fmt, ir in result["irs"].items()}
-        return {"directory": result["directory"], "reused": result["reused"], "train": result["train"],
-                "irs": irs, "verdict": plain_verdict(run), "other_verdicts": other_verdicts(run)}
+        return {"directory": result["directory"], "reused": result["reused"], "rescored": result.get("rescored", []),
+                "scored_on": result.get("scored_on"), "train": result["train"], "irs": irs,
+                "verdict": plain_verdict(run), "other_verdicts": other_verdicts(run)}
 
 
 def _paired(shipped: list[dict[str, Any]], plain: list[dict[str, Any]], task: str) -> tuple[float, float] | None:
