@@ -246,7 +246,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown shape or format {unknown}: shapes {sorted(SHAPES)}, formats fp32, fp16, int8, int4")
     if not args.name.isidentifier():
-        parser.error(f"--name {args.name!r}: letters, digits and underscores, e.g. decode_profile_avx2")
+        parser.error(f"--name {args.name!r}: letters, digits and underscores, not starting with a digit, "
+                     "e.g. decode_profile_avx2")
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be at least 1")
     try:
