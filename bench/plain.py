@@ -132,6 +132,11 @@ TRAINING_STAGES = ("sparsify", "quantize_base", "reorder", "train", "eval_subnet
                    "eval_reference_int8")  # fmt: skip
 TRAINING_DIRS = ("sparse_model", "int4_model", "ordered_model", "nls", "reference")
 BASE_SEED = 42
+KV_NOTE = ("† The shipped IR carried optimum-intel's float-export mark `KV_CACHE_PRECISION=f16` (exact-codes INT4 "
+           "IRs exported before 2026-12-07, night): it ran with an f16 KV cache where the plain IRs used the "
+           "runtime's default (u8 on these CPUs), which alone made the same IR 1.07 ± 0.03× faster at batch 1 on "
+           "the AVX2 machine (20 paired rounds, docs/benchmarks.md); its speeds and scores are not like for like "
+           "with the plain ones'. Exports now drop the mark, as optimum-intel does for the weights it compresses.")
 
 
 def slug(label: str) -> str:
@@ -339,12 +344,25 @@ def cell_row(report: dict[str, Any], precision: str) -> dict[str, Any]:
         "plain_mib": plain["weights_bytes"] / 2**20, "tok_s": speed, "plain_tok_s": peer,
         "ratio": {b: speed[b] / peer[b] for b in speed if peer.get(b)},
         "difference": verdict.get("difference"), "stderr": verdict.get("stderr"), "verdict": verdict.get("line"),
-        "plain_reused": report["plain"]["reused"],
+        "plain_reused": report["plain"]["reused"], "kv_cache": shipped_kv_cache(report, shipped),
         # against the plain export of the other format (an INT4 artifact against plain INT8, and back)
         "other": {fmt: {"plain_acc": v["plain_score"], "difference": v["difference"],
                         "ratio_b1": (v.get("speedup") or {}).get("1")}  # read from JSON: keys are strings
                   for fmt, v in (report["plain"].get("other_verdicts") or {}).items()},
     }  # fmt: skip
+
+
+def shipped_kv_cache(report: dict[str, Any], shipped: dict[str, Any]) -> str | None:
+    """The KV cache precision the shipped IR asked the runtime for (``"f16"``: optimum-intel's float-export mark,
+    which exact-codes INT4 IRs kept until 2026-12-07 while the plain exports had the runtime's default), else
+    ``"default"``; None when neither the report nor the IR can tell."""
+    from nncf_elastic_lora.deploy.ir import ir_runtime_options
+
+    options = report.get("export", {}).get("runtime_options")
+    xml = Path(shipped["path"]) / "openvino_model.xml"
+    if options is None and xml.is_file():
+        options = ir_runtime_options(xml)
+    return None if options is None else options.get("KV_CACHE_PRECISION", "default")
 
 
 def _int_batches(row: dict[str, Any]) -> dict[str, Any]:
@@ -387,6 +405,8 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int, interle
             continue
         diffs = [100 * r["difference"] for r in rows if r["difference"] is not None]
         kept, of = sum(bool(r.get("kept")) for r in rows), max(seeds, 1 + max(r["seed"] for r in rows))
+        marked = sum(r.get("kv_cache") == "f16" for r in rows)
+        precision += "" if not marked else " †" if marked == len(rows) else f" († {marked} of {len(rows)})"
         lines.append(
             f"| {recipe} | {precision} | {len(rows)} / {of}{f' ({kept} kept)' if kept else ''} | "
             f"{_mean_std([r['acc'] for r in rows])} | "
@@ -397,6 +417,8 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int, interle
             f"{_mean([r['ratio'][4] for r in rows if 4 in r['ratio']])} | {_other(rows)} | "
             f"{' | '.join(interleaved.get(recipe, ['-', '-']))} |"
         )
+    if any(r.get("kv_cache") == "f16" for rows in cells.values() for r in rows):
+        lines += ["", KV_NOTE]
     if speeds:
         lines += ["", f"Interleaved: seed-{speeds['seed']} IRs, {speeds['rounds']} rounds × {speeds['repeats']} "
                       f"runs, started {speeds['started']} on {machine_class(speeds['machine'])}."]  # fmt: skip

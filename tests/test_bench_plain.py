@@ -216,3 +216,19 @@ def test_a_command_naming_some_recipes_keeps_the_others_rows(tmp_path, monkeypat
     assert entry["interleaved_cells"] == before["interleaved_cells"]
     table = "\n".join(plain.table("piqa", {"LoNAS heuristic": entry["cells"]["LoNAS heuristic"]}, 1, {}))
     assert "| LoNAS heuristic | INT8 | 1 / 3 (1 kept) |" in table  # seed 2 ran: out of 3, not of this command's 1
+
+
+def test_rows_whose_ir_kept_the_f16_kv_cache_mark_are_flagged(tmp_path):
+    def row(seed, kv):
+        return {"seed": seed, "machine": "C, AVX2", "acc": 0.6, "plain_acc": 0.5, "difference": 0.1, "mib": 1.0,
+                "plain_mib": 2.0, "tok_s": {1: 9.0}, "ratio": {1: 1.1}, "kv_cache": kv}  # fmt: skip
+
+    mixed = "\n".join(plain.table("piqa", {"FQ-LoRA": [row(0, "f16"), row(1, "default")]}, 2, {}))
+    assert "| FQ-LoRA | INT4 († 1 of 2) | 2 / 2 |" in mixed and plain.KV_NOTE in mixed
+    clean = "\n".join(plain.table("piqa", {"FQ-LoRA": [row(0, "default")]}, 1, {}))
+    assert "| FQ-LoRA | INT4 | 1 / 1 |" in clean and plain.KV_NOTE not in clean
+    # read from the export report, or from the IR itself for a run exported before the report said
+    ir = tmp_path / "openvino"
+    assert plain.shipped_kv_cache({"export": {"runtime_options": {"KV_CACHE_PRECISION": "f16"}}}, {"path": ir}) == "f16"
+    assert plain.shipped_kv_cache({"export": {"runtime_options": {}}}, {"path": ir}) == "default"
+    assert plain.shipped_kv_cache({"export": {}}, {"path": ir}) is None  # no IR left to read: unknown

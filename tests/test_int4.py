@@ -368,6 +368,7 @@ def test_export_ships_exactly_the_bases_codes(bases, tmp_path, sym):
     model = ov.Core().read_model(str(xml))
     consts = {op.get_friendly_name(): op for op in model.get_ops() if op.get_type_name() == "Constant"}
     assert consts["self.model.embed_tokens.weight"].get_element_type().get_type_name() == "f32"
+    assert "KV_CACHE_PRECISION" not in model.get_rt_info("runtime_options").value  # the runtime's default KV cache
     # The 4-bit unpacking agrees with OpenVINO's own reading of a u4 constant (get_vector has no i4).
     for op in consts.values():
         if op.get_element_type().get_type_name() == "u4":

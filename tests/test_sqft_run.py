@@ -76,6 +76,12 @@ def test_run_sqft_qa_sparsepeft_ships_the_merged_int4_codes(base_weight, tmp_pat
     assert max(op.get_byte_size() for op in constants if op.get_element_type().get_type_name() == "f32") < 4096
     assert any(op.get_element_type().get_type_name() == "u8" and op.get_byte_size() > 10**6 for op in constants)
     assert report["export"]["parity"]["logits_max_abs_diff"] < 0.05
+    # it runs as the plain INT4 export does: optimum-intel's float-export mark (an f16 KV cache) is dropped
+    plain_xml = Path(report["plain"]["irs"]["int4"]["path"]) / "openvino_model.xml"
+    options = [core.read_model(xml).get_rt_info("runtime_options").value
+               for xml in (out / "openvino" / "openvino_model.xml", plain_xml)]  # fmt: skip
+    assert options[0] == options[1] and "KV_CACHE_PRECISION" not in options[0]
+    assert report["export"]["runtime_options"] == options[0]  # and the export says which options it carries
 
 
 def test_run_sqft_unmerged_adapter_on_the_int4_base(tmp_path):

@@ -205,3 +205,15 @@ def ir_weight_sparsity(
             zeros += int(np.count_nonzero(data == 0))
         total += data.size
     return zeros / total if total else None
+
+
+def ir_runtime_options(xml: str | Path) -> dict[str, str]:
+    """The runtime options the IR carries in its ``rt_info`` (``KV_CACHE_PRECISION``, ``ACTIVATIONS_SCALE_FACTOR``,
+    ...): OpenVINO compiles it with them unless the caller's properties say otherwise, so two IRs compared under
+    the same properties still run differently when these differ."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    if not model.has_rt_info("runtime_options"):
+        return {}
+    return {str(k): str(v) for k, v in model.get_rt_info("runtime_options").value.items()}
