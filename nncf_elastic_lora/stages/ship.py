@@ -181,7 +181,8 @@ class Export(Stage):
         run.artifacts["openvino"] = str(run.ir)
 
     def summary(self, run: RunState, result: Any) -> Any:
-        return pick(result, ("weight_format", "adapter", "ir_sparsity", "size_bytes", "parity", "export_s"))
+        return pick(result, ("weight_format", "adapter", "ir_sparsity", "runtime_options", "size_bytes", "parity",
+                             "export_s"))
 
 
 def shipped_label(run: RunState) -> str:
