@@ -345,6 +345,9 @@ def cell_row(report: dict[str, Any], precision: str) -> dict[str, Any]:
         "ratio": {b: speed[b] / peer[b] for b in speed if peer.get(b)},
         "difference": verdict.get("difference"), "stderr": verdict.get("stderr"), "verdict": verdict.get("line"),
         "plain_reused": report["plain"]["reused"], "kv_cache": shipped_kv_cache(report, shipped),
+        # the verdict's batch-1 ratio where the run paired the two IRs round by round (benchmark.paired_rounds)
+        "paired_b1": (verdict.get("speedup") or {}).get("1") if verdict.get("paired_rounds") else None,
+        "paired_b1_se": (verdict.get("speedup_stderr") or {}).get("1") if verdict.get("paired_rounds") else None,
         # against the plain export of the other format (an INT4 artifact against plain INT8, and back)
         "other": {fmt: {"plain_acc": v["plain_score"], "difference": v["difference"],
                         "ratio_b1": (v.get("speedup") or {}).get("1")}  # read from JSON: keys are strings
@@ -382,6 +385,14 @@ def _other(rows: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "-"
 
 
+def _b1_ratio(rows: list[dict[str, Any]]) -> str:
+    """The mean batch-1 ratio to the plain IR: each run's paired ratio where it measured one, else its pooled
+    medians' ratio; says how many rows are paired."""
+    paired = sum(r.get("paired_b1") is not None for r in rows)
+    mean = _mean([r["paired_b1"] if r.get("paired_b1") is not None else r["ratio"][1] for r in rows])
+    return mean + ("" if not paired else " (paired)" if paired == len(rows) else f" ({paired} of {len(rows)} paired)")
+
+
 def _mean(values: list[float], spec: str = ".2f") -> str:
     return format(statistics.fmean(values), spec) if values else "-"
 
@@ -412,7 +423,7 @@ def table(task: str, cells: dict[str, list[dict[str, Any]]], seeds: int, interle
             f"{_mean_std([r['acc'] for r in rows])} | "
             f"{_mean_std([r['plain_acc'] for r in rows])} | {_mean(diffs, '+.1f')} | "
             f"{_mean([r['mib'] for r in rows], '.1f')} ({_mean([r['plain_mib'] for r in rows], '.1f')}) | "
-            f"{_mean([r['tok_s'][1] for r in rows], '.1f')} | {_mean([r['ratio'][1] for r in rows])} | "
+            f"{_mean([r['tok_s'][1] for r in rows], '.1f')} | {_b1_ratio(rows)} | "
             f"{_mean([r['tok_s'][4] for r in rows if 4 in r['tok_s']], '.1f')} | "
             f"{_mean([r['ratio'][4] for r in rows if 4 in r['ratio']])} | {_other(rows)} | "
             f"{' | '.join(interleaved.get(recipe, ['-', '-']))} |"
@@ -521,7 +532,9 @@ def main() -> None:
         "hold every row plain.json has gathered, whichever command ran it. "
         f"This run's machine: {json.dumps(machine_info())}. SmolLM2-135M-Instruct, test split of each task; "
         "speeds: OpenVINO GenAI decode, measured inside each run beside that run's plain IRs; ratios are the mean "
-        "over seeds of each run's own ratio. One table per task and machine class (these machines differ: AVX2 "
+        "over seeds of each run's own ratio, at batch 1 the run's paired one where it measured it ('paired': every "
+        "IR loaded in one process, one generation each per round, 20 rounds, the ratio taken round by round; "
+        "else the pooled medians'). One table per task and machine class (these machines differ: AVX2 "
         "only, or AVX-512 with BF16), each row from runs on its table's machine class: compare speeds only within "
         "a table, as ratios. 'kept': rows read back from plain.json (a recipe or task this command did not name, or a "
         "run folder that is not on this machine). "

@@ -698,6 +698,15 @@ class BenchmarkRunConfig(_Section):
         "measured on a quiet 2-core machine, the IR timed first in a single round decoded ~25 % slower than "
         "the same IR later, which one round alone reads as a difference between the IRs.",
     )
+    paired_rounds: int = Field(
+        20,
+        ge=0,
+        description="Then every IR again, all loaded in one process, one batch-1 generation each per round, in "
+        "reverse order every other round: the verdict's batch-1 ratio pairs two IRs round by round, which "
+        "cancels a shared machine's drift (on these 2-core VMs: about ± 0.03 over 20 rounds, against ± 0.1 "
+        "for pooled medians). 0 turns it off (then a single round is refused: it pairs nothing); skipped, "
+        "and said so, when the IRs' weights together exceed half the machine's memory.",
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> BenchmarkRunConfig:
@@ -707,6 +716,8 @@ class BenchmarkRunConfig(_Section):
             raise ValueError(f"references {self.references} repeats a format")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise ValueError(f"batch_sizes {self.batch_sizes}: need at least one, each >= 1")
+        if self.paired_rounds == 1:
+            raise ValueError("paired_rounds 1: a ratio pairs at least 2 rounds; give 0 (off) or >= 2, e.g. 20")
         return self
 
 

@@ -232,3 +232,9 @@ def test_rows_whose_ir_kept_the_f16_kv_cache_mark_are_flagged(tmp_path):
     assert plain.shipped_kv_cache({"export": {"runtime_options": {"KV_CACHE_PRECISION": "f16"}}}, {"path": ir}) == "f16"
     assert plain.shipped_kv_cache({"export": {"runtime_options": {}}}, {"path": ir}) == "default"
     assert plain.shipped_kv_cache({"export": {}}, {"path": ir}) is None  # no IR left to read: unknown
+
+
+def test_the_batch_1_ratio_is_the_paired_one_where_a_run_measured_it():
+    rows = [{"ratio": {1: 1.3}, "paired_b1": 1.1}, {"ratio": {1: 0.9}, "paired_b1": None}]
+    assert plain._b1_ratio(rows) == "1.00 (1 of 2 paired)"
+    assert plain._b1_ratio(rows[:1]) == "1.10 (paired)" and plain._b1_ratio(rows[1:]) == "0.90"

@@ -14,6 +14,8 @@ from nncf_elastic_lora.deploy.benchmark import (
     benchmark_models,
     measure_memory_bandwidth,
     ordinary_token_ids,
+    paired_decode_speeds,
+    paired_ratio,
     prompt_ids,
     results_table,
 )
@@ -111,6 +113,28 @@ def test_rounds_pool_every_models_runs(exported):
         assert batch["generate_s"] == statistics.median(batch["generate_runs_s"])  # over both rounds
     with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
         benchmark_models(runs, isolate=False, rounds=0, **SETTINGS)
+
+
+def test_paired_speeds_measure_every_ir_once_a_round_in_one_worker(exported):
+    got = paired_decode_speeds([("a", exported / "ir"), ("b", exported / "ir")], rounds=3, prompt_tokens=8,
+                               new_tokens=4)  # fmt: skip
+    assert (got["rounds"], got["new_tokens"]) == (3, 4)
+    assert {k: len(v) for k, v in got["tokens_per_s"].items()} == {"a": 3, "b": 3}
+    assert all(x > 0 for v in got["tokens_per_s"].values() for x in v)
+    with pytest.raises(ValueError, match="rounds must be at least 2 to pair anything, got 1"):
+        paired_decode_speeds([("a", exported / "ir"), ("b", exported / "ir")], rounds=1)
+    with pytest.raises(BenchmarkError, match="needs an exported OpenVINO directory"):
+        paired_decode_speeds([("a", exported / "ir"), ("hf", exported / "hf")], rounds=2)
+
+
+def test_paired_ratio_pairs_round_by_round():
+    # a steady 10 % lead through a drift that moves both: the pooled medians' ratio blurs it, the pairs do not
+    ours, theirs = [110.0, 55.0, 88.0], [100.0, 50.0, 80.0]
+    mean, se = paired_ratio(ours, theirs)
+    assert mean == pytest.approx(1.1) and se == pytest.approx(0.0, abs=1e-12)
+    assert paired_ratio([2.0, 1.0], [1.0, 2.0]) == pytest.approx((1.25, 0.75))
+    with pytest.raises(ValueError, match="two equal series of at least 2 rounds"):
+        paired_ratio([1.0, 2.0], [1.0])
 
 
 def test_wrong_model_kind_for_runtime_is_an_error(exported):

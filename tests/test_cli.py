@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from nncf_elastic_lora.cli import main
+from nncf_elastic_lora.deploy.benchmark import paired_ratio
 from nncf_elastic_lora.runtime import scoring_class
 
 TINY_CONFIG = str(Path(__file__).parent.parent / "configs" / "tiny_shears.json")
@@ -41,9 +42,14 @@ def test_run_tiny_pipeline_end_to_end(tmp_path):
     assert plain["scored_on"] == scoring_class("CPU") and plain["rescored"] == []
     verdict = plain["verdict"]
     assert verdict["plain"] == "plain LoRA, merged, int8 IR" and verdict["stderr"] is not None
-    assert verdict["speedup"]["1"] == pytest.approx(
-        rows[0]["decode_tokens_per_s"]["1"] / rows[2]["decode_tokens_per_s"]["1"]
+    assert verdict["speedup"]["4"] == pytest.approx(
+        rows[0]["decode_tokens_per_s"]["4"] / rows[2]["decode_tokens_per_s"]["4"]
     )
+    # at batch 1 the verdict reads the IRs paired round by round, all loaded in one process
+    paired = report["benchmark"]["paired"]["tokens_per_s"]
+    assert verdict["paired_rounds"] == 20 == len(paired["plain LoRA, merged, int8 IR"])
+    assert verdict["speedup"]["1"] == pytest.approx(paired_ratio(paired[rows[0]["label"]], paired[rows[2]["label"]])[0])
+    assert "(paired over 20 rounds)" in verdict["line"]
     assert verdict["line"].startswith("Shipped vs plain LoRA, merged, int8 IR on basic_arithmetic: ")
     assert verdict["line"] in (out / "report.md").read_text()
     assert f"| scored on | {plain['scored_on']} |" in (out / "report.md").read_text()

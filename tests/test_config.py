@@ -83,6 +83,8 @@ def test_groups_and_widths_must_pair():
         ({"export": {"weight_format": "int3"}}, "export.weight_format"),
         ({"export": {"ratio": 0}}, "export.ratio"),
         ({"benchmark": {"rounds": 0}}, "benchmark.rounds"),
+        ({"benchmark": {"paired_rounds": 1}}, "benchmark: .*paired_rounds 1: a ratio pairs at least 2 rounds"),
+        ({"benchmark": {"paired_rounds": -1}}, "benchmark.paired_rounds"),
         ({"export": {"activations": "int8"}}, "export: .*activations 'int8' .W8A8. quantizes int8 weights"),
         ({"export": {"activations": "int16"}}, "export.activations"),
         ({"export": {"group_size_fallback": "shrink"}}, "export.group_size_fallback"),

@@ -456,6 +456,66 @@ def benchmark_models(
     return results
 
 
+def paired_decode_speeds(
+    models: list[tuple[str, str | Path]],
+    *,
+    rounds: int = 20,
+    prompt_tokens: int = 128,
+    new_tokens: int = 64,
+    device: str = "CPU",
+    properties: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Batch-1 GenAI decode tokens/s of each ``(label, IR)``, all loaded in one worker process and measured in
+    turn: per round one generation of each (a fresh random prompt, the same for every IR of one vocabulary), in
+    reverse order every other round, after one warm-up each. A machine's drift then reaches every IR of a round
+    alike, and :func:`paired_ratio` compares two IRs round by round. Returns ``{"rounds", "prompt_tokens",
+    "new_tokens", "tokens_per_s": {label: [one figure per round]}}`` (GenAI's time per output token)."""
+    if rounds < 2:
+        raise ValueError(f"rounds must be at least 2 to pair anything, got {rounds}")
+    if len(models) < 2:
+        raise ValueError("paired speeds need at least two models")
+    for _, path in models:
+        _check_model(Path(path), Runtime.GENAI, None)
+    with tempfile.TemporaryDirectory(prefix="nel-paired-") as tmp:
+        args, out = Path(tmp) / "args.json", Path(tmp) / "result.json"
+        args.write_text(json.dumps({"paired": [[label, str(path)] for label, path in models], "rounds": rounds,
+                                    "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "device": device,
+                                    "properties": properties or {}, "seed": seed}))  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", __name__, str(args), str(out)], stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0 or not out.is_file():
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise BenchmarkError(f"paired benchmark failed (exit {proc.returncode}):\n{tail}")
+        return json.loads(out.read_text())
+
+
+def _paired_in_process(
+    paired: list[list[str]], rounds: int, prompt_tokens: int, new_tokens: int, device: str,
+    properties: dict[str, Any], seed: int,
+) -> dict[str, Any]:
+    runners = {label: _GenAI(Path(path), device, properties) for label, path in paired}
+    ordinary = {label: ordinary_token_ids(Path(path)) for label, path in paired}
+    for label, runner in runners.items():  # warm-up
+        runner.generate(prompt_ids(ordinary[label], prompt_tokens, 1, np.random.default_rng(seed)), new_tokens)
+    speeds: dict[str, list[float]] = {label: [] for label in runners}
+    for r in range(rounds):
+        for label in list(runners) if r % 2 == 0 else list(runners)[::-1]:
+            ids = prompt_ids(ordinary[label], prompt_tokens, 1, np.random.default_rng([seed, r + 1]))
+            produced = runners[label].generate(ids, new_tokens)
+            if produced != new_tokens:
+                raise BenchmarkError(f"genai generated {produced} tokens, asked for exactly {new_tokens}")
+            speeds[label].append(1000.0 / runners[label].metrics["tpot_ms"])
+    return {"rounds": rounds, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "tokens_per_s": speeds}
+
+
+def paired_ratio(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean over rounds of ``a[i] / b[i]`` (two IRs' speeds in one round) and its standard error."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired ratio needs two equal series of at least 2 rounds, got {len(a)} and {len(b)}")
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    return statistics.fmean(ratios), statistics.stdev(ratios) / math.sqrt(len(ratios))
+
+
 def measure_memory_bandwidth(mib: int = 1024, repeats: int = 5, threads: int | None = None) -> dict[str, Any]:
     """This machine's memory bandwidth from numpy: a threaded read (sum) and a copy, medians in GB/s.
 
@@ -537,7 +597,10 @@ def results_table(results: list[dict[str, Any]]) -> tuple[list[str], list[list[A
 def _worker(args_file: str, out_file: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     kwargs = json.loads(Path(args_file).read_text())
-    result = benchmark_model(kwargs.pop("path"), **kwargs)
+    if "paired" in kwargs:
+        result = _paired_in_process(**kwargs)
+    else:
+        result = benchmark_model(kwargs.pop("path"), **kwargs)
     Path(out_file).write_text(json.dumps(result))
 
 

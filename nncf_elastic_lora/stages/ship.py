@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..data import load_task, train_texts
-from ..deploy.benchmark import benchmark_models
+from ..deploy.benchmark import benchmark_models, paired_decode_speeds, weights_bytes
 from ..deploy.export import export_openvino
 from ..deploy.genai_adapters import export_genai_adapters
 from ..formats import MERGE_REPORT
@@ -286,8 +286,24 @@ def benchmark_rows(run: RunState, results: list[dict[str, Any]]) -> list[dict[st
     return rows
 
 
+def _paired(run: RunState, models: list[tuple[str, Path]], machine: dict[str, Any]) -> dict[str, Any] | None:
+    """The paired pass of ``benchmark.paired_rounds`` (:func:`paired_decode_speeds`), or why it was skipped; None
+    when off."""
+    b = run.config.benchmark
+    if b.paired_rounds == 0:
+        return None
+    total = sum(weights_bytes(path) for _, path in models) / 2**30
+    if machine.get("memory_gib") and total > machine["memory_gib"] / 2:
+        return {"skipped": f"the {len(models)} IRs' weights ({total:.1f} GiB) exceed half this machine's memory "
+                           f"({machine['memory_gib']} GiB): they are not loaded together"}  # fmt: skip
+    return paired_decode_speeds(models, rounds=b.paired_rounds, prompt_tokens=b.prompt_tokens,
+                                new_tokens=b.new_tokens, device=run.config.export.device,
+                                properties=dict(run.config.export.runtime_properties))  # fmt: skip
+
+
 class Benchmark(Stage):
-    """GenAI decode speed of the shipped IR, the dense references and the plain alternative, one process each."""
+    """GenAI decode speed of the shipped IR, the dense references and the plain alternative, one process each, then
+    at batch 1 all in one process, paired round by round (``benchmark.paired_rounds``)."""
 
     name, title, section = "benchmark", "benchmark IRs", "benchmark"
 
@@ -314,7 +330,9 @@ class Benchmark(Stage):
             warmup=b.warmup,
             rounds=b.rounds,
         )
-        return {"machine": machine_info(), "results": results}
+        machine = machine_info()
+        return {"machine": machine, "results": results, "paired": _paired(run, self._models(run), machine)}
 
     def summary(self, run: RunState, result: Any) -> Any:
-        return {"machine": result["machine"], "rows": benchmark_rows(run, result["results"])}
+        return {"machine": result["machine"], "rows": benchmark_rows(run, result["results"]),
+                "paired": result.get("paired")}
