@@ -321,6 +321,8 @@ CASES = [
     Case("bench-batch-text", [*BENCH, "--batch-sizes", "1,x"], "comma-separated integers"),
     Case("bench-new-tokens-one", [*BENCH, "--new-tokens", "1"], "--new-tokens must be at least 2"),
     Case("bench-rounds-zero", [*BENCH, "--rounds", "0"], "--rounds must be at least 1"),
+    Case("bench-paired-one", [*BENCH, "--paired", "1"], "--paired must be 0 (off) or at least 2 rounds, got 1"),
+    Case("bench-paired-no-ir", [*BENCH, "--paired", "5"], "--paired compares IRs on genai: give at least two"),
     Case("bench-runtime-unknown", [*BENCH[:3], "--runtime", "tensorrt"], "not one of"),
     Case("bench-genai-on-hf-dir", [*BENCH[:3], "--runtime", "genai"], "needs an OpenVINO IR directory"),
     Case("bench-model-missing", ["benchmark", "--model", "{ws}/nope"], "no such directory"),
@@ -329,6 +331,7 @@ CASES = [
     Case("bench-unknown-property", ["benchmark", "--model", "{ws}/model", "--runtime", "torch", "--property", "NO_SUCH_PROP=1"], "NO_SUCH_PROP"),
     # SQFT config keys and verbs
     Case("plain-formats-empty", [*RUN, "--set", "plain.weight_formats=[]"], "plain.weight_formats is empty"),
+    Case("paired-rounds-one", [*RUN, "--set", "benchmark.paired_rounds=1"], "paired_rounds 1: a ratio pairs at least 2 rounds"),
     Case("export-w8a8-int4", [*EXPORT, "--weight-format", "int4", "--activations", "int8"], "set weight_format to 'int8'"),
     Case("floor-without-nsga", [*RUN, "--set", "bootstrapNAS.search.select=cheapest_above_plain"], "set algorithm to 'NSGA2'"),
     Case("floor-without-plain", [*RUN, "--set", "bootstrapNAS.search.algorithm=NSGA2", "--set", "bootstrapNAS.search.select=cheapest_above_plain", "--set", "plain.enabled=false"], "set plain.enabled to true"),

@@ -276,6 +276,13 @@ def test_benchmark_verb(exported, tmp_path, capsys):
     assert report["settings"]["rounds"] == 2 and [r["rounds"] for r in report["results"]] == [2, 2]
     assert [r["runtime"] for r in report["results"]] == ["genai", "optimum"]  # one label, two runtimes
     assert not (tmp_path / "b2").exists() or not any((tmp_path / "b2").iterdir())
+    # --paired: the genai IRs again at batch 1, in one process, paired round by round against the first
+    two = [*args[:3], "--model", f"again={exported / 'ir'}", "--runtime", "genai", *args[5:], "--overwrite"]
+    assert main([*two, "--paired", "2"]) == 0
+    paired = json.loads((out / "benchmark.json").read_text())["paired"]
+    assert paired["rounds"] == 2 and set(paired["ratio_to_first"]) == {"tiny", "again"}
+    assert paired["ratio_to_first"]["tiny"] == [1.0, 0.0]  # the first against itself
+    assert "Paired at batch 1 (2 rounds" in (out / "benchmark.md").read_text()
 
 
 def test_bandwidth_and_bound():

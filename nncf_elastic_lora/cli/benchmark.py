@@ -31,6 +31,8 @@ def _runtimes_and_batch_sizes(args: argparse.Namespace) -> tuple[list[str], list
     ):
         if value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if args.paired == 1 or args.paired < 0:
+        raise ValueError(f"--paired must be 0 (off) or at least 2 rounds, got {args.paired}")
     if not runtimes:
         raise ValueError(f"--runtime is empty; choose from {', '.join(RUNTIMES)}")
     for r in runtimes:
@@ -83,12 +85,47 @@ def _with_adapters(models: list[tuple[str, str, str]], items: list[str]) -> list
     return [*models, *extra]
 
 
+def _paired_models(models: list[tuple], rounds: int) -> list[tuple[str, str]]:
+    """The ``(label, IR)`` pairs ``--paired`` measures: every model on genai without a runtime adapter."""
+    if not rounds:
+        return []
+    paired = [(label, path) for label, path, runtime, *adapter in models if runtime == "genai" and not adapter]
+    if len(paired) < 2:
+        raise ValueError(f"--paired compares IRs on genai: give at least two --model IR directories (got {len(paired)})")
+    return paired
+
+
+def _paired_report(models: list[tuple[str, str]], rounds: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Batch-1 speeds paired round by round, and each model's ratio to the first ``(mean, standard error)``."""
+    from ..deploy.benchmark import paired_decode_speeds, paired_ratio
+
+    keys = ("prompt_tokens", "new_tokens", "device", "properties")
+    got = paired_decode_speeds(models, rounds=rounds, **{k: settings[k] for k in keys})
+    first = got["tokens_per_s"][models[0][0]]
+    got["ratio_to_first"] = {label: paired_ratio(v, first) for label, v in got["tokens_per_s"].items()}
+    return got
+
+
+def _paired_lines(paired: dict[str, Any]) -> str:
+    import statistics
+
+    first = next(iter(paired["tokens_per_s"]))
+    lines = [f"\nPaired at batch 1 ({paired['rounds']} rounds, every IR in one process, one generation each per "
+             f"round, alternating order; ratio to {first} round by round ± its standard error):\n"]  # fmt: skip
+    for label, speeds in paired["tokens_per_s"].items():
+        mean, se = paired["ratio_to_first"][label]
+        lines.append(f"- {label}: {statistics.median(speeds):.1f} tok/s (median), {mean:.3f} ± {se:.3f}x\n")
+    return "".join(lines)
+
+
 def _write_report(out: Path, report: dict[str, Any], headers: list, rows: list) -> None:
     from ..outputs import write_json, write_text
     from ..report.tables import markdown_table
 
     write_json(out / "benchmark.json", report)
     text = markdown_table(headers, rows)
+    if report.get("paired"):
+        text += _paired_lines(report["paired"])
     if report["notes"]:
         text += "\nNotes:\n" + "".join(f"- {n}\n" for n in report["notes"])
     write_text(out / "benchmark.md", text)
@@ -124,6 +161,15 @@ BENCHMARK_FLAGS = (
     Flag(("--properties-file",), help="JSON object of runtime properties (see export/runtime/)"),
     Flag(("--no-isolate",), action="store_true", help="run everything in this process"),
     Flag(
+        ("--paired",),
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="then every genai IR at batch 1, all loaded in one process, one generation each per round for "
+        "ROUNDS rounds (>= 2), alternating order: each IR's speed over the first's, paired round by round "
+        "(resolves a few percent on a drifting VM; default 0: off)",
+    ),
+    Flag(
         ("--adapter",),
         dest="adapters",
         action="append",
@@ -140,8 +186,8 @@ BENCHMARK_FLAGS = (
     help="measure inference speed and memory (OpenVINO GenAI, optimum-intel, torch)",
     description="Time to first token, decode latency and tokens/s at each batch size, compile time, "
     "size on disk and peak memory of each --model on each --runtime; medians over --repeats after "
-    "--warmup (pooled over --rounds); every model and runtime in its own process. Writes benchmark.json "
-    "and benchmark.md.",
+    "--warmup (pooled over --rounds); every model and runtime in its own process; with --paired, the genai "
+    "IRs' batch-1 speeds paired round by round in one process. Writes benchmark.json and benchmark.md.",
     flags=BENCHMARK_FLAGS,
     prepare="launch",
 )
@@ -155,6 +201,7 @@ def benchmark(call: Call) -> int:
     args = call.args
     runtimes, batch_sizes = _runtimes_and_batch_sizes(args)
     models = _with_adapters(_models(args.model, runtimes), args.adapters)
+    paired = _paired_models(models, args.paired)
     properties = parse_properties(args.properties, args.properties_file)
     check_properties(properties, args.device)  # names and values, before any output or model work
     inputs = [m[1] for m in models] + [*(m[3] for m in models if len(m) > 3), args.properties_file]
@@ -175,12 +222,15 @@ def benchmark(call: Call) -> int:
         notes = sorted({n for r in results for n in r["property_notes"]})
         report = {
             "machine": machine_info(args.device),
-            "settings": {**settings, "rounds": args.rounds},
+            "settings": {**settings, "rounds": args.rounds, "paired": args.paired},
             "notes": notes,
             "results": results,
+            "paired": _paired_report(paired, args.paired, settings) if paired else None,
         }
         _write_report(out, report, headers, rows)
     print_table(f"benchmark ({report['machine']['cpu']}, {args.device})", headers, rows)
+    if report["paired"]:
+        print(_paired_lines(report["paired"]).strip())
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {out / 'benchmark.json'}, {out / 'benchmark.md'}")
