@@ -62,7 +62,7 @@ def main() -> None:
 
     start = time.time()
     config = main_cell_config()
-    reference = plain_reference(config, progress=True)  # the plain LoRA adapter, from the cache
+    reference = plain_reference(config, progress=True, score=False)  # the plain LoRA adapter and IRs, from the cache
     adapter = Path(reference["directory"]) / "train" / "sub_adapter_heuristic"
     prompts = [e.prompt for e in load_task(config.data).test[:4]]
     formats = args.formats.split(",")

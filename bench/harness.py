@@ -44,7 +44,7 @@ def main() -> None:
 
     start = time.time()
     base = main_cell_config()
-    adapter = Path(plain_reference(base, progress=True)["directory"]) / "train" / "sub_adapter_heuristic"
+    adapter = Path(plain_reference(base, progress=True, score=False)["directory"]) / "train" / "sub_adapter_heuristic"
     config = apply_overrides(base, [f"evaluation.tasks={json.dumps(list(TASKS))}", f"evaluation.limit={args.limit}"])
     examples = evaluation_examples(config)
     rows, details = [], {}

@@ -107,7 +107,7 @@ def main() -> None:
 
     start = time.time()
     config = main_cell_config()
-    reference = plain_reference(config, progress=False)  # cached by bench/plain.py's main cell
+    reference = plain_reference(config, progress=False, score=False)  # cached by bench/plain.py's main cell
     adapter = Path(reference["directory"]) / "train" / "sub_adapter_heuristic"
     plain, tasks = plain_config(config), eval_splits(config)
     irs = {}

@@ -361,7 +361,7 @@ def shipped_kv_cache(report: dict[str, Any], shipped: dict[str, Any]) -> str | N
     ``"default"``; None when neither the report nor the IR can tell."""
     from nncf_elastic_lora.deploy.ir import ir_runtime_options
 
-    options = report.get("export", {}).get("runtime_options")
+    options = (report.get("export") or {}).get("runtime_options")
     xml = Path(shipped["path"]) / "openvino_model.xml"
     if options is None and xml.is_file():
         options = ir_runtime_options(xml)

@@ -322,7 +322,7 @@ CASES = [
     Case("bench-new-tokens-one", [*BENCH, "--new-tokens", "1"], "--new-tokens must be at least 2"),
     Case("bench-rounds-zero", [*BENCH, "--rounds", "0"], "--rounds must be at least 1"),
     Case("bench-paired-one", [*BENCH, "--paired", "1"], "--paired must be 0 (off) or at least 2 rounds, got 1"),
-    Case("bench-paired-no-ir", [*BENCH, "--paired", "5"], "--paired compares IRs on genai: give at least two"),
+    Case("bench-paired-no-genai", [*BENCH, "--paired", "5"], "--paired compares IRs on genai: add genai to --runtime"),
     Case("bench-runtime-unknown", [*BENCH[:3], "--runtime", "tensorrt"], "not one of"),
     Case("bench-genai-on-hf-dir", [*BENCH[:3], "--runtime", "genai"], "needs an OpenVINO IR directory"),
     Case("bench-model-missing", ["benchmark", "--model", "{ws}/nope"], "no such directory"),

@@ -312,3 +312,12 @@ def test_benchmark_block_reads_the_same_after_a_json_round_trip():
     headers, rows = fresh.table
     assert headers[-1] == "GenAI TPOT b1 (ms/token)"
     assert [r[-1] for r in rows] == ["12.00 ± 0.50 (differs from ours: ttft b1)", None]
+
+
+def test_paired_flag_needs_two_genai_irs_without_adapters():
+    from nncf_elastic_lora.cli.benchmark import _paired_models
+
+    assert _paired_models([("a", "x", "genai")], 0) == []  # off: nothing to check
+    with pytest.raises(ValueError, match=r"give at least two --model IR directories \(got 1\)"):
+        _paired_models([("a", "x", "genai"), ("a", "x", "genai", "adapter.safetensors")], 3)
+    assert _paired_models([("a", "x", "genai"), ("b", "y", "genai"), ("b", "y", "torch")], 3) == [("a", "x"), ("b", "y")]

@@ -207,6 +207,29 @@ def test_verdict_names_the_machine_class_its_speed_ratio_holds_on():
     v = {"plain": "plain LoRA, merged, int8 IR", "task": "piqa", "metric": "acc", "difference": 0.0, "stderr": 0.02,
          "speedup": {1: 0.93}, "speedup_stderr": {1: 0.05}, "machine": machine_class({**avx512, "avx512": False})}
     assert "0.93x its batch-1 decode speed ± 0.05 on AMD EPYC, AVX2," in verdict_line(v)
+    # where the run paired the IRs, and where its paired pass was skipped (the pooled medians then stand)
+    assert "± 0.05 (paired over 20 rounds) on AMD EPYC" in verdict_line({**v, "paired_rounds": 20})
+    skipped = verdict_line({**v, "paired_skipped": "it failed: out of memory"})
+    assert "(pooled medians: the paired pass was skipped, it failed: out of memory)" in skipped
+
+
+def test_a_failed_paired_pass_is_skipped_and_said_so(monkeypatch, tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from nncf_elastic_lora.config import PipelineConfig
+    from nncf_elastic_lora.deploy.benchmark import BenchmarkError
+    from nncf_elastic_lora.stages import ship
+
+    def fail(*args, **kwargs):
+        raise BenchmarkError("paired benchmark failed (exit 9):\nKilled")
+
+    monkeypatch.setattr(ship, "paired_decode_speeds", fail)
+    monkeypatch.setattr(ship, "weights_bytes", lambda path: 2**30)
+    run = SimpleNamespace(config=PipelineConfig())
+    models = [("a", tmp_path), ("b", tmp_path)]
+    assert ship._paired(run, models, {"memory_gib": 64}) == {"skipped": "it failed: paired benchmark failed (exit 9):"}
+    assert "paired benchmark skipped" in caplog.text
+    assert "exceed half this machine's memory (3 GiB)" in ship._paired(run, models, {"memory_gib": 3})["skipped"]
 
 
 @pytest.mark.parametrize("control,expected", [

@@ -90,6 +90,8 @@ def _paired_models(models: list[tuple], rounds: int) -> list[tuple[str, str]]:
     if not rounds:
         return []
     paired = [(label, path) for label, path, runtime, *adapter in models if runtime == "genai" and not adapter]
+    if not any(runtime == "genai" for _, _, runtime, *_ in models):
+        raise ValueError("--paired compares IRs on genai: add genai to --runtime")
     if len(paired) < 2:
         raise ValueError(f"--paired compares IRs on genai: give at least two --model IR directories (got {len(paired)})")
     return paired
@@ -225,9 +227,12 @@ def benchmark(call: Call) -> int:
             "settings": {**settings, "rounds": args.rounds, "paired": args.paired},
             "notes": notes,
             "results": results,
-            "paired": _paired_report(paired, args.paired, settings) if paired else None,
+            "paired": None,
         }
-        _write_report(out, report, headers, rows)
+        _write_report(out, report, headers, rows)  # kept should the paired pass fail
+        if paired:
+            report["paired"] = _paired_report(paired, args.paired, settings)
+            _write_report(out, report, headers, rows)
     print_table(f"benchmark ({report['machine']['cpu']}, {args.device})", headers, rows)
     if report["paired"]:
         print(_paired_lines(report["paired"]).strip())

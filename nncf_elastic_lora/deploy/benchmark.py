@@ -493,6 +493,7 @@ def _paired_in_process(
     paired: list[list[str]], rounds: int, prompt_tokens: int, new_tokens: int, device: str,
     properties: dict[str, Any], seed: int,
 ) -> dict[str, Any]:
+    """:func:`paired_decode_speeds`'s measurement, in the worker process."""
     runners = {label: _GenAI(Path(path), device, properties) for label, path in paired}
     ordinary = {label: ordinary_token_ids(Path(path)) for label, path in paired}
     for label, runner in runners.items():  # warm-up

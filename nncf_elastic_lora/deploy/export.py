@@ -590,11 +590,15 @@ def _finish_int4_ir(target: Path, backup: BackupPrecision) -> int | None:
 
     xml = target / OV_MODEL
     model = ov.Core().read_model(xml)
+    changed = backup is not BackupPrecision.NONE
     if model.has_rt_info(["runtime_options", "KV_CACHE_PRECISION"]):
         options = model.get_rt_info("runtime_options").value
         if str(options["KV_CACHE_PRECISION"]) == "f16":
             del options["KV_CACHE_PRECISION"]
             model.set_rt_info(options, "runtime_options")
+            changed = True
+    if not changed:
+        return None
     before = None
     if backup is not BackupPrecision.NONE:
         before = sum(

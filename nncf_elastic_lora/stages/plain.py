@@ -165,7 +165,7 @@ def _compute(
 
 
 def plain_reference(
-    config: PipelineConfig, *, tasks: dict[str, TaskData] | None = None, progress: bool = True
+    config: PipelineConfig, *, tasks: dict[str, TaskData] | None = None, progress: bool = True, score: bool = True
 ) -> dict[str, Any]:
     """The plain alternative for ``config``: LoRA on ``config.model`` (dense), merged, exported, scored.
 
@@ -177,7 +177,8 @@ def plain_reference(
     The IRs are the same on every machine, their scores are not (:func:`~nncf_elastic_lora.runtime.scoring_class`):
     each IR's ``scores`` are kept per machine class, ``evaluation`` is this class's (``scored_on``), and a reused
     reference not yet scored on it (a cache on shared storage, or copied) is scored here first, so that the
-    verdict pairs two IRs run alike; ``rescored`` names those formats.
+    verdict pairs two IRs run alike; ``rescored`` names those formats. ``score=False`` (a caller that needs the
+    trained adapter or the IRs only) skips that: ``evaluation`` is then whichever class's the cache holds.
     """
     tasks = tasks if tasks is not None else eval_splits(config)
     root, key, here = plain_cache_root(config), plain_key(config), scoring_class(config.export.device)
@@ -187,7 +188,7 @@ def plain_reference(
         if reused:
             log.info("plain reference: reusing %s (same inputs)", final)
             report = read_reused(final / REPORT)
-            rescored = _score_here(config, final, report, tasks, progress, here)
+            rescored = _score_here(config, final, report, tasks, progress, here) if score else []
         else:
             rescored = []
             work.mkdir(parents=True, exist_ok=True)
@@ -237,7 +238,7 @@ def plain_validation_quality(
     floor of select ``cheapest_above_plain``. Returns ``{"quality", "metric", "examples", "precision",
     "directory", "reused"}``.
     """
-    reference = plain_reference(config, tasks=tasks, progress=progress)
+    reference = plain_reference(config, tasks=tasks, progress=progress, score=False)  # its adapter, in torch
     adapter = Path(reference["directory"]) / "train" / "sub_adapter_heuristic"
     precision = floor_precision(config)
     if precision == "int4":
@@ -336,22 +337,24 @@ def plain_verdict(run: RunState, fmt: str | None = None) -> dict[str, Any] | Non
         return None
     paired = _paired(run.evaluation[ours], run.evaluation[theirs], task)
     diff, stderr = paired if paired else (a[1] - b[1], None)
-    speedup = speed_se = control = paired_rounds = None
+    speedup = speed_se = control = paired_rounds = paired_skipped = None
     bench = run.results.get("benchmark")
     if bench:
         rows = {r["label"]: r for r in benchmark_rows(run, bench["results"])}
         speedup = _speed_ratio(rows[ours], rows.get(theirs, {}))
         speed_se = speedup_stderr(bench["results"], ours, theirs, speedup)
         control = same_shape_control(rows, f"dense OpenVINO IR ({fmt})", theirs)
-        paired = (bench.get("paired") or {}).get("tokens_per_s") or {}
-        if ours in paired and theirs in paired:  # batch 1 round by round: what the verdict reads
-            speedup[1], speed_se[1] = paired_ratio(paired[ours], paired[theirs])
-            dense = paired.get(f"dense OpenVINO IR ({fmt})")
-            control = {**(control or {}), 1: paired_ratio(dense, paired[theirs])[0]} if dense else control
-            paired_rounds = len(paired[ours])
+        speeds = (bench.get("paired") or {}).get("tokens_per_s") or {}
+        if ours in speeds and theirs in speeds:  # batch 1 round by round: what the verdict reads
+            speedup[1], speed_se[1] = paired_ratio(speeds[ours], speeds[theirs])
+            dense = speeds.get(f"dense OpenVINO IR ({fmt})")
+            control = {**(control or {}), 1: paired_ratio(dense, speeds[theirs])[0]} if dense else control
+            paired_rounds = len(speeds[ours])
+        paired_skipped = (bench.get("paired") or {}).get("skipped")
     verdict = {"shipped": ours, "plain": theirs, "task": task, "metric": a[0], "shipped_score": a[1],
                "plain_score": b[1], "difference": diff, "stderr": stderr, "speedup": speedup,
                "speedup_stderr": speed_se, "speedup_control": control, "paired_rounds": paired_rounds,
+               "paired_skipped": paired_skipped,
                "machine": machine_class(bench["machine"]) if bench and bench.get("machine") else None}
     return {**verdict, "line": verdict_line(verdict)}
 
@@ -406,6 +409,7 @@ def verdict_line(v: dict[str, Any]) -> str:
     else:
         speed = f"{b1:.2f}x its batch-1 decode speed" + (f" ± {b1_se:.2f}" if b1_se else "")
         speed += f" (paired over {v['paired_rounds']} rounds)" if v.get("paired_rounds") else ""
+        speed += f" (pooled medians: the paired pass was skipped, {v['paired_skipped']})" if v.get("paired_skipped") else ""
         # a ratio holds on its machine class only (INT4 against INT8 turns over between AVX2 and AVX-512)
         speed += f" on {v['machine']}" if v.get("machine") else ""
         if control is not None and abs(control - 1) > b1_se:
