@@ -440,20 +440,22 @@ def benchmark_models(
         if not isolate:
             results.append(benchmark_model(path, runtime=runtime, label=label, adapter=adapter, **settings))
             continue
-        with tempfile.TemporaryDirectory(prefix="nel-bench-") as tmp:
-            args, out = Path(tmp) / "args.json", Path(tmp) / "result.json"
-            args.write_text(json.dumps({"path": str(path), "runtime": Runtime(runtime).value, "label": label,
-                                        "adapter": adapter, **settings}))  # fmt: skip
-            proc = subprocess.run(
-                [sys.executable, "-m", __name__, str(args), str(out)], stderr=subprocess.PIPE, text=True
-            )
-            if proc.returncode != 0 or not out.is_file():
-                tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-                raise BenchmarkError(
-                    f"benchmark of {label} ({runtime}) failed (exit {proc.returncode}):\n{tail}"
-                )
-            results.append(json.loads(out.read_text()))
+        args = {"path": str(path), "runtime": Runtime(runtime).value, "label": label, "adapter": adapter, **settings}
+        results.append(_in_worker(args, f"benchmark of {label} ({runtime})"))
     return results
+
+
+def _in_worker(args: dict[str, Any], what: str) -> dict[str, Any]:
+    """Run :func:`_worker` on ``args`` in a fresh process (its own memory peak and threads); its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="nel-bench-") as tmp:
+        args_file, out = Path(tmp) / "args.json", Path(tmp) / "result.json"
+        args_file.write_text(json.dumps(args))
+        proc = subprocess.run([sys.executable, "-m", __name__, str(args_file), str(out)], stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+        if proc.returncode != 0 or not out.is_file():
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise BenchmarkError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+        return json.loads(out.read_text())
 
 
 def paired_decode_speeds(
@@ -477,16 +479,9 @@ def paired_decode_speeds(
         raise ValueError("paired speeds need at least two models")
     for _, path in models:
         _check_model(Path(path), Runtime.GENAI, None)
-    with tempfile.TemporaryDirectory(prefix="nel-paired-") as tmp:
-        args, out = Path(tmp) / "args.json", Path(tmp) / "result.json"
-        args.write_text(json.dumps({"paired": [[label, str(path)] for label, path in models], "rounds": rounds,
-                                    "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "device": device,
-                                    "properties": properties or {}, "seed": seed}))  # fmt: skip
-        proc = subprocess.run([sys.executable, "-m", __name__, str(args), str(out)], stderr=subprocess.PIPE, text=True)
-        if proc.returncode != 0 or not out.is_file():
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise BenchmarkError(f"paired benchmark failed (exit {proc.returncode}):\n{tail}")
-        return json.loads(out.read_text())
+    args = {"paired": [[label, str(path)] for label, path in models], "rounds": rounds, "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens, "device": device, "properties": properties or {}, "seed": seed}  # fmt: skip
+    return _in_worker(args, "paired benchmark")
 
 
 def _paired_in_process(
