@@ -350,7 +350,8 @@ def cell_row(report: dict[str, Any], precision: str) -> dict[str, Any]:
         "paired_b1_se": (verdict.get("speedup_stderr") or {}).get("1") if verdict.get("paired_rounds") else None,
         # against the plain export of the other format (an INT4 artifact against plain INT8, and back)
         "other": {fmt: {"plain_acc": v["plain_score"], "difference": v["difference"],
-                        "ratio_b1": (v.get("speedup") or {}).get("1")}  # read from JSON: keys are strings
+                        "ratio_b1": (v.get("speedup") or {}).get("1"), "paired": bool(v.get("paired_rounds"))}
+                  # read from JSON: keys are strings
                   for fmt, v in (report["plain"].get("other_verdicts") or {}).items()},
     }  # fmt: skip
 
@@ -375,22 +376,29 @@ def _int_batches(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _other(rows: list[dict[str, Any]]) -> str:
-    """``INT8: 0.580 ± 0.010, -0.7, 1.18x`` per other plain format the cells compared with."""
+    """``INT8: 0.580 ± 0.010, -0.7, 1.18x`` per other plain format the cells compared with; the batch-1 ratio
+    says, as :func:`_b1_ratio` does, how many of its runs paired the two IRs round by round."""
     parts = []
     for fmt in sorted({f for r in rows for f in r.get("other", {})}):
         cells = [r["other"][fmt] for r in rows if fmt in r.get("other", {})]
-        ratios = [c["ratio_b1"] for c in cells if c["ratio_b1"] is not None]
+        timed = [c for c in cells if c["ratio_b1"] is not None]
         parts.append(f"{fmt.upper()}: {_mean_std([c['plain_acc'] for c in cells])}, "
-                     f"{_mean([100 * c['difference'] for c in cells], '+.1f')}, {_mean(ratios)}x")  # fmt: skip
+                     f"{_mean([100 * c['difference'] for c in cells], '+.1f')}, "
+                     f"{_mean([c['ratio_b1'] for c in timed])}x{_paired_note(timed)}")  # fmt: skip
     return "; ".join(parts) or "-"
 
 
 def _b1_ratio(rows: list[dict[str, Any]]) -> str:
     """The mean batch-1 ratio to the plain IR: each run's paired ratio where it measured one, else its pooled
     medians' ratio; says how many rows are paired."""
-    paired = sum(r.get("paired_b1") is not None for r in rows)
     mean = _mean([r["paired_b1"] if r.get("paired_b1") is not None else r["ratio"][1] for r in rows])
-    return mean + ("" if not paired else " (paired)" if paired == len(rows) else f" ({paired} of {len(rows)} paired)")
+    return mean + _paired_note([{"paired": r.get("paired_b1") is not None} for r in rows])
+
+
+def _paired_note(rows: list[dict[str, Any]]) -> str:
+    """`` (paired)`` when every ratio of ``rows`` was paired round by round, `` (1 of 3 paired)`` when some were."""
+    paired = sum(bool(r.get("paired")) for r in rows)
+    return "" if not paired else " (paired)" if paired == len(rows) else f" ({paired} of {len(rows)} paired)"
 
 
 def _mean(values: list[float], spec: str = ".2f") -> str:

@@ -238,3 +238,14 @@ def test_the_batch_1_ratio_is_the_paired_one_where_a_run_measured_it():
     rows = [{"ratio": {1: 1.3}, "paired_b1": 1.1}, {"ratio": {1: 0.9}, "paired_b1": None}]
     assert plain._b1_ratio(rows) == "1.00 (1 of 2 paired)"
     assert plain._b1_ratio(rows[:1]) == "1.10 (paired)" and plain._b1_ratio(rows[1:]) == "0.90"
+
+
+def test_the_other_format_column_says_which_batch_1_ratios_were_paired():
+    def row(ratio, paired=None):
+        other = {"plain_acc": 0.58, "difference": 0.01, "ratio_b1": ratio}
+        return {"other": {"int8": other if paired is None else {**other, "paired": paired}}}
+
+    assert plain._other([row(1.2, True), row(1.0, True)]) == "INT8: 0.580 ± 0.000 (2), +1.0, 1.10x (paired)"
+    # a committed row from before the flag counts as pooled
+    assert plain._other([row(1.2, True), row(1.0)]).endswith("1.10x (1 of 2 paired)")
+    assert plain._other([row(None, True)]).endswith(", -x")  # no speed measured: nothing claimed paired
