@@ -85,7 +85,8 @@ SEARCHED = ["bootstrapNAS.search.algorithm=NSGA2", "bootstrapNAS.search.select=c
 DISTILL = "bootstrapNAS.training.distillation.enabled=true"
 INT4 = "export.weight_format=int4"
 # label -> (config, overrides, shipped precision)
-# (in the order they run: the previous main job first, then what can be faster than the plain alternative)
+# (in the order they run and the tables list them: the previous main job, the INT4 adapters, then LoNAS, each
+# variant beside the one it varies, so a recipe that shares training runs after the one it shares it with)
 RECIPES: dict[str, tuple[str, list[str], str]] = {
     "SQFT + SparsePEFT": ("sqft_sparsepeft_smollm2", [], "int8"),
     "FQ-LoRA": ("fq_lora_smollm2", [], "int4"),
@@ -96,18 +97,18 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "FQ-LoRA all linears": ("fq_lora_smollm2", [ALL_LINEARS, ALL_LINEAR_GROUPS], "int4"),
     "FQ-LoRA fixed rank": ("fq_lora_smollm2", ["bootstrapNAS.training.algorithm=lora",
                                                'bootstrapNAS.elasticity.width={"default_widths": [32]}'], "int4"),
-    "LoNAS heuristic": (LONAS, [], "int8"),
-    "LoNAS searched": (LONAS, SEARCHED, "int8"),
-    "LoNAS heuristic INT4": (LONAS, [INT4], "int4"),
-    "LoNAS + FQ-LoRA heuristic": ("lonas_fq_lora_smollm2", [], "int4"),
     "SQFT + QA-SparsePEFT": ("sqft_qa_sparsepeft_smollm2", [], "int4"),
     # QA-SparsePEFT's mask inside FQ-LoRA's trainable quantiser: the scales train, the pruned zeros stay
     "SQFT + FQ-SparsePEFT": ("sqft_fq_sparsepeft_smollm2", [], "int4"),
+    "LoNAS heuristic": (LONAS, [], "int8"),
     "LoNAS heuristic + distillation": (LONAS, [DISTILL], "int8"),
+    "LoNAS heuristic INT4": (LONAS, [INT4], "int4"),
+    "LoNAS heuristic + distillation INT4": (LONAS, [DISTILL, INT4], "int4"),
+    "LoNAS searched": (LONAS, SEARCHED, "int8"),
     "LoNAS searched + distillation": (LONAS, [DISTILL, *SEARCHED], "int8"),
     "LoNAS searched INT4": (LONAS, [*SEARCHED, INT4], "int4"),
-    "LoNAS heuristic + distillation INT4": (LONAS, [DISTILL, INT4], "int4"),
     "LoNAS searched + distillation INT4": (LONAS, [DISTILL, *SEARCHED, INT4], "int4"),
+    "LoNAS + FQ-LoRA heuristic": ("lonas_fq_lora_smollm2", [], "int4"),
     # select 'auto' (the default) is 'cheapest_above_plain' under NSGA-II: the cheapest sub-network whose
     # validation loss is no worse than the plain LoRA's
     "LoNAS + FQ-LoRA searched": ("lonas_fq_lora_smollm2", ["bootstrapNAS.search.algorithm=NSGA2"], "int4"),

@@ -249,3 +249,9 @@ def test_the_other_format_column_says_which_batch_1_ratios_were_paired():
     # a committed row from before the flag counts as pooled
     assert plain._other([row(1.2, True), row(1.0)]).endswith("1.10x (1 of 2 paired)")
     assert plain._other([row(None, True)]).endswith(", -x")  # no speed measured: nothing claimed paired
+
+
+def test_a_recipe_that_shares_training_runs_after_the_one_it_shares_it_with():
+    order = list(plain.RECIPES)
+    for recipe, source in plain.SHARES_TRAINING.items():
+        assert order.index(source) < order.index(recipe), (recipe, source)
