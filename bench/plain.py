@@ -385,7 +385,7 @@ def _other(rows: list[dict[str, Any]]) -> str:
         timed = [c for c in cells if c["ratio_b1"] is not None]
         parts.append(f"{fmt.upper()}: {_mean_std([c['plain_acc'] for c in cells])}, "
                      f"{_mean([100 * c['difference'] for c in cells], '+.1f')}, "
-                     f"{_mean([c['ratio_b1'] for c in timed])}x{_paired_note(timed)}")  # fmt: skip
+                     f"{_mean([c['ratio_b1'] for c in timed])}x{_paired_note([c.get('paired') for c in timed])}")  # fmt: skip
     return "; ".join(parts) or "-"
 
 
@@ -393,13 +393,13 @@ def _b1_ratio(rows: list[dict[str, Any]]) -> str:
     """The mean batch-1 ratio to the plain IR: each run's paired ratio where it measured one, else its pooled
     medians' ratio; says how many rows are paired."""
     mean = _mean([r["paired_b1"] if r.get("paired_b1") is not None else r["ratio"][1] for r in rows])
-    return mean + _paired_note([{"paired": r.get("paired_b1") is not None} for r in rows])
+    return mean + _paired_note([r.get("paired_b1") is not None for r in rows])
 
 
-def _paired_note(rows: list[dict[str, Any]]) -> str:
-    """`` (paired)`` when every ratio of ``rows`` was paired round by round, `` (1 of 3 paired)`` when some were."""
-    paired = sum(bool(r.get("paired")) for r in rows)
-    return "" if not paired else " (paired)" if paired == len(rows) else f" ({paired} of {len(rows)} paired)"
+def _paired_note(flags: list[bool | None]) -> str:
+    """`` (paired)`` when every averaged ratio was paired round by round, `` (1 of 3 paired)`` when some were."""
+    paired = sum(bool(f) for f in flags)
+    return "" if not paired else " (paired)" if paired == len(flags) else f" ({paired} of {len(flags)} paired)"
 
 
 def _mean(values: list[float], spec: str = ".2f") -> str:
